@@ -1,0 +1,112 @@
+//! The GPT-NeoX (Pythia) neuron layout: shape from `config.json`, the four weight tensors
+//! per block that the interaction network is made of (SPEC §1).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// The dimensions that fix the network layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelShape {
+    /// `d`: hidden size.
+    pub hidden_size: usize,
+    /// Number of transformer blocks.
+    pub num_blocks: usize,
+    /// `m`: MLP hidden size (4d in Pythia).
+    pub intermediate_size: usize,
+}
+
+/// The weight matrices of one block that carry edges, in torch `[out, in]` layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum BlockTensor {
+    /// `attention.query_key_value.weight` `[3d, d]`.
+    Qkv,
+    /// `attention.dense.weight` `[d, d]`.
+    AttentionDense,
+    /// `mlp.dense_h_to_4h.weight` `[m, d]`.
+    MlpUp,
+    /// `mlp.dense_4h_to_h.weight` `[d, m]`.
+    MlpDown,
+}
+
+impl BlockTensor {
+    pub const ALL: [BlockTensor; 4] = [
+        BlockTensor::Qkv,
+        BlockTensor::AttentionDense,
+        BlockTensor::MlpUp,
+        BlockTensor::MlpDown,
+    ];
+
+    /// The tensor's name in a transformers GPT-NeoX checkpoint.
+    pub fn name(self, block: usize) -> String {
+        let suffix = match self {
+            BlockTensor::Qkv => "attention.query_key_value.weight",
+            BlockTensor::AttentionDense => "attention.dense.weight",
+            BlockTensor::MlpUp => "mlp.dense_h_to_4h.weight",
+            BlockTensor::MlpDown => "mlp.dense_4h_to_h.weight",
+        };
+        format!("gpt_neox.layers.{block}.{suffix}")
+    }
+
+    /// The `[rows, cols]` this tensor must have.
+    pub fn expected_shape(self, shape: &ModelShape) -> [usize; 2] {
+        let d = shape.hidden_size;
+        let m = shape.intermediate_size;
+        match self {
+            BlockTensor::Qkv => [3 * d, d],
+            BlockTensor::AttentionDense => [d, d],
+            BlockTensor::MlpUp => [m, d],
+            BlockTensor::MlpDown => [d, m],
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    hidden_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    intermediate_size: Option<usize>,
+    model_type: Option<String>,
+}
+
+impl ModelShape {
+    /// Reads the shape from a transformers `config.json`.
+    pub fn from_config_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_config_json(&text).map_err(|message| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn from_config_json(text: &str) -> Result<Self, String> {
+        let raw: RawConfig =
+            serde_json::from_str(text).map_err(|e| format!("not a valid config.json: {e}"))?;
+        if let Some(kind) = raw.model_type.as_deref() {
+            if kind != "gpt_neox" {
+                return Err(format!(
+                    "model_type is `{kind}`; only GPT-NeoX (`gpt_neox`) checkpoints are supported"
+                ));
+            }
+        }
+        let hidden_size = raw
+            .hidden_size
+            .ok_or_else(|| "config.json has no `hidden_size`".to_string())?;
+        let num_blocks = raw
+            .num_hidden_layers
+            .ok_or_else(|| "config.json has no `num_hidden_layers`".to_string())?;
+        let intermediate_size = raw.intermediate_size.unwrap_or(4 * hidden_size);
+        if hidden_size == 0 || num_blocks == 0 || intermediate_size == 0 {
+            return Err(format!(
+                "degenerate shape: hidden_size {hidden_size}, num_hidden_layers {num_blocks}, intermediate_size {intermediate_size}"
+            ));
+        }
+        Ok(ModelShape {
+            hidden_size,
+            num_blocks,
+            intermediate_size,
+        })
+    }
+}

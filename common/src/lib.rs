@@ -1,0 +1,17 @@
+//! The science of neuromfa: Neuron-based Multifractal Analysis of GPT-NeoX checkpoints.
+//! Pure computation, no networking: checkpoint reading, network layout, sampling,
+//! box growing, spectra, emergence and statistics.
+
+pub mod checkpoint;
+pub mod error;
+pub mod layout;
+pub mod network;
+pub mod pipeline;
+pub mod sampler;
+pub mod spectrum;
+pub mod stats;
+
+pub use checkpoint::Checkpoint;
+pub use error::Error;
+pub use layout::{BlockTensor, ModelShape};
+pub use pipeline::{analyze_seed, AnalysisParams, SeedAnalysis, SeedResult};
