@@ -200,6 +200,7 @@ impl Checkpoint {
         let element_size = location.element.size();
         let mut values = Vec::with_capacity(rows.len() * cols.len());
         let mut pages = Vec::with_capacity(rows.len() * cols.len());
+        let (mut lowest, mut highest) = (u64::MAX, 0u64);
         for &row in rows {
             let row_start = location.start + (row * location.cols * element_size) as u64;
             for &col in cols {
@@ -218,12 +219,41 @@ impl Checkpoint {
                 }
                 values.push(value);
                 pages.push(offset / PAGE_SIZE);
+                lowest = lowest.min(offset);
+                highest = highest.max(offset);
             }
+        }
+        if !values.is_empty() {
+            file.release(lowest, highest + element_size as u64);
         }
         if let Ok(mut touched) = file.touched_pages.lock() {
             touched.extend(pages);
         }
         Ok(values)
+    }
+}
+
+impl MappedFile {
+    /// Unmaps the pages of `[start, end)` from this process. The kernel maps whole
+    /// neighbourhoods around each faulting page, so without this a sparse read of every
+    /// block would leave most of a multi-gigabyte file counted in our resident set. The
+    /// page cache keeps the data: a later read of the same rows refaults cheaply.
+    fn release(&self, start: u64, end: u64) {
+        #[cfg(unix)]
+        {
+            let start = (start / PAGE_SIZE * PAGE_SIZE) as usize;
+            let end = (end as usize).min(self.map.len());
+            // SAFETY: the map is a read-only shared file mapping, where MADV_DONTNEED only
+            // drops page-table entries; contents re-read from the file are unchanged, and
+            // no reference into the released range outlives `gather`'s copy-out.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
     }
 }
 

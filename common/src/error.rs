@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -39,7 +39,7 @@ pub enum Error {
     },
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
-    #[error("seed {seed}: {message}")]
+    #[error("{message}")]
     Spectrum { seed: u32, message: String },
     #[error("{0}")]
     Spec(#[from] crate::spectrum::SpectrumError),

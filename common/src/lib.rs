@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod sampler;
 pub mod spectrum;
 pub mod stats;
+pub mod synth;
 
 pub use checkpoint::Checkpoint;
 pub use error::Error;

@@ -101,8 +101,8 @@ pub struct SninDraw {
     pub output: Vec<usize>,
 }
 
-/// Draws seed `seed`'s neurons for a model of shape `shape`, `layer_sample` per layer.
-pub fn draw_snin(seed: u32, shape: &ModelShape, layer_sample: usize) -> Result<SninDraw, Error> {
+/// Refuses a `layer_sample` that the model's layers cannot supply.
+pub fn check_layer_sample(shape: &ModelShape, layer_sample: usize) -> Result<(), Error> {
     let d = shape.hidden_size;
     let m = shape.intermediate_size;
     if layer_sample == 0 {
@@ -121,6 +121,14 @@ pub fn draw_snin(seed: u32, shape: &ModelShape, layer_sample: usize) -> Result<S
             2 * layer_sample
         )));
     }
+    Ok(())
+}
+
+/// Draws seed `seed`'s neurons for a model of shape `shape`, `layer_sample` per layer.
+pub fn draw_snin(seed: u32, shape: &ModelShape, layer_sample: usize) -> Result<SninDraw, Error> {
+    check_layer_sample(shape, layer_sample)?;
+    let d = shape.hidden_size;
+    let m = shape.intermediate_size;
     let mut rng = LegacyRandomState::new(seed);
     let mut blocks = Vec::with_capacity(shape.num_blocks);
     for _ in 0..shape.num_blocks {

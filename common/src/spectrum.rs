@@ -231,21 +231,21 @@ pub fn spectrum(boxes: &Boxes, q: &[f64], method: Alpha0Method) -> Result<Spectr
         .map(|&r| (f64::from(r) / f64::from(r_max)).ln())
         .collect();
 
-    let mut tau = Vec::with_capacity(q.len());
-    let mut r_value = Vec::with_capacity(q.len());
-    let mut log_z = vec![0.0; radii.len()];
-    for j in 0..q.len() {
-        for (k, counts) in pair_counts.iter().enumerate() {
-            let z: f64 = counts
-                .iter()
-                .map(|(pair, &count)| f64::from(count) * powers[pair][j])
-                .sum();
-            log_z[k] = z.ln();
+    // ln Z_q(r), one row per q.
+    let mut log_z = vec![vec![0.0; radii.len()]; q.len()];
+    let mut z = vec![0.0; q.len()];
+    for (k, counts) in pair_counts.iter().enumerate() {
+        z.fill(0.0);
+        for (pair, &count) in counts {
+            for (zj, power) in z.iter_mut().zip(&powers[pair]) {
+                *zj += f64::from(count) * power;
+            }
         }
-        let (slope, r) = linear_fit(&log_r, &log_z);
-        tau.push(slope);
-        r_value.push(r);
+        for (row, zj) in log_z.iter_mut().zip(&z) {
+            row[k] = zj.ln();
+        }
     }
+    let (tau, r_value): (Vec<f64>, Vec<f64>) = log_z.iter().map(|y| linear_fit(&log_r, y)).unzip();
 
     let k_last = q.len() - 1;
     let mut alpha = Vec::with_capacity(k_last);

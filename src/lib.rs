@@ -1,0 +1,12 @@
+//! neuromfa: distributed Neuron-based Multifractal Analysis of language-model checkpoint
+//! suites. This crate holds the command-line commands and the gRPC transport; the science
+//! is in `neuromfa-common`, the sweep decisions in `neuromfa-coordinator`, fetching and
+//! running tasks in `neuromfa-worker`.
+
+pub mod analyze;
+pub mod synth;
+
+/// Generated from `proto/neuromfa.proto`.
+pub mod proto {
+    tonic::include_proto!("neuromfa.v1");
+}
