@@ -1,0 +1,510 @@
+//! The sweep spec: a TOML file (every scalar key overridable by a `NEUROMFA_…` environment
+//! variable) naming models, steps, seeds, analysis settings, the Hub and the coordinator.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use neuromfa_common::spectrum::{q_grid, Alpha0Method};
+use neuromfa_common::AnalysisParams;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// Seeds: a count `N` (seeds `0..N`) or an explicit list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Seeds {
+    Count(u32),
+    List(Vec<u32>),
+}
+
+/// Steps: a preset name (`pythia`, `pythia-paper`) or an explicit list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Steps {
+    Preset(String),
+    List(Vec<u64>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Hub repo id, e.g. `EleutherAI/pythia-160m-deduped`.
+    pub repo: String,
+    /// Overrides the sweep's `steps` for this model.
+    #[serde(default)]
+    pub steps: Option<Steps>,
+    /// Drops steps above this one (pythia-31m ends at 140000 on some branches).
+    #[serde(default)]
+    pub max_step: Option<u64>,
+    /// Branch name of a step; `{step}` is replaced (default `step{step}`).
+    #[serde(default)]
+    pub revision_format: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalysisSpec {
+    pub layer_sample: usize,
+    pub threshold: f64,
+    pub q_min: f64,
+    pub q_max: f64,
+    pub q_step: f64,
+    pub alpha0: Alpha0Method,
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        Self {
+            layer_sample: 32,
+            threshold: 150.0,
+            q_min: -3.0,
+            q_max: 3.0,
+            q_step: 0.1,
+            alpha0: Alpha0Method::Peak,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubSpec {
+    /// Hub endpoint; unset means `HF_ENDPOINT`, else the real Hub.
+    pub endpoint: Option<String>,
+    /// Hub token; unset means `HF_TOKEN` or the standard token file.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorSpec {
+    /// Address the coordinator listens on.
+    pub listen: String,
+    /// Address workers dial (defaults to `http://` + `listen`).
+    pub address: Option<String>,
+    /// How long a lease lasts without a heartbeat.
+    pub lease_seconds: f64,
+    /// Attempts before a task is marked failed.
+    pub max_attempts: u32,
+}
+
+impl Default for CoordinatorSpec {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            address: None,
+            lease_seconds: 600.0,
+            max_attempts: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    pub name: String,
+    pub state_dir: PathBuf,
+    #[serde(default = "default_seeds")]
+    pub seeds: Seeds,
+    /// Default steps for every model.
+    #[serde(default)]
+    pub steps: Option<Steps>,
+    pub models: Vec<ModelSpec>,
+    #[serde(default)]
+    pub analysis: AnalysisSpec,
+    #[serde(default)]
+    pub hub: HubSpec,
+    #[serde(default)]
+    pub coordinator: CoordinatorSpec,
+    /// Shared secret every RPC must carry (`NEUROMFA_TOKEN` overrides).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+fn default_seeds() -> Seeds {
+    Seeds::Count(10)
+}
+
+/// The 154 published Pythia checkpoints: 0, 1, 2, 4 … 512, then every 1000 to 143000.
+pub fn pythia_steps() -> Vec<u64> {
+    let mut steps = vec![0];
+    steps.extend((0..10).map(|k| 1u64 << k));
+    steps.extend((1..=143).map(|k| k * 1000));
+    steps
+}
+
+/// The 27 steps the NeuroMFA paper analysed: 0, 1, 2, 4 … 512, 1000, 3000, then every
+/// 10000 from 13000 to 143000.
+pub fn pythia_paper_steps() -> Vec<u64> {
+    let mut steps = vec![0];
+    steps.extend((0..10).map(|k| 1u64 << k));
+    steps.extend([1000, 3000]);
+    steps.extend((0..14).map(|k| 13000 + 10000 * k));
+    steps
+}
+
+/// Scalar keys a `NEUROMFA_…` variable may set (`__` separates sections).
+const ENV_KEYS: &[&str] = &[
+    "name",
+    "state_dir",
+    "seeds",
+    "steps",
+    "token",
+    "analysis.layer_sample",
+    "analysis.threshold",
+    "analysis.q_min",
+    "analysis.q_max",
+    "analysis.q_step",
+    "analysis.alpha0",
+    "hub.endpoint",
+    "hub.token",
+    "coordinator.listen",
+    "coordinator.address",
+    "coordinator.lease_seconds",
+    "coordinator.max_attempts",
+];
+
+/// One (model, step) of the grid.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CheckpointKey {
+    pub model: String,
+    pub step: u64,
+    pub revision: String,
+}
+
+impl SweepSpec {
+    /// Reads `path`, applies `NEUROMFA_…` overrides from `env`, and validates.
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Self, SpecError> {
+        let load_error = |message: String| SpecError::Load {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| load_error(format!("cannot read the sweep spec: {e}")))?;
+        let overrides: HashMap<String, String> = env
+            .iter()
+            .filter_map(|(name, value)| {
+                let key = name
+                    .strip_prefix("NEUROMFA_")?
+                    .to_lowercase()
+                    .replace("__", ".");
+                ENV_KEYS
+                    .contains(&key.as_str())
+                    .then(|| (key, value.clone()))
+            })
+            .collect();
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        for (key, value) in &overrides {
+            builder = builder
+                .set_override(key.as_str(), parse_env_value(value))
+                .map_err(|e| load_error(format!("override {key}: {e}")))?;
+        }
+        let spec: SweepSpec = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| load_error(e.to_string()))?;
+        spec.validate(path)?;
+        Ok(spec)
+    }
+
+    /// Parses TOML text without environment overrides.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, SpecError> {
+        let spec: SweepSpec = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| SpecError::Load {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        spec.validate(path)?;
+        Ok(spec)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), SpecError> {
+        let invalid = |key: &str, message: String| SpecError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        if self.name.trim().is_empty() {
+            return Err(invalid("name", "must not be empty".into()));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(invalid("state_dir", "must not be empty".into()));
+        }
+        let seeds = self.seed_list();
+        if seeds.is_empty() {
+            return Err(invalid("seeds", "no seeds: the grid is empty".into()));
+        }
+        if seeds.iter().collect::<BTreeSet<_>>().len() != seeds.len() {
+            return Err(invalid("seeds", "a seed is listed twice".into()));
+        }
+        if self.models.is_empty() {
+            return Err(invalid("models", "no models: the grid is empty".into()));
+        }
+        let mut repos = BTreeSet::new();
+        for (i, model) in self.models.iter().enumerate() {
+            let key = format!("models[{i}]");
+            let parts: Vec<&str> = model.repo.split('/').collect();
+            if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+                return Err(invalid(
+                    &format!("{key}.repo"),
+                    format!("`{}` is not a Hub repo id like org/name", model.repo),
+                ));
+            }
+            if !repos.insert(&model.repo) {
+                return Err(invalid(
+                    &format!("{key}.repo"),
+                    format!("`{}` is listed twice", model.repo),
+                ));
+            }
+            if let Some(format) = &model.revision_format {
+                if !format.contains("{step}") {
+                    return Err(invalid(
+                        &format!("{key}.revision_format"),
+                        "must contain {step}".into(),
+                    ));
+                }
+            }
+            let steps = self
+                .steps_of(model)
+                .map_err(|message| invalid(&format!("{key}.steps"), message))?;
+            if steps.is_empty() {
+                return Err(invalid(
+                    &format!("{key}.steps"),
+                    format!("no steps for {}: the grid is empty", model.repo),
+                ));
+            }
+        }
+        let a = &self.analysis;
+        if a.layer_sample == 0 {
+            return Err(invalid(
+                "analysis.layer_sample",
+                "must be at least 1".into(),
+            ));
+        }
+        if !(a.threshold.is_finite() && a.threshold > 1.0) {
+            return Err(invalid(
+                "analysis.threshold",
+                format!("must be a finite number above 1 (got {})", a.threshold),
+            ));
+        }
+        q_grid(a.q_min, a.q_max, a.q_step).map_err(|e| invalid("analysis.q_*", e.to_string()))?;
+        let c = &self.coordinator;
+        if !(c.lease_seconds.is_finite() && c.lease_seconds > 0.0) {
+            return Err(invalid(
+                "coordinator.lease_seconds",
+                format!("must be positive (got {})", c.lease_seconds),
+            ));
+        }
+        if c.max_attempts == 0 {
+            return Err(invalid(
+                "coordinator.max_attempts",
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn seed_list(&self) -> Vec<u32> {
+        match &self.seeds {
+            Seeds::Count(n) => (0..*n).collect(),
+            Seeds::List(list) => list.clone(),
+        }
+    }
+
+    /// A model's steps, ascending and distinct.
+    pub fn steps_of(&self, model: &ModelSpec) -> Result<Vec<u64>, String> {
+        let steps = model
+            .steps
+            .as_ref()
+            .or(self.steps.as_ref())
+            .ok_or_else(|| "no steps: set `steps` for the sweep or the model".to_string())?;
+        let mut list = match steps {
+            Steps::Preset(name) if name == "pythia" => pythia_steps(),
+            Steps::Preset(name) if name == "pythia-paper" => pythia_paper_steps(),
+            Steps::Preset(name) => {
+                return Err(format!(
+                    "unknown preset `{name}`; use `pythia`, `pythia-paper` or a list"
+                ))
+            }
+            Steps::List(list) => list.clone(),
+        };
+        let before = list.len();
+        list.sort_unstable();
+        list.dedup();
+        if list.len() != before {
+            return Err("a step is listed twice".into());
+        }
+        if let Some(max) = model.max_step {
+            list.retain(|&s| s <= max);
+        }
+        Ok(list)
+    }
+
+    pub fn revision(model: &ModelSpec, step: u64) -> String {
+        model
+            .revision_format
+            .as_deref()
+            .unwrap_or("step{step}")
+            .replace("{step}", &step.to_string())
+    }
+
+    /// Every checkpoint of the grid, models in spec order, steps ascending.
+    pub fn checkpoints(&self) -> Vec<CheckpointKey> {
+        self.models
+            .iter()
+            .flat_map(|model| {
+                self.steps_of(model)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |step| CheckpointKey {
+                        model: model.repo.clone(),
+                        step,
+                        revision: Self::revision(model, step),
+                    })
+            })
+            .collect()
+    }
+
+    /// The analysis settings every task of the sweep uses.
+    pub fn analysis_params(&self) -> AnalysisParams {
+        let a = &self.analysis;
+        AnalysisParams {
+            layer_sample: a.layer_sample,
+            threshold: a.threshold,
+            q: q_grid(a.q_min, a.q_max, a.q_step).unwrap_or_default(),
+            alpha0_method: a.alpha0,
+        }
+    }
+
+    /// Lease length in milliseconds.
+    pub fn lease_ms(&self) -> u64 {
+        (self.coordinator.lease_seconds * 1000.0).round().max(1.0) as u64
+    }
+
+    /// The address workers dial.
+    pub fn worker_address(&self) -> String {
+        self.coordinator
+            .address
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.coordinator.listen))
+    }
+}
+
+/// Environment values are strings; numbers and booleans are passed as such so they
+/// deserialize into numeric keys.
+fn parse_env_value(value: &str) -> config::Value {
+    if let Ok(i) = value.parse::<i64>() {
+        return config::Value::from(i);
+    }
+    if let Ok(f) = value.parse::<f64>() {
+        return config::Value::from(f);
+    }
+    config::Value::from(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+state_dir = "state"
+seeds = 3
+steps = [0, 10, 20]
+[[models]]
+repo = "org/a"
+[[models]]
+repo = "org/b"
+steps = "pythia"
+max_step = 140000
+"#;
+
+    fn parse(text: &str) -> Result<SweepSpec, SpecError> {
+        SweepSpec::from_toml(text, Path::new("spec.toml"))
+    }
+
+    #[test]
+    fn presets_have_the_published_lengths() {
+        let steps = pythia_steps();
+        assert_eq!(steps.len(), 154);
+        assert_eq!(&steps[..4], &[0, 1, 2, 4]);
+        assert_eq!(steps.last(), Some(&143000));
+        let paper = pythia_paper_steps();
+        assert_eq!(paper.len(), 27);
+        assert!(paper.contains(&3000) && paper.contains(&23000) && !paper.contains(&2000));
+    }
+
+    #[test]
+    fn grid_expands_with_overrides() {
+        let spec = parse(MINIMAL).unwrap();
+        let grid = spec.checkpoints();
+        assert_eq!(grid.iter().filter(|c| c.model == "org/a").count(), 3);
+        let b: Vec<_> = grid.iter().filter(|c| c.model == "org/b").collect();
+        assert_eq!(b.len(), 151);
+        assert_eq!(b.last().map(|c| c.step), Some(140000));
+        assert_eq!(b[3].revision, "step4");
+        assert_eq!(spec.seed_list(), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse(&format!("{MINIMAL}\n[analysis]\nthreshhold = 3\n")).unwrap_err();
+        assert!(err.to_string().contains("threshhold"), "{err}");
+        let err = parse(&MINIMAL.replace("seeds = 3", "seeds = 3\nbogus = 1")).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn empty_grids_and_impossible_values_are_named() {
+        let err = parse(&MINIMAL.replace("seeds = 3", "seeds = 0")).unwrap_err();
+        assert!(err.to_string().contains("`seeds`"), "{err}");
+        let err = parse(&MINIMAL.replace("steps = [0, 10, 20]", "steps = []")).unwrap_err();
+        assert!(err.to_string().contains("models[0].steps"), "{err}");
+        let err = parse(&format!("{MINIMAL}\n[analysis]\nthreshold = -1\n")).unwrap_err();
+        assert!(err.to_string().contains("analysis.threshold"), "{err}");
+        let err = parse(&format!("{MINIMAL}\n[coordinator]\nmax_attempts = 0\n")).unwrap_err();
+        assert!(
+            err.to_string().contains("coordinator.max_attempts"),
+            "{err}"
+        );
+        let err = parse(&MINIMAL.replace("org/a", "not-a-repo")).unwrap_err();
+        assert!(err.to_string().contains("models[0].repo"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_scalars() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let env = HashMap::from([
+            ("NEUROMFA_TOKEN".to_string(), "s3cret".to_string()),
+            (
+                "NEUROMFA_ANALYSIS__THRESHOLD".to_string(),
+                "200".to_string(),
+            ),
+            (
+                "NEUROMFA_COORDINATOR__LEASE_SECONDS".to_string(),
+                "2.5".to_string(),
+            ),
+            ("NEUROMFA_UNRELATED".to_string(), "x".to_string()),
+        ]);
+        let spec = SweepSpec::load(&path, &env).unwrap();
+        assert_eq!(spec.token.as_deref(), Some("s3cret"));
+        assert_eq!(spec.analysis.threshold, 200.0);
+        assert_eq!(spec.lease_ms(), 2500);
+    }
+}
