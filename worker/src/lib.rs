@@ -1,1 +1,11 @@
+//! The neuromfa worker: fetching checkpoints and running tasks.
+//!
+//! [`fetch`] downloads one checkpoint from the Hugging Face Hub (or a mirror) into the
+//! standard HF cache and verifies every file; [`hub_server`] serves checkpoints from a
+//! local directory over the same protocol, for tests and loopback mirrors.
 
+pub mod cache;
+pub mod fetch;
+pub mod hub_server;
+
+mod hashing;
