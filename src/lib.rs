@@ -4,7 +4,12 @@
 //! running tasks in `neuromfa-worker`.
 
 pub mod analyze;
+pub mod auth;
+pub mod hub;
+pub mod server;
+pub mod sweep;
 pub mod synth;
+pub mod worker;
 
 /// Generated from `proto/neuromfa.proto`.
 pub mod proto {

@@ -1,7 +1,9 @@
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use neuromfa::{analyze, synth};
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use neuromfa::{analyze, sweep, synth};
 
 /// Neuron-based Multifractal Analysis (NeuroMFA) of language-model checkpoints: how the
 /// structure of a model's neuron interaction network self-organises during training.
@@ -9,11 +11,25 @@ use neuromfa::{analyze, synth};
 /// Each checkpoint becomes a sampled neuron interaction network (one per seed); boxes
 /// grown around every neuron give a multifractal spectrum, summarised by α0
 /// (irregularity), its width w (heterogeneity) and the degree of emergence E over steps.
+///
+/// `analyze` works on checkpoints on local disk. A sweep runs a model × step × seed grid
+/// over many machines: `coordinator` holds the durable state, `worker`s fetch weights from
+/// the Hub and compute; `sweep run` does both in one process.
 #[derive(Debug, Parser)]
 #[command(name = "neuromfa", version, about, long_about)]
 struct Cli {
+    /// Log format: readable text, or one JSON object per line for clusters.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -21,18 +37,79 @@ enum Command {
     /// Analyse checkpoints on local disk and print per-seed results, per-step means,
     /// variances and E.
     Analyze(analyze::AnalyzeArgs),
+    /// Run a sweep's coordinator: durable state, leases, aggregation; workers connect to it.
+    Coordinator(sweep::CoordinatorArgs),
+    /// Run a worker: lease tasks from a coordinator, fetch weights from the Hub, compute.
+    Worker(sweep::WorkerArgs),
+    /// Run a whole sweep in this process, or re-queue failed tasks.
+    #[command(subcommand)]
+    Sweep(sweep::SweepCommand),
+    /// Show a running sweep: counts by state, throughput, ETA, workers, failures.
+    Status(sweep::StatusArgs),
+    /// Write a sweep's tables (tasks, aggregates, spectra as CSV and JSON; a Markdown
+    /// summary) from its state directory.
+    Export(sweep::ExportArgs),
+    /// Serve checkpoints over the Hugging Face Hub download protocol.
+    #[command(subcommand)]
+    Hub(HubCommand),
     /// Write a random f16 checkpoint with a published model's exact tensor names and
     /// shapes (for benchmarks).
     Synth(synth::SynthArgs),
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let outcome = match cli.command {
+#[derive(Debug, Subcommand)]
+enum HubCommand {
+    /// Serve DIR laid out as DIR/<org>/<name>/<revision>/<file>, for tests and for
+    /// clusters without internet (a local mirror for the workers: point them at it with
+    /// HF_ENDPOINT or the spec's hub.endpoint).
+    Serve {
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Require this bearer token (as the Hub does for gated models).
+        #[arg(long, env = "NEUROMFA_HUB_TOKEN")]
+        token: Option<String>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Analyze(args) => analyze::run(args),
         Command::Synth(args) => synth::run(args),
-    };
-    match outcome {
+        Command::Export(args) => sweep::export_command(args),
+        Command::Coordinator(args) => runtime()?.block_on(sweep::coordinator(args)),
+        Command::Worker(args) => runtime()?.block_on(sweep::worker(args)),
+        Command::Sweep(command) => runtime()?.block_on(sweep::sweep(command)),
+        Command::Status(args) => runtime()?.block_on(sweep::status(args)),
+        Command::Hub(HubCommand::Serve { dir, listen, token }) => {
+            runtime()?.block_on(neuromfa::hub::serve(dir, listen, token))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`| head`) is the reader's choice, not a failure.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,

@@ -179,7 +179,7 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
         });
     }
     let order = |model: &str| model_order.get(model).copied().unwrap_or(usize::MAX);
-    tasks.sort_by(|a, b| (order(&a.model), a.step, a.seed).cmp(&(order(&b.model), b.step, b.seed)));
+    tasks.sort_by_key(|t| (order(&t.model), t.step, t.seed));
 
     let mut aggregates = Vec::new();
     let mut spectra = Vec::new();

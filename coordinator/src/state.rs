@@ -35,6 +35,8 @@ pub enum StateError {
         old: String,
         new: String,
     },
+    #[error("{path} is in use by a running coordinator; stop it first (or talk to it)")]
+    Locked { path: PathBuf },
     #[error("{path} holds no sweep (no spec recorded)")]
     NoSweep { path: PathBuf },
     #[error("unknown worker `{0}`: register first")]
@@ -198,6 +200,8 @@ pub struct StatusReport {
 
 /// The sweep's state, in memory and on disk.
 pub struct SweepState {
+    /// Held while open: one coordinator per state directory.
+    _lock: std::fs::File,
     conn: Connection,
     db_path: PathBuf,
     spec: SweepSpec,
@@ -287,6 +291,7 @@ impl SweepState {
             path: dir.clone(),
             source,
         })?;
+        let lock = lock_state_dir(&dir)?;
         let db_path = dir.join(DB_FILE);
         if mode == OpenMode::NewSweep && db_path.exists() {
             move_aside(&db_path)?;
@@ -353,7 +358,7 @@ impl SweepState {
                 tracing::info!(sweep = %spec.name, added, "tasks added to the grid");
             }
         }
-        let mut state = Self::empty(conn, db_path, spec, params);
+        let mut state = Self::empty(lock, conn, db_path, spec, params);
         state.load(&grid, &seeds)?;
         Ok(state)
     }
@@ -368,9 +373,16 @@ impl SweepState {
         Self::open(spec, OpenMode::Resume)
     }
 
-    fn empty(conn: Connection, db_path: PathBuf, spec: SweepSpec, params: AnalysisParams) -> Self {
+    fn empty(
+        lock: std::fs::File,
+        conn: Connection,
+        db_path: PathBuf,
+        spec: SweepSpec,
+        params: AnalysisParams,
+    ) -> Self {
         let lease_ms = spec.lease_ms();
         SweepState {
+            _lock: lock,
             conn,
             db_path,
             spec,
@@ -1159,6 +1171,26 @@ pub fn recorded_spec(state_dir: &Path) -> Result<SweepSpec> {
         })?;
     let text = text.ok_or_else(|| StateError::NoSweep { path: path.clone() })?;
     serde_json::from_str(&text).map_err(|e| StateError::Corrupt(format!("recorded spec: {e}")))
+}
+
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("coordinator.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StateError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StateError::Io { path, source }),
+    }
 }
 
 fn move_aside(db_path: &Path) -> Result<()> {

@@ -88,3 +88,4 @@ fn convert(
         })
         .collect()
 }
+pub mod cluster;

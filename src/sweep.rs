@@ -1,0 +1,454 @@
+//! The sweep commands: `coordinator`, `worker`, `sweep run`, `sweep retry-failed`,
+//! `status`, `export`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use neuromfa_coordinator::{export, OpenMode, StatusReport, SweepSpec, SweepState};
+use tokio::sync::watch;
+
+use crate::auth::generate_token;
+use crate::proto;
+use crate::server::RunningCoordinator;
+use crate::worker::{self, WorkerOptions};
+
+const TOKEN_FILE: &str = "token";
+
+/// Loads a spec with `NEUROMFA_…` overrides from the environment.
+pub fn load_spec(path: &Path) -> Result<SweepSpec> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    Ok(SweepSpec::load(path, &env)?)
+}
+
+/// The spec's token (or `NEUROMFA_TOKEN`); without one, a fresh token is written to
+/// `STATE_DIR/token` (readable by the owner only) for workers started elsewhere.
+fn sweep_token(spec: &SweepSpec) -> Result<String> {
+    if let Some(token) = spec.token.clone().filter(|t| !t.is_empty()) {
+        return Ok(token);
+    }
+    let path = spec.state_dir.join(TOKEN_FILE);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_string();
+        if !existing.is_empty() {
+            return Ok(existing);
+        }
+    }
+    std::fs::create_dir_all(&spec.state_dir)
+        .with_context(|| format!("creating {}", spec.state_dir.display()))?;
+    let token = generate_token();
+    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "no token in the spec or NEUROMFA_TOKEN: generated one");
+    Ok(token)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(true).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
+}
+
+/// The worker's token: `NEUROMFA_TOKEN`, else `--token-file`.
+fn client_token(token_file: Option<&Path>) -> Result<String> {
+    if let Ok(token) = std::env::var("NEUROMFA_TOKEN") {
+        if !token.is_empty() {
+            return Ok(token);
+        }
+    }
+    if let Some(path) = token_file {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token file {}", path.display()))?;
+        return Ok(token.trim().to_string());
+    }
+    bail!("no sweep token: set NEUROMFA_TOKEN or pass --token-file (the coordinator writes STATE_DIR/token when the spec names none)")
+}
+
+/// Hub endpoint workers should use when the spec names one (else theirs: HF_ENDPOINT or
+/// the real Hub).
+fn announced_hub(spec: &SweepSpec) -> String {
+    spec.hub.endpoint.clone().unwrap_or_default()
+}
+
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn open_mode(new_sweep: bool) -> OpenMode {
+    if new_sweep {
+        OpenMode::NewSweep
+    } else {
+        OpenMode::Resume
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// The sweep spec (TOML).
+    pub spec: PathBuf,
+    /// Listen here instead of the spec's `coordinator.listen`.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Start over: move the state directory's earlier sweep aside.
+    #[arg(long)]
+    pub new_sweep: bool,
+    /// Exit once every task is done or failed (after writing the exports).
+    #[arg(long)]
+    pub exit_when_done: bool,
+    /// On SIGTERM, how long to wait for leased work before exiting.
+    #[arg(long, default_value_t = 30)]
+    pub drain_seconds: u64,
+}
+
+pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
+    let mut spec = load_spec(&args.spec)?;
+    if let Some(listen) = args.listen {
+        spec.coordinator.listen = listen;
+    }
+    let token = sweep_token(&spec)?;
+    let state_dir = spec.state_dir.clone();
+    let state = SweepState::open(spec.clone(), open_mode(args.new_sweep))?;
+    let listener = tokio::net::TcpListener::bind(&spec.coordinator.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", spec.coordinator.listen))?;
+    let running = RunningCoordinator::start(state, listener, token, announced_hub(&spec))?;
+    tracing::info!(
+        sweep = %spec.name, addr = %running.addr, state_dir = %state_dir.display(),
+        "coordinator listening; start workers with: neuromfa worker --coordinator http://{}",
+        running.addr
+    );
+    let mut exported = false;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => {
+                tracing::info!("stopping: no new leases; in-flight work may finish for {} s", args.drain_seconds);
+                running.drain_and_stop(Duration::from_secs(args.drain_seconds)).await;
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                let status = running.state.status().await?;
+                let finished = status.pending + status.leased == 0;
+                if finished && !exported {
+                    let files = export::export(&state_dir, None)?;
+                    tracing::info!(done = status.done, failed = status.failed, exports = %state_dir.join("exports").display(), files = files.len(), "sweep finished");
+                    exported = true;
+                }
+                if !finished {
+                    exported = false;
+                }
+                if finished && args.exit_when_done {
+                    running.stop().await;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The coordinator's URL, e.g. http://login-node:50051.
+    #[arg(long)]
+    pub coordinator: String,
+    /// File holding the sweep token (else NEUROMFA_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Fetch checkpoints from this Hub endpoint instead of the one the coordinator
+    /// announces (else HF_ENDPOINT, else the real Hub).
+    #[arg(long)]
+    pub hub_endpoint: Option<String>,
+    /// HF cache directory (default: the standard one, HF_HUB_CACHE or ~/.cache/huggingface/hub).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Keep this worker's downloaded checkpoints under this many GB, evicting finished ones.
+    #[arg(long)]
+    pub cache_max_gb: Option<f64>,
+    /// Seeds leased at a time.
+    #[arg(long, default_value_t = 64)]
+    pub max_tasks: u32,
+    /// Exit when the coordinator has been unreachable this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub give_up_after: u64,
+}
+
+pub async fn worker(args: WorkerArgs) -> Result<()> {
+    let token = client_token(args.token_file.as_deref())?;
+    let mut options = WorkerOptions::new(args.coordinator, token);
+    options.hub_endpoint = args.hub_endpoint;
+    options.cache_dir = args.cache_dir;
+    options.cache_max_bytes = match args.cache_max_gb {
+        Some(gb) if gb.is_finite() && gb > 0.0 => Some((gb * 1e9) as u64),
+        Some(gb) => bail!("--cache-max-gb must be positive (got {gb})"),
+        None => None,
+    };
+    options.max_tasks = args.max_tasks.max(1);
+    options.give_up_after = Duration::from_secs(args.give_up_after);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: releasing leases");
+        let _ = stop_tx.send(true);
+    });
+    let summary = worker::run(options, stop_rx).await?;
+    tracing::info!(
+        completed = summary.completed,
+        failed = summary.failed,
+        released = summary.released,
+        "worker stopped"
+    );
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SweepCommand {
+    /// Run a whole sweep on this machine: a coordinator and N workers in one process over
+    /// loopback gRPC, with a progress bar; writes the exports at the end.
+    Run(SweepRunArgs),
+    /// Re-queue every failed task of a stopped sweep with a fresh attempt budget.
+    RetryFailed {
+        /// The sweep's state directory.
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SweepRunArgs {
+    /// The sweep spec (TOML).
+    pub spec: PathBuf,
+    /// Workers to run in this process.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Start over: move the state directory's earlier sweep aside.
+    #[arg(long)]
+    pub new_sweep: bool,
+    /// HF cache directory for the workers.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+pub async fn sweep(command: SweepCommand) -> Result<()> {
+    match command {
+        SweepCommand::Run(args) => sweep_run(args).await,
+        SweepCommand::RetryFailed { state_dir } => {
+            let mut state = SweepState::open_existing(&state_dir)?;
+            let n = state.transaction(|s| s.retry_failed())?;
+            println!("{n} failed task(s) re-queued in {}", state_dir.display());
+            Ok(())
+        }
+    }
+}
+
+async fn sweep_run(args: SweepRunArgs) -> Result<()> {
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let spec = load_spec(&args.spec)?;
+    let token = sweep_token(&spec)?;
+    let state_dir = spec.state_dir.clone();
+    let state = SweepState::open(spec.clone(), open_mode(args.new_sweep))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on loopback")?;
+    let running = RunningCoordinator::start(state, listener, token.clone(), announced_hub(&spec))?;
+    let url = format!("http://{}", running.addr);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = Vec::new();
+    for i in 0..args.workers {
+        let mut options = WorkerOptions::new(url.clone(), token.clone());
+        options.cache_dir = args.cache_dir.clone();
+        options.host = format!("{}-local{i}", worker::hostname());
+        options.give_up_after = Duration::from_secs(30);
+        workers.push(tokio::spawn(worker::run(options, stop_rx.clone())));
+    }
+
+    let bar = ProgressBar::new(0);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:30} {pos}/{len} tasks {msg} [{elapsed}, eta {eta}]")
+    {
+        bar.set_style(style);
+    }
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut interrupted = false;
+    loop {
+        let status = running.state.status().await?;
+        bar.set_length(status.total as u64);
+        bar.set_position((status.done + status.failed) as u64);
+        bar.set_message(format!("({} failed)", status.failed));
+        if status.pending + status.leased == 0 {
+            break;
+        }
+        if workers.iter().all(|w| w.is_finished()) {
+            break;
+        }
+        tokio::select! {
+            _ = &mut stop => { interrupted = true; break; }
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    bar.finish_and_clear();
+    let _ = stop_tx.send(true);
+    let mut worker_error = None;
+    for w in workers {
+        match w.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => worker_error = Some(e),
+            Err(e) => worker_error = Some(anyhow::anyhow!("worker task: {e}")),
+        }
+    }
+    let status = running.state.status().await?;
+    running.stop().await;
+    let files = export::export(&state_dir, None)?;
+    print_status(&status);
+    println!(
+        "exports: {} ({} files)",
+        state_dir.join("exports").display(),
+        files.len()
+    );
+    if interrupted {
+        println!("interrupted: run the same command again to resume");
+    } else if status.failed > 0 {
+        println!(
+            "{} task(s) failed; `neuromfa sweep retry-failed {}` re-queues them",
+            status.failed,
+            state_dir.display()
+        );
+    }
+    if let Some(e) = worker_error {
+        if status.pending + status.leased > 0 {
+            return Err(e.context("workers stopped before the sweep finished"));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The coordinator's URL.
+    pub url: String,
+    /// Redraw every two seconds until interrupted or the sweep finishes.
+    #[arg(long)]
+    pub watch: bool,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// File holding the sweep token (else NEUROMFA_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+pub async fn fetch_status(url: &str, token: &str) -> Result<StatusReport> {
+    let mut client = worker::connect(url, token)?;
+    let reply = client
+        .status(proto::StatusRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("coordinator {url}: {}", s.message()))?;
+    serde_json::from_str(&reply.into_inner().status_json).context("unreadable status")
+}
+
+pub async fn status(args: StatusArgs) -> Result<()> {
+    let token = client_token(args.token_file.as_deref())?;
+    loop {
+        let status = fetch_status(&args.url, &token).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        } else {
+            if args.watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print_status(&status);
+        }
+        if !args.watch || status.pending + status.leased == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+fn print_status(s: &StatusReport) {
+    println!(
+        "sweep {}: {}/{} done, {} leased, {} pending, {} failed; {} repeated result(s) ignored{}",
+        s.sweep,
+        s.done,
+        s.total,
+        s.leased,
+        s.pending,
+        s.failed,
+        s.duplicates_ignored,
+        if s.draining { " (draining)" } else { "" }
+    );
+    let eta = s
+        .eta_seconds
+        .map_or("-".to_string(), |e| format!("{:.0} s", e));
+    println!("throughput {:.2} tasks/s, eta {eta}", s.throughput_per_s);
+    if !s.workers.is_empty() {
+        println!("workers:");
+        for w in &s.workers {
+            println!(
+                "  {:<28} {:>3} cores {:>4} leased  seen {:.1} s ago  v{}",
+                w.id, w.cores, w.leased, w.seconds_since_seen, w.version
+            );
+        }
+    }
+    println!("models:");
+    for m in &s.models {
+        let e = m.latest_e.map_or("-".into(), |e| format!("{e:.4}"));
+        let step = m.latest_step.map_or("-".into(), |v| v.to_string());
+        println!(
+            "  {:<40} {:>6}/{:<6} latest step {step:>7}  E {e}",
+            m.model, m.done, m.total
+        );
+    }
+    if !s.failures.is_empty() {
+        println!("failures:");
+        for f in &s.failures {
+            println!(
+                "  {} step {} seed {} ({} attempts): {}",
+                f.model, f.step, f.seed, f.attempts, f.error
+            );
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The sweep's state directory.
+    pub state_dir: PathBuf,
+    /// Where to write (default: STATE_DIR/exports).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn export_command(args: ExportArgs) -> Result<()> {
+    let files = export::export(&args.state_dir, args.out.as_deref())?;
+    for f in files {
+        println!("{}", f.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! A test cluster of real processes on 127.0.0.1: a loopback Hub serving checkpoints the
+//! tests lay out, a coordinator, and workers, each of which can be killed.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::data_dir;
+
+pub const TOKEN: &str = "test-sweep-token";
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_neuromfa"))
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A child process killed when dropped; its stderr goes to a log file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(binary());
+        cmd.args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .env_remove("NEUROMFA_TOKEN")
+            .env_remove("HF_TOKEN")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Proc {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM (a polite stop).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Copies a checkpoint directory into the Hub tree as `org/name/revision`.
+pub fn publish(hub: &Path, repo: &str, revision: &str, source: &Path) {
+    let dest = hub.join(repo).join(revision);
+    std::fs::create_dir_all(&dest).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(source.join(file), dest.join(file)).unwrap();
+    }
+}
+
+/// Two models × three steps, from the golden tiny GPT-NeoX and the trained history.
+pub fn publish_two_models(hub: &Path) -> Vec<(String, u64, PathBuf)> {
+    let mut published = Vec::new();
+    for step in [0u64, 1000, 2000] {
+        let src = data_dir().join(format!("golden/tiny-neox/step{step}"));
+        publish(hub, "test-org/tiny", &format!("step{step}"), &src);
+        published.push(("test-org/tiny".to_string(), step, src));
+    }
+    for step in [0u64, 64, 512] {
+        let src = data_dir().join(format!("trained/h64/step{step}"));
+        publish(hub, "test-org/h64", &format!("step{step}"), &src);
+        published.push(("test-org/h64".to_string(), step, src));
+    }
+    published
+}
+
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub hub: Proc,
+    pub hub_url: String,
+    pub coordinator_port: u16,
+    pub coordinator: Option<Proc>,
+    pub workers: Vec<Proc>,
+    pub spec: PathBuf,
+    pub state_dir: PathBuf,
+    starts: usize,
+}
+
+impl Cluster {
+    /// Lays out the Hub tree with `publish`, serves it, and writes a spec with `models`
+    /// (TOML `[[models]]` tables) and `extra` settings.
+    pub fn new(publish: impl FnOnce(&Path), models: &str, seeds: u32, extra: &str) -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let hub_dir = root.path().join("hub");
+        publish(&hub_dir);
+        let hub_port = free_port();
+        let hub_url = format!("http://127.0.0.1:{hub_port}");
+        let hub = Proc::spawn(
+            &[
+                "hub",
+                "serve",
+                hub_dir.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{hub_port}"),
+            ],
+            &[],
+            root.path().join("hub.log"),
+        );
+        wait_for_port(hub_port);
+        let coordinator_port = free_port();
+        let state_dir = root.path().join("state");
+        let spec = root.path().join("spec.toml");
+        std::fs::write(
+            &spec,
+            format!(
+                r#"
+name = "e2e"
+state_dir = "{}"
+seeds = {seeds}
+token = "{TOKEN}"
+
+[hub]
+endpoint = "{hub_url}"
+
+[coordinator]
+listen = "127.0.0.1:{coordinator_port}"
+lease_seconds = 3
+max_attempts = 3
+
+{extra}
+
+{models}
+"#,
+                state_dir.display()
+            ),
+        )
+        .unwrap();
+        Cluster {
+            root,
+            hub,
+            hub_url,
+            coordinator_port,
+            coordinator: None,
+            workers: Vec::new(),
+            spec,
+            state_dir,
+            starts: 0,
+        }
+    }
+
+    pub fn coordinator_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.coordinator_port)
+    }
+
+    pub fn start_coordinator(&mut self) {
+        self.starts += 1;
+        let log = self
+            .root
+            .path()
+            .join(format!("coordinator{}.log", self.starts));
+        let proc = Proc::spawn(
+            &[
+                "coordinator",
+                self.spec.to_str().unwrap(),
+                "--exit-when-done",
+            ],
+            &[],
+            log,
+        );
+        wait_for_port(self.coordinator_port);
+        self.coordinator = Some(proc);
+    }
+
+    pub fn start_worker(&mut self, token: &str) -> usize {
+        let index = self.workers.len();
+        let cache = self.root.path().join(format!("cache{index}"));
+        let log = self.root.path().join(format!("worker{index}.log"));
+        let url = self.coordinator_url();
+        let proc = Proc::spawn(
+            &[
+                "worker",
+                "--coordinator",
+                &url,
+                "--cache-dir",
+                cache.to_str().unwrap(),
+                "--give-up-after",
+                "60",
+            ],
+            &[("NEUROMFA_TOKEN", token)],
+            log,
+        );
+        self.workers.push(proc);
+        index
+    }
+
+    /// `neuromfa status --json` against the coordinator.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = Command::new(binary())
+            .args(["status", "--json", &self.coordinator_url()])
+            .env("NEUROMFA_TOKEN", TOKEN)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Polls status until `ready` holds.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status() {
+                if ready(&s) {
+                    return s;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status never got ready; last: {:?}\n{}",
+                self.status(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the coordinator to finish the sweep and exit.
+    pub fn wait_finished(&mut self, timeout: Duration) {
+        let logs = self.logs();
+        let coordinator = self.coordinator.as_mut().unwrap();
+        match coordinator.wait_exit(timeout) {
+            Some(status) => assert!(status.success(), "coordinator failed:\n{logs}"),
+            None => panic!("sweep did not finish in {timeout:?}:\n{}", self.logs()),
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.root.path()) {
+            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            for p in paths
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            {
+                let body = std::fs::read_to_string(&p).unwrap_or_default();
+                let tail: Vec<&str> = body.lines().rev().take(30).collect();
+                text += &format!(
+                    "--- {} ---\n{}\n",
+                    p.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        text
+    }
+
+    pub fn export_file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.state_dir.join("exports").join(name))
+            .unwrap_or_else(|e| panic!("export {name}: {e}\n{}", self.logs()))
+    }
+}
+
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Rows of a CSV file as header → value maps.
+pub fn csv_rows(text: &str) -> Vec<HashMap<String, String>> {
+    csv::Reader::from_reader(text.as_bytes())
+        .deserialize()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}

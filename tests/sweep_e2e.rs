@@ -1,0 +1,349 @@
+//! Distributed sweeps end to end, over real sockets on 127.0.0.1: a loopback Hub, a
+//! coordinator process and worker processes, some of them killed on purpose.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use support::cluster::*;
+use support::data_dir;
+
+const FINISH: Duration = Duration::from_secs(240);
+
+fn two_model_specs() -> &'static str {
+    r#"
+[[models]]
+repo = "test-org/tiny"
+steps = [0, 1000, 2000]
+
+[[models]]
+repo = "test-org/h64"
+steps = [0, 64, 512]
+"#
+}
+
+/// `neuromfa analyze --json` on local copies of the same checkpoints.
+fn analyze_aggregates(dirs: &[std::path::PathBuf], seeds: &str) -> serde_json::Value {
+    let out = std::process::Command::new(binary())
+        .args(["analyze", "--json", "--seeds", seeds])
+        .args(dirs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["aggregates"].clone()
+}
+
+fn number(text: &str) -> Option<f64> {
+    (!text.is_empty()).then(|| text.parse().unwrap())
+}
+
+#[test]
+fn two_workers_reproduce_analyze_and_a_repeated_result_is_ignored() {
+    let mut cluster = Cluster::new(
+        |hub| {
+            publish_two_models(hub);
+        },
+        two_model_specs(),
+        3,
+        "",
+    );
+    cluster.start_coordinator();
+    cluster.start_worker(TOKEN);
+    cluster.start_worker(TOKEN);
+    cluster.wait_finished(FINISH);
+
+    let rows = csv_rows(&cluster.export_file("aggregates.csv"));
+    assert_eq!(rows.len(), 6);
+    for (model, source) in [
+        ("test-org/tiny", "golden/tiny-neox"),
+        ("test-org/h64", "trained/h64"),
+    ] {
+        let steps: Vec<u64> = if model == "test-org/tiny" {
+            vec![0, 1000, 2000]
+        } else {
+            vec![0, 64, 512]
+        };
+        let dirs: Vec<_> = steps
+            .iter()
+            .map(|s| data_dir().join(format!("{source}/step{s}")))
+            .collect();
+        let expected = analyze_aggregates(&dirs, "0..3");
+        let ours: Vec<_> = rows.iter().filter(|r| r["model"] == model).collect();
+        assert_eq!(ours.len(), 3, "{model}");
+        for (row, reference) in ours.iter().zip(expected.as_array().unwrap()) {
+            assert_eq!(
+                row["step"].parse::<u64>().unwrap(),
+                reference["step"].as_u64().unwrap()
+            );
+            for field in [
+                "alpha0_mean",
+                "alpha0_var",
+                "alpha0_var_ddof1",
+                "width_mean",
+                "width_var",
+                "width_var_ddof1",
+                "E_from_means",
+                "E_per_seed_mean",
+                "E_per_seed_var",
+            ] {
+                assert_eq!(
+                    number(&row[field]),
+                    reference[field].as_f64(),
+                    "{model} step {} {field}",
+                    row["step"]
+                );
+            }
+        }
+    }
+    // Both workers took part.
+    let tasks = csv_rows(&cluster.export_file("tasks.csv"));
+    assert_eq!(tasks.len(), 18);
+    assert!(tasks.iter().all(|t| t["state"] == "done"));
+    let logs: Vec<String> = cluster.workers.iter().map(Proc::log_text).collect();
+    assert!(
+        logs.iter().all(|l| l.contains("task done")),
+        "{}",
+        cluster.logs()
+    );
+    assert!(cluster.export_file("summary.md").contains("test-org/h64"));
+    let spectra = csv_rows(&cluster.export_file("spectra.csv"));
+    assert_eq!(spectra.len(), 6 * 60);
+}
+
+/// Projection of tasks.csv that must not depend on interruptions.
+fn task_outcomes(text: &str) -> BTreeMap<(String, u64, u32), (String, String, String)> {
+    let rows = csv_rows(text);
+    let outcomes: BTreeMap<_, _> = rows
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r["model"].clone(),
+                    r["step"].parse().unwrap(),
+                    r["seed"].parse().unwrap(),
+                ),
+                (r["state"].clone(), r["alpha0"].clone(), r["width"].clone()),
+            )
+        })
+        .collect();
+    assert_eq!(outcomes.len(), rows.len(), "duplicate task rows");
+    outcomes
+}
+
+#[test]
+fn coordinator_killed_mid_sweep_resumes_to_the_same_exports() {
+    let models = r#"
+[[models]]
+repo = "test-org/h64"
+steps = [0, 16, 64, 256, 512, 1000, 2000, 3000]
+"#;
+    let publish = |hub: &std::path::Path| {
+        for step in [0, 16, 64, 256, 512, 1000, 2000, 3000] {
+            let src = data_dir().join(format!("trained/h64/step{step}"));
+            support::cluster::publish(hub, "test-org/h64", &format!("step{step}"), &src);
+        }
+    };
+    let mut interrupted = Cluster::new(publish, models, 6, "");
+    interrupted.start_coordinator();
+    for _ in 0..2 {
+        interrupted.start_worker(TOKEN);
+    }
+    interrupted.wait_status(FINISH, |s| s["done"].as_u64().unwrap_or(0) >= 10);
+    interrupted.coordinator.as_mut().unwrap().kill();
+    std::thread::sleep(Duration::from_millis(500));
+    interrupted.start_coordinator();
+    interrupted.wait_finished(FINISH);
+    let status_after = csv_rows(&interrupted.export_file("tasks.csv"));
+    assert_eq!(status_after.len(), 48);
+
+    let mut straight = Cluster::new(publish, models, 6, "");
+    straight.start_coordinator();
+    straight.start_worker(TOKEN);
+    straight.wait_finished(FINISH);
+
+    assert_eq!(
+        interrupted.export_file("aggregates.csv"),
+        straight.export_file("aggregates.csv")
+    );
+    assert_eq!(
+        interrupted.export_file("spectra.csv"),
+        straight.export_file("spectra.csv")
+    );
+    let (a, b) = (
+        task_outcomes(&interrupted.export_file("tasks.csv")),
+        task_outcomes(&straight.export_file("tasks.csv")),
+    );
+    assert_eq!(a, b);
+    assert!(a.values().all(|(state, _, _)| state == "done"));
+}
+
+#[test]
+fn a_killed_workers_task_is_leased_again_and_completes() {
+    let mut cluster = Cluster::new(
+        |hub| {
+            publish_two_models(hub);
+        },
+        two_model_specs(),
+        3,
+        "",
+    );
+    cluster.start_coordinator();
+    let victim = cluster.start_worker(TOKEN);
+    cluster.wait_status(FINISH, |s| s["leased"].as_u64().unwrap_or(0) > 0);
+    cluster.workers[victim].kill();
+    let survivor = cluster.start_worker(TOKEN);
+    cluster.wait_finished(FINISH);
+    let tasks = csv_rows(&cluster.export_file("tasks.csv"));
+    assert_eq!(tasks.len(), 18);
+    assert!(tasks.iter().all(|t| t["state"] == "done"), "{tasks:?}");
+    assert!(
+        tasks
+            .iter()
+            .any(|t| t["attempts"].parse::<u32>().unwrap() >= 2),
+        "no task was leased twice: {tasks:?}"
+    );
+    assert!(cluster.workers[survivor].log_text().contains("task done"));
+}
+
+#[test]
+fn a_corrupt_checkpoint_fails_its_tasks_with_the_reason_and_the_rest_complete() {
+    let mut cluster = Cluster::new(
+        |hub| {
+            publish_two_models(hub);
+            let bad = hub.join("test-org/tiny/step1000/model.safetensors");
+            let mut bytes = std::fs::read(&bad).unwrap();
+            bytes.truncate(bytes.len() / 3);
+            std::fs::write(&bad, bytes).unwrap();
+        },
+        two_model_specs(),
+        3,
+        "",
+    );
+    cluster.start_coordinator();
+    cluster.start_worker(TOKEN);
+    let status = cluster.wait_status(FINISH, |s| {
+        s["pending"].as_u64() == Some(0) && s["leased"].as_u64() == Some(0)
+    });
+    let failures = status["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 3, "{status}");
+    assert!(failures.iter().all(|f| f["step"] == 1000
+        && f["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid safetensors file")));
+    cluster.wait_finished(FINISH);
+    let tasks = csv_rows(&cluster.export_file("tasks.csv"));
+    let states: BTreeSet<(String, u64, String)> = tasks
+        .iter()
+        .map(|t| {
+            (
+                t["model"].clone(),
+                t["step"].parse().unwrap(),
+                t["state"].clone(),
+            )
+        })
+        .collect();
+    assert!(states.contains(&("test-org/tiny".into(), 1000, "failed".into())));
+    assert_eq!(tasks.iter().filter(|t| t["state"] == "done").count(), 15);
+    assert!(tasks
+        .iter()
+        .filter(|t| t["state"] == "failed")
+        .all(|t| t["last_error"].contains("not a valid safetensors file")));
+    assert!(cluster.export_file("summary.md").contains("Failed tasks"));
+}
+
+#[test]
+fn a_wrong_token_is_refused() {
+    let mut cluster = Cluster::new(
+        |hub| {
+            publish_two_models(hub);
+        },
+        two_model_specs(),
+        1,
+        "",
+    );
+    cluster.start_coordinator();
+    let impostor = cluster.start_worker("not-the-token");
+    let status = cluster.workers[impostor]
+        .wait_exit(Duration::from_secs(60))
+        .expect("the refused worker should exit");
+    assert!(!status.success());
+    let log = cluster.workers[impostor].log_text();
+    assert!(log.contains("wrong sweep token"), "{log}");
+
+    let out = std::process::Command::new(binary())
+        .args(["status", &cluster.coordinator_url()])
+        .env("NEUROMFA_TOKEN", "nope")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong sweep token"));
+    let status = cluster.status().unwrap();
+    assert_eq!(status["done"], 0);
+    assert!(status["workers"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_repeated_result_is_counted_and_ignored() {
+    let mut cluster = Cluster::new(
+        |hub| {
+            publish_two_models(hub);
+        },
+        two_model_specs(),
+        1,
+        "",
+    );
+    cluster.start_coordinator();
+    let url = cluster.coordinator_url();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use neuromfa::proto;
+        let mut client = neuromfa::worker::connect(&url, TOKEN).unwrap();
+        let worker_id = client
+            .register(proto::RegisterRequest {
+                host: "test".into(),
+                cores: 1,
+                version: "test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .worker_id;
+        let lease = client
+            .lease(proto::LeaseRequest {
+                worker_id: worker_id.clone(),
+                max_tasks: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let task = &lease.tasks[0];
+        let checkpoint = neuromfa_common::Checkpoint::open(
+            &data_dir().join(format!("golden/tiny-neox/step{}", task.step)),
+        )
+        .unwrap();
+        let params = serde_json::from_str(&lease.params_json).unwrap();
+        let result =
+            neuromfa_common::analyze_seed(&checkpoint, &params, task.step, task.seed).unwrap();
+        let request = proto::CompleteRequest {
+            worker_id,
+            task_id: task.task_id,
+            attempt: task.attempt,
+            result_json: serde_json::to_string(&result.result).unwrap(),
+            ..Default::default()
+        };
+        let first = client.complete(request.clone()).await.unwrap().into_inner();
+        let second = client.complete(request).await.unwrap().into_inner();
+        assert!(first.accepted);
+        assert!(!second.accepted);
+    });
+    let status = cluster.status().unwrap();
+    assert_eq!(status["done"], 1);
+    assert_eq!(status["duplicates_ignored"], 1);
+}
