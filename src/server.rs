@@ -218,12 +218,14 @@ impl Coordinator for CoordinatorService {
             .state
             .call(move |s, c| {
                 let params_json = serde_json::to_string(s.params()).unwrap_or_default();
+                // Draining for a stop or restart: no new work, but workers stay, so they
+                // carry on with the next coordinator on the same state.
                 if c.draining {
                     return Ok(proto::LeaseReply {
                         tasks: Vec::new(),
                         params_json,
-                        retry_after_ms: 0,
-                        sweep_finished: true,
+                        retry_after_ms: 1000,
+                        sweep_finished: false,
                     });
                 }
                 let leases = s.lease(&r.worker_id, r.max_tasks.max(1) as usize, c.now_ms)?;

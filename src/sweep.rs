@@ -148,6 +148,9 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
             _ = &mut stop => {
                 tracing::info!("stopping: no new leases; in-flight work may finish for {} s", args.drain_seconds);
                 running.drain_and_stop(Duration::from_secs(args.drain_seconds)).await;
+                // The tables reflect everything acknowledged, finished or not.
+                let files = export::export(&state_dir, None)?;
+                tracing::info!(exports = %state_dir.join("exports").display(), files = files.len(), "stopped");
                 break;
             }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {

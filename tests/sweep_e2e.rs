@@ -347,3 +347,73 @@ fn a_repeated_result_is_counted_and_ignored() {
     assert_eq!(status["done"], 1);
     assert_eq!(status["duplicates_ignored"], 1);
 }
+
+#[test]
+fn sigterm_releases_a_workers_leases_and_stops_the_coordinator_cleanly() {
+    // Leases long enough that only a release, not expiry, can free them in time.
+    let mut cluster = Cluster::with_lease(
+        |hub| {
+            publish_two_models(hub);
+        },
+        two_model_specs(),
+        3,
+        "",
+        120,
+    );
+    cluster.start_coordinator_with(&["--drain-seconds", "5"]);
+    let worker = cluster.start_worker(TOKEN);
+    cluster.wait_status(FINISH, |s| s["leased"].as_u64().unwrap_or(0) > 0);
+    cluster.workers[worker].terminate();
+    let exit = cluster.workers[worker].wait_exit(Duration::from_secs(20));
+    assert!(exit.is_some_and(|s| s.success()), "{}", cluster.logs());
+    let status = cluster.wait_status(Duration::from_secs(5), |s| s["leased"] == 0);
+    let done = status["done"].as_u64().unwrap();
+    assert!(done < 18, "the worker should have stopped mid-sweep");
+
+    // A released lease costs no attempt: the next worker's attempts are all first ones
+    // for the tasks it had not finished.
+    cluster.start_worker(TOKEN);
+    cluster.wait_status(FINISH, |s| s["done"] == 18);
+    let coordinator = cluster.coordinator.as_mut().unwrap();
+    coordinator.terminate();
+    let exit = coordinator.wait_exit(Duration::from_secs(30));
+    assert!(exit.is_some_and(|s| s.success()), "{}", cluster.logs());
+    let tasks = csv_rows(&cluster.export_file("tasks.csv"));
+    assert!(tasks.iter().all(|t| t["attempts"] == "1"), "{tasks:?}");
+}
+
+#[test]
+fn sweep_run_does_it_all_in_one_process() {
+    let cluster = Cluster::new(
+        |hub| {
+            publish_two_models(hub);
+        },
+        two_model_specs(),
+        2,
+        "",
+    );
+    let out = std::process::Command::new(binary())
+        .args([
+            "sweep",
+            "run",
+            cluster.spec.to_str().unwrap(),
+            "--workers",
+            "2",
+        ])
+        .arg("--cache-dir")
+        .arg(cluster.root.path().join("cache"))
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("12/12 done"), "{stdout}");
+    assert!(stdout.contains("exports:"), "{stdout}");
+    let tasks = csv_rows(&cluster.export_file("tasks.csv"));
+    assert_eq!(tasks.len(), 12);
+    assert_eq!(csv_rows(&cluster.export_file("aggregates.csv")).len(), 6);
+}

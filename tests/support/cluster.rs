@@ -123,6 +123,16 @@ impl Cluster {
     /// Lays out the Hub tree with `publish`, serves it, and writes a spec with `models`
     /// (TOML `[[models]]` tables) and `extra` settings.
     pub fn new(publish: impl FnOnce(&Path), models: &str, seeds: u32, extra: &str) -> Cluster {
+        Self::with_lease(publish, models, seeds, extra, 3)
+    }
+
+    pub fn with_lease(
+        publish: impl FnOnce(&Path),
+        models: &str,
+        seeds: u32,
+        extra: &str,
+        lease_seconds: u32,
+    ) -> Cluster {
         let root = tempfile::tempdir().unwrap();
         let hub_dir = root.path().join("hub");
         publish(&hub_dir);
@@ -157,7 +167,7 @@ endpoint = "{hub_url}"
 
 [coordinator]
 listen = "127.0.0.1:{coordinator_port}"
-lease_seconds = 3
+lease_seconds = {lease_seconds}
 max_attempts = 3
 
 {extra}
@@ -186,20 +196,18 @@ max_attempts = 3
     }
 
     pub fn start_coordinator(&mut self) {
+        self.start_coordinator_with(&["--exit-when-done"]);
+    }
+
+    pub fn start_coordinator_with(&mut self, flags: &[&str]) {
         self.starts += 1;
         let log = self
             .root
             .path()
             .join(format!("coordinator{}.log", self.starts));
-        let proc = Proc::spawn(
-            &[
-                "coordinator",
-                self.spec.to_str().unwrap(),
-                "--exit-when-done",
-            ],
-            &[],
-            log,
-        );
+        let mut args = vec!["coordinator", self.spec.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        let proc = Proc::spawn(&args, &[], log);
         wait_for_port(self.coordinator_port);
         self.coordinator = Some(proc);
     }

@@ -121,3 +121,91 @@ fn remove_snapshot(dir: &Path) -> std::io::Result<()> {
     }
     std::fs::remove_dir(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fetch::FetchedFile;
+    use std::time::Duration;
+
+    /// A repo in HF cache layout with one snapshot per revision; `config.json` is the
+    /// same blob in every snapshot, each model file its own.
+    fn snapshot(repo: &Path, commit: &str, model_bytes: usize) -> FetchedCheckpoint {
+        let blobs = repo.join("blobs");
+        let dir = repo.join("snapshots").join(commit);
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(blobs.join("shared-config"), b"{}").unwrap();
+        std::fs::write(
+            blobs.join(format!("model-{commit}")),
+            vec![1u8; model_bytes],
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("../../blobs/shared-config", dir.join("config.json")).unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../blobs/model-{commit}"),
+            dir.join("model.safetensors"),
+        )
+        .unwrap();
+        FetchedCheckpoint {
+            dir,
+            commit: commit.into(),
+            files: vec![FetchedFile {
+                name: "model.safetensors".into(),
+                size: model_bytes as u64,
+                sha256: None,
+            }],
+            bytes_downloaded: model_bytes as u64,
+            requests: 2,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn evicts_finished_checkpoints_oldest_first_and_keeps_shared_blobs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("models--org--m");
+        let (a, b, c) = (
+            snapshot(&repo, "aaa", 1000),
+            snapshot(&repo, "bbb", 1000),
+            snapshot(&repo, "ccc", 1000),
+        );
+        let mut cache = CheckpointCache::new(Some(2500));
+        for fetched in [&a, &b, &c] {
+            cache.note_fetched(fetched);
+        }
+        // Nothing finished yet: over the bound, but nothing may go.
+        assert!(cache.evict_if_needed().is_empty());
+        cache.note_finished(&b);
+        cache.note_finished(&a);
+        let evicted = cache.evict_if_needed();
+        assert_eq!(
+            evicted,
+            vec![a.dir.clone()],
+            "oldest finished first, only as needed"
+        );
+        assert!(!a.dir.exists());
+        assert!(
+            !repo.join("blobs/model-aaa").exists(),
+            "its own blob is freed"
+        );
+        assert!(
+            repo.join("blobs/shared-config").exists(),
+            "a shared blob stays"
+        );
+        assert!(std::fs::read_to_string(b.dir.join("config.json")).is_ok());
+        assert!(c.dir.join("model.safetensors").exists());
+        assert_eq!(cache.bytes(), 2000);
+    }
+
+    #[test]
+    fn no_bound_means_no_eviction() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = snapshot(&tmp.path().join("r"), "aaa", 10);
+        let mut cache = CheckpointCache::new(None);
+        cache.note_fetched(&a);
+        cache.note_finished(&a);
+        assert!(cache.evict_if_needed().is_empty());
+        assert!(a.dir.exists());
+    }
+}
