@@ -940,15 +940,7 @@ impl SweepState {
         if task.state != TaskState::Leased || task.worker.as_deref() != Some(worker) {
             return Ok(false);
         }
-        let exhausted = permanent || task.attempts >= self.spec.coordinator.max_attempts;
-        self.tasks[slot].last_error = Some(error.to_string());
-        let next = if exhausted {
-            TaskState::Failed
-        } else {
-            TaskState::Pending
-        };
-        self.set_state(slot, next);
-        self.write_task(slot)?;
+        let exhausted = self.record_failed_attempt(slot, error.to_string(), permanent)?;
         let key = &self.checkpoints[self.tasks[slot].checkpoint];
         tracing::warn!(
             model = %key.model, step = key.step, seed = self.tasks[slot].seed,
@@ -956,6 +948,27 @@ impl SweepState {
             "task failed"
         );
         Ok(!exhausted)
+    }
+
+    /// Records why an attempt failed and requeues the task, or marks it failed when it is
+    /// out of attempts or the failure is permanent. Returns whether it is out.
+    fn record_failed_attempt(
+        &mut self,
+        slot: usize,
+        error: String,
+        permanent: bool,
+    ) -> Result<bool> {
+        let exhausted =
+            permanent || self.tasks[slot].attempts >= self.spec.coordinator.max_attempts;
+        self.tasks[slot].last_error = Some(error);
+        let next = if exhausted {
+            TaskState::Failed
+        } else {
+            TaskState::Pending
+        };
+        self.set_state(slot, next);
+        self.write_task(slot)?;
+        Ok(exhausted)
     }
 
     /// Gives leases back without counting the attempt (a worker shutting down).
@@ -985,23 +998,16 @@ impl SweepState {
         for &slot in &lapsed {
             let task = &self.tasks[slot];
             let worker = task.worker.clone().unwrap_or_default();
-            let exhausted = task.attempts >= self.spec.coordinator.max_attempts;
             let key = &self.checkpoints[task.checkpoint];
             tracing::warn!(
                 model = %key.model, step = key.step, seed = task.seed, attempt = task.attempts,
                 worker = %worker, "lease expired"
             );
-            self.tasks[slot].last_error = Some(format!(
+            let error = format!(
                 "lease expired: worker {worker} stopped heartbeating (attempt {})",
-                self.tasks[slot].attempts
-            ));
-            let next = if exhausted {
-                TaskState::Failed
-            } else {
-                TaskState::Pending
-            };
-            self.set_state(slot, next);
-            self.write_task(slot)?;
+                task.attempts
+            );
+            self.record_failed_attempt(slot, error, false)?;
         }
         Ok(lapsed.len())
     }
