@@ -34,6 +34,7 @@ fn fake_result(step: u64, seed: u32) -> String {
         kept_nodes: 5120,
         radii: 140,
         node_dimension_mean: Some(1.1),
+        parameters: 2_516_582_400,
     };
     serde_json::to_string(&result).unwrap_or_default()
 }

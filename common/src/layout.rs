@@ -72,6 +72,13 @@ struct RawConfig {
 }
 
 impl ModelShape {
+    /// Weights of the matrices the network is made of (QKV, attention dense, both MLP
+    /// matrices, every block): the non-embedding size used to compare models.
+    pub fn matrix_parameters(&self) -> u64 {
+        let (d, m) = (self.hidden_size as u64, self.intermediate_size as u64);
+        self.num_blocks as u64 * (4 * d * d + 2 * d * m)
+    }
+
     /// Reads the shape from a transformers `config.json`.
     pub fn from_config_file(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

@@ -68,6 +68,9 @@ pub struct SeedResult {
     pub radii: usize,
     /// Mean local fractal dimension over kept nodes that have one.
     pub node_dimension_mean: Option<f64>,
+    /// Non-embedding weight-matrix parameters of the model (its size for comparisons).
+    #[serde(default)]
+    pub parameters: u64,
 }
 
 impl SeedResult {
@@ -129,6 +132,7 @@ pub fn analyze_seed(
         radii: spectrum.radii.len(),
         node_dimension_mean: (!dimensions.is_empty())
             .then(|| dimensions.iter().sum::<f64>() / dimensions.len() as f64),
+        parameters: reader.shape().matrix_parameters(),
     };
     Ok(SeedAnalysis {
         draw,

@@ -54,6 +54,8 @@ pub struct TaskRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct AggregateRow {
     pub model: String,
+    /// Non-embedding weight-matrix parameters (0 when unknown).
+    pub parameters: u64,
     pub step: u64,
     pub seeds: usize,
     pub alpha0_mean: f64,
@@ -145,6 +147,7 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
         .map_err(db)?;
     let mut tasks = Vec::new();
     let mut points: BTreeMap<String, Vec<SeedPoint>> = BTreeMap::new();
+    let mut parameters: BTreeMap<String, u64> = BTreeMap::new();
     for row in rows {
         let (id, model, revision, step, seed, state, attempts, error, json, bytes, requests) =
             row.map_err(db)?;
@@ -161,6 +164,7 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
             })?;
         if let Some(r) = &result {
             points.entry(model.clone()).or_default().push(r.point());
+            parameters.insert(model.clone(), r.parameters);
         }
         tasks.push(TaskRow {
             model,
@@ -194,7 +198,8 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
             .unwrap_or(0);
         for a in aggregate(points, first) {
             spectra.extend(spectrum_rows(&model.repo, &a, &params.q));
-            aggregates.push(aggregate_row(&model.repo, &a));
+            let size = parameters.get(&model.repo).copied().unwrap_or(0);
+            aggregates.push(aggregate_row(&model.repo, size, &a));
         }
     }
     Ok(ExportData {
@@ -205,9 +210,10 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
     })
 }
 
-fn aggregate_row(model: &str, a: &StepAggregate) -> AggregateRow {
+fn aggregate_row(model: &str, parameters: u64, a: &StepAggregate) -> AggregateRow {
     AggregateRow {
         model: model.to_string(),
+        parameters,
         step: a.step,
         seeds: a.seeds,
         alpha0_mean: a.alpha0_mean,

@@ -47,6 +47,7 @@ fn result(step: u64, seed: u32) -> SeedResult {
         kept_nodes: 5,
         radii: 3,
         node_dimension_mean: None,
+        parameters: 1000,
     }
 }
 
