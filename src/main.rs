@@ -72,9 +72,12 @@ enum HubCommand {
     },
 }
 
-fn init_logging(format: LogFormat) {
+/// Services log what they do; interactive commands show progress instead and log only
+/// what goes wrong (RUST_LOG overrides both).
+fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -109,7 +112,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let level = match cli.command {
+        Command::Coordinator(_) | Command::Worker(_) | Command::Hub(_) => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, level);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`| head`) is the reader's choice, not a failure.

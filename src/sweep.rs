@@ -11,6 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use neuromfa_coordinator::{export, OpenMode, StatusReport, SweepSpec, SweepState};
 use tokio::sync::watch;
 
+use neuromfa_worker::hub_server::{self, HubServerConfig};
+
 use crate::auth::generate_token;
 use crate::proto;
 use crate::server::RunningCoordinator;
@@ -280,11 +282,35 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         .context("cannot listen on loopback")?;
     let running = RunningCoordinator::start(state, listener, token.clone(), announced_hub(&spec))?;
     let url = format!("http://{}", running.addr);
+    // A local checkpoint tree is served over a loopback Hub, downloaded into a cache
+    // inside the state directory: the same path real downloads take, with no network.
+    let local_hub = match &spec.hub.serve_dir {
+        Some(dir) => {
+            if !dir.is_dir() {
+                bail!("hub.serve_dir {} is not a directory", dir.display());
+            }
+            let config = HubServerConfig {
+                root: dir.clone(),
+                token: None,
+            };
+            let hub = hub_server::spawn(config, ([127, 0, 0, 1], 0).into())
+                .await
+                .with_context(|| format!("serving {}", dir.display()))?;
+            tracing::info!(dir = %dir.display(), endpoint = %hub.endpoint(), "serving local checkpoints");
+            Some(hub)
+        }
+        None => None,
+    };
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .or_else(|| local_hub.as_ref().map(|_| state_dir.join("hf-cache")));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = Vec::new();
     for i in 0..args.workers {
         let mut options = WorkerOptions::new(url.clone(), token.clone());
-        options.cache_dir = args.cache_dir.clone();
+        options.cache_dir = cache_dir.clone();
+        options.hub_endpoint = local_hub.as_ref().map(|h| h.endpoint());
         options.host = format!("{}-local{i}", worker::hostname());
         options.give_up_after = Duration::from_secs(30);
         workers.push(tokio::spawn(worker::run(options, stop_rx.clone())));
@@ -327,6 +353,9 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     }
     let status = running.state.status().await?;
     running.stop().await;
+    if let Some(hub) = local_hub {
+        let _ = hub.shutdown().await;
+    }
     let files = export::export(&state_dir, None)?;
     print_status(&status);
     println!(

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use support::cluster::*;
-use support::data_dir;
+use support::{data_dir, demo_step};
 
 const FINISH: Duration = Duration::from_secs(240);
 
@@ -60,10 +60,7 @@ fn two_workers_reproduce_analyze_and_a_repeated_result_is_ignored() {
 
     let rows = csv_rows(&cluster.export_file("aggregates.csv"));
     assert_eq!(rows.len(), 6);
-    for (model, source) in [
-        ("test-org/tiny", "golden/tiny-neox"),
-        ("test-org/h64", "trained/h64"),
-    ] {
+    for model in ["test-org/tiny", "test-org/h64"] {
         let steps: Vec<u64> = if model == "test-org/tiny" {
             vec![0, 1000, 2000]
         } else {
@@ -71,7 +68,13 @@ fn two_workers_reproduce_analyze_and_a_repeated_result_is_ignored() {
         };
         let dirs: Vec<_> = steps
             .iter()
-            .map(|s| data_dir().join(format!("{source}/step{s}")))
+            .map(|&s| {
+                if model == "test-org/tiny" {
+                    data_dir().join(format!("golden/tiny-neox/step{s}"))
+                } else {
+                    demo_step("h64", s)
+                }
+            })
             .collect();
         let expected = analyze_aggregates(&dirs, "0..3");
         let ours: Vec<_> = rows.iter().filter(|r| r["model"] == model).collect();
@@ -145,7 +148,7 @@ steps = [0, 16, 64, 256, 512, 1000, 2000, 3000]
 "#;
     let publish = |hub: &std::path::Path| {
         for step in [0, 16, 64, 256, 512, 1000, 2000, 3000] {
-            let src = data_dir().join(format!("trained/h64/step{step}"));
+            let src = demo_step("h64", step);
             support::cluster::publish(hub, "test-org/h64", &format!("step{step}"), &src);
         }
     };

@@ -71,11 +71,53 @@ enum Fill {
     Constant(f32),
 }
 
+/// Where along a synthetic training trajectory a checkpoint sits (SPEC-free: a model of
+/// the paper's toy experiments, Appendix A.2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TrajectoryPoint {
+    /// Rounds of the weight preferential-attachment adjustment (paper Algorithm 1): each
+    /// round scales weights above the median magnitude up by `1 + delta` and those below
+    /// it down by `1 - delta`, so strong connections grow stronger.
+    pub rounds: u32,
+    pub delta: f64,
+    /// Spread (sd of the log) of per-neuron scale factors: diversity between neurons.
+    pub diversity: f64,
+}
+
+/// Median of |w| for w ~ N(0, std): std · Φ⁻¹(3/4).
+fn median_magnitude(std: f64) -> f64 {
+    std * 0.674_489_750_196_081_7
+}
+
+impl TrajectoryPoint {
+    /// Point `t ∈ [0, 1]` of the default trajectory: up to 6 adjustment rounds of 8 %,
+    /// and neuron scale spread growing to 1.
+    pub fn at(t: f64) -> Self {
+        let t = t.clamp(0.0, 1.0);
+        TrajectoryPoint {
+            rounds: (6.0 * t).round() as u32,
+            delta: 0.08,
+            diversity: t,
+        }
+    }
+
+    #[inline]
+    fn apply(&self, value: f64, median: f64, neuron_factor: f64) -> f64 {
+        let gain = if value.abs() >= median {
+            1.0 + self.delta
+        } else {
+            1.0 - self.delta
+        };
+        value * gain.powi(self.rounds as i32) * neuron_factor
+    }
+}
+
 /// A tensor generated when the writer asks for its bytes, so only one is ever in memory.
 struct SynthTensor {
     shape: Vec<usize>,
     fill: Fill,
     stream: u64,
+    trajectory: TrajectoryPoint,
 }
 
 /// Values per independently seeded chunk: fixed, so output does not depend on threads.
@@ -106,6 +148,19 @@ impl View for &SynthTensor {
                     .for_each(|b| b.copy_from_slice(&word));
             }
             Fill::Normal { std } => {
+                let cols = self.shape.last().copied().unwrap_or(1).max(1);
+                // Per-neuron factors on each input neuron's outgoing weights (a column in
+                // torch's [out, in] layout): a neuron's one-hop distances all shift
+                // together, so neurons come to differ in how their neighbourhoods grow.
+                // Their own stream keeps the base weights the same along a trajectory.
+                let mut factor_rng = Xoshiro256PlusPlus::seed_from_u64(!self.stream);
+                let factors: Vec<f64> = (0..cols)
+                    .map(|_| {
+                        let z: f64 = rand_distr::StandardNormal.sample(&mut factor_rng);
+                        (self.trajectory.diversity * z).exp()
+                    })
+                    .collect();
+                let median = median_magnitude(std);
                 bytes
                     .par_chunks_mut(CHUNK * 2)
                     .enumerate()
@@ -115,8 +170,10 @@ impl View for &SynthTensor {
                         );
                         // A positive finite std always makes a valid distribution.
                         let normal = Normal::new(0.0, std).unwrap_or_else(|_| unreachable!());
-                        for b in out.chunks_exact_mut(2) {
+                        for (i, b) in out.chunks_exact_mut(2).enumerate() {
                             let v: f64 = normal.sample(&mut rng);
+                            let col = (chunk * CHUNK + i) % cols;
+                            let v = self.trajectory.apply(v, median, factors[col]);
                             b.copy_from_slice(&half::f16::from_f64(v).to_le_bytes());
                         }
                     });
@@ -131,7 +188,7 @@ impl View for &SynthTensor {
 }
 
 /// Every tensor of a transformers `GPTNeoXForCausalLM` state dict, in name order.
-fn tensors(p: &Preset, seed: u64) -> Vec<(String, SynthTensor)> {
+fn tensors(p: &Preset, seed: u64, trajectory: TrajectoryPoint) -> Vec<(String, SynthTensor)> {
     let (d, m, v) = (p.hidden_size, p.intermediate_size, p.vocab_size);
     // Pythia's initialisation scale; small enough that most one-hop distances lie
     // within the default threshold, as in real checkpoints.
@@ -195,6 +252,7 @@ fn tensors(p: &Preset, seed: u64) -> Vec<(String, SynthTensor)> {
                     shape,
                     fill,
                     stream,
+                    trajectory,
                 },
             )
         })
@@ -226,18 +284,32 @@ pub fn config_json(p: &Preset) -> serde_json::Value {
 
 /// Total bytes the checkpoint's tensors take.
 pub fn tensor_bytes(p: &Preset) -> u64 {
-    tensors(p, 0).iter().map(|(_, t)| t.len() as u64 * 2).sum()
+    tensors(p, 0, TrajectoryPoint::default())
+        .iter()
+        .map(|(_, t)| t.len() as u64 * 2)
+        .sum()
 }
 
 /// Writes `config.json` and an f16 `model.safetensors` for preset `p` into `out`.
 /// The same seed writes the same bytes.
 pub fn write_checkpoint(p: &Preset, out: &Path, seed: u64) -> Result<(), Error> {
+    write_trajectory_checkpoint(p, out, seed, TrajectoryPoint::default())
+}
+
+/// Writes the checkpoint of seed `seed` moved to `point` of a synthetic trajectory. The
+/// base weights are the same at every point, as in a real training history.
+pub fn write_trajectory_checkpoint(
+    p: &Preset,
+    out: &Path,
+    seed: u64,
+    point: TrajectoryPoint,
+) -> Result<(), Error> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let config_path = out.join(CONFIG_FILE);
     let config = serde_json::to_string_pretty(&config_json(p))
         .map_err(|e| Error::InvalidParameter(format!("cannot encode config: {e}")))?;
     std::fs::write(&config_path, config).map_err(|e| Error::io(&config_path, e))?;
-    let tensors = tensors(p, seed);
+    let tensors = tensors(p, seed, point);
     let model_path = out.join(SINGLE_FILE);
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::tensor::serialize_to_file(

@@ -1,5 +1,6 @@
 //! The science against outputs of the published reference code (tests/data/golden and
-//! tests/data/trained): draws and counts exactly, floats within 1e-9.
+//! the demo's real training history in examples/demo): draws and counts exactly, floats
+//! within 1e-9.
 
 use std::path::PathBuf;
 
@@ -17,9 +18,16 @@ fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data")
 }
 
+fn demo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")
+}
+
 fn load(path: &str) -> Value {
-    let path = data_dir().join(path);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    load_file(&data_dir().join(path))
+}
+
+fn load_file(path: &std::path::Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     serde_json::from_str(&text).unwrap()
 }
 
@@ -176,8 +184,9 @@ fn grid_from_bounds_equals_the_reference_grids() {
 
 /// Runs every (step, seed) of a reference run on its checkpoints and compares per-task
 /// results, draws and aggregates.
-fn check_reference_run(root: &str, checkpoint_dir: impl Fn(u64) -> PathBuf) {
-    let expected = load(&format!("{root}/expected.json"));
+fn check_reference_run(expected: &std::path::Path, checkpoint_dir: impl Fn(u64) -> PathBuf) {
+    let root = expected.display().to_string();
+    let expected = load_file(expected);
     let params = AnalysisParams {
         layer_sample: expected["layer_sample"].as_u64().unwrap() as usize,
         threshold: expected["threshold"].as_f64().unwrap(),
@@ -262,22 +271,22 @@ fn check_reference_run(root: &str, checkpoint_dir: impl Fn(u64) -> PathBuf) {
 
 #[test]
 fn tiny_neox_matches_reference_run() {
-    check_reference_run("golden/tiny-neox", |step| {
+    check_reference_run(&data_dir().join("golden/tiny-neox/expected.json"), |step| {
         data_dir().join(format!("golden/tiny-neox/step{step}"))
     });
 }
 
 #[test]
 fn trained_h64_history_matches_reference_run() {
-    check_reference_run("trained/h64", |step| {
-        data_dir().join(format!("trained/h64/step{step}"))
+    check_reference_run(&demo_dir().join("expected/gpt-neox-h64.json"), |step| {
+        demo_dir().join(format!("hub/neuromfa-demo/gpt-neox-h64/step{step}"))
     });
 }
 
 #[test]
 fn trained_h128_history_matches_reference_run() {
-    check_reference_run("trained/h128", |step| {
-        data_dir().join(format!("trained/h128/step{step}"))
+    check_reference_run(&demo_dir().join("expected/gpt-neox-h128.json"), |step| {
+        demo_dir().join(format!("hub/neuromfa-demo/gpt-neox-h128/step{step}"))
     });
 }
 

@@ -83,6 +83,9 @@ pub struct HubSpec {
     pub endpoint: Option<String>,
     /// Hub token; unset means `HF_TOKEN` or the standard token file.
     pub token: Option<String>,
+    /// A directory laid out as `<org>/<name>/<revision>/<file>` that `sweep run` serves
+    /// over a loopback Hub to its workers (relative paths are relative to the spec file).
+    pub serve_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,6 +171,7 @@ const ENV_KEYS: &[&str] = &[
     "analysis.alpha0",
     "hub.endpoint",
     "hub.token",
+    "hub.serve_dir",
     "coordinator.listen",
     "coordinator.address",
     "coordinator.lease_seconds",
@@ -214,8 +218,7 @@ impl SweepSpec {
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| load_error(e.to_string()))?;
-        spec.validate(path)?;
-        Ok(spec)
+        spec.finish(path)
     }
 
     /// Parses TOML text without environment overrides.
@@ -228,8 +231,21 @@ impl SweepSpec {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
-        spec.validate(path)?;
-        Ok(spec)
+        spec.finish(path)
+    }
+
+    /// Resolves paths that are relative to the spec file, then validates.
+    fn finish(mut self, path: &Path) -> Result<Self, SpecError> {
+        if let Some(dir) = self.hub.serve_dir.take() {
+            let base = path.parent().unwrap_or(Path::new(""));
+            self.hub.serve_dir = Some(if dir.is_relative() {
+                base.join(dir)
+            } else {
+                dir
+            });
+        }
+        self.validate(path)?;
+        Ok(self)
     }
 
     fn validate(&self, path: &Path) -> Result<(), SpecError> {

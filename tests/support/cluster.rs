@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::data_dir;
+use super::{data_dir, demo_step};
 
 pub const TOKEN: &str = "test-sweep-token";
 
@@ -100,7 +100,7 @@ pub fn publish_two_models(hub: &Path) -> Vec<(String, u64, PathBuf)> {
         published.push(("test-org/tiny".to_string(), step, src));
     }
     for step in [0u64, 64, 512] {
-        let src = data_dir().join(format!("trained/h64/step{step}"));
+        let src = demo_step("h64", step);
         publish(hub, "test-org/h64", &format!("step{step}"), &src);
         published.push(("test-org/h64".to_string(), step, src));
     }

@@ -12,6 +12,13 @@ pub fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
+/// A checkpoint of the demo's real training history (`size` is `h64` or `h128`).
+pub fn demo_step(size: &str, step: u64) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "examples/demo/hub/neuromfa-demo/gpt-neox-{size}/step{step}"
+    ))
+}
+
 pub fn golden_step(step: u64) -> PathBuf {
     data_dir().join(format!("golden/tiny-neox/step{step}"))
 }
