@@ -37,6 +37,68 @@ impl WeightReader for crate::checkpoint::Checkpoint {
     }
 }
 
+/// One weight read a sample needs: `W[rows[i], cols[j]]` of a block's tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gather {
+    pub block: usize,
+    pub tensor: BlockTensor,
+    pub rows: Vec<usize>,
+    pub cols: Vec<usize>,
+    /// Layers (indices into `Snin::layers`) the edges run from and to.
+    from: usize,
+    to: usize,
+}
+
+/// The layers of a sample, in network order.
+fn layers_of(draw: &SninDraw, hidden: usize) -> Vec<Layer> {
+    let mut layers = Vec::with_capacity(5 * draw.blocks.len() + 1);
+    for (b, block) in draw.blocks.iter().enumerate() {
+        for (suffix, neurons) in [
+            ("A", block.input.clone()),
+            ("QKV", block.qkv_rows(hidden)),
+            ("ATT", block.heads.clone()),
+            ("D", block.dense.clone()),
+            ("M", block.mlp.clone()),
+        ] {
+            layers.push(Layer {
+                name: format!("b{b}.{suffix}"),
+                neurons,
+            });
+        }
+    }
+    layers.push(Layer {
+        name: "out".to_string(),
+        neurons: draw.output.clone(),
+    });
+    layers
+}
+
+/// Every weight read a sample makes, in the order `Snin::build` makes them. Fetchers use
+/// it to download only these elements.
+pub fn gathers(draw: &SninDraw, hidden: usize) -> Vec<Gather> {
+    let layers = layers_of(draw, hidden);
+    let mut reads = Vec::with_capacity(4 * draw.blocks.len());
+    for b in 0..draw.blocks.len() {
+        let [a, _qkv, att, dense, mlp, next] = [0, 1, 2, 3, 4, 5].map(|i| 5 * b + i);
+        for (tensor, from, to) in [
+            (BlockTensor::Qkv, a, a + 1),
+            (BlockTensor::AttentionDense, att, dense),
+            (BlockTensor::MlpUp, dense, mlp),
+            (BlockTensor::MlpDown, mlp, next),
+        ] {
+            reads.push(Gather {
+                block: b,
+                tensor,
+                rows: layers[to].neurons.clone(),
+                cols: layers[from].neurons.clone(),
+                from,
+                to,
+            });
+        }
+    }
+    reads
+}
+
 /// One layer of drawn neurons.
 #[derive(Debug, Clone, Serialize)]
 pub struct Layer {
@@ -66,36 +128,9 @@ pub struct Snin {
 impl Snin {
     /// Builds seed `draw`'s network from the weights of one checkpoint.
     pub fn build(reader: &dyn WeightReader, draw: &SninDraw) -> Result<Self, Error> {
-        let shape = *reader.shape();
-        let d = shape.hidden_size;
+        let hidden = reader.shape().hidden_size;
         let s = draw.layer_sample;
-        let mut layers = Vec::with_capacity(5 * draw.blocks.len() + 1);
-        for (b, block) in draw.blocks.iter().enumerate() {
-            layers.push(Layer {
-                name: format!("b{b}.A"),
-                neurons: block.input.clone(),
-            });
-            layers.push(Layer {
-                name: format!("b{b}.QKV"),
-                neurons: block.qkv_rows(d),
-            });
-            layers.push(Layer {
-                name: format!("b{b}.ATT"),
-                neurons: block.heads.clone(),
-            });
-            layers.push(Layer {
-                name: format!("b{b}.D"),
-                neurons: block.dense.clone(),
-            });
-            layers.push(Layer {
-                name: format!("b{b}.M"),
-                neurons: block.mlp.clone(),
-            });
-        }
-        layers.push(Layer {
-            name: "out".to_string(),
-            neurons: draw.output.clone(),
-        });
+        let layers = layers_of(draw, hidden);
         let mut layer_offsets = Vec::with_capacity(layers.len());
         let mut total = 0;
         for layer in &layers {
@@ -107,42 +142,33 @@ impl Snin {
             layer_offsets,
             out_edges: vec![Vec::new(); total],
         };
-
-        for b in 0..draw.blocks.len() {
-            let [a, qkv, att, dense, mlp, next] = [0, 1, 2, 3, 4, 5].map(|i| 5 * b + i);
-            snin.connect_by_weights(reader, b, BlockTensor::Qkv, a, qkv)?;
-            // Attention: Q node j reaches only output j; every K and V node reaches all.
-            for position in 0..3 * s {
-                let source = snin.layer_offsets[qkv] + position;
-                let targets: Vec<(usize, f64)> = if position < s {
-                    vec![(snin.layer_offsets[att] + position, 1.0)]
-                } else {
-                    (0..s).map(|t| (snin.layer_offsets[att] + t, 1.0)).collect()
-                };
-                snin.out_edges[source] = targets;
+        for read in gathers(draw, hidden) {
+            let weights = reader.gather(read.block, read.tensor, &read.rows, &read.cols)?;
+            snin.connect(&read, &weights);
+            if read.tensor == BlockTensor::Qkv {
+                snin.connect_attention(read.to, read.to + 1, s);
             }
-            snin.connect_by_weights(reader, b, BlockTensor::AttentionDense, att, dense)?;
-            snin.connect_by_weights(reader, b, BlockTensor::MlpUp, dense, mlp)?;
-            snin.connect_by_weights(reader, b, BlockTensor::MlpDown, mlp, next)?;
         }
         Ok(snin)
     }
 
-    /// Edges from every node of layer `from` to every node of layer `to`, weighted by
-    /// `W[to neuron, from neuron]`.
-    fn connect_by_weights(
-        &mut self,
-        reader: &dyn WeightReader,
-        block: usize,
-        tensor: BlockTensor,
-        from: usize,
-        to: usize,
-    ) -> Result<(), Error> {
-        let rows = &self.layers[to].neurons;
-        let cols = &self.layers[from].neurons;
-        let weights = reader.gather(block, tensor, rows, cols)?;
-        let (n_rows, n_cols) = (rows.len(), cols.len());
-        let (from_offset, to_offset) = (self.layer_offsets[from], self.layer_offsets[to]);
+    /// Attention: Q node `j` reaches only output `j`; every K and V node reaches all.
+    fn connect_attention(&mut self, qkv: usize, att: usize, s: usize) {
+        for position in 0..3 * s {
+            let source = self.layer_offsets[qkv] + position;
+            self.out_edges[source] = if position < s {
+                vec![(self.layer_offsets[att] + position, 1.0)]
+            } else {
+                (0..s).map(|t| (self.layer_offsets[att] + t, 1.0)).collect()
+            };
+        }
+    }
+
+    /// Edges from every node of the read's source layer to every node of its target
+    /// layer, weighted by `W[target neuron, source neuron]`; zero weights make no edge.
+    fn connect(&mut self, read: &Gather, weights: &[f64]) {
+        let (n_rows, n_cols) = (read.rows.len(), read.cols.len());
+        let (from_offset, to_offset) = (self.layer_offsets[read.from], self.layer_offsets[read.to]);
         for col in 0..n_cols {
             let edges = &mut self.out_edges[from_offset + col];
             edges.clear();
@@ -152,7 +178,6 @@ impl Snin {
                     .filter(|&(_, w)| w != 0.0),
             );
         }
-        Ok(())
     }
 
     pub fn node_count(&self) -> usize {
