@@ -13,6 +13,7 @@ use neuromfa_common::SeedResult;
 use rusqlite::Connection;
 use serde::Serialize;
 
+use crate::integrity::{duplicate_of, DuplicatePolicy};
 use crate::spec::SweepSpec;
 use crate::state::{recorded_spec, StateError, DB_FILE};
 
@@ -48,6 +49,10 @@ pub struct TaskRow {
     pub kept_nodes: Option<usize>,
     pub bytes_fetched: Option<u64>,
     pub requests: Option<u32>,
+    /// sha256 of the checkpoint's weights, as the Hub reports it.
+    pub weights_sha256: String,
+    /// The later step of the same model that serves identical weights.
+    pub duplicate_of: Option<u64>,
 }
 
 /// One row of `aggregates.csv`.
@@ -72,6 +77,9 @@ pub struct AggregateRow {
     pub e_per_seed_var: Option<f64>,
     #[serde(rename = "E_per_seed_var_ddof1")]
     pub e_per_seed_var_ddof1: Option<f64>,
+    pub weights_sha256: String,
+    /// Set when this step serves the same weights as the later step named here.
+    pub duplicate_of: Option<u64>,
 }
 
 /// One row of `spectra.csv`: moments over seeds of `α_k` and `f(α_k)` at `q_k`.
@@ -120,6 +128,36 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
         .map(|c| (c.model, c.step))
         .collect();
 
+    let mut hashes: BTreeMap<(String, u64), String> = BTreeMap::new();
+    {
+        let mut stmt = conn
+            .prepare(
+                "SELECT c.model, c.step, r.weights_sha256 FROM revisions r
+                 JOIN checkpoints c ON c.id = r.checkpoint_id",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(db)?;
+        for row in rows {
+            let (model, step, hash) = row.map_err(db)?;
+            if grid.contains(&(model.clone(), step.max(0) as u64)) {
+                hashes.insert((model, step.max(0) as u64), hash);
+            }
+        }
+    }
+    let duplicates = duplicate_of(
+        hashes
+            .iter()
+            .map(|((m, s), h)| (m.as_str(), *s, h.as_str())),
+    );
+
     let mut stmt = conn
         .prepare(
             "SELECT t.id, c.model, c.revision, c.step, t.seed, t.state, t.attempts, t.last_error,
@@ -147,6 +185,8 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
         .map_err(db)?;
     let mut tasks = Vec::new();
     let mut points: BTreeMap<String, Vec<SeedPoint>> = BTreeMap::new();
+    let mut results: std::collections::HashMap<(String, u64, u32), SeedPoint> =
+        std::collections::HashMap::new();
     let mut parameters: BTreeMap<String, u64> = BTreeMap::new();
     for row in rows {
         let (id, model, revision, step, seed, state, attempts, error, json, bytes, requests) =
@@ -163,9 +203,10 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
                 message: e.to_string(),
             })?;
         if let Some(r) = &result {
-            points.entry(model.clone()).or_default().push(r.point());
+            results.insert((model.clone(), step, seed), r.point());
             parameters.insert(model.clone(), r.parameters);
         }
+        let key = (model.clone(), step);
         tasks.push(TaskRow {
             model,
             revision,
@@ -180,7 +221,25 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
             kept_nodes: result.as_ref().map(|r| r.kept_nodes),
             bytes_fetched: bytes.map(|b| b.max(0) as u64),
             requests,
+            weights_sha256: hashes.get(&key).cloned().unwrap_or_default(),
+            duplicate_of: duplicates.get(&key).copied(),
         });
+    }
+    // Under `skip` duplicates are left out; under `reuse` they take their original's
+    // results; under `warn` they count as computed.
+    let policy = spec.duplicates;
+    for t in &tasks {
+        let source = match (t.duplicate_of, policy) {
+            (Some(_), DuplicatePolicy::Skip) => continue,
+            (Some(original), DuplicatePolicy::Reuse) => original,
+            _ => t.step,
+        };
+        if let Some(point) = results.get(&(t.model.clone(), source, t.seed)) {
+            points.entry(t.model.clone()).or_default().push(SeedPoint {
+                step: t.step,
+                ..point.clone()
+            });
+        }
     }
     let order = |model: &str| model_order.get(model).copied().unwrap_or(usize::MAX);
     tasks.sort_by_key(|t| (order(&t.model), t.step, t.seed));
@@ -191,15 +250,24 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
         let Some(points) = points.get(&model.repo) else {
             continue;
         };
+        // E is relative to the model's first step; under `skip`, its first step kept.
         let first = spec
             .steps_of(model)
-            .ok()
-            .and_then(|s| s.first().copied())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|&s| {
+                policy != DuplicatePolicy::Skip
+                    || !duplicates.contains_key(&(model.repo.clone(), s))
+            })
             .unwrap_or(0);
         for a in aggregate(points, first) {
             spectra.extend(spectrum_rows(&model.repo, &a, &params.q));
             let size = parameters.get(&model.repo).copied().unwrap_or(0);
-            aggregates.push(aggregate_row(&model.repo, size, &a));
+            let key = (model.repo.clone(), a.step);
+            let mut row = aggregate_row(&model.repo, size, &a);
+            row.weights_sha256 = hashes.get(&key).cloned().unwrap_or_default();
+            row.duplicate_of = duplicates.get(&key).copied();
+            aggregates.push(row);
         }
     }
     Ok(ExportData {
@@ -226,6 +294,8 @@ fn aggregate_row(model: &str, parameters: u64, a: &StepAggregate) -> AggregateRo
         e_per_seed_mean: a.e_per_seed_mean,
         e_per_seed_var: a.e_per_seed_var,
         e_per_seed_var_ddof1: a.e_per_seed_var_ddof1,
+        weights_sha256: String::new(),
+        duplicate_of: None,
     }
 }
 
@@ -362,6 +432,33 @@ fn summary_markdown(data: &ExportData) -> String {
                 fmt(a.e_from_means),
                 fmt(a.e_per_seed_mean)
             );
+        }
+        let _ = writeln!(md);
+    }
+    let duplicated: Vec<&AggregateRow> = data
+        .aggregates
+        .iter()
+        .filter(|a| a.duplicate_of.is_some())
+        .collect();
+    let flagged: std::collections::BTreeSet<(String, u64, u64)> = data
+        .tasks
+        .iter()
+        .filter_map(|t| t.duplicate_of.map(|d| (t.model.clone(), t.step, d)))
+        .collect();
+    if !flagged.is_empty() {
+        let _ = writeln!(
+            md,
+            "## Duplicated checkpoints\n\nThese steps serve the same weights as a later step (policy `{}`); {} aggregate rows are affected.\n",
+            serde_json::to_value(data.spec.duplicates)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            duplicated.len()
+        );
+        let _ = writeln!(md, "| model | step | same weights as step |");
+        let _ = writeln!(md, "|---|---:|---:|");
+        for (model, step, original) in &flagged {
+            let _ = writeln!(md, "| {model} | {step} | {original} |");
         }
         let _ = writeln!(md);
     }

@@ -3,6 +3,7 @@
 //! `neuromfa` crate drives it, and tests drive it directly.
 
 pub mod export;
+pub mod integrity;
 pub mod spec;
 pub mod state;
 

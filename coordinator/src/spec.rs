@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use neuromfa_common::spectrum::{q_grid, Alpha0Method};
 use neuromfa_common::AnalysisParams;
+
+use crate::integrity::DuplicatePolicy;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,9 @@ pub struct SweepSpec {
     /// Shared secret every RPC must carry (`NEUROMFA_TOKEN` overrides).
     #[serde(default)]
     pub token: Option<String>,
+    /// Steps whose weights duplicate another step's: `warn`, `skip` or `reuse`.
+    #[serde(default)]
+    pub duplicates: DuplicatePolicy,
 }
 
 fn default_seeds() -> Seeds {
@@ -163,6 +168,7 @@ const ENV_KEYS: &[&str] = &[
     "seeds",
     "steps",
     "token",
+    "duplicates",
     "analysis.layer_sample",
     "analysis.threshold",
     "analysis.q_min",

@@ -11,6 +11,7 @@ use neuromfa_common::{AnalysisParams, SeedResult};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use crate::integrity::DuplicatePolicy;
 use crate::spec::{CheckpointKey, SweepSpec};
 
 pub const DB_FILE: &str = "sweep.sqlite";
@@ -64,6 +65,8 @@ pub enum TaskState {
     Leased,
     Done,
     Failed,
+    /// Not computed: its checkpoint duplicates another's (policy `skip` or `reuse`).
+    Skipped,
 }
 
 impl TaskState {
@@ -73,6 +76,7 @@ impl TaskState {
             TaskState::Leased => "leased",
             TaskState::Done => "done",
             TaskState::Failed => "failed",
+            TaskState::Skipped => "skipped",
         }
     }
 
@@ -82,6 +86,7 @@ impl TaskState {
             "leased" => TaskState::Leased,
             "done" => TaskState::Done,
             "failed" => TaskState::Failed,
+            "skipped" => TaskState::Skipped,
             _ => return None,
         })
     }
@@ -179,6 +184,15 @@ pub struct ModelProgress {
     pub latest_e: Option<f64>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DuplicateStatus {
+    pub model: String,
+    pub step: u64,
+    /// The step whose weights this one serves too.
+    pub duplicate_of: u64,
+    pub weights_sha256: String,
+}
+
 /// Everything `neuromfa status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -188,6 +202,8 @@ pub struct StatusReport {
     pub leased: usize,
     pub done: usize,
     pub failed: usize,
+    #[serde(default)]
+    pub skipped: usize,
     pub duplicates_ignored: u64,
     /// Completions per second over the last minute.
     pub throughput_per_s: f64,
@@ -196,6 +212,9 @@ pub struct StatusReport {
     pub workers: Vec<WorkerStatus>,
     pub failures: Vec<FailureStatus>,
     pub models: Vec<ModelProgress>,
+    /// Steps serving the same weights as a later step of their model.
+    #[serde(default)]
+    pub duplicate_steps: Vec<DuplicateStatus>,
 }
 
 /// The sweep's state, in memory and on disk.
@@ -220,6 +239,10 @@ pub struct SweepState {
     /// The worker that last leased each checkpoint: its seeds go there first.
     owner: HashMap<usize, String>,
     workers: BTreeMap<String, WorkerRecord>,
+    /// Per checkpoint: the sha256 of its weights, once resolved.
+    weights: Vec<Option<String>>,
+    /// Checkpoints whose weights duplicate a later step's, and that step.
+    duplicate_of: HashMap<usize, u64>,
     duplicates: u64,
     recent_completions: VecDeque<u64>,
     in_transaction: bool,
@@ -265,6 +288,11 @@ CREATE TABLE IF NOT EXISTS workers (
     registered_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS revisions (
+    checkpoint_id INTEGER PRIMARY KEY REFERENCES checkpoints(id),
+    revision_commit TEXT NOT NULL,
+    weights_sha256 TEXT NOT NULL
+);
 ";
 
 fn open_connection(path: &Path) -> Result<Connection> {
@@ -398,6 +426,8 @@ impl SweepState {
             leased: HashSet::new(),
             owner: HashMap::new(),
             workers: BTreeMap::new(),
+            weights: Vec::new(),
+            duplicate_of: HashMap::new(),
             duplicates: 0,
             recent_completions: VecDeque::new(),
             in_transaction: false,
@@ -527,9 +557,10 @@ impl SweepState {
                         self.owner.insert(task.checkpoint, worker.clone());
                     }
                 }
-                TaskState::Done | TaskState::Failed => {}
+                TaskState::Done | TaskState::Failed | TaskState::Skipped => {}
             }
         }
+        self.load_revisions()?;
         self.workers.clear();
         {
             let mut stmt = self
@@ -826,7 +857,7 @@ impl SweepState {
             TaskState::Leased => {
                 self.leased.insert(slot);
             }
-            TaskState::Done | TaskState::Failed => {}
+            TaskState::Done | TaskState::Failed | TaskState::Skipped => {}
         }
         if state != TaskState::Leased {
             self.tasks[slot].worker = None;
@@ -1031,8 +1062,13 @@ impl SweepState {
     }
 
     pub fn counts(&self) -> BTreeMap<&'static str, usize> {
-        let mut counts =
-            BTreeMap::from([("pending", 0), ("leased", 0), ("done", 0), ("failed", 0)]);
+        let mut counts = BTreeMap::from([
+            ("pending", 0),
+            ("leased", 0),
+            ("done", 0),
+            ("failed", 0),
+            ("skipped", 0),
+        ]);
         for t in &self.tasks {
             *counts.entry(t.state.as_str()).or_insert(0) += 1;
         }
@@ -1061,7 +1097,7 @@ impl SweepState {
         points
             .into_iter()
             .map(|(model, points)| {
-                let first = self.first_step.get(&model).copied().unwrap_or(0);
+                let first = self.reference_step(&model);
                 (model, aggregate(&points, first))
             })
             .collect()
@@ -1148,6 +1184,7 @@ impl SweepState {
             leased: counts["leased"],
             done: counts["done"],
             failed: counts["failed"],
+            skipped: counts["skipped"],
             duplicates_ignored: self.duplicates,
             throughput_per_s: throughput,
             eta_seconds: eta,
@@ -1155,7 +1192,154 @@ impl SweepState {
             workers,
             failures,
             models,
+            duplicate_steps: self.duplicate_steps(),
         }
+    }
+
+    /// The step `E` is relative to: the model's first step, or under `skip` its first
+    /// step that is not left out as a duplicate.
+    fn reference_step(&self, model: &str) -> u64 {
+        if self.spec.duplicates != DuplicatePolicy::Skip {
+            return self.first_step.get(model).copied().unwrap_or(0);
+        }
+        self.checkpoints
+            .iter()
+            .enumerate()
+            .filter(|(slot, k)| k.model == model && !self.duplicate_of.contains_key(slot))
+            .map(|(_, k)| k.step)
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn load_revisions(&mut self) -> Result<()> {
+        self.weights = vec![None; self.checkpoints.len()];
+        let slots: HashMap<(String, u64), usize> = self
+            .checkpoints
+            .iter()
+            .enumerate()
+            .map(|(i, k)| ((k.model.clone(), k.step), i))
+            .collect();
+        let db_path = self.db_path.clone();
+        let db = |source| StateError::Db {
+            path: db_path.clone(),
+            source,
+        };
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT c.model, c.step, r.weights_sha256 FROM revisions r
+                 JOIN checkpoints c ON c.id = r.checkpoint_id",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(db)?;
+        for row in rows {
+            let (model, step, hash) = row.map_err(db)?;
+            if let Some(&slot) = slots.get(&(model, step.max(0) as u64)) {
+                self.weights[slot] = Some(hash);
+            }
+        }
+        drop(stmt);
+        self.regroup();
+        Ok(())
+    }
+
+    fn regroup(&mut self) {
+        let groups = crate::integrity::duplicate_of(
+            self.checkpoints
+                .iter()
+                .zip(&self.weights)
+                .filter_map(|(k, h)| h.as_deref().map(|h| (k.model.as_str(), k.step, h))),
+        );
+        self.duplicate_of = self
+            .checkpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, k)| {
+                groups
+                    .get(&(k.model.clone(), k.step))
+                    .map(|&original| (slot, original))
+            })
+            .collect();
+    }
+
+    /// Checkpoints whose weights have not been resolved yet.
+    pub fn unresolved(&self) -> Vec<CheckpointKey> {
+        self.checkpoints
+            .iter()
+            .zip(&self.weights)
+            .filter(|(_, h)| h.is_none())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Records what a checkpoint's revision serves.
+    pub fn record_resolution(
+        &mut self,
+        model: &str,
+        step: u64,
+        commit: &str,
+        weights_sha256: &str,
+    ) -> Result<()> {
+        let Some(slot) = self
+            .checkpoints
+            .iter()
+            .position(|k| k.model == model && k.step == step)
+        else {
+            return Ok(());
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO revisions (checkpoint_id, revision_commit, weights_sha256)
+                 SELECT id, ?3, ?4 FROM checkpoints WHERE model = ?1 AND step = ?2",
+            )
+            .and_then(|mut s| s.execute(params![model, step as i64, commit, weights_sha256]))
+            .map_err(self.db_error())?;
+        self.weights[slot] = Some(weights_sha256.to_string());
+        Ok(())
+    }
+
+    /// Regroups identical weights and applies the spec's policy: under `skip` and
+    /// `reuse` the pending tasks of duplicated checkpoints are not computed; under
+    /// `warn` (or once a step is no longer a duplicate) they are queued again.
+    pub fn apply_duplicate_policy(&mut self) -> Result<usize> {
+        self.regroup();
+        let hold = self.spec.duplicates != DuplicatePolicy::Warn;
+        let mut changed = 0;
+        for slot in 0..self.tasks.len() {
+            let duplicated = self.duplicate_of.contains_key(&self.tasks[slot].checkpoint);
+            let next = match self.tasks[slot].state {
+                TaskState::Pending if hold && duplicated => TaskState::Skipped,
+                TaskState::Skipped if !(hold && duplicated) => TaskState::Pending,
+                _ => continue,
+            };
+            self.set_state(slot, next);
+            self.write_task(slot)?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
+    pub fn duplicate_steps(&self) -> Vec<DuplicateStatus> {
+        let mut list: Vec<DuplicateStatus> = self
+            .duplicate_of
+            .iter()
+            .map(|(&slot, &original)| DuplicateStatus {
+                model: self.checkpoints[slot].model.clone(),
+                step: self.checkpoints[slot].step,
+                duplicate_of: original,
+                weights_sha256: self.weights[slot].clone().unwrap_or_default(),
+            })
+            .collect();
+        list.sort_by(|a, b| (&a.model, a.step).cmp(&(&b.model, b.step)));
+        list
     }
 }
 

@@ -1,0 +1,231 @@
+//! Checkpoint integrity: what every (model, revision) of a grid really serves, resolved
+//! before anything is computed, and `neuromfa audit` to check a suite on its own.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use neuromfa_coordinator::integrity::groups;
+use neuromfa_coordinator::spec::{pythia_paper_steps, pythia_steps};
+use neuromfa_coordinator::SweepState;
+use neuromfa_worker::fetch::HubSettings;
+use neuromfa_worker::resolve::{ResolvedRevision, Resolver};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+/// Revisions resolved at once: enough to hide latency, few enough to be polite.
+const CONCURRENCY: usize = 16;
+
+/// Resolves many revisions of possibly many repos; failures are returned per revision.
+async fn resolve_all(
+    resolver: Arc<Resolver>,
+    revisions: Vec<(String, u64, String)>,
+) -> Vec<(String, u64, Result<ResolvedRevision, String>)> {
+    let mut pending = revisions.into_iter();
+    let mut running = JoinSet::new();
+    let mut out = Vec::new();
+    loop {
+        while running.len() < CONCURRENCY {
+            let Some((repo, step, revision)) = pending.next() else {
+                break;
+            };
+            let resolver = resolver.clone();
+            running.spawn(async move {
+                let result = resolver
+                    .resolve(&repo, &revision)
+                    .await
+                    .map_err(|e| e.to_string());
+                (repo, step, result)
+            });
+        }
+        match running.join_next().await {
+            Some(Ok(item)) => out.push(item),
+            Some(Err(e)) => tracing::warn!(error = %e, "a resolution task stopped"),
+            None => break,
+        }
+    }
+    out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    out
+}
+
+/// Resolves every checkpoint of the grid not resolved yet, groups identical weights and
+/// applies the spec's duplicate policy. A revision that cannot be resolved is left as
+/// unique (its tasks still run, and fail with the reason if it does not exist).
+pub async fn resolve_grid(state: &mut SweepState, settings: &HubSettings) -> Result<()> {
+    let unresolved = state.unresolved();
+    if !unresolved.is_empty() {
+        let resolver = Arc::new(Resolver::new(settings).context("checking checkpoints")?);
+        let revisions = unresolved
+            .into_iter()
+            .map(|k| (k.model, k.step, k.revision))
+            .collect();
+        let resolved = resolve_all(resolver, revisions).await;
+        state.transaction(|s| {
+            for (repo, step, result) in &resolved {
+                match result {
+                    Ok(r) => s.record_resolution(repo, *step, &r.commit, &r.weights_sha256)?,
+                    Err(e) => tracing::warn!(model = %repo, step, error = %e, "cannot check this checkpoint's weights"),
+                }
+            }
+            Ok(())
+        })?;
+    }
+    state.transaction(|s| s.apply_duplicate_policy())?;
+    for d in state.duplicate_steps() {
+        tracing::warn!(
+            model = %d.model, step = d.step, duplicate_of = d.duplicate_of,
+            policy = ?state.spec().duplicates,
+            "step serves the same weights as a later step"
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Hub repo id, e.g. EleutherAI/pythia-2.8b-deduped.
+    pub repo: String,
+    /// Steps to check: `pythia` (all 154), `pythia-paper` (27) or a list like 0,1000,2000.
+    #[arg(long, default_value = "pythia")]
+    pub steps: String,
+    /// Branch name of a step; `{step}` is replaced.
+    #[arg(long, default_value = "step{step}")]
+    pub revision_format: String,
+    /// Hub endpoint (default: HF_ENDPOINT, else the real Hub).
+    #[arg(long)]
+    pub hub_endpoint: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 0 even when duplicates are found.
+    #[arg(long)]
+    pub allow_duplicates: bool,
+}
+
+/// The audit found steps serving identical weights (exit status 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{count} step(s) of {repo} serve the same weights as another step")]
+pub struct DuplicatesFound {
+    pub repo: String,
+    pub count: usize,
+}
+
+#[derive(Serialize)]
+struct AuditRow {
+    step: u64,
+    revision: String,
+    commit: Option<String>,
+    weights_sha256: Option<String>,
+    duplicate_of: Option<u64>,
+    error: Option<String>,
+}
+
+fn parse_steps(text: &str) -> Result<Vec<u64>> {
+    match text {
+        "pythia" => Ok(pythia_steps()),
+        "pythia-paper" => Ok(pythia_paper_steps()),
+        list => list
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse::<u64>()
+                    .with_context(|| format!("--steps: `{s}` is not a step"))
+            })
+            .collect(),
+    }
+}
+
+pub async fn audit(args: AuditArgs) -> Result<()> {
+    let steps = parse_steps(&args.steps)?;
+    let settings = HubSettings {
+        endpoint: args.hub_endpoint.clone(),
+        ..HubSettings::default()
+    };
+    let resolver = Arc::new(Resolver::new(&settings)?);
+    let revisions = steps
+        .iter()
+        .map(|&s| {
+            (
+                args.repo.clone(),
+                s,
+                args.revision_format.replace("{step}", &s.to_string()),
+            )
+        })
+        .collect();
+    let resolved = resolve_all(resolver, revisions).await;
+    let hashes: Vec<(u64, String)> = resolved
+        .iter()
+        .filter_map(|(_, step, r)| r.as_ref().ok().map(|r| (*step, r.weights_sha256.clone())))
+        .collect();
+    let duplicates = neuromfa_coordinator::integrity::duplicate_of(
+        hashes
+            .iter()
+            .map(|(s, h)| (args.repo.as_str(), *s, h.as_str())),
+    );
+    let rows: Vec<AuditRow> = resolved
+        .iter()
+        .map(|(_, step, r)| AuditRow {
+            step: *step,
+            revision: args.revision_format.replace("{step}", &step.to_string()),
+            commit: r.as_ref().ok().map(|r| r.commit.clone()),
+            weights_sha256: r.as_ref().ok().map(|r| r.weights_sha256.clone()),
+            duplicate_of: duplicates.get(&(args.repo.clone(), *step)).copied(),
+            error: r.as_ref().err().cloned(),
+        })
+        .collect();
+    let grouped = groups(hashes.iter().map(|(s, h)| (*s, h.as_str())));
+    if args.json {
+        let doc = serde_json::json!({
+            "repo": args.repo,
+            "steps": rows,
+            "groups": grouped
+                .iter()
+                .map(|(hash, steps)| serde_json::json!({"weights_sha256": hash, "steps": steps}))
+                .collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("{}: {} steps checked", args.repo, rows.len());
+        println!(
+            "{:>8}  {:<12} {:<16} note",
+            "step", "commit", "weights sha256"
+        );
+        for r in &rows {
+            let note = match (&r.duplicate_of, &r.error) {
+                (_, Some(e)) => format!("unresolved: {e}"),
+                (Some(d), None) => format!("DUPLICATE of step {d}"),
+                (None, None) => String::new(),
+            };
+            println!(
+                "{:>8}  {:<12} {:<16} {note}",
+                r.step,
+                r.commit.as_deref().map_or("-", |c| &c[..c.len().min(12)]),
+                r.weights_sha256
+                    .as_deref()
+                    .map_or("-", |h| &h[..h.len().min(16)]),
+            );
+        }
+        println!("groups of identical weights:");
+        for (hash, steps) in &grouped {
+            let list: Vec<String> = steps.iter().map(u64::to_string).collect();
+            println!(
+                "  {} : {} step(s): {}",
+                &hash[..hash.len().min(16)],
+                steps.len(),
+                list.join(", ")
+            );
+        }
+    }
+    let unresolved = rows.iter().filter(|r| r.error.is_some()).count();
+    if unresolved > 0 {
+        eprintln!("warning: {unresolved} step(s) could not be checked");
+    }
+    if !duplicates.is_empty() && !args.allow_duplicates {
+        return Err(DuplicatesFound {
+            repo: args.repo,
+            count: duplicates.len(),
+        }
+        .into());
+    }
+    Ok(())
+}

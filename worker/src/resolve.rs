@@ -1,0 +1,218 @@
+//! What a revision of a checkpoint really serves, without downloading its weights: the
+//! commit it points at and the content hash of its weight files, as the Hub reports them
+//! (the LFS sha256 in `X-Linked-Etag`, or `ETag` where the Hub does not redirect). Branch
+//! names are not always what they say: revisions serving identical weights share a hash.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::fetch::HubSettings;
+
+const SINGLE_FILE: &str = "model.safetensors";
+const INDEX_FILE: &str = "model.safetensors.index.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("{repo} at {revision}: {detail}")]
+    Failed {
+        repo: String,
+        revision: String,
+        detail: String,
+        transient: bool,
+    },
+    #[error("cannot set up the Hub client: {0}")]
+    Setup(String),
+}
+
+/// One revision, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedRevision {
+    pub revision: String,
+    pub commit: String,
+    /// sha256 of the weights: the single file's own LFS sha256, or for a sharded
+    /// checkpoint the sha256 of its sorted `name:sha256` lines.
+    pub weights_sha256: String,
+    pub files: Vec<(String, String)>,
+}
+
+/// Resolves revisions with HEAD requests (and one small GET for a shard index).
+pub struct Resolver {
+    http: reqwest::Client,
+    endpoint: String,
+    token: Option<String>,
+}
+
+impl Resolver {
+    pub fn new(settings: &HubSettings) -> Result<Self, ResolveError> {
+        let endpoint = settings
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
+            .unwrap_or_else(|| crate::fetch::DEFAULT_ENDPOINT.to_string());
+        let token = settings
+            .token
+            .clone()
+            .or_else(|| std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()));
+        let loopback = endpoint.contains("://127.") || endpoint.contains("://localhost");
+        let mut http = reqwest::Client::builder()
+            // The Hub answers LFS files with a redirect whose headers carry the hash;
+            // following it would lose them.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(60));
+        if loopback {
+            http = http.no_proxy();
+        }
+        let http = http
+            .build()
+            .map_err(|e| ResolveError::Setup(e.to_string()))?;
+        Ok(Self {
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        repo: &str,
+        revision: &str,
+        file: &str,
+    ) -> reqwest::RequestBuilder {
+        let url = format!("{}/{repo}/resolve/{revision}/{file}", self.endpoint);
+        let mut request = self.http.request(method, url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        request
+    }
+
+    /// `(commit, sha256)` of one file; `None` when the file does not exist.
+    async fn head(
+        &self,
+        repo: &str,
+        revision: &str,
+        file: &str,
+    ) -> Result<Option<(String, String)>, ResolveError> {
+        let failed = |detail: String, transient: bool| ResolveError::Failed {
+            repo: repo.to_string(),
+            revision: revision.to_string(),
+            detail,
+            transient,
+        };
+        let response = self
+            .request(reqwest::Method::HEAD, repo, revision, file)
+            .send()
+            .await
+            .map_err(|e| failed(format!("HEAD {file}: {e}"), true))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !(status.is_success() || status.is_redirection()) {
+            return Err(failed(
+                format!("HEAD {file}: HTTP {status}"),
+                status.is_server_error(),
+            ));
+        }
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim_matches('"').to_string())
+        };
+        let commit = header("x-repo-commit")
+            .ok_or_else(|| failed(format!("HEAD {file}: no X-Repo-Commit"), false))?;
+        let etag = header("x-linked-etag")
+            .or_else(|| header("etag"))
+            .ok_or_else(|| failed(format!("HEAD {file}: no ETag"), false))?;
+        Ok(Some((
+            commit,
+            etag.trim_start_matches("W/").trim_matches('"').to_string(),
+        )))
+    }
+
+    /// Resolves `repo` at `revision` to its commit and weights hash.
+    pub async fn resolve(
+        &self,
+        repo: &str,
+        revision: &str,
+    ) -> Result<ResolvedRevision, ResolveError> {
+        let failed = |detail: String| ResolveError::Failed {
+            repo: repo.to_string(),
+            revision: revision.to_string(),
+            detail,
+            transient: false,
+        };
+        if let Some((commit, sha)) = self.head(repo, revision, SINGLE_FILE).await? {
+            return Ok(ResolvedRevision {
+                revision: revision.to_string(),
+                commit,
+                weights_sha256: sha.clone(),
+                files: vec![(SINGLE_FILE.to_string(), sha)],
+            });
+        }
+        let Some((commit, _)) = self.head(repo, revision, INDEX_FILE).await? else {
+            return Err(failed(format!(
+                "neither {SINGLE_FILE} nor {INDEX_FILE} exists (or the revision does not)"
+            )));
+        };
+        // Pin the shards to the index's commit so a moving branch cannot mix commits.
+        let index: serde_json::Value = self
+            .request(reqwest::Method::GET, repo, &commit, INDEX_FILE)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| failed(format!("GET {INDEX_FILE}: {e}")))?
+            .json()
+            .await
+            .map_err(|e| failed(format!("{INDEX_FILE} is not JSON: {e}")))?;
+        let mut shards: Vec<String> = index["weight_map"]
+            .as_object()
+            .ok_or_else(|| failed(format!("{INDEX_FILE} has no weight_map")))?
+            .values()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        shards.sort();
+        shards.dedup();
+        let mut files = Vec::with_capacity(shards.len());
+        for shard in shards {
+            let (_, sha) = self
+                .head(repo, &commit, &shard)
+                .await?
+                .ok_or_else(|| failed(format!("shard {shard} named by the index is missing")))?;
+            files.push((shard, sha));
+        }
+        let mut hasher = Sha256::new();
+        for (name, sha) in &files {
+            hasher.update(format!("{name}:{sha}\n").as_bytes());
+        }
+        let weights_sha256 = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(ResolvedRevision {
+            revision: revision.to_string(),
+            commit,
+            weights_sha256,
+            files,
+        })
+    }
+}
+
+impl ResolveError {
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ResolveError::Failed {
+                transient: true,
+                ..
+            }
+        )
+    }
+}
