@@ -6,6 +6,8 @@
 pub mod analyze;
 pub mod auth;
 pub mod hub;
+pub mod integrity;
+pub mod report;
 pub mod server;
 pub mod sweep;
 pub mod synth;

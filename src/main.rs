@@ -49,12 +49,18 @@ enum Command {
     /// Write a sweep's tables (tasks, aggregates, spectra as CSV and JSON; a Markdown
     /// summary) from its state directory.
     Export(sweep::ExportArgs),
+    /// Plots, the paper's tables and a self-contained HTML report for a sweep's state
+    /// directory, optionally with benchmark accuracies set beside E.
+    Report(neuromfa::report::ReportArgs),
     /// Serve checkpoints over the Hugging Face Hub download protocol.
     #[command(subcommand)]
     Hub(HubCommand),
     /// Write a random f16 checkpoint with a published model's exact tensor names and
     /// shapes (for benchmarks).
     Synth(synth::SynthArgs),
+    /// Check a checkpoint suite before computing on it: which steps serve identical
+    /// weights. Exits 3 when duplicates are found (unless --allow-duplicates).
+    Audit(neuromfa::integrity::AuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +75,10 @@ enum HubCommand {
         /// Require this bearer token (as the Hub does for gated models).
         #[arg(long, env = "NEUROMFA_HUB_TOKEN")]
         token: Option<String>,
+        /// Limit the total bandwidth of file bodies to MBPS megabytes (10^6 bytes) per
+        /// second, so benchmarks on one machine can stand in for a network.
+        #[arg(long, value_name = "MBPS")]
+        throttle: Option<f64>,
     },
 }
 
@@ -100,13 +110,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Analyze(args) => analyze::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Export(args) => sweep::export_command(args),
+        Command::Report(args) => neuromfa::report::run(args),
         Command::Coordinator(args) => runtime()?.block_on(sweep::coordinator(args)),
         Command::Worker(args) => runtime()?.block_on(sweep::worker(args)),
         Command::Sweep(command) => runtime()?.block_on(sweep::sweep(command)),
         Command::Status(args) => runtime()?.block_on(sweep::status(args)),
-        Command::Hub(HubCommand::Serve { dir, listen, token }) => {
-            runtime()?.block_on(neuromfa::hub::serve(dir, listen, token))
-        }
+        Command::Audit(args) => runtime()?.block_on(neuromfa::integrity::audit(args)),
+        Command::Hub(HubCommand::Serve {
+            dir,
+            listen,
+            token,
+            throttle,
+        }) => runtime()?.block_on(neuromfa::hub::serve(dir, listen, token, throttle)),
     }
 }
 
@@ -121,6 +136,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`| head`) is the reader's choice, not a failure.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) if error.is::<neuromfa::integrity::DuplicatesFound>() => {
+            eprintln!("{error}");
+            ExitCode::from(3)
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

@@ -11,9 +11,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use neuromfa_coordinator::{export, OpenMode, StatusReport, SweepSpec, SweepState};
 use tokio::sync::watch;
 
+use neuromfa_worker::fetch::HubSettings;
 use neuromfa_worker::hub_server::{self, HubServerConfig};
 
 use crate::auth::generate_token;
+use crate::integrity::resolve_grid;
 use crate::proto;
 use crate::server::RunningCoordinator;
 use crate::worker::{self, WorkerOptions};
@@ -132,7 +134,13 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     }
     let token = sweep_token(&spec)?;
     let state_dir = spec.state_dir.clone();
-    let state = SweepState::open(spec.clone(), open_mode(args.new_sweep))?;
+    let mut state = SweepState::open(spec.clone(), open_mode(args.new_sweep))?;
+    let hub = HubSettings {
+        endpoint: spec.hub.endpoint.clone(),
+        token: spec.hub.token.clone(),
+        cache_dir: None,
+    };
+    resolve_grid(&mut state, &hub).await?;
     let listener = tokio::net::TcpListener::bind(&spec.coordinator.listen)
         .await
         .with_context(|| format!("cannot listen on {}", spec.coordinator.listen))?;
@@ -276,12 +284,7 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     let spec = load_spec(&args.spec)?;
     let token = sweep_token(&spec)?;
     let state_dir = spec.state_dir.clone();
-    let state = SweepState::open(spec.clone(), open_mode(args.new_sweep))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("cannot listen on loopback")?;
-    let running = RunningCoordinator::start(state, listener, token.clone(), announced_hub(&spec))?;
-    let url = format!("http://{}", running.addr);
+    let mut state = SweepState::open(spec.clone(), open_mode(args.new_sweep))?;
     // A local checkpoint tree is served over a loopback Hub, downloaded into a cache
     // inside the state directory: the same path real downloads take, with no network.
     let local_hub = match &spec.hub.serve_dir {
@@ -291,7 +294,7 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
             }
             let config = HubServerConfig {
                 root: dir.clone(),
-                token: None,
+                ..HubServerConfig::default()
             };
             let hub = hub_server::spawn(config, ([127, 0, 0, 1], 0).into())
                 .await
@@ -301,6 +304,20 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         }
         None => None,
     };
+    let hub = HubSettings {
+        endpoint: local_hub
+            .as_ref()
+            .map(|h| h.endpoint())
+            .or_else(|| spec.hub.endpoint.clone()),
+        token: spec.hub.token.clone(),
+        cache_dir: None,
+    };
+    resolve_grid(&mut state, &hub).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on loopback")?;
+    let running = RunningCoordinator::start(state, listener, token.clone(), announced_hub(&spec))?;
+    let url = format!("http://{}", running.addr);
     let cache_dir = args
         .cache_dir
         .clone()
@@ -363,6 +380,21 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         state_dir.join("exports").display(),
         files.len()
     );
+    if status.done > 0 {
+        let report = crate::report::ReportArgs {
+            state_dir: state_dir.clone(),
+            out: None,
+            evals: Vec::new(),
+            steps: Vec::new(),
+            benchmarks: Vec::new(),
+        };
+        let written = crate::report::write(&report)?;
+        println!(
+            "report: {} ({} files: plots as SVG and PNG, tables, report.html)",
+            state_dir.join("report/report.html").display(),
+            written.len()
+        );
+    }
     if interrupted {
         println!("interrupted: run the same command again to resume");
     } else if status.failed > 0 {
@@ -425,13 +457,14 @@ pub async fn status(args: StatusArgs) -> Result<()> {
 
 fn print_status(s: &StatusReport) {
     println!(
-        "sweep {}: {}/{} done, {} leased, {} pending, {} failed; {} repeated result(s) ignored{}",
+        "sweep {}: {}/{} done, {} leased, {} pending, {} failed, {} skipped; {} repeated result(s) ignored{}",
         s.sweep,
         s.done,
         s.total,
         s.leased,
         s.pending,
         s.failed,
+        s.skipped,
         s.duplicates_ignored,
         if s.draining { " (draining)" } else { "" }
     );
@@ -456,6 +489,18 @@ fn print_status(s: &StatusReport) {
             "  {:<40} {:>6}/{:<6} latest step {step:>7}  E {e}",
             m.model, m.done, m.total
         );
+    }
+    if !s.duplicate_steps.is_empty() {
+        println!("steps serving the same weights as a later step:");
+        for d in &s.duplicate_steps {
+            println!(
+                "  {} step {} = step {} (weights {})",
+                d.model,
+                d.step,
+                d.duplicate_of,
+                &d.weights_sha256[..d.weights_sha256.len().min(16)]
+            );
+        }
     }
     if !s.failures.is_empty() {
         println!("failures:");

@@ -35,6 +35,27 @@ fn demo_sweep_matches_the_reference_results() {
         "{stdout}"
     );
 
+    // The report: plots that parse, an HTML page that holds them.
+    assert!(stdout.contains("report.html"), "{stdout}");
+    let report = state.join("report");
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("demo"),
+        "report.html"
+    );
+    for plot in [
+        "spectra-neuromfa-demo-gpt-neox-h64",
+        "alpha0-width",
+        "emergence",
+        "emergence-vs-size",
+    ] {
+        let svg = std::fs::read_to_string(report.join(format!("{plot}.svg")))
+            .unwrap_or_else(|e| panic!("{plot}.svg: {e}"));
+        roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("{plot}.svg: {e}"));
+        let png = std::fs::read(report.join(format!("{plot}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{plot}.png");
+    }
+
     let rows = csv_rows(&std::fs::read_to_string(state.join("exports/aggregates.csv")).unwrap());
     for size in ["h64", "h128"] {
         let model = format!("neuromfa-demo/gpt-neox-{size}");
