@@ -37,7 +37,8 @@ impl ElementType {
         }
     }
 
-    fn from_dtype(dtype: Dtype) -> Option<Self> {
+    /// The element type of a safetensors dtype, if weights may be stored in it.
+    pub fn from_dtype(dtype: Dtype) -> Option<Self> {
         match dtype {
             Dtype::F32 => Some(ElementType::F32),
             Dtype::F16 => Some(ElementType::F16),
@@ -46,8 +47,10 @@ impl ElementType {
         }
     }
 
+    /// Widens one little-endian element (`bytes` holds at least [`Self::size`] bytes) to
+    /// f64, exactly. Public so that readers of ranged downloads decode identically.
     #[inline]
-    fn decode(self, bytes: &[u8]) -> f64 {
+    pub fn decode(self, bytes: &[u8]) -> f64 {
         match self {
             ElementType::F32 => {
                 f64::from(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))

@@ -182,6 +182,13 @@ pub enum FetchError {
         .at.file, .at.repo, .at.revision
     )]
     Hub { at: Box<FileRef>, detail: String },
+    /// The server answered a byte-range request with something other than that range (it
+    /// ignores `Range`): fetch the whole checkpoint instead ([`crate::ranges`]).
+    #[error(
+        "the Hub serving {} at revision {} does not honour byte ranges ({}): {detail}",
+        .at.repo, .at.revision, .at.file
+    )]
+    RangesUnsupported { at: Box<FileRef>, detail: String },
     /// The client could not be configured ([`Fetcher::new`] only).
     #[error("cannot set up the Hub client: {detail}")]
     Setup { detail: String },
@@ -210,6 +217,7 @@ impl FetchError {
             | FetchError::Cache { at, .. }
             | FetchError::InvalidCheckpoint { at, .. }
             | FetchError::InvalidRequest { at, .. }
+            | FetchError::RangesUnsupported { at, .. }
             | FetchError::Hub { at, .. } => Some(at),
             FetchError::Setup { .. } => None,
         }
@@ -307,55 +315,15 @@ impl Fetcher {
         revision: &str,
     ) -> Result<FetchedCheckpoint, FetchError> {
         let started = Instant::now();
-        let ctx = Ctx {
-            repo: repo.to_string(),
-            revision: revision.to_string(),
-            endpoint: self.endpoint().to_string(),
-        };
-        let (owner, name) = parse_repo_id(repo).map_err(|detail| FetchError::InvalidRequest {
-            at: ctx.at(CONFIG_FILE),
-            detail,
-        })?;
-        if revision.is_empty() || revision.contains(['\0', '\n']) {
-            return Err(FetchError::InvalidRequest {
-                at: ctx.at(CONFIG_FILE),
-                detail: "the revision is empty or not printable".to_string(),
-            });
-        }
-
-        let repo_lock = self.repo_lock(repo);
-        let _guard = repo_lock.lock().await;
-
-        let mut run = Run {
-            ctx,
-            handle: self.client.model(owner, name),
-            folder: self.cache_dir().join(format!("models--{owner}--{name}")),
-            stall_timeout: self.stall_timeout,
-            requests: 0,
-            bytes: 0,
-        };
-
-        let (config_path, config) = match run.fetch_file(CONFIG_FILE, revision).await {
-            Err(FetchError::FileNotFound { .. }) => return Err(run.explain_missing().await),
-            other => other?,
-        };
-        let commit = config_path
-            .parent()
-            .and_then(|p| p.file_name())
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        // Pin the rest of the checkpoint to that commit (see the module docs). A Hub that
-        // answers with something other than a commit id gets the revision as given.
-        let pinned = if is_commit_hex(&commit) {
-            commit.clone()
-        } else {
-            revision.to_string()
-        };
-        let dir = config_path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| run.folder.join("snapshots").join(&commit));
+        let Begun {
+            mut run,
+            commit,
+            pinned,
+            dir,
+            config,
+            guard: _guard,
+            ..
+        } = self.begin(repo, revision).await?;
 
         let mut files = vec![config];
         match run.fetch_index(&pinned).await? {
@@ -391,6 +359,68 @@ impl Fetcher {
             "checkpoint fetched"
         );
         Ok(fetched)
+    }
+
+    /// The start every fetch shares: checks the request, takes the repository's lock,
+    /// fetches `config.json` (verified, into the cache) and pins the revision to its commit.
+    pub(crate) async fn begin(&self, repo: &str, revision: &str) -> Result<Begun, FetchError> {
+        let ctx = Ctx {
+            repo: repo.to_string(),
+            revision: revision.to_string(),
+            endpoint: self.endpoint().to_string(),
+        };
+        let (owner, name) = parse_repo_id(repo).map_err(|detail| FetchError::InvalidRequest {
+            at: ctx.at(CONFIG_FILE),
+            detail,
+        })?;
+        if revision.is_empty() || revision.contains(['\0', '\n']) {
+            return Err(FetchError::InvalidRequest {
+                at: ctx.at(CONFIG_FILE),
+                detail: "the revision is empty or not printable".to_string(),
+            });
+        }
+
+        let guard = self.repo_lock(repo).lock_owned().await;
+
+        let mut run = Run {
+            ctx,
+            handle: self.client.model(owner, name),
+            folder: self.cache_dir().join(format!("models--{owner}--{name}")),
+            stall_timeout: self.stall_timeout,
+            requests: 0,
+            bytes: 0,
+        };
+
+        let (config_path, config) = match run.fetch_file(CONFIG_FILE, revision).await {
+            Err(FetchError::FileNotFound { .. }) => return Err(run.explain_missing().await),
+            other => other?,
+        };
+        let commit = config_path
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        // Pin the rest of the checkpoint to that commit (see the module docs). A Hub that
+        // answers with something other than a commit id gets the revision as given.
+        let pinned = if is_commit_hex(&commit) {
+            commit.clone()
+        } else {
+            revision.to_string()
+        };
+        let dir = config_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| run.folder.join("snapshots").join(&commit));
+        Ok(Begun {
+            run,
+            commit,
+            pinned,
+            dir,
+            config_path,
+            config,
+            guard,
+        })
     }
 
     fn repo_lock(&self, repo: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -465,14 +495,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Names for error messages.
-struct Ctx {
-    repo: String,
-    revision: String,
+pub(crate) struct Ctx {
+    pub(crate) repo: String,
+    pub(crate) revision: String,
     endpoint: String,
 }
 
 impl Ctx {
-    fn at(&self, file: &str) -> Box<FileRef> {
+    pub(crate) fn at(&self, file: &str) -> Box<FileRef> {
         Box::new(FileRef {
             repo: self.repo.clone(),
             revision: self.revision.clone(),
@@ -504,7 +534,7 @@ impl Ctx {
         }
     }
 
-    fn invalid(&self, file: &str, detail: String) -> FetchError {
+    pub(crate) fn invalid(&self, file: &str, detail: String) -> FetchError {
         FetchError::InvalidCheckpoint {
             at: self.at(file),
             detail,
@@ -512,7 +542,7 @@ impl Ctx {
     }
 
     /// Sorts an hf-hub error into transient and permanent kinds.
-    fn classify(&self, file: &str, e: HFError) -> FetchError {
+    pub(crate) fn classify(&self, file: &str, e: HFError) -> FetchError {
         let detail = error_chain(&e);
         let at = self.at(file);
         match e {
@@ -556,15 +586,31 @@ impl Ctx {
     }
 }
 
-/// State of one `fetch_checkpoint` call.
-struct Run {
-    ctx: Ctx,
-    handle: HFRepository<RepoTypeModel>,
+/// State of one fetch: names, the repository handle, and what it has cost so far.
+pub(crate) struct Run {
+    pub(crate) ctx: Ctx,
+    pub(crate) handle: HFRepository<RepoTypeModel>,
     /// `<cache>/models--<org>--<name>`.
     folder: PathBuf,
     stall_timeout: Duration,
-    requests: u32,
-    bytes: u64,
+    pub(crate) requests: u32,
+    pub(crate) bytes: u64,
+}
+
+/// A fetch under way ([`Fetcher::begin`]): the repository's lock held, `config.json` in the
+/// cache, the revision pinned to a commit.
+pub(crate) struct Begun {
+    pub(crate) run: Run,
+    /// The commit the revision resolved to (the snapshot directory's name).
+    pub(crate) commit: String,
+    /// What later files are requested at: the commit, or the revision if the Hub gave none.
+    pub(crate) pinned: String,
+    /// The snapshot directory.
+    pub(crate) dir: PathBuf,
+    pub(crate) config_path: PathBuf,
+    pub(crate) config: FetchedFile,
+    /// Held while this fetch writes to the repository's cache folder.
+    pub(crate) guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
 enum Check {
@@ -710,7 +756,7 @@ impl Run {
     }
 
     /// The shard index if the checkpoint is sharded, `None` if it is a single file.
-    async fn fetch_index(
+    pub(crate) async fn fetch_index(
         &mut self,
         rev: &str,
     ) -> Result<Option<(PathBuf, FetchedFile)>, FetchError> {
@@ -734,7 +780,7 @@ impl Run {
     }
 
     /// Shard file names from the index's `weight_map`, sorted and deduplicated.
-    async fn shards_of(&self, index_path: &Path) -> Result<Vec<String>, FetchError> {
+    pub(crate) async fn shards_of(&self, index_path: &Path) -> Result<Vec<String>, FetchError> {
         #[derive(Deserialize)]
         struct Index {
             weight_map: HashMap<String, String>,

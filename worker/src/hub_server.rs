@@ -19,9 +19,13 @@
 //! Missing things answer `404` with `X-Error-Code` `RepoNotFound`, `RevisionNotFound` or
 //! `EntryNotFound`, like the real Hub. The server never redirects, never compresses and never
 //! sends `X-Xet-Hash` (which would switch `hf-hub` to the Xet protocol). File bodies are
-//! streamed from disk. Hashes are computed once per file and cached by path, length and mtime;
-//! the first request touching a revision hashes all of its files, which for a multi-GB
-//! checkpoint takes seconds.
+//! streamed from disk; bodies up to 1 MiB (ranged reads of a sample) are read in one go.
+//! Hashes are computed once per file and cached by path, length and mtime; the first request
+//! touching a revision hashes all of its files, which for a multi-GB checkpoint takes seconds.
+//! Sockets are `TCP_NODELAY`, so small answers are not held back by Nagle's algorithm.
+//!
+//! With [`HubServerConfig::throttle_bytes_per_sec`] set, file bodies (all responses together)
+//! leave at no more than that rate, so a benchmark on one machine can stand in for a network.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -30,7 +34,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use axum::body::Body;
@@ -39,7 +43,9 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use axum::{Json, Router};
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -57,16 +63,23 @@ const X_ERROR_MESSAGE: HeaderName = HeaderName::from_static("x-error-message");
 
 /// Read size when streaming file bodies.
 const STREAM_CHUNK: usize = 256 * 1024;
+/// Read size when throttled: small enough that pacing is smooth at a few MB/s.
+const THROTTLED_CHUNK: usize = 64 * 1024;
+/// Bodies up to this size are read in one blocking call instead of streamed.
+const SMALL_BODY: u64 = 1 << 20;
 /// Deepest directory nesting followed inside a revision (guards against symlink loops).
 const MAX_DEPTH: usize = 16;
 
 /// What to serve and who may read it.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct HubServerConfig {
     /// Directory holding `<org>/<name>/<revision>/<file>`.
     pub root: PathBuf,
     /// If set, every request must carry `Authorization: Bearer <token>`, else `401`.
     pub token: Option<String>,
+    /// If set, the total rate at which file bodies are sent, over all responses together
+    /// (a token bucket without burst). Headers and API answers are not counted.
+    pub throttle_bytes_per_sec: Option<u64>,
 }
 
 impl std::fmt::Debug for HubServerConfig {
@@ -74,6 +87,7 @@ impl std::fmt::Debug for HubServerConfig {
         f.debug_struct("HubServerConfig")
             .field("root", &self.root)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("throttle_bytes_per_sec", &self.throttle_bytes_per_sec)
             .finish()
     }
 }
@@ -118,6 +132,46 @@ struct Shared {
     /// `"<org>/<name>@<commit>"` → revision directory name, for commit-addressed requests.
     commits: Mutex<HashMap<String, String>>,
     stats: Counters,
+    throttle: Option<Arc<Throttle>>,
+}
+
+/// One bandwidth budget shared by every response body.
+///
+/// A virtual clock: each chunk reserves `len / rate` seconds from where the previous
+/// reservation ended, and is sent when its reservation ends. A sender that wakes a little
+/// late (timers tick in milliseconds, a 64 KiB chunk at 100 MB/s is 0.65 ms) continues from
+/// the clock, not from its late wake-up, so lateness does not add up to a lower rate; a link
+/// idle for longer than [`Throttle::SLACK`] restarts from now, so it earns no burst.
+struct Throttle {
+    bytes_per_sec: u64,
+    /// When the bytes reserved so far will have left.
+    busy_until: Mutex<Instant>,
+}
+
+impl Throttle {
+    /// Idle time after which the clock restarts from now.
+    const SLACK: Duration = Duration::from_millis(20);
+
+    fn new(bytes_per_sec: u64) -> Self {
+        let now = Instant::now();
+        Throttle {
+            bytes_per_sec: bytes_per_sec.max(1),
+            // Idle from the start: the first body earns no credit.
+            busy_until: Mutex::new(now.checked_sub(Self::SLACK * 2).unwrap_or(now)),
+        }
+    }
+
+    /// Reserves the link for `len` bytes; returns when they may be sent.
+    fn reserve(&self, len: usize) -> Instant {
+        let needed = Duration::from_secs_f64(len as f64 / self.bytes_per_sec as f64);
+        let now = Instant::now();
+        let mut busy = lock(&self.busy_until);
+        if now > *busy + Self::SLACK {
+            *busy = now;
+        }
+        *busy += needed;
+        *busy
+    }
 }
 
 /// A Hub server over a directory; cheap to clone (the state is shared).
@@ -153,6 +207,9 @@ impl HubServer {
                 hashing: Mutex::new(HashMap::new()),
                 commits: Mutex::new(HashMap::new()),
                 stats: Counters::default(),
+                throttle: config
+                    .throttle_bytes_per_sec
+                    .map(|rate| Arc::new(Throttle::new(rate))),
             }),
         })
     }
@@ -204,6 +261,13 @@ impl HubServer {
     ) -> anyhow::Result<()> {
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, root = %self.shared.root.display(), "hub server listening");
+        // Headers and a small streamed body go out as separate writes; with Nagle's algorithm
+        // the body then waits for the client's delayed ACK (tens of ms per ranged read).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await
@@ -673,11 +737,33 @@ async fn resolve(
     UrlPath((org, name, rev, path)): UrlPath<(String, String, String, String)>,
     req_headers: HeaderMap,
 ) -> Result<Response, HubError> {
+    let range_header = req_headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let is_head = method == Method::HEAD;
     let st2 = st.clone();
-    let (commit, file) = blocking(move || {
+    // One trip to the blocking pool per request: resolving the revision and, for a small
+    // body (every ranged read of a sparse sample), reading it too. Separate async file
+    // operations would each be another trip, and on loopback those hops are the cost.
+    let (commit, file, range, small) = blocking(move || {
         let view = st2.describe(&org, &name, &rev)?;
         let file = view.file(&path)?.clone();
-        Ok((view.commit, file))
+        let range = range_header
+            .as_deref()
+            .map(|v| parse_range(v, file.size))
+            .unwrap_or(RangeSpec::Full);
+        let (start, count) = match range {
+            RangeSpec::Full => (0, file.size),
+            RangeSpec::Partial { start, end } => (start, end - start + 1),
+            RangeSpec::Unsatisfiable => (0, 0),
+        };
+        let small = if !is_head && range != RangeSpec::Unsatisfiable && count <= SMALL_BODY {
+            Some(read_part(&file, start, count, &view.commit)?)
+        } else {
+            None
+        };
+        Ok((view.commit, file, range, small))
     })
     .await?;
 
@@ -698,16 +784,11 @@ async fn resolve(
     // branch, whereas a 200 carries the current X-Repo-Commit and costs no body either.
 
     let len = file.size;
-    if method == Method::HEAD {
+    if is_head {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         return Ok((StatusCode::OK, headers).into_response());
     }
 
-    let range = req_headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| parse_range(v, len))
-        .unwrap_or(RangeSpec::Full);
     let (status, start, count) = match range {
         RangeSpec::Full => (StatusCode::OK, 0, len),
         RangeSpec::Partial { start, end } => {
@@ -718,30 +799,96 @@ async fn resolve(
         }
         RangeSpec::Unsatisfiable => return Err(HubError::RangeNotSatisfiable { len }),
     };
-
-    let mut f = tokio::fs::File::open(&file.abs).await.map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            HubError::EntryNotFound {
-                message: format!("Entry not found: {}", file.path),
-                commit: Some(commit.clone()),
-            }
-        } else {
-            internal(&format!("cannot open {}", file.abs.display()), e)
-        }
-    })?;
-    if start > 0 {
-        f.seek(io::SeekFrom::Start(start))
-            .await
-            .map_err(|e| internal(&format!("cannot seek {}", file.abs.display()), e))?;
-    }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-    st.stats.file_bodies.fetch_add(1, Ordering::Relaxed);
-    st.stats.file_body_bytes.fetch_add(count, Ordering::Relaxed);
-    let body = Body::from_stream(ReaderStream::with_capacity(f.take(count), STREAM_CHUNK));
+
+    let body = match small {
+        Some(bytes) => {
+            st.stats.file_bodies.fetch_add(1, Ordering::Relaxed);
+            st.stats.file_body_bytes.fetch_add(count, Ordering::Relaxed);
+            match &st.throttle {
+                None => Body::from(bytes),
+                Some(throttle) => {
+                    let chunks: Vec<io::Result<axum::body::Bytes>> = (0..bytes.len())
+                        .step_by(THROTTLED_CHUNK)
+                        .map(|at| Ok(bytes.slice(at..(at + THROTTLED_CHUNK).min(bytes.len()))))
+                        .collect();
+                    throttled(futures_util::stream::iter(chunks), throttle.clone())
+                }
+            }
+        }
+        None => {
+            let mut f = tokio::fs::File::open(&file.abs).await.map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    HubError::EntryNotFound {
+                        message: format!("Entry not found: {}", file.path),
+                        commit: Some(commit.clone()),
+                    }
+                } else {
+                    internal(&format!("cannot open {}", file.abs.display()), e)
+                }
+            })?;
+            if start > 0 {
+                f.seek(io::SeekFrom::Start(start))
+                    .await
+                    .map_err(|e| internal(&format!("cannot seek {}", file.abs.display()), e))?;
+            }
+            st.stats.file_bodies.fetch_add(1, Ordering::Relaxed);
+            st.stats.file_body_bytes.fetch_add(count, Ordering::Relaxed);
+            match &st.throttle {
+                None => Body::from_stream(ReaderStream::with_capacity(f.take(count), STREAM_CHUNK)),
+                Some(throttle) => throttled(
+                    ReaderStream::with_capacity(f.take(count), THROTTLED_CHUNK),
+                    throttle.clone(),
+                ),
+            }
+        }
+    };
     Ok((status, headers, body).into_response())
 }
 
-#[derive(Debug, PartialEq, Eq)]
+/// `count` bytes of `file` from `start`, read in one go (blocking).
+fn read_part(
+    file: &FileEntry,
+    start: u64,
+    count: u64,
+    commit: &str,
+) -> Result<axum::body::Bytes, HubError> {
+    use std::io::{Read, Seek};
+    let context = |what: &str, e: io::Error| {
+        if e.kind() == io::ErrorKind::NotFound {
+            HubError::EntryNotFound {
+                message: format!("Entry not found: {}", file.path),
+                commit: Some(commit.to_string()),
+            }
+        } else {
+            internal(&format!("cannot {what} {}", file.abs.display()), e)
+        }
+    };
+    let mut f = std::fs::File::open(&file.abs).map_err(|e| context("open", e))?;
+    f.seek(io::SeekFrom::Start(start))
+        .map_err(|e| context("seek", e))?;
+    let mut buf = vec![0u8; count as usize];
+    f.read_exact(&mut buf).map_err(|e| context("read", e))?;
+    Ok(buf.into())
+}
+
+/// A body whose chunks leave no faster than `throttle` allows.
+fn throttled<S>(chunks: S, throttle: Arc<Throttle>) -> Body
+where
+    S: futures_util::Stream<Item = io::Result<axum::body::Bytes>> + Send + 'static,
+{
+    Body::from_stream(chunks.then(move |chunk| {
+        let throttle = throttle.clone();
+        async move {
+            if let Ok(bytes) = &chunk {
+                tokio::time::sleep_until(throttle.reserve(bytes.len()).into()).await;
+            }
+            chunk
+        }
+    }))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RangeSpec {
     /// No usable Range: serve everything (RFC 9110 says to ignore malformed ones).
     Full,

@@ -24,6 +24,7 @@ async fn start(root: &Path, token: Option<&str>) -> RunningHub {
         HubServerConfig {
             root: root.to_path_buf(),
             token: token.map(str::to_string),
+            ..Default::default()
         },
         "127.0.0.1:0".parse().unwrap(),
     )
@@ -379,6 +380,7 @@ async fn start_corrupting(root: &Path, damage: Damage) -> (String, Arc<AtomicUsi
     let server = HubServer::new(HubServerConfig {
         root: root.to_path_buf(),
         token: None,
+        ..Default::default()
     })
     .unwrap();
     let app = server.router().layer(axum::middleware::from_fn(corrupt));

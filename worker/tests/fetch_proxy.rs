@@ -32,6 +32,7 @@ fn loopback_fetches_never_go_through_a_proxy() {
             HubServerConfig {
                 root: root.path().to_path_buf(),
                 token: None,
+                ..Default::default()
             },
             "127.0.0.1:0".parse().unwrap(),
         )

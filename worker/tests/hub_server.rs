@@ -32,6 +32,7 @@ async fn start(root: &Path, token: Option<&str>) -> RunningHub {
         HubServerConfig {
             root: root.to_path_buf(),
             token: token.map(str::to_string),
+            ..Default::default()
         },
         any_port(),
     )

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Benchmark: fetching a checkpoint by byte ranges (only what the seeds read) against the full
+# download, through a loopback Hub throttled to stand in for a network.
+#
+#   scripts/bench-fetch.sh [MBPS] [MODEL]      default: 100 MB/s, pythia-1b (1.9 GiB, f16)
+#
+# Synthesises MODEL under target/bench-data/hub (reused if present), serves it with
+# `neuromfa hub serve --throttle MBPS`, then measures with the worker's fetch_bench example:
+# ranges and full, for 1 seed and for 10 seeds (layer_sample 32), each full download into a
+# fresh HF cache. Prints bytes downloaded against the file size, requests and wall time.
+# Targets: ranges <= 2 % of the file for one seed, <= 10 % for ten, >= 10x faster than full
+# at ten seeds.
+set -euo pipefail
+mbps=${1:-100}
+model=${2:-pythia-1b}
+root=$(cd "$(dirname "$0")/.." && pwd)
+data=${NEUROMFA_BENCH_DIR:-$root/target/bench-data}
+hub_dir=$data/hub
+repo=EleutherAI/$model
+ckpt=$hub_dir/$repo/step0
+
+cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p neuromfa-worker --example fetch_bench
+bin=$root/target/release/neuromfa
+bench=$root/target/release/examples/fetch_bench
+
+if [ ! -f "$ckpt/model.safetensors" ]; then
+  "$bin" synth --like "$model" "$ckpt"
+fi
+# Both paths read the served file from page cache, so disk speed does not decide.
+cat "$ckpt/model.safetensors" > /dev/null
+
+# The fetcher refuses a loopback endpoint that proxy settings would capture.
+export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+endpoint=http://127.0.0.1:$port
+work=$(mktemp -d "$data/fetch-bench.XXXXXX")
+RUST_LOG=warn "$bin" hub serve "$hub_dir" --listen "127.0.0.1:$port" --throttle "$mbps" \
+  > "$work/hub.log" 2>&1 &
+hub_pid=$!
+cleanup() {
+  kill "$hub_pid" 2> /dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do
+  if (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; then break; fi
+  sleep 0.1
+done
+
+common=(--endpoint "$endpoint" --repo "$repo" --revision step0 --layer-sample 32)
+# The first request makes the server hash the file (seconds); the plans are worth seeing anyway.
+echo "== plans (no weights downloaded)"
+for seeds in 0..1 0..10; do
+  "$bench" "${common[@]}" --seeds "$seeds" --cache "$work/plan" \
+    --plan-gaps 0,256,1024,4096,16384,65536
+done
+
+echo "== fetches through the Hub at $mbps MB/s"
+results=$work/results.txt
+for seeds in 0..1 0..10; do
+  for mode in ranges full; do
+    cache=$work/cache-$mode-$seeds
+    "$bench" "${common[@]}" --seeds "$seeds" --mode "$mode" --cache "$cache" --analyze \
+      | tee -a "$results"
+    rm -rf "$cache"
+  done
+done
+
+python3 - "$results" "$mbps" <<'PY'
+import sys
+rows, alphas = [], {}
+for line in open(sys.argv[1]):
+    kind, *fields = line.split()
+    kv = dict(f.split("=", 1) for f in fields)
+    if kind == "fetch":
+        rows.append(kv)
+    elif kind == "analyze":
+        alphas.setdefault(kv["seeds"], []).append(kv["alpha0_first"])
+mbps = float(sys.argv[2])
+print(f"\n{'mode':7} {'seeds':6} {'downloaded':>12} {'of file':>8} {'requests':>9} {'wall':>8}")
+wall = {}
+for r in rows:
+    n = len(range(*map(int, r["seeds"].split(".."))))
+    wall[(r["mode"], n)] = float(r["wall_s"])
+    print(f"{r['mode']:7} {n:<6} {int(r['bytes']) / 1e6:>9.1f} MB {100 * float(r['share']):>7.2f}% "
+          f"{r['requests']:>9} {float(r['wall_s']):>7.2f}s")
+file_bytes = int(rows[0]["file_bytes"])
+print(f"file: {file_bytes / 1e6:.1f} MB; its transfer alone at {mbps:g} MB/s takes "
+      f"{file_bytes / (mbps * 1e6):.1f} s")
+share = {len(range(*map(int, r["seeds"].split("..")))): 100 * float(r["share"])
+         for r in rows if r["mode"] == "ranges"}
+speedup = wall[("full", 10)] / wall[("ranges", 10)]
+ok = lambda good: "met" if good else "MISSED"
+print(f"target ranges, 1 seed  <= 2 %:   {share[1]:.2f} % {ok(share[1] <= 2)}")
+print(f"target ranges, 10 seeds <= 10 %: {share[10]:.2f} % {ok(share[10] <= 10)}")
+print(f"target full/ranges at 10 seeds >= 10x: {speedup:.1f}x {ok(speedup >= 10)}")
+same = all(len(set(v)) == 1 for v in alphas.values())
+print(f"alpha0 of the first seed, ranges vs full: {'identical' if same else 'DIFFERENT'} {alphas}")
+PY

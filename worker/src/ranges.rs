@@ -1,0 +1,1444 @@
+//! Fetching only the bytes an analysis reads, with HTTP byte ranges.
+//!
+//! A sample (one seed) reads a few thousand scattered elements of each weight matrix, so the
+//! seeds queued for a checkpoint touch a few percent of its files. [`fetch_for_seeds`] reads
+//! each safetensors file's header with ranged downloads, works out the absolute byte range of
+//! every element the seeds' samples read ([`neuromfa_common::network::gathers`]), merges ranges
+//! closer than a gap into requests, and downloads those concurrently through `hf-hub`'s ranged
+//! download at the commit the revision resolved to. The result, a [`RangedCheckpoint`], is a
+//! [`WeightReader`] that gives exactly the values the memory-mapped full checkpoint would.
+//!
+//! `hf-hub` accepts any 2xx answer to a ranged request and does not expose the status or
+//! `Content-Range`, so every answer's length is checked here: a server that ignores `Range`
+//! (announcing the whole file, or sending more than was asked) gives
+//! [`FetchError::RangesUnsupported`], on which [`FetchMode::Auto`] falls back to the full
+//! download; a short answer is retried and then an integrity error. Ranged bytes cannot be
+//! checked against the file's sha256 (the ETag covers the whole file); the header's own
+//! consistency with the file size is checked instead.
+//!
+//! Every ranged read costs two requests: `hf-hub` sends a HEAD before each ranged GET.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use hf_hub::repository::RepoTreeEntry;
+use hf_hub::{HFRepository, RepoTypeModel};
+use neuromfa_common::checkpoint::{ElementType, CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
+use neuromfa_common::network::{gathers, WeightReader};
+use neuromfa_common::sampler::{check_layer_sample, draw_snin};
+use neuromfa_common::{BlockTensor, Checkpoint, Error, ModelShape};
+use safetensors::tensor::Metadata;
+use serde::{Deserialize, Serialize};
+
+use crate::fetch::{Begun, Ctx, FetchError, FetchedCheckpoint, Fetcher, Run, MAX_ATTEMPTS};
+
+/// Ranges closer than this many bytes are fetched as one request. A sample reads a few dozen
+/// scattered elements of each drawn row, so at 4 KiB a drawn row is one request and rows
+/// farther apart than that are not joined. pythia-1b, 10 seeds (`scripts/bench-fetch.sh`):
+/// 29.5 k requests for 9.3 % of the file; 256 B: 241 k for 4.8 %; 64 KiB: 7 k for 36 %.
+/// Every request costs a HEAD and a GET, so a slow-to-answer Hub favours a larger gap.
+pub const DEFAULT_MERGE_GAP: u64 = 4096;
+/// Ranged reads in flight at once. Each waits for two round trips (HEAD, GET), so more in
+/// flight hide latency; on a 2-core loopback 16 was measured 1.2x faster than 8.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+/// [`FetchMode::Auto`] fetches ranges when they cover less than this share of the files.
+pub const DEFAULT_AUTO_MAX_SHARE: f64 = 0.25;
+/// The first read of a file: its header length and, usually, the whole header.
+const HEADER_PROBE: u64 = 64 * 1024;
+/// The largest header accepted (the safetensors crate's own limit).
+const MAX_HEADER_LEN: u64 = 100_000_000;
+/// Separate byte runs a plan may hold (16 bytes each while planning). A sample that dense
+/// reads most of the files anyway: `Auto` fetches them whole, `Ranges` refuses.
+const MAX_RUNS: usize = 16 << 20;
+/// First retry delay of a ranged read; doubled on each further attempt.
+const RETRY_BASE_DELAY: Duration = Duration::from_millis(250);
+
+/// How a worker gets a checkpoint's weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FetchMode {
+    /// Download every file into the HF cache ([`Fetcher::fetch_checkpoint`]).
+    Full,
+    /// Download only the byte ranges the seeds read.
+    Ranges,
+    /// Ranges when they cover less than [`RangeOptions::auto_max_share`] of the files and
+    /// the server honours them; otherwise, or when the files are already cached, full.
+    #[default]
+    Auto,
+}
+
+impl FetchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchMode::Full => "full",
+            FetchMode::Ranges => "ranges",
+            FetchMode::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for FetchMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FetchMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(FetchMode::Full),
+            "ranges" => Ok(FetchMode::Ranges),
+            "auto" => Ok(FetchMode::Auto),
+            other => Err(format!(
+                "unknown fetch mode {other:?}: expected full, ranges or auto"
+            )),
+        }
+    }
+}
+
+/// Settings of [`fetch_for_seeds_with`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RangeOptions {
+    pub mode: FetchMode,
+    /// Ranges separated by at most this many bytes are merged into one request.
+    pub merge_gap: u64,
+    /// Ranged requests in flight at once (at least 1).
+    pub concurrency: usize,
+    /// `Auto` picks ranges when planned bytes < this share of the weight files' size.
+    pub auto_max_share: f64,
+}
+
+impl Default for RangeOptions {
+    fn default() -> Self {
+        RangeOptions {
+            mode: FetchMode::Auto,
+            merge_gap: DEFAULT_MERGE_GAP,
+            concurrency: DEFAULT_CONCURRENCY,
+            auto_max_share: DEFAULT_AUTO_MAX_SHARE,
+        }
+    }
+}
+
+/// What a set of seeds reads from a checkpoint, and what fetching it by ranges costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PlanSummary {
+    /// Seeds planned for.
+    pub seeds: usize,
+    /// Element reads the samples make (an element read by two seeds counts twice).
+    pub elements: u64,
+    /// Distinct bytes those elements occupy.
+    pub needed_bytes: u64,
+    /// Bytes the merged requests cover: what a ranged fetch downloads.
+    pub planned_bytes: u64,
+    /// Ranged requests after merging.
+    pub requests: usize,
+    /// Total size of the checkpoint's weight files.
+    pub file_bytes: u64,
+    /// The merge gap used.
+    pub merge_gap: u64,
+}
+
+impl PlanSummary {
+    /// Planned bytes as a share of the weight files.
+    pub fn share(&self) -> f64 {
+        self.planned_bytes as f64 / self.file_bytes.max(1) as f64
+    }
+}
+
+/// What getting a checkpoint's weights cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchMetrics {
+    /// How the weights were fetched: `Full` or `Ranges` (never `Auto`).
+    pub mode: FetchMode,
+    /// Bytes received in bodies (0 when everything was cached).
+    pub bytes_downloaded: u64,
+    /// Requests made, as seen from here: HEADs, GETs (ranged or not), API calls; not counting
+    /// `hf-hub`'s internal retries.
+    pub requests: u32,
+    /// Wall time of the fetch.
+    pub elapsed: Duration,
+    /// Total size of the weight files (safetensors), the denominator of [`Self::share`].
+    pub file_bytes: u64,
+}
+
+impl FetchMetrics {
+    /// Bytes downloaded as a share of the weight files.
+    pub fn share(&self) -> f64 {
+        self.bytes_downloaded as f64 / self.file_bytes.max(1) as f64
+    }
+}
+
+/// A checkpoint's weights as fetched by [`fetch_for_seeds`].
+#[derive(Debug)]
+pub enum FetchedWeights {
+    /// Every file is in the HF cache, at `dir`: open it with [`Checkpoint::open`] (or
+    /// [`FetchedWeights::open`]).
+    Full(FetchedCheckpoint),
+    /// Only the ranges the planned seeds read, in memory.
+    Ranged(RangedCheckpoint),
+}
+
+impl FetchedWeights {
+    /// The commit the revision resolved to.
+    pub fn commit(&self) -> &str {
+        match self {
+            FetchedWeights::Full(c) => &c.commit,
+            FetchedWeights::Ranged(r) => &r.commit,
+        }
+    }
+
+    pub fn metrics(&self) -> FetchMetrics {
+        match self {
+            FetchedWeights::Full(c) => FetchMetrics {
+                mode: FetchMode::Full,
+                bytes_downloaded: c.bytes_downloaded,
+                requests: c.requests,
+                elapsed: c.elapsed,
+                file_bytes: c
+                    .files
+                    .iter()
+                    .filter(|f| f.name != CONFIG_FILE && f.name != INDEX_FILE)
+                    .map(|f| f.size)
+                    .sum(),
+            },
+            FetchedWeights::Ranged(r) => r.metrics,
+        }
+    }
+
+    /// A reader over the weights. For `Full` this maps the files ([`Checkpoint::open`]:
+    /// blocking file I/O, so call it off the async threads).
+    pub fn open(self) -> Result<OpenWeights, Error> {
+        match self {
+            FetchedWeights::Full(c) => Checkpoint::open(&c.dir).map(OpenWeights::Mapped),
+            FetchedWeights::Ranged(r) => Ok(OpenWeights::Ranged(r)),
+        }
+    }
+}
+
+/// Either kind of fetched weights, ready for the analysis.
+pub enum OpenWeights {
+    Mapped(Checkpoint),
+    Ranged(RangedCheckpoint),
+}
+
+impl WeightReader for OpenWeights {
+    fn shape(&self) -> &ModelShape {
+        match self {
+            OpenWeights::Mapped(c) => c.shape(),
+            OpenWeights::Ranged(r) => r.shape(),
+        }
+    }
+
+    fn gather(
+        &self,
+        block: usize,
+        tensor: BlockTensor,
+        rows: &[usize],
+        cols: &[usize],
+    ) -> Result<Vec<f64>, Error> {
+        match self {
+            OpenWeights::Mapped(c) => c.gather(block, tensor, rows, cols),
+            OpenWeights::Ranged(r) => WeightReader::gather(r, block, tensor, rows, cols),
+        }
+    }
+}
+
+/// Fetches what `seeds` read from `repo` at `revision` in `mode` (see [`FetchMode`]), merging
+/// ranges closer than `merge_gap` bytes. `layer_sample` is the analysis's; a seed not in
+/// `seeds` cannot be analysed from a ranged result.
+pub async fn fetch_for_seeds(
+    fetcher: &Fetcher,
+    repo: &str,
+    revision: &str,
+    layer_sample: usize,
+    seeds: &[u32],
+    mode: FetchMode,
+    merge_gap: u64,
+) -> Result<FetchedWeights, FetchError> {
+    let options = RangeOptions {
+        mode,
+        merge_gap,
+        ..RangeOptions::default()
+    };
+    fetch_for_seeds_with(fetcher, repo, revision, layer_sample, seeds, &options).await
+}
+
+/// [`fetch_for_seeds`] with every setting.
+pub async fn fetch_for_seeds_with(
+    fetcher: &Fetcher,
+    repo: &str,
+    revision: &str,
+    layer_sample: usize,
+    seeds: &[u32],
+    options: &RangeOptions,
+) -> Result<FetchedWeights, FetchError> {
+    let started = Instant::now();
+    if options.mode == FetchMode::Full {
+        return fetcher
+            .fetch_checkpoint(repo, revision)
+            .await
+            .map(FetchedWeights::Full);
+    }
+    let auto = options.mode == FetchMode::Auto;
+    let mut spent = Cost::default();
+    let attempt = try_ranges(
+        fetcher,
+        repo,
+        revision,
+        layer_sample,
+        seeds,
+        options,
+        &mut spent,
+    )
+    .await;
+    let why = match attempt {
+        Ok(Attempt::Ranged(mut ranged)) => {
+            ranged.metrics.elapsed = started.elapsed();
+            let m = ranged.metrics;
+            tracing::info!(
+                repo,
+                revision,
+                commit = %ranged.commit,
+                bytes_downloaded = m.bytes_downloaded,
+                file_bytes = m.file_bytes,
+                requests = m.requests,
+                elapsed_ms = m.elapsed.as_millis() as u64,
+                "ranges fetched"
+            );
+            return Ok(FetchedWeights::Ranged(*ranged));
+        }
+        Ok(Attempt::Full(why)) => why.to_string(),
+        Err(e @ FetchError::RangesUnsupported { .. }) if auto => e.to_string(),
+        Err(e) => return Err(e),
+    };
+    tracing::info!(repo, revision, reason = %why, "fetching the whole checkpoint");
+    let mut full = fetcher.fetch_checkpoint(repo, revision).await?;
+    // What deciding cost is part of the fetch.
+    full.requests += spent.requests;
+    full.bytes_downloaded += spent.bytes;
+    full.elapsed = started.elapsed();
+    Ok(FetchedWeights::Full(full))
+}
+
+/// Reads the headers and plans, without downloading any weights: what a ranged fetch of
+/// `seeds` would cost. (Costs the same few requests as the start of a ranged fetch.)
+pub async fn plan_for_seeds(
+    fetcher: &Fetcher,
+    repo: &str,
+    revision: &str,
+    layer_sample: usize,
+    seeds: &[u32],
+    merge_gap: u64,
+) -> Result<PlanSummary, FetchError> {
+    let Begun {
+        mut run,
+        pinned,
+        config_path,
+        dir,
+        guard,
+        ..
+    } = fetcher.begin(repo, revision).await?;
+    let layout = prepare(
+        &mut run,
+        &pinned,
+        &config_path,
+        &dir,
+        guard,
+        layer_sample,
+        seeds,
+        false,
+    )
+    .await?
+    .ok_or_else(|| run.ctx.invalid(SINGLE_FILE, "no layout".to_string()))?;
+    match plan_off_thread(&run, layout.clone(), layer_sample, seeds, merge_gap).await? {
+        Some(plan) => Ok(plan.summary),
+        None => Err(too_fragmented(&run, seeds)),
+    }
+}
+
+/// The outcome of trying ranges.
+enum Attempt {
+    Ranged(Box<RangedCheckpoint>),
+    /// `Auto` decided on the whole checkpoint, for this reason.
+    Full(&'static str),
+}
+
+/// Everything of a ranged fetch that may end in "fetch it whole instead". Adds what it spent
+/// to `spent` whatever the outcome, so a fallback can report the total.
+async fn try_ranges(
+    fetcher: &Fetcher,
+    repo: &str,
+    revision: &str,
+    layer_sample: usize,
+    seeds: &[u32],
+    options: &RangeOptions,
+    spent: &mut Cost,
+) -> Result<Attempt, FetchError> {
+    let auto = options.mode == FetchMode::Auto;
+    let Begun {
+        mut run,
+        commit,
+        pinned,
+        dir,
+        config_path,
+        guard,
+        ..
+    } = fetcher.begin(repo, revision).await?;
+    let result = async {
+        let prepared = prepare(
+            &mut run,
+            &pinned,
+            &config_path,
+            &dir,
+            guard,
+            layer_sample,
+            seeds,
+            auto,
+        )
+        .await?;
+        let Some(layout) = prepared else {
+            return Ok(Err("the weight files are already in the cache"));
+        };
+        let Some(plan) =
+            plan_off_thread(&run, layout.clone(), layer_sample, seeds, options.merge_gap).await?
+        else {
+            if auto {
+                return Ok(Err("the samples are too fragmented to fetch by ranges"));
+            }
+            return Err(too_fragmented(&run, seeds));
+        };
+        let summary = plan.summary;
+        tracing::info!(
+            repo,
+            revision,
+            seeds = summary.seeds,
+            elements = summary.elements,
+            needed_bytes = summary.needed_bytes,
+            planned_bytes = summary.planned_bytes,
+            requests = summary.requests,
+            file_bytes = summary.file_bytes,
+            share = summary.share(),
+            "ranged fetch planned"
+        );
+        if auto && summary.share() >= options.auto_max_share {
+            return Ok(Err("ranges would cover too much of the files"));
+        }
+        let mut cost = Cost::default();
+        let fetched = fetch_plan(
+            &run,
+            &pinned,
+            &layout,
+            plan,
+            options.concurrency.max(1),
+            &mut cost,
+        )
+        .await;
+        run.requests += cost.requests;
+        run.bytes += cost.bytes;
+        Ok(Ok((layout, summary, fetched?)))
+    }
+    .await;
+    spent.requests += run.requests;
+    spent.bytes += run.bytes;
+    match result? {
+        Err(why) => Ok(Attempt::Full(why)),
+        Ok((layout, summary, files)) => Ok(Attempt::Ranged(Box::new(RangedCheckpoint {
+            repo: repo.to_string(),
+            revision: revision.to_string(),
+            commit,
+            shape: layout.shape,
+            sites: layout.sites,
+            files,
+            seeds: seeds.to_vec(),
+            layer_sample,
+            plan: summary,
+            metrics: FetchMetrics {
+                mode: FetchMode::Ranges,
+                bytes_downloaded: run.bytes,
+                requests: run.requests,
+                // Set by the caller, who started the clock.
+                elapsed: Duration::ZERO,
+                file_bytes: summary.file_bytes,
+            },
+        }))),
+    }
+}
+
+fn too_fragmented(run: &Run, seeds: &[u32]) -> FetchError {
+    FetchError::InvalidRequest {
+        at: run.ctx.at(SINGLE_FILE),
+        detail: format!(
+            "the samples of {} seeds read more than {MAX_RUNS} separate byte runs; \
+             fetch this checkpoint in full",
+            seeds.len()
+        ),
+    }
+}
+
+/// Plans on a blocking thread: ten seeds of a large model are a million runs to sort.
+async fn plan_off_thread(
+    run: &Run,
+    layout: Layout,
+    layer_sample: usize,
+    seeds: &[u32],
+    merge_gap: u64,
+) -> Result<Option<Plan>, FetchError> {
+    let seeds = seeds.to_vec();
+    tokio::task::spawn_blocking(move || {
+        make_plan(&layout, layer_sample, &seeds, merge_gap, MAX_RUNS)
+    })
+    .await
+    .map_err(|e| {
+        run.ctx
+            .invalid(SINGLE_FILE, format!("planning failed: {e}"))
+    })?
+    .map_err(|e| FetchError::InvalidRequest {
+        at: run.ctx.at(CONFIG_FILE),
+        detail: e.to_string(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checkpoint's layout, from its headers.
+
+/// One safetensors file as its header describes it.
+#[derive(Debug, Clone)]
+struct RemoteFile {
+    name: String,
+    size: u64,
+}
+
+/// Where one needed weight matrix lives.
+#[derive(Debug, Clone)]
+struct Site {
+    name: String,
+    file: usize,
+    /// Absolute byte offset of element `[0, 0]` in the file.
+    start: u64,
+    element: ElementType,
+    rows: usize,
+    cols: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Layout {
+    shape: ModelShape,
+    files: Vec<RemoteFile>,
+    sites: HashMap<(usize, BlockTensor), Site>,
+}
+
+/// Reads `config.json` (already in the cache) and the shard index (into the cache, as full
+/// fetches do), then every needed file's size and header, and checks every needed tensor.
+/// Releases the repository lock (`guard`) once nothing more is written to the cache.
+/// `None` when `stop_if_cached` and the weight files are already in the cache.
+#[allow(clippy::too_many_arguments)]
+async fn prepare(
+    run: &mut Run,
+    pinned: &str,
+    config_path: &std::path::Path,
+    dir: &std::path::Path,
+    guard: tokio::sync::OwnedMutexGuard<()>,
+    layer_sample: usize,
+    seeds: &[u32],
+    stop_if_cached: bool,
+) -> Result<Option<Layout>, FetchError> {
+    let text = tokio::fs::read_to_string(config_path)
+        .await
+        .map_err(|e| cache_error(&run.ctx, CONFIG_FILE, config_path, &e))?;
+    let shape = ModelShape::from_config_json(&text).map_err(|m| run.ctx.invalid(CONFIG_FILE, m))?;
+    check_layer_sample(&shape, layer_sample).map_err(|e| FetchError::InvalidRequest {
+        at: run.ctx.at(CONFIG_FILE),
+        detail: e.to_string(),
+    })?;
+    if seeds.is_empty() {
+        return Err(FetchError::InvalidRequest {
+            at: run.ctx.at(SINGLE_FILE),
+            detail: "no seeds to fetch ranges for".to_string(),
+        });
+    }
+
+    // Which file holds each needed tensor.
+    let index = run.fetch_index(pinned).await?;
+    let file_of: HashMap<String, String> = match &index {
+        Some((index_path, _)) => {
+            // Checks the shard names (they must not climb out of the snapshot).
+            run.shards_of(index_path).await?;
+            #[derive(Deserialize)]
+            struct Index {
+                weight_map: HashMap<String, String>,
+            }
+            let text = tokio::fs::read_to_string(index_path)
+                .await
+                .map_err(|e| cache_error(&run.ctx, INDEX_FILE, index_path, &e))?;
+            serde_json::from_str::<Index>(&text)
+                .map_err(|e| {
+                    run.ctx
+                        .invalid(INDEX_FILE, format!("not a safetensors index: {e}"))
+                })?
+                .weight_map
+        }
+        None => HashMap::new(),
+    };
+    let mut files: Vec<RemoteFile> = Vec::new();
+    let mut needed: Vec<(usize, BlockTensor, String, usize)> = Vec::new();
+    for block in 0..shape.num_blocks {
+        for tensor in BlockTensor::ALL {
+            let name = tensor.name(block);
+            let file_name = match &index {
+                None => SINGLE_FILE.to_string(),
+                Some(_) => file_of.get(&name).cloned().ok_or_else(|| {
+                    run.ctx
+                        .invalid(INDEX_FILE, format!("the weight_map has no tensor `{name}`"))
+                })?,
+            };
+            let file = match files.iter().position(|f| f.name == file_name) {
+                Some(i) => i,
+                None => {
+                    files.push(RemoteFile {
+                        name: file_name,
+                        size: 0,
+                    });
+                    files.len() - 1
+                }
+            };
+            needed.push((block, tensor, name, file));
+        }
+    }
+    // Nothing below writes to the cache: other fetches of this repository may go on.
+    drop(guard);
+    if stop_if_cached && files.iter().all(|f| dir.join(&f.name).is_file()) {
+        return Ok(None);
+    }
+
+    file_sizes(run, pinned, &mut files).await?;
+    let mut headers = Vec::with_capacity(files.len());
+    for file in &files {
+        headers.push(read_header(run, pinned, file).await?);
+    }
+    let mut sites = HashMap::new();
+    for (block, tensor, name, file) in needed {
+        let (data_start, metadata) = &headers[file];
+        let at_file = &files[file].name;
+        let info = metadata.info(&name).ok_or_else(|| {
+            run.ctx
+                .invalid(at_file, format!("the header has no tensor `{name}`"))
+        })?;
+        let element = ElementType::from_dtype(info.dtype).ok_or_else(|| {
+            run.ctx.invalid(
+                at_file,
+                format!(
+                    "tensor `{name}` has dtype {:?}; supported are F32, F16 and BF16",
+                    info.dtype
+                ),
+            )
+        })?;
+        let expected = tensor.expected_shape(&shape);
+        if info.shape != expected {
+            return Err(run.ctx.invalid(
+                at_file,
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {expected:?}",
+                    info.shape
+                ),
+            ));
+        }
+        sites.insert(
+            (block, tensor),
+            Site {
+                name,
+                file,
+                start: data_start + info.data_offsets.0 as u64,
+                element,
+                rows: expected[0],
+                cols: expected[1],
+            },
+        );
+    }
+    Ok(Some(Layout {
+        shape,
+        files,
+        sites,
+    }))
+}
+
+fn cache_error(ctx: &Ctx, file: &str, path: &std::path::Path, e: &io::Error) -> FetchError {
+    FetchError::Cache {
+        at: ctx.at(file),
+        detail: format!("{}: {e}", path.display()),
+    }
+}
+
+/// Sizes of the weight files, from one paths-info call. (`hf-hub`'s metadata HEAD follows
+/// redirects and then insists on `X-Repo-Commit`, which a CDN's final answer lacks.)
+async fn file_sizes(
+    run: &mut Run,
+    pinned: &str,
+    files: &mut [RemoteFile],
+) -> Result<(), FetchError> {
+    let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
+    let first = names
+        .first()
+        .cloned()
+        .unwrap_or_else(|| SINGLE_FILE.to_string());
+    run.requests += 1;
+    let entries = run
+        .handle
+        .get_paths_info()
+        .paths(names)
+        .revision(pinned)
+        .send()
+        .await
+        .map_err(|e| run.ctx.classify(&first, e))?;
+    for file in files.iter_mut() {
+        let size = entries.iter().find_map(|e| match e {
+            RepoTreeEntry::File { path, size, .. } if *path == file.name => Some(*size),
+            _ => None,
+        });
+        file.size = size.ok_or_else(|| FetchError::FileNotFound {
+            at: run.ctx.at(&file.name),
+        })?;
+    }
+    Ok(())
+}
+
+/// Reads and validates one file's header: returns where its data starts and the metadata.
+async fn read_header(
+    run: &mut Run,
+    pinned: &str,
+    file: &RemoteFile,
+) -> Result<(u64, Metadata), FetchError> {
+    let name = file.name.as_str();
+    let invalid = |detail: String| run.ctx.invalid(name, detail);
+    if file.size < 8 {
+        return Err(invalid(format!(
+            "the file is {} bytes, too short for a safetensors header",
+            file.size
+        )));
+    }
+    let remote = Remote {
+        handle: &run.handle,
+        ctx: &run.ctx,
+        pinned,
+    };
+    let mut cost = Cost::default();
+    let probe_end = file.size.min(HEADER_PROBE);
+    let first = read_to_vec(&remote, file, 0..probe_end, &mut cost).await;
+    run.requests += cost.requests;
+    run.bytes += cost.bytes;
+    let first = first?;
+    let n = u64::from_le_bytes([
+        first[0], first[1], first[2], first[3], first[4], first[5], first[6], first[7],
+    ]);
+    let invalid = |detail: String| run.ctx.invalid(name, detail);
+    if n > MAX_HEADER_LEN {
+        return Err(invalid(format!(
+            "not a valid safetensors file: header length {n} exceeds {MAX_HEADER_LEN} bytes"
+        )));
+    }
+    let data_start = 8 + n;
+    if data_start > file.size {
+        return Err(invalid(format!(
+            "not a valid safetensors file: header length {n} runs past the end of the {}-byte file",
+            file.size
+        )));
+    }
+    let header = if data_start <= probe_end {
+        first[8..data_start as usize].to_vec()
+    } else {
+        let mut cost = Cost::default();
+        let rest = read_to_vec(&remote, file, probe_end..data_start, &mut cost).await;
+        run.requests += cost.requests;
+        run.bytes += cost.bytes;
+        let mut header = first[8..].to_vec();
+        header.extend_from_slice(&rest?);
+        header
+    };
+    let invalid = |detail: String| run.ctx.invalid(name, detail);
+    // Validates dtypes, shapes against offsets, and that the offsets are contiguous.
+    let metadata: Metadata = serde_json::from_slice(&header)
+        .map_err(|e| invalid(format!("not a valid safetensors header: {e}")))?;
+    let expected = data_start + metadata.data_len() as u64;
+    if expected != file.size {
+        return Err(invalid(format!(
+            "not a valid safetensors file: the header describes {} bytes of tensor data after \
+             {data_start} bytes of header, but the file is {} bytes",
+            metadata.data_len(),
+            file.size
+        )));
+    }
+    Ok((data_start, metadata))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Planning.
+
+/// A contiguous run of needed bytes, and where its copy lives in the file's arena.
+#[derive(Debug, Clone, Copy)]
+struct ByteRun {
+    start: u64,
+    end: u64,
+    at: usize,
+}
+
+/// One ranged request: bytes `[start, end)` of a file, covering `runs` of its run list.
+#[derive(Debug, Clone)]
+struct Request {
+    file: usize,
+    start: u64,
+    end: u64,
+    runs: std::ops::Range<usize>,
+}
+
+struct Plan {
+    /// Per file, sorted and disjoint.
+    runs: Vec<Vec<ByteRun>>,
+    /// Per file, the arena size (needed bytes).
+    arena_len: Vec<usize>,
+    requests: Vec<Request>,
+    summary: PlanSummary,
+}
+
+/// Every byte range `seeds` read, merged into requests. `None` when the samples are too
+/// fragmented to plan (more than `max_runs` runs).
+fn make_plan(
+    layout: &Layout,
+    layer_sample: usize,
+    seeds: &[u32],
+    merge_gap: u64,
+    max_runs: usize,
+) -> Result<Option<Plan>, Error> {
+    let shape = &layout.shape;
+    let mut pieces: Vec<Vec<(u64, u64)>> = vec![Vec::new(); layout.files.len()];
+    let mut count = 0usize;
+    let mut elements = 0u64;
+    for &seed in seeds {
+        let draw = draw_snin(seed, shape, layer_sample)?;
+        for read in gathers(&draw, shape.hidden_size) {
+            let site = layout
+                .sites
+                .get(&(read.block, read.tensor))
+                .ok_or_else(|| {
+                    Error::InvalidParameter(format!(
+                        "no tensor {} in the layout",
+                        read.tensor.name(read.block)
+                    ))
+                })?;
+            let size = site.element.size() as u64;
+            // Columns are the same in every row: find their consecutive stretches once.
+            let mut cols = read.cols.clone();
+            cols.sort_unstable();
+            cols.dedup();
+            let mut col_runs: Vec<(u64, u64)> = Vec::new();
+            for &c in &cols {
+                let c = c as u64;
+                match col_runs.last_mut() {
+                    Some(last) if last.1 == c => last.1 = c + 1,
+                    _ => col_runs.push((c, c + 1)),
+                }
+            }
+            count = count.saturating_add(read.rows.len().saturating_mul(col_runs.len()));
+            if count > max_runs {
+                return Ok(None);
+            }
+            elements += (read.rows.len() * read.cols.len()) as u64;
+            let out = &mut pieces[site.file];
+            for &row in &read.rows {
+                let base = site.start + (row as u64) * (site.cols as u64) * size;
+                out.extend(
+                    col_runs
+                        .iter()
+                        .map(|&(c0, c1)| (base + c0 * size, base + c1 * size)),
+                );
+            }
+        }
+    }
+
+    let mut runs = Vec::with_capacity(pieces.len());
+    let mut arena_len = Vec::with_capacity(pieces.len());
+    let mut requests = Vec::new();
+    let (mut needed_bytes, mut planned_bytes) = (0u64, 0u64);
+    for (file, mut pieces) in pieces.into_iter().enumerate() {
+        pieces.sort_unstable();
+        // Touching or overlapping pieces (the same element read by two seeds) become one run.
+        let mut file_runs: Vec<ByteRun> = Vec::new();
+        let mut at = 0usize;
+        for (start, end) in pieces {
+            match file_runs.last_mut() {
+                Some(last) if start <= last.end => {
+                    if end > last.end {
+                        at += (end - last.end) as usize;
+                        last.end = end;
+                    }
+                }
+                _ => {
+                    file_runs.push(ByteRun { start, end, at });
+                    at += (end - start) as usize;
+                }
+            }
+        }
+        needed_bytes += at as u64;
+        arena_len.push(at);
+        // Runs closer than the gap share a request.
+        let mut first = 0;
+        for i in 0..file_runs.len() {
+            let last_of_request =
+                i + 1 == file_runs.len() || file_runs[i + 1].start - file_runs[i].end > merge_gap;
+            if last_of_request {
+                let (start, end) = (file_runs[first].start, file_runs[i].end);
+                planned_bytes += end - start;
+                requests.push(Request {
+                    file,
+                    start,
+                    end,
+                    runs: first..i + 1,
+                });
+                first = i + 1;
+            }
+        }
+        runs.push(file_runs);
+    }
+    let summary = PlanSummary {
+        seeds: seeds.len(),
+        elements,
+        needed_bytes,
+        planned_bytes,
+        requests: requests.len(),
+        file_bytes: layout.files.iter().map(|f| f.size).sum(),
+        merge_gap,
+    };
+    Ok(Some(Plan {
+        runs,
+        arena_len,
+        requests,
+        summary,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ranged reads.
+
+/// What ranged reads cost.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cost {
+    requests: u32,
+    bytes: u64,
+}
+
+impl std::ops::AddAssign for Cost {
+    fn add_assign(&mut self, other: Cost) {
+        self.requests += other.requests;
+        self.bytes += other.bytes;
+    }
+}
+
+/// A repository at a pinned revision, for ranged reads.
+struct Remote<'a> {
+    handle: &'a HFRepository<RepoTypeModel>,
+    ctx: &'a Ctx,
+    pinned: &'a str,
+}
+
+/// Why one attempt at a ranged read failed.
+enum Failure {
+    /// Worth another attempt (transport trouble, 5xx, a short answer).
+    Retry(FetchError),
+    Final(FetchError),
+}
+
+/// Reads `range` of `file` into a vector of exactly its length.
+async fn read_to_vec(
+    remote: &Remote<'_>,
+    file: &RemoteFile,
+    range: std::ops::Range<u64>,
+    cost: &mut Cost,
+) -> Result<Vec<u8>, FetchError> {
+    let mut buf = vec![0u8; (range.end - range.start) as usize];
+    read_range(remote, file, range, cost, |offset, chunk| {
+        buf[offset..offset + chunk.len()].copy_from_slice(chunk);
+    })
+    .await?;
+    Ok(buf)
+}
+
+/// Reads `range` of `file`, handing each chunk of the body to `sink` with its offset in the
+/// range (never past the range's end). Retries transient failures with backoff; a retry
+/// hands the bytes again from offset 0, so `sink` must only place bytes by offset.
+async fn read_range(
+    remote: &Remote<'_>,
+    file: &RemoteFile,
+    range: std::ops::Range<u64>,
+    cost: &mut Cost,
+    mut sink: impl FnMut(usize, &[u8]),
+) -> Result<(), FetchError> {
+    let mut attempt = 1;
+    loop {
+        match read_range_once(remote, file, range.clone(), cost, &mut sink).await {
+            Ok(()) => return Ok(()),
+            Err(Failure::Retry(e)) if attempt < MAX_ATTEMPTS => {
+                tracing::warn!(
+                    repo = %remote.ctx.repo,
+                    revision = %remote.ctx.revision,
+                    file = %file.name,
+                    start = range.start,
+                    end = range.end,
+                    attempt,
+                    error = %e,
+                    "ranged read failed; retrying"
+                );
+                tokio::time::sleep(RETRY_BASE_DELAY * 2u32.pow(attempt - 1)).await;
+                attempt += 1;
+            }
+            Err(Failure::Retry(e) | Failure::Final(e)) => return Err(e),
+        }
+    }
+}
+
+async fn read_range_once(
+    remote: &Remote<'_>,
+    file: &RemoteFile,
+    range: std::ops::Range<u64>,
+    cost: &mut Cost,
+    sink: &mut impl FnMut(usize, &[u8]),
+) -> Result<(), Failure> {
+    let name = file.name.as_str();
+    let ctx = remote.ctx;
+    let want = range.end - range.start;
+    let classify = |e| {
+        let e = ctx.classify(name, e);
+        if e.is_transient() {
+            Failure::Retry(e)
+        } else {
+            Failure::Final(e)
+        }
+    };
+    let short = |got: u64| {
+        Failure::Retry(FetchError::Integrity {
+            at: ctx.at(name),
+            check: "range length",
+            expected: format!("{want} bytes ({}..{})", range.start, range.end),
+            actual: format!("{got} bytes"),
+        })
+    };
+    let unsupported = |what: String| {
+        Failure::Final(FetchError::RangesUnsupported {
+            at: ctx.at(name),
+            detail: format!(
+                "asked for bytes {}..{} ({want} bytes) of a {}-byte file, {what}",
+                range.start, range.end, file.size
+            ),
+        })
+    };
+
+    // hf-hub HEADs the file before every ranged GET.
+    cost.requests += 1;
+    let (announced, mut body) = remote
+        .handle
+        .download_file_stream()
+        .filename(name)
+        .revision(remote.pinned)
+        .range(range.clone())
+        .send()
+        .await
+        .map_err(classify)?;
+    cost.requests += 1;
+    match announced {
+        Some(len) if len == want => {}
+        // The whole file for part of it: the server ignored `Range`. Not read any further.
+        Some(len) if len == file.size => {
+            return Err(unsupported(format!(
+                "and the answer is the whole file ({len} bytes)"
+            )))
+        }
+        Some(len) if len > want => {
+            return Err(unsupported(format!("and the answer announces {len} bytes")))
+        }
+        Some(len) => return Err(short(len)),
+        None => {}
+    }
+    let mut got = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(classify)?;
+        cost.bytes += chunk.len() as u64;
+        let end = got + chunk.len() as u64;
+        if end > want {
+            return Err(unsupported(format!(
+                "and the answer runs past {want} bytes"
+            )));
+        }
+        sink(got as usize, &chunk);
+        got = end;
+    }
+    if got != want {
+        return Err(short(got));
+    }
+    Ok(())
+}
+
+/// Downloads every request of `plan`, `concurrency` at a time, keeping only the needed runs.
+async fn fetch_plan(
+    run: &Run,
+    pinned: &str,
+    layout: &Layout,
+    plan: Plan,
+    concurrency: usize,
+    cost: &mut Cost,
+) -> Result<Vec<HeldFile>, FetchError> {
+    let Plan {
+        runs,
+        arena_len,
+        requests,
+        ..
+    } = plan;
+    let remote = Remote {
+        handle: &run.handle,
+        ctx: &run.ctx,
+        pinned,
+    };
+    let remote = &remote;
+    let runs_ref = &runs;
+    let mut arenas: Vec<Vec<u8>> = arena_len.iter().map(|&n| vec![0u8; n]).collect();
+    let mut fetches = futures_util::stream::iter(requests.iter().map(|request| async move {
+        let file_runs = &runs_ref[request.file][request.runs.clone()];
+        let (first, last) = match (file_runs.first(), file_runs.last()) {
+            (Some(first), Some(last)) => (*first, *last),
+            _ => return (request, Ok(Vec::new()), Cost::default()),
+        };
+        // This request's runs are contiguous in the arena: fill that segment.
+        let mut segment = vec![0u8; last.at + (last.end - last.start) as usize - first.at];
+        let mut cost = Cost::default();
+        let file = &layout.files[request.file];
+        let result = read_range(
+            remote,
+            file,
+            request.start..request.end,
+            &mut cost,
+            |offset, chunk| {
+                let (lo, hi) = (
+                    request.start + offset as u64,
+                    request.start + (offset + chunk.len()) as u64,
+                );
+                let from = file_runs.partition_point(|r| r.end <= lo);
+                for r in &file_runs[from..] {
+                    if r.start >= hi {
+                        break;
+                    }
+                    let (s, e) = (r.start.max(lo), r.end.min(hi));
+                    let dst = r.at - first.at + (s - r.start) as usize;
+                    let src = (s - lo) as usize;
+                    let len = (e - s) as usize;
+                    segment[dst..dst + len].copy_from_slice(&chunk[src..src + len]);
+                }
+            },
+        )
+        .await;
+        (request, result.map(|()| segment), cost)
+    }))
+    .buffer_unordered(concurrency);
+    while let Some((request, result, spent)) = fetches.next().await {
+        *cost += spent;
+        let segment = result?;
+        if let Some(first) = runs[request.file].get(request.runs.start) {
+            arenas[request.file][first.at..first.at + segment.len()].copy_from_slice(&segment);
+        }
+    }
+    drop(fetches);
+    let files = layout
+        .files
+        .iter()
+        .zip(runs)
+        .zip(arenas)
+        .map(|((file, runs), arena)| HeldFile {
+            path: PathBuf::from(format!(
+                "{}@{}/{}",
+                run.ctx.repo, run.ctx.revision, file.name
+            )),
+            name: file.name.clone(),
+            size: file.size,
+            runs,
+            arena,
+        })
+        .collect();
+    Ok(files)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The result.
+
+/// The needed bytes of one file.
+struct HeldFile {
+    /// `org/name@revision/file`, for error messages.
+    path: PathBuf,
+    name: String,
+    size: u64,
+    /// Sorted, disjoint.
+    runs: Vec<ByteRun>,
+    arena: Vec<u8>,
+}
+
+impl HeldFile {
+    /// The `len` bytes at absolute offset `offset`, if they were fetched.
+    fn bytes(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let i = self
+            .runs
+            .partition_point(|r| r.start <= offset)
+            .checked_sub(1)?;
+        let run = self.runs[i];
+        if offset + len as u64 > run.end {
+            return None;
+        }
+        let at = run.at + (offset - run.start) as usize;
+        self.arena.get(at..at + len)
+    }
+}
+
+/// The elements some seeds read from a checkpoint, fetched by ranges. A [`WeightReader`]
+/// for exactly those seeds (at the `layer_sample` they were planned with); reading any other
+/// element is an error.
+pub struct RangedCheckpoint {
+    repo: String,
+    revision: String,
+    commit: String,
+    shape: ModelShape,
+    sites: HashMap<(usize, BlockTensor), Site>,
+    files: Vec<HeldFile>,
+    seeds: Vec<u32>,
+    layer_sample: usize,
+    plan: PlanSummary,
+    metrics: FetchMetrics,
+}
+
+impl fmt::Debug for RangedCheckpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RangedCheckpoint")
+            .field("repo", &self.repo)
+            .field("revision", &self.revision)
+            .field("commit", &self.commit)
+            .field("shape", &self.shape)
+            .field("seeds", &self.seeds)
+            .field("layer_sample", &self.layer_sample)
+            .field("plan", &self.plan)
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RangedCheckpoint {
+    pub fn repo(&self) -> &str {
+        &self.repo
+    }
+
+    /// The revision as asked for.
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    /// The commit it resolved to; every range was read at this commit.
+    pub fn commit(&self) -> &str {
+        &self.commit
+    }
+
+    pub fn shape(&self) -> &ModelShape {
+        &self.shape
+    }
+
+    /// The seeds whose samples were fetched.
+    pub fn seeds(&self) -> &[u32] {
+        &self.seeds
+    }
+
+    pub fn layer_sample(&self) -> usize {
+        self.layer_sample
+    }
+
+    pub fn plan(&self) -> &PlanSummary {
+        &self.plan
+    }
+
+    pub fn metrics(&self) -> &FetchMetrics {
+        &self.metrics
+    }
+
+    /// The weight files: name and size.
+    pub fn files(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.files.iter().map(|f| (f.name.as_str(), f.size))
+    }
+
+    /// Bytes held in memory (the needed elements only, not whole requests).
+    pub fn held_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.arena.len() as u64).sum()
+    }
+}
+
+impl WeightReader for RangedCheckpoint {
+    fn shape(&self) -> &ModelShape {
+        &self.shape
+    }
+
+    /// As [`Checkpoint::gather`], element by element in the same order, with the same
+    /// decoding and the same error for a non-finite weight.
+    fn gather(
+        &self,
+        block: usize,
+        tensor: BlockTensor,
+        rows: &[usize],
+        cols: &[usize],
+    ) -> Result<Vec<f64>, Error> {
+        let site = self
+            .sites
+            .get(&(block, tensor))
+            .ok_or_else(|| Error::MissingTensor {
+                dir: PathBuf::from(format!("{}@{}", self.repo, self.revision)),
+                tensor: tensor.name(block),
+            })?;
+        let file = &self.files[site.file];
+        let size = site.element.size();
+        let mut values = Vec::with_capacity(rows.len() * cols.len());
+        for &row in rows {
+            for &col in cols {
+                if row >= site.rows || col >= site.cols {
+                    return Err(Error::InvalidParameter(format!(
+                        "[{row}, {col}] is outside tensor `{}` of shape [{}, {}]",
+                        site.name, site.rows, site.cols
+                    )));
+                }
+                let offset = site.start + ((row * site.cols + col) * size) as u64;
+                let bytes = file.bytes(offset, size).ok_or_else(|| {
+                    Error::io(
+                        file.path.clone(),
+                        io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!(
+                                "element [{row}, {col}] of tensor `{}` (byte {offset}) was not \
+                                 fetched: the ranges were planned for seeds {:?} at layer_sample {}",
+                                site.name, self.seeds, self.layer_sample
+                            ),
+                        ),
+                    )
+                })?;
+                let value = site.element.decode(bytes);
+                if !value.is_finite() {
+                    return Err(Error::NonFiniteWeight {
+                        path: file.path.clone(),
+                        tensor: site.name.clone(),
+                        row,
+                        col,
+                        value,
+                    });
+                }
+                values.push(value);
+            }
+        }
+        Ok(values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_mode_parses_and_prints_lowercase() {
+        for mode in [FetchMode::Full, FetchMode::Ranges, FetchMode::Auto] {
+            assert_eq!(mode.to_string().parse::<FetchMode>(), Ok(mode));
+            let json = serde_json::to_string(&mode).unwrap();
+            assert_eq!(json, format!("\"{mode}\""));
+            assert_eq!(serde_json::from_str::<FetchMode>(&json).unwrap(), mode);
+        }
+        assert!("Ranges".parse::<FetchMode>().is_err());
+    }
+
+    fn layout(hidden: usize, blocks: usize) -> Layout {
+        let shape = ModelShape {
+            hidden_size: hidden,
+            num_blocks: blocks,
+            intermediate_size: 4 * hidden,
+        };
+        let mut sites = HashMap::new();
+        let mut start = 1000u64;
+        for block in 0..blocks {
+            for tensor in BlockTensor::ALL {
+                let [rows, cols] = tensor.expected_shape(&shape);
+                sites.insert(
+                    (block, tensor),
+                    Site {
+                        name: tensor.name(block),
+                        file: 0,
+                        start,
+                        element: ElementType::F16,
+                        rows,
+                        cols,
+                    },
+                );
+                start += (rows * cols * 2) as u64;
+            }
+        }
+        Layout {
+            shape,
+            files: vec![RemoteFile {
+                name: SINGLE_FILE.into(),
+                size: start,
+            }],
+            sites,
+        }
+    }
+
+    #[test]
+    fn plan_covers_every_element_and_merges_by_gap() {
+        let layout = layout(64, 2);
+        let exact = make_plan(&layout, 4, &[0, 1], 0, MAX_RUNS)
+            .unwrap()
+            .unwrap();
+        let merged = make_plan(&layout, 4, &[0, 1], 4096, MAX_RUNS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(exact.summary.needed_bytes, merged.summary.needed_bytes);
+        assert!(merged.summary.requests < exact.summary.requests);
+        assert!(merged.summary.planned_bytes >= exact.summary.planned_bytes);
+        assert!(exact.summary.planned_bytes == exact.summary.needed_bytes);
+        // Every element of every read lies inside a run and a request.
+        for seed in [0, 1] {
+            let draw = draw_snin(seed, &layout.shape, 4).unwrap();
+            for read in gathers(&draw, 64) {
+                let site = &layout.sites[&(read.block, read.tensor)];
+                for &r in &read.rows {
+                    for &c in &read.cols {
+                        let o = site.start + ((r * site.cols + c) * 2) as u64;
+                        for plan in [&exact, &merged] {
+                            assert!(plan.runs[0]
+                                .iter()
+                                .any(|run| run.start <= o && o + 2 <= run.end));
+                            assert!(plan.requests.iter().any(|q| q.start <= o && o + 2 <= q.end));
+                        }
+                    }
+                }
+            }
+        }
+        // Runs and requests are sorted and disjoint.
+        for w in merged.runs[0].windows(2) {
+            assert!(w[0].end < w[1].start);
+        }
+        for w in merged.requests.windows(2) {
+            assert!(w[0].end + 4096 < w[1].start);
+        }
+    }
+
+    #[test]
+    fn too_fragmented_samples_are_not_planned() {
+        let layout = layout(64, 2);
+        let runs = |plan: Option<Plan>| plan.unwrap().runs[0].len();
+        let needed = runs(make_plan(&layout, 4, &[0], 0, MAX_RUNS).unwrap());
+        assert!(make_plan(&layout, 4, &[0], 0, needed / 2)
+            .unwrap()
+            .is_none());
+        // Consecutive columns and rows coalesce: a dense sample has far fewer runs than reads.
+        let dense = make_plan(&layout, 64, &[0], 0, MAX_RUNS).unwrap().unwrap();
+        assert!((dense.runs[0].len() as u64) < dense.summary.elements / 4);
+    }
+}

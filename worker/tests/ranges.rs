@@ -1,0 +1,654 @@
+//! Ranged fetching over real sockets: the loopback Hub (sometimes behind a misbehaving layer)
+//! and hf-hub, compared with the memory-mapped full checkpoint.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use common::*;
+use neuromfa_common::network::WeightReader;
+use neuromfa_common::synth::{write_checkpoint, Preset};
+use neuromfa_common::{analyze_seed, AnalysisParams, Checkpoint, Error};
+use neuromfa_worker::fetch::{FetchError, Fetcher, HubSettings};
+use neuromfa_worker::hub_server::{spawn, HubServer, HubServerConfig, RunningHub};
+use neuromfa_worker::ranges::{
+    fetch_for_seeds, fetch_for_seeds_with, plan_for_seeds, FetchMode, FetchedWeights, RangeOptions,
+    RangedCheckpoint, DEFAULT_MERGE_GAP,
+};
+
+const REPO: &str = "EleutherAI/tiny";
+const REV: &str = "step1000";
+
+fn golden_step1000() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/golden/tiny-neox/step1000")
+}
+
+/// Copies every file of `src` to `root/<repo>/<revision>/`.
+fn install(root: &Path, repo: &str, revision: &str, src: &Path) {
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let bytes = std::fs::read(entry.path()).unwrap();
+        write(root, &format!("{repo}/{revision}/{name}"), &bytes);
+    }
+}
+
+async fn start(root: &Path) -> RunningHub {
+    spawn(
+        HubServerConfig {
+            root: root.to_path_buf(),
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Serves `root` through `layer` (a middleware that misbehaves) on a loopback port.
+async fn start_with_layer<F, Fut>(root: &Path, layer: F) -> String
+where
+    F: Fn(Request, Next) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response> + Send + 'static,
+{
+    let server = HubServer::new(HubServerConfig {
+        root: root.to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    let router: Router = server.router().layer(axum::middleware::from_fn(layer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}")
+}
+
+fn fetcher(endpoint: &str, cache: &Path) -> Fetcher {
+    Fetcher::new(HubSettings {
+        endpoint: Some(endpoint.to_string()),
+        token: None,
+        cache_dir: Some(cache.to_path_buf()),
+    })
+    .unwrap()
+}
+
+fn params(layer_sample: usize) -> AnalysisParams {
+    AnalysisParams {
+        layer_sample,
+        ..AnalysisParams::default()
+    }
+}
+
+fn ranged(weights: FetchedWeights) -> RangedCheckpoint {
+    match weights {
+        FetchedWeights::Ranged(r) => r,
+        FetchedWeights::Full(f) => panic!("expected a ranged fetch, got a full one: {f:?}"),
+    }
+}
+
+/// `analyze_seed` gives the same result, bit for bit, on both readers (or the same error).
+fn assert_identical(a: &dyn WeightReader, b: &dyn WeightReader, p: &AnalysisParams, seeds: &[u32]) {
+    for &seed in seeds {
+        match (
+            analyze_seed(a, p, 1000, seed),
+            analyze_seed(b, p, 1000, seed),
+        ) {
+            (Ok(x), Ok(y)) => {
+                assert_eq!(
+                    x.result.alpha0.to_bits(),
+                    y.result.alpha0.to_bits(),
+                    "seed {seed}"
+                );
+                assert_eq!(
+                    x.result.width.to_bits(),
+                    y.result.width.to_bits(),
+                    "seed {seed}"
+                );
+                assert_eq!(
+                    serde_json::to_value(&x.result).unwrap(),
+                    serde_json::to_value(&y.result).unwrap(),
+                    "seed {seed}"
+                );
+                let edges = |s: &neuromfa_common::network::Snin| {
+                    s.edges()
+                        .map(|(from, to, w)| (from, to, w.to_bits()))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(edges(&x.snin), edges(&y.snin), "seed {seed}");
+            }
+            (Err(x), Err(y)) => assert_eq!(x.to_string(), y.to_string(), "seed {seed}"),
+            (x, y) => panic!(
+                "seed {seed}: {:?} vs {:?}",
+                x.map(|a| a.result.alpha0),
+                y.map(|a| a.result.alpha0)
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn ranges_give_bit_identical_results_to_the_full_checkpoint() {
+    let root = tempfile::tempdir().unwrap();
+    install(root.path(), REPO, REV, &golden_step1000());
+    let hub = start(root.path()).await;
+    let cache = tempfile::tempdir().unwrap();
+    let f = fetcher(&hub.endpoint(), cache.path());
+    let mapped = Checkpoint::open(&golden_step1000()).unwrap();
+    let seeds = [0, 1, 2, 3, 7];
+
+    for (layer_sample, gap) in [(32, DEFAULT_MERGE_GAP), (32, 0), (16, 0), (16, 1 << 20)] {
+        let weights = fetch_for_seeds(&f, REPO, REV, layer_sample, &seeds, FetchMode::Ranges, gap)
+            .await
+            .unwrap();
+        let r = ranged(weights);
+        assert_eq!(r.seeds(), seeds);
+        assert_identical(&r, &mapped, &params(layer_sample), &seeds);
+
+        let plan = r.plan();
+        let file_size = std::fs::metadata(golden_step1000().join("model.safetensors"))
+            .unwrap()
+            .len();
+        assert_eq!(plan.file_bytes, file_size);
+        assert!(plan.requests as u64 > 0);
+        assert!((plan.requests as u64) < plan.elements, "{plan:?}");
+        assert!(plan.needed_bytes <= plan.planned_bytes, "{plan:?}");
+        assert!(plan.planned_bytes <= file_size, "{plan:?}");
+        if gap == 0 {
+            assert_eq!(plan.planned_bytes, plan.needed_bytes);
+        }
+        // Only the needed elements are held, not whole requests.
+        assert_eq!(r.held_bytes(), plan.needed_bytes);
+        let m = r.metrics();
+        assert_eq!(m.mode, FetchMode::Ranges);
+        assert!(m.bytes_downloaded >= plan.planned_bytes);
+        assert_eq!(m.file_bytes, file_size);
+    }
+
+    // The full download through the Hub agrees too.
+    let full = fetch_for_seeds(&f, REPO, REV, 32, &seeds, FetchMode::Full, 0)
+        .await
+        .unwrap();
+    assert!(matches!(full, FetchedWeights::Full(_)));
+    assert_eq!(full.metrics().mode, FetchMode::Full);
+    let full = full.open().unwrap();
+    let r = ranged(
+        fetch_for_seeds(&f, REPO, REV, 32, &seeds, FetchMode::Ranges, 4096)
+            .await
+            .unwrap(),
+    );
+    assert_identical(&r, &full, &params(32), &seeds);
+}
+
+#[tokio::test]
+async fn metrics_count_what_the_server_saw() {
+    let root = tempfile::tempdir().unwrap();
+    install(root.path(), REPO, REV, &golden_step1000());
+    let hub = start(root.path()).await;
+    let cache = tempfile::tempdir().unwrap();
+    let f = fetcher(&hub.endpoint(), cache.path());
+    let r = ranged(
+        fetch_for_seeds(&f, REPO, REV, 8, &[0, 1], FetchMode::Ranges, 256)
+            .await
+            .unwrap(),
+    );
+    let stats = hub.stats();
+    let m = r.metrics();
+    assert_eq!(u64::from(m.requests), stats.requests, "{m:?} {stats:?}");
+    assert_eq!(m.bytes_downloaded, stats.file_body_bytes, "{m:?} {stats:?}");
+    // config.json + header + one HEAD and one GET per planned request (+ index probe, sizes).
+    assert!(m.requests as usize >= 2 * r.plan().requests + 4);
+    assert_eq!(r.commit().len(), 40);
+}
+
+/// The golden checkpoint split into two shards with an index.
+fn write_sharded(dir: &Path) {
+    let bytes = std::fs::read(golden_step1000().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in [first, second].into_iter().enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = part
+            .iter()
+            .map(|n| (n.to_string(), st.tensor(n).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.join(&file)).unwrap();
+        for n in part {
+            weight_map.insert(n.to_string(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": weight_map });
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::to_vec_pretty(&index).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(
+        golden_step1000().join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn sharded_checkpoints_are_read_across_shards() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(REPO).join(REV);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_sharded(&dir);
+    let hub = start(root.path()).await;
+    let cache = tempfile::tempdir().unwrap();
+    let f = fetcher(&hub.endpoint(), cache.path());
+    let seeds = [0, 4, 5];
+
+    let r = ranged(
+        fetch_for_seeds(&f, REPO, REV, 32, &seeds, FetchMode::Ranges, 512)
+            .await
+            .unwrap(),
+    );
+    let shards: Vec<(String, u64)> = r.files().map(|(n, s)| (n.to_string(), s)).collect();
+    assert_eq!(shards.len(), 2, "{shards:?}");
+    let shard_bytes: u64 = shards.iter().map(|(_, s)| s).sum();
+    assert_eq!(r.plan().file_bytes, shard_bytes);
+    assert!(r.plan().planned_bytes <= shard_bytes);
+    // Same numbers as the original single file, and as the shards opened from disk.
+    let single = Checkpoint::open(&golden_step1000()).unwrap();
+    assert_identical(&r, &single, &params(32), &seeds);
+    let on_disk = Checkpoint::open(&dir).unwrap();
+    assert_identical(&r, &on_disk, &params(32), &seeds);
+}
+
+#[tokio::test]
+async fn elements_outside_the_plan_are_errors_not_zeros() {
+    let root = tempfile::tempdir().unwrap();
+    install(root.path(), REPO, REV, &golden_step1000());
+    let hub = start(root.path()).await;
+    let cache = tempfile::tempdir().unwrap();
+    let f = fetcher(&hub.endpoint(), cache.path());
+    let r = ranged(
+        fetch_for_seeds(&f, REPO, REV, 8, &[0], FetchMode::Ranges, 0)
+            .await
+            .unwrap(),
+    );
+    assert!(analyze_seed(&r, &params(8), 1000, 0).is_ok());
+    let err = analyze_seed(&r, &params(8), 1000, 1).err().unwrap();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(text.contains("was not fetched"), "{text}");
+    assert!(
+        text.contains("EleutherAI/tiny@step1000/model.safetensors"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn non_finite_weights_give_the_same_error_as_the_mapped_file() {
+    // The golden checkpoint with block 0's QKV weights all NaN.
+    let bytes = std::fs::read(golden_step1000().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let qkv = "gpt_neox.layers.0.attention.query_key_value.weight";
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    for (n, dtype, _, data) in &mut owned {
+        if n == qkv {
+            assert_eq!(*dtype, safetensors::Dtype::F16);
+            for pair in data.chunks_mut(2) {
+                pair.copy_from_slice(&half_nan());
+            }
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s, data)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    let local = tempfile::tempdir().unwrap();
+    safetensors::serialize_to_file(views, None, &local.path().join("model.safetensors")).unwrap();
+    std::fs::copy(
+        golden_step1000().join("config.json"),
+        local.path().join("config.json"),
+    )
+    .unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    install(root.path(), REPO, REV, local.path());
+    let hub = start(root.path()).await;
+    let cache = tempfile::tempdir().unwrap();
+    let f = fetcher(&hub.endpoint(), cache.path());
+    let r = ranged(
+        fetch_for_seeds(&f, REPO, REV, 32, &[3], FetchMode::Ranges, 4096)
+            .await
+            .unwrap(),
+    );
+    let mapped = Checkpoint::open(local.path()).unwrap();
+    let from_ranges = analyze_seed(&r, &params(32), 1000, 3).err().unwrap();
+    let from_map = analyze_seed(&mapped, &params(32), 1000, 3).err().unwrap();
+    match (from_ranges, from_map) {
+        (
+            Error::NonFiniteWeight {
+                path,
+                tensor,
+                row,
+                col,
+                value,
+            },
+            Error::NonFiniteWeight {
+                tensor: t2,
+                row: r2,
+                col: c2,
+                value: v2,
+                ..
+            },
+        ) => {
+            assert_eq!((tensor.as_str(), row, col), (t2.as_str(), r2, c2));
+            assert_eq!(tensor, qkv);
+            assert!(value.is_nan() && v2.is_nan());
+            assert_eq!(
+                path,
+                PathBuf::from("EleutherAI/tiny@step1000/model.safetensors")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn half_nan() -> [u8; 2] {
+    0x7e00u16.to_le_bytes()
+}
+
+#[tokio::test]
+async fn corrupt_headers_are_clear_permanent_errors() {
+    let config = std::fs::read(golden_step1000().join("config.json")).unwrap();
+    let golden = std::fs::read(golden_step1000().join("model.safetensors")).unwrap();
+    let mut huge_header = golden.clone();
+    huge_header[..8].copy_from_slice(&(golden.len() as u64).to_le_bytes());
+    let mut bad_json = golden.clone();
+    bad_json[8] = b'[';
+    let truncated = golden[..golden.len() - 2].to_vec();
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("garbage", pseudo_random(4096, 7), "not a valid safetensors"),
+        ("huge-header", huge_header, "runs past the end"),
+        ("bad-json", bad_json, "not a valid safetensors header"),
+        ("truncated", truncated, "but the file is"),
+    ];
+    let root = tempfile::tempdir().unwrap();
+    for (rev, bytes, _) in &cases {
+        write(root.path(), &format!("{REPO}/{rev}/config.json"), &config);
+        write(
+            root.path(),
+            &format!("{REPO}/{rev}/model.safetensors"),
+            bytes,
+        );
+    }
+    let hub = start(root.path()).await;
+    let cache = tempfile::tempdir().unwrap();
+    let f = fetcher(&hub.endpoint(), cache.path());
+    for (rev, _, expected) in cases {
+        let err = fetch_for_seeds(&f, REPO, rev, 8, &[0], FetchMode::Ranges, 4096)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, FetchError::InvalidCheckpoint { .. }),
+            "{rev}: {err:?}"
+        );
+        assert!(!err.is_transient(), "{rev}");
+        let text = err.to_string();
+        for part in [REPO, rev, "model.safetensors", expected] {
+            assert!(text.contains(part), "{rev}: {text:?} lacks {part:?}");
+        }
+    }
+}
+
+/// Drops the `Range` header: the server answers 200 with the whole file.
+async fn ignore_range(mut req: Request, next: Next) -> Response {
+    req.headers_mut().remove(header::RANGE);
+    next.run(req).await
+}
+
+/// Answers every ranged request one byte short (with a consistent `Content-Length`).
+async fn one_byte_short(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if resp.status() != StatusCode::PARTIAL_CONTENT {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let short = bytes.slice(..bytes.len() - 1);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(short.len()));
+    Response::from_parts(parts, Body::from(short))
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_range_is_detected_and_auto_falls_back() {
+    let root = tempfile::tempdir().unwrap();
+    install(root.path(), REPO, REV, &golden_step1000());
+    let endpoint = start_with_layer(root.path(), ignore_range).await;
+    let cache = tempfile::tempdir().unwrap();
+    let f = fetcher(&endpoint, cache.path());
+
+    let err = fetch_for_seeds(&f, REPO, REV, 8, &[0], FetchMode::Ranges, 4096)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, FetchError::RangesUnsupported { .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+
+    // Auto uses the whole file instead, and the numbers are still right.
+    let options = RangeOptions {
+        mode: FetchMode::Auto,
+        merge_gap: 0,
+        auto_max_share: 1.0,
+        ..RangeOptions::default()
+    };
+    let auto = fetch_for_seeds_with(&f, REPO, REV, 8, &[0], &options)
+        .await
+        .unwrap();
+    assert!(matches!(auto, FetchedWeights::Full(_)), "{auto:?}");
+    let full = auto.open().unwrap();
+    let mapped = Checkpoint::open(&golden_step1000()).unwrap();
+    assert_identical(&full, &mapped, &params(8), &[0]);
+}
+
+#[tokio::test]
+async fn a_short_answer_is_an_error() {
+    let root = tempfile::tempdir().unwrap();
+    install(root.path(), REPO, REV, &golden_step1000());
+    let endpoint = start_with_layer(root.path(), one_byte_short).await;
+    let cache = tempfile::tempdir().unwrap();
+    let f = fetcher(&endpoint, cache.path());
+    let err = fetch_for_seeds(&f, REPO, REV, 8, &[0], FetchMode::Ranges, 4096)
+        .await
+        .err()
+        .unwrap();
+    match &err {
+        FetchError::Integrity { check, .. } => assert_eq!(*check, "range length"),
+        other => panic!("{other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(REPO) && text.contains(REV) && text.contains("model.safetensors"));
+}
+
+#[tokio::test]
+async fn auto_picks_ranges_for_sparse_samples_and_full_for_dense_ones() {
+    let root = tempfile::tempdir().unwrap();
+    // A model big enough that a small sample is a small share of it (about 3 MB).
+    let wide = Preset {
+        name: "wide",
+        hidden_size: 256,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 1024,
+        vocab_size: 128,
+    };
+    write_checkpoint(&wide, &root.path().join("EleutherAI/wide/step0"), 5).unwrap();
+    install(root.path(), REPO, REV, &golden_step1000());
+    let hub = start(root.path()).await;
+    let cache = tempfile::tempdir().unwrap();
+    let f = fetcher(&hub.endpoint(), cache.path());
+
+    let sparse = fetch_for_seeds(
+        &f,
+        "EleutherAI/wide",
+        "step0",
+        4,
+        &[0, 1],
+        FetchMode::Auto,
+        4096,
+    )
+    .await
+    .unwrap();
+    let m = sparse.metrics();
+    assert_eq!(m.mode, FetchMode::Ranges, "{m:?}");
+    assert!(m.share() < 0.25, "{m:?}");
+    let plan = plan_for_seeds(&f, "EleutherAI/wide", "step0", 4, &[0, 1], 4096)
+        .await
+        .unwrap();
+    assert!(plan.share() < 0.25, "{plan:?}");
+    let mapped = Checkpoint::open(&root.path().join("EleutherAI/wide/step0")).unwrap();
+    let sparse = sparse.open().unwrap();
+    assert_identical(&sparse, &mapped, &params(4), &[0, 1]);
+
+    // Half of every layer of the tiny model, merged by 4 KB gaps: most of the file.
+    let plan = plan_for_seeds(&f, REPO, REV, 32, &[0, 1, 2], 4096)
+        .await
+        .unwrap();
+    assert!(plan.share() >= 0.25, "{plan:?}");
+    let dense = fetch_for_seeds(&f, REPO, REV, 32, &[0, 1, 2], FetchMode::Auto, 4096)
+        .await
+        .unwrap();
+    let m = dense.metrics();
+    assert_eq!(m.mode, FetchMode::Full, "{m:?}");
+    // The full download, plus what reading the header cost.
+    assert!(m.bytes_downloaded > m.file_bytes, "{m:?}");
+    assert!(matches!(dense, FetchedWeights::Full(_)));
+
+    // Once the files are cached, Auto reads them from disk without downloading weights.
+    let again = fetch_for_seeds(
+        &f,
+        "EleutherAI/wide",
+        "step0",
+        4,
+        &[0],
+        FetchMode::Auto,
+        4096,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.metrics().mode, FetchMode::Ranges);
+    let cached = fetch_for_seeds(&f, REPO, REV, 4, &[0], FetchMode::Auto, 4096)
+        .await
+        .unwrap();
+    let m = cached.metrics();
+    assert_eq!(m.mode, FetchMode::Full, "{m:?}");
+    assert_eq!(m.bytes_downloaded, 0, "{m:?}");
+}
+
+#[tokio::test]
+async fn throttled_bodies_take_at_least_size_over_rate() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 1_000_000usize;
+    write(
+        root.path(),
+        "org/big/main/blob.bin",
+        &pseudo_random(size, 3),
+    );
+    let rate = 4_000_000u64; // 4 MB/s: 1 MB takes at least 0.25 s.
+    let hub = spawn(
+        HubServerConfig {
+            root: root.path().to_path_buf(),
+            throttle_bytes_per_sec: Some(rate),
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let client = direct_client();
+    let url = format!("{}/org/big/resolve/main/blob.bin", hub.endpoint());
+    // Warm the server's hash cache so only the transfer is timed.
+    client.head(&url).send().await.unwrap();
+
+    let started = Instant::now();
+    let body = client
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let one = started.elapsed();
+    assert_eq!(body.len(), size);
+    let floor = Duration::from_secs_f64(size as f64 / rate as f64);
+    assert!(one >= floor, "{one:?} < {floor:?}");
+    assert!(one < floor * 20, "{one:?}");
+
+    // The budget is shared: two bodies at once take twice as long. (After a pause, so the
+    // link is idle and the measurement starts from an empty budget.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let (a, b) = tokio::join!(
+        async {
+            client
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        },
+        async {
+            client
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        },
+    );
+    let two = started.elapsed();
+    assert_eq!(a.len() + b.len(), 2 * size);
+    assert!(two >= floor * 2, "{two:?} < {:?}", floor * 2);
+
+    // Ranges are throttled by their own length.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let part = client
+        .get(&url)
+        .header(header::RANGE, "bytes=0-199999")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(part.len(), 200_000);
+    assert!(started.elapsed() >= floor / 5);
+    assert!(started.elapsed() < floor, "{:?}", started.elapsed());
+}
