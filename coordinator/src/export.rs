@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::integrity::{duplicate_of, DuplicatePolicy};
 use crate::spec::SweepSpec;
-use crate::state::{recorded_spec, StateError, DB_FILE};
+use crate::state::{read_revisions, recorded_spec, StateError, DB_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -128,30 +128,12 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
         .map(|c| (c.model, c.step))
         .collect();
 
-    let mut hashes: BTreeMap<(String, u64), String> = BTreeMap::new();
-    {
-        let mut stmt = conn
-            .prepare(
-                "SELECT c.model, c.step, r.weights_sha256 FROM revisions r
-                 JOIN checkpoints c ON c.id = r.checkpoint_id",
-            )
-            .map_err(db)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
-            .map_err(db)?;
-        for row in rows {
-            let (model, step, hash) = row.map_err(db)?;
-            if grid.contains(&(model.clone(), step.max(0) as u64)) {
-                hashes.insert((model, step.max(0) as u64), hash);
-            }
-        }
-    }
+    let hashes: BTreeMap<(String, u64), String> = read_revisions(&conn)
+        .map_err(db)?
+        .into_iter()
+        .filter(|(model, step, _)| grid.contains(&(model.clone(), *step)))
+        .map(|(model, step, hash)| ((model, step), hash))
+        .collect();
     let duplicates = duplicate_of(
         hashes
             .iter()

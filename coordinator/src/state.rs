@@ -1224,29 +1224,11 @@ impl SweepState {
             path: db_path.clone(),
             source,
         };
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT c.model, c.step, r.weights_sha256 FROM revisions r
-                 JOIN checkpoints c ON c.id = r.checkpoint_id",
-            )
-            .map_err(db)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
-            .map_err(db)?;
-        for row in rows {
-            let (model, step, hash) = row.map_err(db)?;
-            if let Some(&slot) = slots.get(&(model, step.max(0) as u64)) {
+        for (model, step, hash) in read_revisions(&self.conn).map_err(db)? {
+            if let Some(&slot) = slots.get(&(model, step)) {
                 self.weights[slot] = Some(hash);
             }
         }
-        drop(stmt);
         self.regroup();
         Ok(())
     }
@@ -1341,6 +1323,22 @@ impl SweepState {
         list.sort_by(|a, b| (&a.model, a.step).cmp(&(&b.model, b.step)));
         list
     }
+}
+
+/// Every resolved checkpoint: `(model, step, weights sha256)`.
+pub fn read_revisions(conn: &Connection) -> rusqlite::Result<Vec<(String, u64, String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT c.model, c.step, r.weights_sha256 FROM revisions r
+         JOIN checkpoints c ON c.id = r.checkpoint_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?.max(0) as u64,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    rows.collect()
 }
 
 /// The spec recorded in a state directory.
