@@ -133,7 +133,7 @@ where
                         status.message()
                     );
                 }
-                if *shutdown.borrow() && what != "release" {
+                if *shutdown.borrow() {
                     bail!("stopping");
                 }
                 tracing::warn!(coordinator = %options.coordinator, error = %status.message(), retry_in_ms = delay.as_millis() as u64, "{what}: coordinator unavailable");

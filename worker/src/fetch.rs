@@ -57,6 +57,16 @@ pub struct HubSettings {
     pub cache_dir: Option<PathBuf>,
 }
 
+impl HubSettings {
+    /// The endpoint in use: the one set here, else `HF_ENDPOINT`, else the real Hub.
+    pub fn resolved_endpoint(&self) -> String {
+        self.endpoint
+            .clone()
+            .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
+    }
+}
+
 impl std::fmt::Debug for HubSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HubSettings")
@@ -249,10 +259,7 @@ impl Fetcher {
     /// environment's proxy settings would route through a proxy.
     pub fn new(settings: HubSettings) -> Result<Self, FetchError> {
         let setup = |detail: String| FetchError::Setup { detail };
-        let endpoint = settings
-            .endpoint
-            .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let endpoint = settings.resolved_endpoint();
         let url = reqwest::Url::parse(&endpoint)
             .map_err(|e| setup(format!("endpoint {endpoint:?} is not a URL: {e}")))?;
         let loopback = is_loopback(&url);
@@ -449,7 +456,7 @@ fn parse_repo_id(repo: &str) -> Result<(&str, &str), String> {
     }
 }
 
-fn is_loopback(url: &reqwest::Url) -> bool {
+pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
     let Some(host) = url.host_str() else {
         return false;
     };

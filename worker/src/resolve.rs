@@ -46,16 +46,14 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(settings: &HubSettings) -> Result<Self, ResolveError> {
-        let endpoint = settings
-            .endpoint
-            .clone()
-            .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
-            .unwrap_or_else(|| crate::fetch::DEFAULT_ENDPOINT.to_string());
+        let endpoint = settings.resolved_endpoint();
         let token = settings
             .token
             .clone()
             .or_else(|| std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()));
-        let loopback = endpoint.contains("://127.") || endpoint.contains("://localhost");
+        let loopback = reqwest::Url::parse(&endpoint)
+            .map_err(|e| ResolveError::Setup(format!("endpoint {endpoint:?} is not a URL: {e}")))
+            .map(|url| crate::fetch::is_loopback(&url))?;
         let mut http = reqwest::Client::builder()
             // The Hub answers LFS files with a redirect whose headers carry the hash;
             // following it would lose them.
