@@ -203,6 +203,8 @@ impl Coordinator for CoordinatorService {
                     sweep: s.spec().name.clone(),
                     hub_endpoint: c.hub_endpoint.clone(),
                     heartbeat_ms: c.heartbeat_ms,
+                    fetch_mode: s.spec().hub.fetch_mode.to_string(),
+                    merge_gap: s.spec().hub.merge_gap.unwrap_or(0),
                 })
             })
             .await?;
@@ -286,6 +288,7 @@ impl Coordinator for CoordinatorService {
             requests: r.requests,
             fetch_ms: r.fetch_ms,
             compute_ms: r.compute_ms,
+            fetch_mode: r.fetch_mode.clone(),
         };
         let completion = self
             .state

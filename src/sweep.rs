@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use neuromfa_coordinator::{export, OpenMode, StatusReport, SweepSpec, SweepState};
 use tokio::sync::watch;
 
+use neuromfa_common::checkpoint::FetchMode;
 use neuromfa_worker::fetch::HubSettings;
 use neuromfa_worker::hub_server::{self, HubServerConfig};
 
@@ -208,6 +209,15 @@ pub struct WorkerArgs {
     /// Exit when the coordinator has been unreachable this many seconds.
     #[arg(long, default_value_t = 600)]
     pub give_up_after: u64,
+    /// How to get weights: `full` files into the HF cache, only the byte `ranges` the
+    /// leased seeds read, or `auto` (ranges when they are a small share of the files and
+    /// the Hub honours them). Default: the sweep spec's `hub.fetch_mode`.
+    #[arg(long)]
+    pub fetch_mode: Option<FetchMode>,
+    /// Byte ranges closer than this many bytes are fetched as one request. Default: the
+    /// spec's `hub.merge_gap`, else 4096.
+    #[arg(long)]
+    pub merge_gap: Option<u64>,
 }
 
 pub async fn worker(args: WorkerArgs) -> Result<()> {
@@ -222,6 +232,8 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
     };
     options.max_tasks = args.max_tasks.max(1);
     options.give_up_after = Duration::from_secs(args.give_up_after);
+    options.fetch_mode = args.fetch_mode;
+    options.merge_gap = args.merge_gap;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -486,8 +498,13 @@ fn print_status(s: &StatusReport) {
         let e = m.latest_e.map_or("-".into(), |e| format!("{e:.4}"));
         let step = m.latest_step.map_or("-".into(), |v| v.to_string());
         println!(
-            "  {:<40} {:>6}/{:<6} latest step {step:>7}  E {e}",
-            m.model, m.done, m.total
+            "  {:<40} {:>6}/{:<6} latest step {step:>7}  E {e}  fetched {:.1} MB in {} requests, {:.1} s",
+            m.model,
+            m.done,
+            m.total,
+            m.fetch.bytes_fetched as f64 / 1e6,
+            m.fetch.requests,
+            m.fetch.fetch_ms as f64 / 1000.0
         );
     }
     if !s.duplicate_steps.is_empty() {

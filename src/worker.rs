@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use neuromfa_common::{analyze_seed, AnalysisParams, Checkpoint, SeedResult};
+use neuromfa_common::checkpoint::FetchMode;
+use neuromfa_common::{analyze_seed, AnalysisParams, SeedResult};
 use neuromfa_worker::cache::CheckpointCache;
 use neuromfa_worker::fetch::{Fetcher, HubSettings};
+use neuromfa_worker::ranges::{fetch_for_seeds_with, FetchedWeights, RangeOptions};
 use rayon::prelude::*;
 use tokio::sync::{mpsc, watch};
 use tonic::service::interceptor::InterceptedService;
@@ -43,6 +45,10 @@ pub struct WorkerOptions {
     pub give_up_after: Duration,
     /// Name reported to the coordinator.
     pub host: String,
+    /// Overrides the fetch mode the coordinator announces.
+    pub fetch_mode: Option<FetchMode>,
+    /// Overrides the merge gap the coordinator announces.
+    pub merge_gap: Option<u64>,
 }
 
 impl WorkerOptions {
@@ -57,6 +63,8 @@ impl WorkerOptions {
             max_tasks: 64,
             give_up_after: Duration::from_secs(600),
             host: hostname(),
+            fetch_mode: None,
+            merge_gap: None,
         }
     }
 }
@@ -176,6 +184,12 @@ pub async fn run(
         cache_dir: options.cache_dir.clone(),
     };
     let fetcher = Fetcher::new(hub).context("setting up the Hub client")?;
+    let fetch_options = fetch_options(&options, &registration)?;
+    tracing::info!(
+        fetch_mode = %fetch_options.mode,
+        merge_gap = fetch_options.merge_gap,
+        "fetch settings"
+    );
     let mut cache = CheckpointCache::new(options.cache_max_bytes);
     let heartbeat_every = Duration::from_millis(registration.heartbeat_ms.max(50));
     let mut summary = WorkerSummary::default();
@@ -221,6 +235,7 @@ pub async fn run(
             &options,
             &worker_id,
             &fetcher,
+            &fetch_options,
             &mut cache,
             params,
             lease.tasks,
@@ -242,6 +257,7 @@ async fn run_checkpoint(
     options: &WorkerOptions,
     worker_id: &str,
     fetcher: &Fetcher,
+    fetch_options: &RangeOptions,
     cache: &mut CheckpointCache,
     params: AnalysisParams,
     tasks: Vec<proto::TaskLease>,
@@ -292,9 +308,11 @@ async fn run_checkpoint(
 
     let mut summary = WorkerSummary::default();
     let result = async {
-        let fetch_started = Instant::now();
+        let seeds: Vec<u32> = tasks.iter().map(|t| t.seed).collect();
         let fetched = tokio::select! {
-            fetched = fetcher.fetch_checkpoint(&model, &revision) => fetched,
+            fetched = fetch_for_seeds_with(
+                fetcher, &model, &revision, params.layer_sample, &seeds, fetch_options,
+            ) => fetched,
             _ = shutdown.changed() => {
                 return Ok::<_, anyhow::Error>(None);
             }
@@ -320,23 +338,30 @@ async fn run_checkpoint(
                 return Ok(Some(()));
             }
         };
-        let fetch_ms = fetch_started.elapsed().as_millis() as u64;
-        cache.note_fetched(&fetched);
+        let metrics = fetched.metrics();
+        let cached = match &fetched {
+            FetchedWeights::Full(checkpoint) => Some(checkpoint.clone()),
+            FetchedWeights::Ranged(_) => None,
+        };
+        if let Some(checkpoint) = &cached {
+            cache.note_fetched(checkpoint);
+        }
         tracing::info!(
-            bytes = fetched.bytes_downloaded,
-            requests = fetched.requests,
-            fetch_ms,
+            mode = %metrics.mode,
+            bytes = metrics.bytes_downloaded,
+            file_bytes = metrics.file_bytes,
+            requests = metrics.requests,
+            fetch_ms = metrics.elapsed.as_millis() as u64,
             "checkpoint ready"
         );
 
         // The pipeline runs on rayon; each seed's result comes back as soon as it is ready.
         let (done_tx, mut done_rx) =
             mpsc::unbounded_channel::<(proto::TaskLease, Result<SeedResult, String>, u64)>();
-        let dir = fetched.dir.clone();
         let compute_tasks = tasks.clone();
         let compute = tokio::task::spawn_blocking(move || {
-            let checkpoint = match Checkpoint::open(&dir) {
-                Ok(c) => c,
+            let weights = match fetched.open() {
+                Ok(w) => w,
                 Err(e) => {
                     for t in compute_tasks {
                         let _ = done_tx.send((t, Err(format!("{e}")), 0));
@@ -346,7 +371,7 @@ async fn run_checkpoint(
             };
             compute_tasks.into_par_iter().for_each(|t| {
                 let started = Instant::now();
-                let result = analyze_seed(&checkpoint, &params, t.step, t.seed)
+                let result = analyze_seed(&weights, &params, t.step, t.seed)
                     .map(|a| a.result)
                     .map_err(|e| e.to_string());
                 let _ = done_tx.send((t, result, started.elapsed().as_millis() as u64));
@@ -373,10 +398,11 @@ async fn run_checkpoint(
                         task_id: task.task_id,
                         attempt: task.attempt,
                         result_json: serde_json::to_string(&result).unwrap_or_default(),
-                        bytes_fetched: share(fetched.bytes_downloaded, index),
-                        requests: share(u64::from(fetched.requests), index) as u32,
-                        fetch_ms: share(fetch_ms, index),
+                        bytes_fetched: share(metrics.bytes_downloaded, index),
+                        requests: share(u64::from(metrics.requests), index) as u32,
+                        fetch_ms: share(metrics.elapsed.as_millis() as u64, index),
                         compute_ms,
+                        fetch_mode: metrics.mode.to_string(),
                     };
                     index += 1;
                     let reply = with_retry(options, &shutdown, "complete", || {
@@ -411,7 +437,9 @@ async fn run_checkpoint(
             }
         }
         let _ = compute.await;
-        cache.note_finished(&fetched);
+        if let Some(checkpoint) = &cached {
+            cache.note_finished(checkpoint);
+        }
         Ok(Some(()))
     }
     .instrument(span.clone())
@@ -440,6 +468,29 @@ async fn run_checkpoint(
     }
     cache.evict_if_needed();
     Ok(summary)
+}
+
+/// The worker's flags over what the coordinator announced, over the defaults.
+fn fetch_options(
+    options: &WorkerOptions,
+    registration: &proto::RegisterReply,
+) -> Result<RangeOptions> {
+    let announced = if registration.fetch_mode.is_empty() {
+        FetchMode::default()
+    } else {
+        registration.fetch_mode.parse().map_err(|e: String| {
+            anyhow!("the coordinator announced a fetch mode this worker cannot use: {e}")
+        })?
+    };
+    let defaults = RangeOptions::default();
+    Ok(RangeOptions {
+        mode: options.fetch_mode.unwrap_or(announced),
+        merge_gap: options
+            .merge_gap
+            .or((registration.merge_gap > 0).then_some(registration.merge_gap))
+            .unwrap_or(defaults.merge_gap),
+        ..defaults
+    })
 }
 
 async fn report_failure(

@@ -5,13 +5,15 @@
 //! it. Single files and sharded checkpoints (`model.safetensors.index.json`) both work.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Mutex;
 
 use memmap2::{Mmap, MmapOptions};
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::layout::{BlockTensor, ModelShape};
@@ -317,4 +319,49 @@ fn locate(
         element,
         cols: expected[1],
     })
+}
+
+/// How a worker gets a checkpoint's weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FetchMode {
+    /// Download every file into the HF cache.
+    Full,
+    /// Download only the byte ranges the seeds read.
+    Ranges,
+    /// Ranges when they cover a small share of the files and the server honours them;
+    /// otherwise, or when the files are already cached, full.
+    #[default]
+    Auto,
+}
+
+impl FetchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchMode::Full => "full",
+            FetchMode::Ranges => "ranges",
+            FetchMode::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for FetchMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FetchMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(FetchMode::Full),
+            "ranges" => Ok(FetchMode::Ranges),
+            "auto" => Ok(FetchMode::Auto),
+            other => Err(format!(
+                "unknown fetch mode {other:?}: expected full, ranges or auto"
+            )),
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! spectra, as CSV and JSON, and a Markdown summary. Rows are ordered by model (spec
 //! order), step and seed, and hold nothing that depends on timing or on which worker
 //! ran a task, so an interrupted and resumed sweep exports the same files as one that ran
-//! straight through.
+//! straight through — except `fetch.*` and `fetch_by_model.*`, which record what getting
+//! the weights cost (bytes, requests, time), and that depends on caches and timing.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -47,8 +48,6 @@ pub struct TaskRow {
     pub width: Option<f64>,
     pub edges: Option<usize>,
     pub kept_nodes: Option<usize>,
-    pub bytes_fetched: Option<u64>,
-    pub requests: Option<u32>,
     /// sha256 of the checkpoint's weights, as the Hub reports it.
     pub weights_sha256: String,
     /// The later step of the same model that serves identical weights.
@@ -96,6 +95,35 @@ pub struct SpectrumRow {
     pub f_alpha_var_ddof1: f64,
 }
 
+/// One row of `fetch.csv`: what a finished task's weights cost. A fetch that served
+/// several seeds is split evenly between them, so sums are what was really fetched.
+#[derive(Debug, Clone, Serialize)]
+pub struct FetchRow {
+    pub model: String,
+    pub step: u64,
+    pub seed: u32,
+    pub worker: String,
+    /// `full` or `ranges`.
+    pub fetch_mode: String,
+    pub bytes_fetched: u64,
+    pub requests: u64,
+    pub fetch_ms: u64,
+    pub compute_ms: u64,
+}
+
+/// One row of `fetch_by_model.csv`: [`FetchRow`]s summed per model.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FetchModelRow {
+    pub model: String,
+    pub tasks: usize,
+    pub ranged_tasks: usize,
+    pub full_tasks: usize,
+    pub bytes_fetched: u64,
+    pub requests: u64,
+    pub fetch_ms: u64,
+    pub compute_ms: u64,
+}
+
 /// Everything the exports hold, in memory.
 #[derive(Debug, Clone)]
 pub struct ExportData {
@@ -103,6 +131,8 @@ pub struct ExportData {
     pub tasks: Vec<TaskRow>,
     pub aggregates: Vec<AggregateRow>,
     pub spectra: Vec<SpectrumRow>,
+    pub fetches: Vec<FetchRow>,
+    pub fetch_by_model: Vec<FetchModelRow>,
 }
 
 /// Reads a state directory into export rows.
@@ -143,7 +173,8 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
     let mut stmt = conn
         .prepare(
             "SELECT t.id, c.model, c.revision, c.step, t.seed, t.state, t.attempts, t.last_error,
-                    r.result_json, r.bytes_fetched, r.requests
+                    r.result_json, r.bytes_fetched, r.requests, r.fetch_ms, r.compute_ms,
+                    r.fetch_mode, r.worker
              FROM tasks t JOIN checkpoints c ON c.id = t.checkpoint_id
              LEFT JOIN results r ON r.task_id = t.id",
         )
@@ -160,8 +191,9 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
                 r.get::<_, u32>(6)?,
                 r.get::<_, Option<String>>(7)?,
                 r.get::<_, Option<String>>(8)?,
-                r.get::<_, Option<i64>>(9)?,
-                r.get::<_, Option<u32>>(10)?,
+                [9, 10, 11, 12].map(|i| r.get::<_, Option<i64>>(i)),
+                r.get::<_, Option<String>>(13)?,
+                r.get::<_, Option<String>>(14)?,
             ))
         })
         .map_err(db)?;
@@ -170,8 +202,9 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
     let mut results: std::collections::HashMap<(String, u64, u32), SeedPoint> =
         std::collections::HashMap::new();
     let mut parameters: BTreeMap<String, u64> = BTreeMap::new();
+    let mut fetches = Vec::new();
     for row in rows {
-        let (id, model, revision, step, seed, state, attempts, error, json, bytes, requests) =
+        let (id, model, revision, step, seed, state, attempts, error, json, costs, mode, worker) =
             row.map_err(db)?;
         let step = step.max(0) as u64;
         if !grid.contains(&(model.clone(), step)) || !seeds.contains(&seed) {
@@ -187,6 +220,19 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
         if let Some(r) = &result {
             results.insert((model.clone(), step, seed), r.point());
             parameters.insert(model.clone(), r.parameters);
+            let [bytes, requests, fetch_ms, compute_ms] =
+                costs.map(|c| c.map(|v| v.unwrap_or(0).max(0) as u64));
+            fetches.push(FetchRow {
+                model: model.clone(),
+                step,
+                seed,
+                worker: worker.unwrap_or_default(),
+                fetch_mode: mode.unwrap_or_default(),
+                bytes_fetched: bytes.map_err(db)?,
+                requests: requests.map_err(db)?,
+                fetch_ms: fetch_ms.map_err(db)?,
+                compute_ms: compute_ms.map_err(db)?,
+            });
         }
         let key = (model.clone(), step);
         tasks.push(TaskRow {
@@ -201,8 +247,6 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
             width: result.as_ref().map(|r| r.width),
             edges: result.as_ref().map(|r| r.edges),
             kept_nodes: result.as_ref().map(|r| r.kept_nodes),
-            bytes_fetched: bytes.map(|b| b.max(0) as u64),
-            requests,
             weights_sha256: hashes.get(&key).cloned().unwrap_or_default(),
             duplicate_of: duplicates.get(&key).copied(),
         });
@@ -225,6 +269,8 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
     }
     let order = |model: &str| model_order.get(model).copied().unwrap_or(usize::MAX);
     tasks.sort_by_key(|t| (order(&t.model), t.step, t.seed));
+    fetches.sort_by_key(|f| (order(&f.model), f.step, f.seed));
+    let fetch_by_model = fetch_sums(&spec, &fetches);
 
     let mut aggregates = Vec::new();
     let mut spectra = Vec::new();
@@ -257,7 +303,32 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
         tasks,
         aggregates,
         spectra,
+        fetches,
+        fetch_by_model,
     })
+}
+
+/// Per model (in spec order), the sums of its tasks' fetch costs.
+fn fetch_sums(spec: &SweepSpec, fetches: &[FetchRow]) -> Vec<FetchModelRow> {
+    spec.models
+        .iter()
+        .map(|m| {
+            let mut sum = FetchModelRow {
+                model: m.repo.clone(),
+                ..FetchModelRow::default()
+            };
+            for f in fetches.iter().filter(|f| f.model == m.repo) {
+                sum.tasks += 1;
+                sum.ranged_tasks += usize::from(f.fetch_mode == "ranges");
+                sum.full_tasks += usize::from(f.fetch_mode == "full");
+                sum.bytes_fetched += f.bytes_fetched;
+                sum.requests += f.requests;
+                sum.fetch_ms += f.fetch_ms;
+                sum.compute_ms += f.compute_ms;
+            }
+            sum
+        })
+        .collect()
 }
 
 fn aggregate_row(model: &str, parameters: u64, a: &StepAggregate) -> AggregateRow {
@@ -308,6 +379,10 @@ pub const EXPORT_FILES: &[&str] = &[
     "aggregates.json",
     "spectra.csv",
     "spectra.json",
+    "fetch.csv",
+    "fetch.json",
+    "fetch_by_model.csv",
+    "fetch_by_model.json",
     "summary.md",
 ];
 
@@ -330,6 +405,10 @@ pub fn write(data: &ExportData, out: &Path) -> Result<Vec<PathBuf>, ExportError>
     put("aggregates.json", to_json(&data.aggregates))?;
     put("spectra.csv", to_csv(&data.spectra, out)?)?;
     put("spectra.json", to_json(&data.spectra))?;
+    put("fetch.csv", to_csv(&data.fetches, out)?)?;
+    put("fetch.json", to_json(&data.fetches))?;
+    put("fetch_by_model.csv", to_csv(&data.fetch_by_model, out)?)?;
+    put("fetch_by_model.json", to_json(&data.fetch_by_model))?;
     put("summary.md", summary_markdown(data).into_bytes())?;
     Ok(written)
 }
@@ -441,6 +520,31 @@ fn summary_markdown(data: &ExportData) -> String {
         let _ = writeln!(md, "|---|---:|---:|");
         for (model, step, original) in &flagged {
             let _ = writeln!(md, "| {model} | {step} | {original} |");
+        }
+        let _ = writeln!(md);
+    }
+    if data.fetch_by_model.iter().any(|f| f.tasks > 0) {
+        let _ = writeln!(
+            md,
+            "## Fetching\n\nWhat getting the weights of the finished tasks cost (`fetch_by_model.csv`; per task in `fetch.csv`).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| model | tasks | by ranges | whole files | downloaded | requests | fetch time |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+        for f in data.fetch_by_model.iter().filter(|f| f.tasks > 0) {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:.1} MB | {} | {:.1} s |",
+                f.model,
+                f.tasks,
+                f.ranged_tasks,
+                f.full_tasks,
+                f.bytes_fetched as f64 / 1e6,
+                f.requests,
+                f.fetch_ms as f64 / 1000.0
+            );
         }
         let _ = writeln!(md);
     }

@@ -8,4 +8,6 @@ pub mod spec;
 pub mod state;
 
 pub use spec::SweepSpec;
-pub use state::{Completion, Lease, OpenMode, StatusReport, SweepState, TaskMetrics, TaskState};
+pub use state::{
+    Completion, FetchTotals, Lease, OpenMode, StatusReport, SweepState, TaskMetrics, TaskState,
+};

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use neuromfa_common::checkpoint::FetchMode;
 use neuromfa_common::spectrum::{q_grid, Alpha0Method};
 use neuromfa_common::AnalysisParams;
 
@@ -88,6 +89,13 @@ pub struct HubSpec {
     /// A directory laid out as `<org>/<name>/<revision>/<file>` that `sweep run` serves
     /// over a loopback Hub to its workers (relative paths are relative to the spec file).
     pub serve_dir: Option<PathBuf>,
+    /// How workers get weights: `full` files, only the byte `ranges` the seeds read, or
+    /// `auto` (ranges when they are a small share of the files). A worker's
+    /// `--fetch-mode` overrides it.
+    pub fetch_mode: FetchMode,
+    /// Byte ranges closer than this are fetched as one request (unset: the worker's
+    /// default, 4096).
+    pub merge_gap: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +186,8 @@ const ENV_KEYS: &[&str] = &[
     "hub.endpoint",
     "hub.token",
     "hub.serve_dir",
+    "hub.fetch_mode",
+    "hub.merge_gap",
     "coordinator.listen",
     "coordinator.address",
     "coordinator.lease_seconds",

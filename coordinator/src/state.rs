@@ -113,13 +113,32 @@ pub struct Lease {
     pub deadline_ms: u64,
 }
 
-/// What a worker measured while running a task.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// What a worker measured while running a task. A fetch that served several tasks is
+/// split between them, so sums over tasks are what was really fetched.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskMetrics {
     pub bytes_fetched: u64,
     pub requests: u32,
     pub fetch_ms: u64,
     pub compute_ms: u64,
+    /// How the weights came: `full` or `ranges` (empty when the worker did not say).
+    pub fetch_mode: String,
+}
+
+/// Fetch costs summed over a model's finished tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchTotals {
+    pub bytes_fetched: u64,
+    pub requests: u64,
+    pub fetch_ms: u64,
+}
+
+impl FetchTotals {
+    fn add(&mut self, metrics: &TaskMetrics) {
+        self.bytes_fetched += metrics.bytes_fetched;
+        self.requests += u64::from(metrics.requests);
+        self.fetch_ms += metrics.fetch_ms;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +201,9 @@ pub struct ModelProgress {
     pub latest_step: Option<u64>,
     #[serde(rename = "latest_E")]
     pub latest_e: Option<f64>,
+    /// What fetching this model's finished tasks cost.
+    #[serde(default)]
+    pub fetch: FetchTotals,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +267,8 @@ pub struct SweepState {
     duplicate_of: HashMap<usize, u64>,
     duplicates: u64,
     recent_completions: VecDeque<u64>,
+    /// Per model, what fetching its finished tasks cost.
+    fetch_totals: HashMap<String, FetchTotals>,
     in_transaction: bool,
 }
 
@@ -278,7 +302,8 @@ CREATE TABLE IF NOT EXISTS results (
     requests INTEGER NOT NULL,
     fetch_ms INTEGER NOT NULL,
     compute_ms INTEGER NOT NULL,
-    finished_ms INTEGER NOT NULL
+    finished_ms INTEGER NOT NULL,
+    fetch_mode TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
@@ -294,6 +319,17 @@ CREATE TABLE IF NOT EXISTS revisions (
     weights_sha256 TEXT NOT NULL
 );
 ";
+
+/// Columns added since the first schema, for state directories made before them.
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let has_fetch_mode = conn
+        .prepare("SELECT 1 FROM pragma_table_info('results') WHERE name = 'fetch_mode'")?
+        .exists([])?;
+    if !has_fetch_mode {
+        conn.execute_batch("ALTER TABLE results ADD COLUMN fetch_mode TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
+}
 
 fn open_connection(path: &Path) -> Result<Connection> {
     let db = |source| StateError::Db {
@@ -330,6 +366,7 @@ impl SweepState {
             source,
         };
         conn.execute_batch(SCHEMA).map_err(db)?;
+        add_missing_columns(&conn).map_err(db)?;
 
         let params = spec.analysis_params();
         let params_json = serde_json::to_string(&params).unwrap_or_default();
@@ -430,6 +467,7 @@ impl SweepState {
             duplicate_of: HashMap::new(),
             duplicates: 0,
             recent_completions: VecDeque::new(),
+            fetch_totals: HashMap::new(),
             in_transaction: false,
         }
     }
@@ -487,7 +525,8 @@ impl SweepState {
                 .conn
                 .prepare(
                     "SELECT t.id, c.model, c.step, t.seed, t.state, t.attempts, t.worker,
-                            t.deadline_ms, t.last_error, r.alpha0, r.width
+                            t.deadline_ms, t.last_error, r.alpha0, r.width,
+                            r.bytes_fetched, r.requests, r.fetch_ms
                      FROM tasks t JOIN checkpoints c ON c.id = t.checkpoint_id
                      LEFT JOIN results r ON r.task_id = t.id ORDER BY t.id",
                 )
@@ -506,13 +545,22 @@ impl SweepState {
                         r.get::<_, Option<String>>(8)?,
                         r.get::<_, Option<f64>>(9)?,
                         r.get::<_, Option<f64>>(10)?,
+                        [11, 12, 13].map(|i| r.get::<_, Option<i64>>(i)),
                     ))
                 })
                 .map_err(db)?;
+            self.fetch_totals.clear();
             for row in rows {
-                let (id, model, step, seed, state, attempts, worker, deadline, error, a0, w) =
+                let (id, model, step, seed, state, attempts, worker, deadline, error, a0, w, fetch) =
                     row.map_err(db)?;
-                let Some(&checkpoint) = slot_of_checkpoint.get(&(model, step as u64)) else {
+                let [bytes, requests, fetch_ms] = fetch;
+                let (bytes, requests, fetch_ms) = (
+                    bytes.map_err(db)?,
+                    requests.map_err(db)?,
+                    fetch_ms.map_err(db)?,
+                );
+                let Some(&checkpoint) = slot_of_checkpoint.get(&(model.clone(), step as u64))
+                else {
                     continue; // outside the current grid: kept on disk, not scheduled
                 };
                 if !in_grid.contains(&seed) {
@@ -520,6 +568,17 @@ impl SweepState {
                 }
                 let state = TaskState::parse(&state)
                     .ok_or_else(|| StateError::Corrupt(format!("task {id} has state `{state}`")))?;
+                if let (Some(bytes), Some(requests), Some(fetch_ms)) = (bytes, requests, fetch_ms) {
+                    self.fetch_totals
+                        .entry(model)
+                        .or_default()
+                        .add(&TaskMetrics {
+                            bytes_fetched: bytes.max(0) as u64,
+                            requests: requests.clamp(0, i64::from(u32::MAX)) as u32,
+                            fetch_ms: fetch_ms.max(0) as u64,
+                            ..TaskMetrics::default()
+                        });
+                }
                 tasks.push(TaskRecord {
                     id,
                     checkpoint,
@@ -927,8 +986,8 @@ impl SweepState {
         self.conn
             .prepare_cached(
                 "INSERT INTO results (task_id, alpha0, width, result_json, worker, bytes_fetched,
-                                      requests, fetch_ms, compute_ms, finished_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                      requests, fetch_ms, compute_ms, finished_ms, fetch_mode)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -941,7 +1000,8 @@ impl SweepState {
                     metrics.requests,
                     metrics.fetch_ms as i64,
                     metrics.compute_ms as i64,
-                    now_ms as i64
+                    now_ms as i64,
+                    metrics.fetch_mode
                 ])
             })
             .map_err(self.db_error())?;
@@ -950,6 +1010,11 @@ impl SweepState {
         self.tasks[slot].summary = Some((result.alpha0, result.width));
         self.write_task(slot)?;
         self.recent_completions.push_back(now_ms);
+        let model = &self.checkpoints[self.tasks[slot].checkpoint].model;
+        self.fetch_totals
+            .entry(model.clone())
+            .or_default()
+            .add(&metrics);
         Ok(Completion::Accepted)
     }
 
@@ -1174,6 +1239,7 @@ impl SweepState {
                     total,
                     latest_step: latest.map(|a| a.step),
                     latest_e: latest.and_then(|a| a.e_from_means),
+                    fetch: self.fetch_totals.get(&m.repo).copied().unwrap_or_default(),
                 }
             })
             .collect();

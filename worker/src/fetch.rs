@@ -65,6 +65,38 @@ impl HubSettings {
             .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
     }
+
+    /// The token in use: the one set here, else what `hf-hub` would find (`HF_TOKEN`, the
+    /// file at `HF_TOKEN_PATH`, `$HF_HOME/token`), unless `HF_HUB_DISABLE_IMPLICIT_TOKEN`.
+    /// Resolved once here so every request we send ourselves carries the same token as
+    /// `hf-hub`'s.
+    pub fn resolved_token(&self) -> Option<String> {
+        if let Some(token) = &self.token {
+            return Some(token.clone());
+        }
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if env("HF_HUB_DISABLE_IMPLICIT_TOKEN").is_some() {
+            return None;
+        }
+        if let Some(token) = env("HF_TOKEN") {
+            return Some(token);
+        }
+        let from_file = |path: PathBuf| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+        };
+        if let Some(token) = env("HF_TOKEN_PATH").and_then(|p| from_file(PathBuf::from(p))) {
+            return Some(token);
+        }
+        let hf_home = env("HF_HOME").map(PathBuf::from).or_else(|| {
+            env("XDG_CACHE_HOME")
+                .map(|x| PathBuf::from(x).join("huggingface"))
+                .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface")))
+        })?;
+        from_file(hf_home.join("token"))
+    }
 }
 
 impl std::fmt::Debug for HubSettings {
@@ -238,6 +270,9 @@ impl FetchError {
 /// fetches of the same repository are serialised, others run concurrently.
 pub struct Fetcher {
     client: HFClient,
+    /// The HTTP client inside `client`, for the ranged GETs we send ourselves.
+    http: reqwest::Client,
+    token: Option<String>,
     stall_timeout: Duration,
     /// One lock per repository: concurrent fetches of one repo would race on its blobs
     /// (hf-hub does not re-check a blob after taking its lock, and we delete bad ones).
@@ -283,9 +318,10 @@ impl Fetcher {
             .build()
             .map_err(|e| setup(format!("cannot build the HTTP client: {e}")))?;
 
-        let mut builder = HFClient::builder().endpoint(endpoint).client(http);
-        if let Some(token) = settings.token {
-            builder = builder.token(token);
+        let token = settings.resolved_token();
+        let mut builder = HFClient::builder().endpoint(endpoint).client(http.clone());
+        if let Some(token) = &token {
+            builder = builder.token(token.clone());
         }
         if let Some(dir) = settings.cache_dir {
             builder = builder.cache_dir(dir);
@@ -293,6 +329,8 @@ impl Fetcher {
         let client = builder.build().map_err(|e| setup(error_chain(&e)))?;
         Ok(Fetcher {
             client,
+            http,
+            token,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             repo_locks: Mutex::new(HashMap::new()),
         })
@@ -392,6 +430,8 @@ impl Fetcher {
         let mut run = Run {
             ctx,
             handle: self.client.model(owner, name),
+            http: self.http.clone(),
+            token: self.token.clone(),
             folder: self.cache_dir().join(format!("models--{owner}--{name}")),
             stall_timeout: self.stall_timeout,
             requests: 0,
@@ -487,7 +527,7 @@ fn check_no_proxy_for(endpoint: &str) -> Result<(), FetchError> {
 }
 
 /// `e` and its sources, joined, so transport errors show their root cause.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -505,7 +545,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub(crate) struct Ctx {
     pub(crate) repo: String,
     pub(crate) revision: String,
-    endpoint: String,
+    pub(crate) endpoint: String,
 }
 
 impl Ctx {
@@ -517,7 +557,7 @@ impl Ctx {
         })
     }
 
-    fn transient(&self, file: &str, detail: String) -> FetchError {
+    pub(crate) fn transient(&self, file: &str, detail: String) -> FetchError {
         FetchError::Transient {
             at: self.at(file),
             detail,
@@ -597,6 +637,9 @@ impl Ctx {
 pub(crate) struct Run {
     pub(crate) ctx: Ctx,
     pub(crate) handle: HFRepository<RepoTypeModel>,
+    /// `handle`'s HTTP client and token, for requests sent without `hf-hub`.
+    pub(crate) http: reqwest::Client,
+    pub(crate) token: Option<String>,
     /// `<cache>/models--<org>--<name>`.
     folder: PathBuf,
     stall_timeout: Duration,

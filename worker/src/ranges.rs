@@ -16,18 +16,18 @@
 //! checked against the file's sha256 (the ETag covers the whole file); the header's own
 //! consistency with the file size is checked instead.
 //!
-//! Every ranged read costs two requests: `hf-hub` sends a HEAD before each ranged GET.
+//! A ranged read is one GET through the HTTP client and token `hf-hub` uses; files stored in
+//! Xet are read through `hf-hub`'s ranged download, which reconstructs them (two requests).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use hf_hub::repository::RepoTreeEntry;
-use hf_hub::{HFRepository, RepoTypeModel};
+pub use neuromfa_common::checkpoint::FetchMode;
 use neuromfa_common::checkpoint::{ElementType, CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 use neuromfa_common::network::{gathers, WeightReader};
 use neuromfa_common::sampler::{check_layer_sample, draw_snin};
@@ -35,7 +35,9 @@ use neuromfa_common::{BlockTensor, Checkpoint, Error, ModelShape};
 use safetensors::tensor::Metadata;
 use serde::{Deserialize, Serialize};
 
-use crate::fetch::{Begun, Ctx, FetchError, FetchedCheckpoint, Fetcher, Run, MAX_ATTEMPTS};
+use crate::fetch::{
+    error_chain, Begun, Ctx, FetchError, FetchedCheckpoint, Fetcher, Run, MAX_ATTEMPTS,
+};
 
 /// Ranges closer than this many bytes are fetched as one request. A sample reads a few dozen
 /// scattered elements of each drawn row, so at 4 KiB a drawn row is one request and rows
@@ -57,51 +59,6 @@ const MAX_HEADER_LEN: u64 = 100_000_000;
 const MAX_RUNS: usize = 16 << 20;
 /// First retry delay of a ranged read; doubled on each further attempt.
 const RETRY_BASE_DELAY: Duration = Duration::from_millis(250);
-
-/// How a worker gets a checkpoint's weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FetchMode {
-    /// Download every file into the HF cache ([`Fetcher::fetch_checkpoint`]).
-    Full,
-    /// Download only the byte ranges the seeds read.
-    Ranges,
-    /// Ranges when they cover less than [`RangeOptions::auto_max_share`] of the files and
-    /// the server honours them; otherwise, or when the files are already cached, full.
-    #[default]
-    Auto,
-}
-
-impl FetchMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FetchMode::Full => "full",
-            FetchMode::Ranges => "ranges",
-            FetchMode::Auto => "auto",
-        }
-    }
-}
-
-impl fmt::Display for FetchMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for FetchMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "full" => Ok(FetchMode::Full),
-            "ranges" => Ok(FetchMode::Ranges),
-            "auto" => Ok(FetchMode::Auto),
-            other => Err(format!(
-                "unknown fetch mode {other:?}: expected full, ranges or auto"
-            )),
-        }
-    }
-}
 
 /// Settings of [`fetch_for_seeds_with`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -513,6 +470,8 @@ async fn plan_off_thread(
 struct RemoteFile {
     name: String,
     size: u64,
+    /// Stored in Xet: ranges are read through `hf-hub`'s Xet reconstruction, not plain GETs.
+    xet: bool,
 }
 
 /// Where one needed weight matrix lives.
@@ -604,6 +563,7 @@ async fn prepare(
                     files.push(RemoteFile {
                         name: file_name,
                         size: 0,
+                        xet: false,
                     });
                     files.len() - 1
                 }
@@ -697,11 +657,16 @@ async fn file_sizes(
         .await
         .map_err(|e| run.ctx.classify(&first, e))?;
     for file in files.iter_mut() {
-        let size = entries.iter().find_map(|e| match e {
-            RepoTreeEntry::File { path, size, .. } if *path == file.name => Some(*size),
+        let found = entries.iter().find_map(|e| match e {
+            RepoTreeEntry::File {
+                path,
+                size,
+                xet_hash,
+                ..
+            } if *path == file.name => Some((*size, xet_hash.is_some())),
             _ => None,
         });
-        file.size = size.ok_or_else(|| FetchError::FileNotFound {
+        (file.size, file.xet) = found.ok_or_else(|| FetchError::FileNotFound {
             at: run.ctx.at(&file.name),
         })?;
     }
@@ -714,6 +679,19 @@ async fn read_header(
     pinned: &str,
     file: &RemoteFile,
 ) -> Result<(u64, Metadata), FetchError> {
+    let mut cost = Cost::default();
+    let result = read_header_with(run, pinned, file, &mut cost).await;
+    run.requests += cost.requests;
+    run.bytes += cost.bytes;
+    result
+}
+
+async fn read_header_with(
+    run: &Run,
+    pinned: &str,
+    file: &RemoteFile,
+    cost: &mut Cost,
+) -> Result<(u64, Metadata), FetchError> {
     let name = file.name.as_str();
     let invalid = |detail: String| run.ctx.invalid(name, detail);
     if file.size < 8 {
@@ -722,21 +700,12 @@ async fn read_header(
             file.size
         )));
     }
-    let remote = Remote {
-        handle: &run.handle,
-        ctx: &run.ctx,
-        pinned,
-    };
-    let mut cost = Cost::default();
+    let remote = Remote { run, pinned };
     let probe_end = file.size.min(HEADER_PROBE);
-    let first = read_to_vec(&remote, file, 0..probe_end, &mut cost).await;
-    run.requests += cost.requests;
-    run.bytes += cost.bytes;
-    let first = first?;
+    let first = read_to_vec(&remote, file, 0..probe_end, cost).await?;
     let n = u64::from_le_bytes([
         first[0], first[1], first[2], first[3], first[4], first[5], first[6], first[7],
     ]);
-    let invalid = |detail: String| run.ctx.invalid(name, detail);
     if n > MAX_HEADER_LEN {
         return Err(invalid(format!(
             "not a valid safetensors file: header length {n} exceeds {MAX_HEADER_LEN} bytes"
@@ -752,15 +721,11 @@ async fn read_header(
     let header = if data_start <= probe_end {
         first[8..data_start as usize].to_vec()
     } else {
-        let mut cost = Cost::default();
-        let rest = read_to_vec(&remote, file, probe_end..data_start, &mut cost).await;
-        run.requests += cost.requests;
-        run.bytes += cost.bytes;
+        let rest = read_to_vec(&remote, file, probe_end..data_start, cost).await?;
         let mut header = first[8..].to_vec();
-        header.extend_from_slice(&rest?);
+        header.extend_from_slice(&rest);
         header
     };
-    let invalid = |detail: String| run.ctx.invalid(name, detail);
     // Validates dtypes, shapes against offsets, and that the offsets are contiguous.
     let metadata: Metadata = serde_json::from_slice(&header)
         .map_err(|e| invalid(format!("not a valid safetensors header: {e}")))?;
@@ -940,8 +905,7 @@ impl std::ops::AddAssign for Cost {
 
 /// A repository at a pinned revision, for ranged reads.
 struct Remote<'a> {
-    handle: &'a HFRepository<RepoTypeModel>,
-    ctx: &'a Ctx,
+    run: &'a Run,
     pinned: &'a str,
 }
 
@@ -983,8 +947,8 @@ async fn read_range(
             Ok(()) => return Ok(()),
             Err(Failure::Retry(e)) if attempt < MAX_ATTEMPTS => {
                 tracing::warn!(
-                    repo = %remote.ctx.repo,
-                    revision = %remote.ctx.revision,
+                    repo = %remote.run.ctx.repo,
+                    revision = %remote.run.ctx.revision,
                     file = %file.name,
                     start = range.start,
                     end = range.end,
@@ -1008,24 +972,8 @@ async fn read_range_once(
     sink: &mut impl FnMut(usize, &[u8]),
 ) -> Result<(), Failure> {
     let name = file.name.as_str();
-    let ctx = remote.ctx;
+    let ctx = &remote.run.ctx;
     let want = range.end - range.start;
-    let classify = |e| {
-        let e = ctx.classify(name, e);
-        if e.is_transient() {
-            Failure::Retry(e)
-        } else {
-            Failure::Final(e)
-        }
-    };
-    let short = |got: u64| {
-        Failure::Retry(FetchError::Integrity {
-            at: ctx.at(name),
-            check: "range length",
-            expected: format!("{want} bytes ({}..{})", range.start, range.end),
-            actual: format!("{got} bytes"),
-        })
-    };
     let unsupported = |what: String| {
         Failure::Final(FetchError::RangesUnsupported {
             at: ctx.at(name),
@@ -1035,36 +983,97 @@ async fn read_range_once(
             ),
         })
     };
+    let short = |got: u64| {
+        Failure::Retry(FetchError::Integrity {
+            at: ctx.at(name),
+            check: "range length",
+            expected: format!("{want} bytes ({}..{})", range.start, range.end),
+            actual: format!("{got} bytes"),
+        })
+    };
 
-    // hf-hub HEADs the file before every ranged GET.
-    cost.requests += 1;
-    let (announced, mut body) = remote
-        .handle
-        .download_file_stream()
-        .filename(name)
-        .revision(remote.pinned)
-        .range(range.clone())
-        .send()
-        .await
-        .map_err(classify)?;
-    cost.requests += 1;
-    match announced {
-        Some(len) if len == want => {}
-        // The whole file for part of it: the server ignored `Range`. Not read any further.
-        Some(len) if len == file.size => {
-            return Err(unsupported(format!(
-                "and the answer is the whole file ({len} bytes)"
-            )))
-        }
-        Some(len) if len > want => {
-            return Err(unsupported(format!("and the answer announces {len} bytes")))
-        }
-        Some(len) => return Err(short(len)),
-        None => {}
+    let got = if file.xet {
+        // hf-hub reconstructs Xet ranges itself (after a paths-info call of its own).
+        cost.requests += 2;
+        let classify = |e| {
+            let e = ctx.classify(name, e);
+            if e.is_transient() {
+                Failure::Retry(e)
+            } else {
+                Failure::Final(e)
+            }
+        };
+        let (announced, body) = remote
+            .run
+            .handle
+            .download_file_stream()
+            .filename(name)
+            .revision(remote.pinned)
+            .range(range.clone())
+            .send()
+            .await
+            .map_err(classify)?;
+        check_announced(announced, want, file.size, &unsupported, &short)?;
+        consume(
+            body.map(|chunk| chunk.map_err(classify)),
+            want,
+            cost,
+            sink,
+            &unsupported,
+        )
+        .await?
+    } else {
+        cost.requests += 1;
+        let response = ranged_get(remote, file, &range).await?;
+        let announced = response.content_length();
+        check_announced(announced, want, file.size, &unsupported, &short)?;
+        let body = response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(|e| Failure::Retry(ctx.transient(name, error_chain(&e)))));
+        consume(body, want, cost, sink, &unsupported).await?
+    };
+    if got != want {
+        return Err(short(got));
     }
+    Ok(())
+}
+
+/// Refuses an answer whose announced length is not the range's before reading its body.
+fn check_announced(
+    announced: Option<u64>,
+    want: u64,
+    file_size: u64,
+    unsupported: &impl Fn(String) -> Failure,
+    short: &impl Fn(u64) -> Failure,
+) -> Result<(), Failure> {
+    match announced {
+        None => Ok(()),
+        Some(len) if len == want => Ok(()),
+        // The whole file for part of it: the server ignored `Range`. Not read any further.
+        Some(len) if len == file_size => Err(unsupported(format!(
+            "and the answer is the whole file ({len} bytes)"
+        ))),
+        Some(len) if len > want => {
+            Err(unsupported(format!("and the answer announces {len} bytes")))
+        }
+        Some(len) => Err(short(len)),
+    }
+}
+
+/// Hands a body to `sink` chunk by chunk; returns how many bytes came, refusing more than
+/// `want`.
+async fn consume<B: AsRef<[u8]>>(
+    body: impl futures_util::Stream<Item = Result<B, Failure>>,
+    want: u64,
+    cost: &mut Cost,
+    sink: &mut impl FnMut(usize, &[u8]),
+    unsupported: &impl Fn(String) -> Failure,
+) -> Result<u64, Failure> {
+    let mut body = std::pin::pin!(body);
     let mut got = 0u64;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(classify)?;
+        let chunk = chunk?;
+        let chunk = chunk.as_ref();
         cost.bytes += chunk.len() as u64;
         let end = got + chunk.len() as u64;
         if end > want {
@@ -1072,13 +1081,122 @@ async fn read_range_once(
                 "and the answer runs past {want} bytes"
             )));
         }
-        sink(got as usize, &chunk);
+        sink(got as usize, chunk);
         got = end;
     }
-    if got != want {
-        return Err(short(got));
+    Ok(got)
+}
+
+/// One plain ranged GET of the file at the pinned revision, through the client `hf-hub`
+/// uses, with its token. (`hf-hub`'s own ranged download asks the paths-info API before
+/// every GET whether the file is in Xet; we know that from the one call per file.) Only a
+/// `206` whose `Content-Range` is exactly the range asked for is accepted.
+async fn ranged_get(
+    remote: &Remote<'_>,
+    file: &RemoteFile,
+    range: &std::ops::Range<u64>,
+) -> Result<reqwest::Response, Failure> {
+    let run = remote.run;
+    let ctx = &run.ctx;
+    let name = file.name.as_str();
+    let url = resolve_url(&ctx.endpoint, &ctx.repo, remote.pinned, name).map_err(|detail| {
+        Failure::Final(FetchError::InvalidRequest {
+            at: ctx.at(name),
+            detail,
+        })
+    })?;
+    let mut request = run.http.get(url).header(
+        reqwest::header::RANGE,
+        format!("bytes={}-{}", range.start, range.end - 1),
+    );
+    if let Some(token) = &run.token {
+        request = request.bearer_auth(token);
     }
-    Ok(())
+    let response = request
+        .send()
+        .await
+        .map_err(|e| Failure::Retry(ctx.transient(name, error_chain(&e))))?;
+    let status = response.status();
+    let detail = || format!("HTTP {status} for bytes {}..{}", range.start, range.end);
+    match status.as_u16() {
+        206 => {}
+        200 => {
+            return Err(Failure::Final(FetchError::RangesUnsupported {
+                at: ctx.at(name),
+                detail: format!(
+                    "asked for bytes {}..{} and the answer is 200 OK (the whole file)",
+                    range.start, range.end
+                ),
+            }))
+        }
+        404 => {
+            return Err(Failure::Final(FetchError::FileNotFound {
+                at: ctx.at(name),
+            }))
+        }
+        code @ (401 | 403) => {
+            return Err(Failure::Final(FetchError::AccessDenied {
+                at: ctx.at(name),
+                status: code,
+                detail: detail(),
+            }))
+        }
+        416 => {
+            return Err(Failure::Final(ctx.invalid(
+                name,
+                format!(
+                    "the Hub refused bytes {}..{} as out of range, though the file is {} bytes",
+                    range.start, range.end, file.size
+                ),
+            )))
+        }
+        408 | 429 | 500..=599 => return Err(Failure::Retry(ctx.transient(name, detail()))),
+        _ => {
+            return Err(Failure::Final(FetchError::Hub {
+                at: ctx.at(name),
+                detail: detail(),
+            }))
+        }
+    }
+    let content_range = response
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let expected = format!("bytes {}-{}/", range.start, range.end - 1);
+    let total_ok = content_range
+        .strip_prefix(&expected)
+        .is_some_and(|total| total == "*" || total.parse::<u64>() == Ok(file.size));
+    if !total_ok {
+        return Err(Failure::Final(FetchError::RangesUnsupported {
+            at: ctx.at(name),
+            detail: format!(
+                "asked for bytes {}..{} of a {}-byte file and the answer's Content-Range is {content_range:?}",
+                range.start, range.end, file.size
+            ),
+        }));
+    }
+    Ok(response)
+}
+
+/// `{endpoint}/{repo}/resolve/{revision}/{file}`, each part escaped as one path segment
+/// (the file by its own segments), as `hf-hub` builds it.
+fn resolve_url(
+    endpoint: &str,
+    repo: &str,
+    revision: &str,
+    file: &str,
+) -> Result<reqwest::Url, String> {
+    let mut url = reqwest::Url::parse(endpoint.trim_end_matches('/'))
+        .map_err(|e| format!("endpoint {endpoint:?} is not a URL: {e}"))?;
+    url.path_segments_mut()
+        .map_err(|()| format!("endpoint {endpoint:?} cannot carry a path"))?
+        .pop_if_empty()
+        .extend(repo.split('/'))
+        .push("resolve")
+        .push(revision)
+        .extend(file.split('/').filter(|s| !s.is_empty()));
+    Ok(url)
 }
 
 /// Downloads every request of `plan`, `concurrency` at a time, keeping only the needed runs.
@@ -1096,15 +1214,15 @@ async fn fetch_plan(
         requests,
         ..
     } = plan;
-    let remote = Remote {
-        handle: &run.handle,
-        ctx: &run.ctx,
-        pinned,
-    };
+    let remote = Remote { run, pinned };
     let remote = &remote;
     let runs_ref = &runs;
     let mut arenas: Vec<Vec<u8>> = arena_len.iter().map(|&n| vec![0u8; n]).collect();
-    let mut fetches = futures_util::stream::iter(requests.iter().map(|request| async move {
+    let requests = &requests;
+    // By index: a closure over `&Request` would be higher-ranked, and the compiler could
+    // not then show the whole fetch to be `Send`.
+    let mut fetches = futures_util::stream::iter((0..requests.len()).map(|i| async move {
+        let request = &requests[i];
         let file_runs = &runs_ref[request.file][request.runs.clone()];
         let (first, last) = match (file_runs.first(), file_runs.last()) {
             (Some(first), Some(last)) => (*first, *last),
@@ -1384,6 +1502,7 @@ mod tests {
             files: vec![RemoteFile {
                 name: SINGLE_FILE.into(),
                 size: start,
+                xet: false,
             }],
             sites,
         }

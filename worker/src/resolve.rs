@@ -47,10 +47,7 @@ pub struct Resolver {
 impl Resolver {
     pub fn new(settings: &HubSettings) -> Result<Self, ResolveError> {
         let endpoint = settings.resolved_endpoint();
-        let token = settings
-            .token
-            .clone()
-            .or_else(|| std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()));
+        let token = settings.resolved_token();
         let loopback = reqwest::Url::parse(&endpoint)
             .map_err(|e| ResolveError::Setup(format!("endpoint {endpoint:?} is not a URL: {e}")))
             .map(|url| crate::fetch::is_loopback(&url))?;

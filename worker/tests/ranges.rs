@@ -202,8 +202,14 @@ async fn metrics_count_what_the_server_saw() {
     let m = r.metrics();
     assert_eq!(u64::from(m.requests), stats.requests, "{m:?} {stats:?}");
     assert_eq!(m.bytes_downloaded, stats.file_body_bytes, "{m:?} {stats:?}");
-    // config.json + header + one HEAD and one GET per planned request (+ index probe, sizes).
-    assert!(m.requests as usize >= 2 * r.plan().requests + 4);
+    // One plain GET per planned request, plus one for the header; no HEAD before them
+    // (the HEADs are config.json's and the index probe's).
+    assert_eq!(
+        stats.file_bodies as usize,
+        r.plan().requests + 2,
+        "{stats:?}"
+    );
+    assert!(stats.head_requests <= 2, "{stats:?}");
     assert_eq!(r.commit().len(), 40);
 }
 
