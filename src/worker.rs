@@ -517,3 +517,39 @@ async fn report_failure(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration(fetch_mode: &str, merge_gap: u64) -> proto::RegisterReply {
+        proto::RegisterReply {
+            fetch_mode: fetch_mode.to_string(),
+            merge_gap,
+            ..proto::RegisterReply::default()
+        }
+    }
+
+    #[test]
+    fn worker_flags_override_the_sweep_which_overrides_the_defaults() {
+        let mut options = WorkerOptions::new("http://127.0.0.1:1", "t");
+        let defaults = RangeOptions::default();
+
+        let chosen = fetch_options(&options, &registration("", 0)).unwrap();
+        assert_eq!(
+            (chosen.mode, chosen.merge_gap),
+            (defaults.mode, defaults.merge_gap)
+        );
+
+        let chosen = fetch_options(&options, &registration("ranges", 1024)).unwrap();
+        assert_eq!((chosen.mode, chosen.merge_gap), (FetchMode::Ranges, 1024));
+
+        options.fetch_mode = Some(FetchMode::Full);
+        options.merge_gap = Some(99);
+        let chosen = fetch_options(&options, &registration("ranges", 1024)).unwrap();
+        assert_eq!((chosen.mode, chosen.merge_gap), (FetchMode::Full, 99));
+
+        let refused = fetch_options(&options, &registration("sideways", 0)).unwrap_err();
+        assert!(refused.to_string().contains("sideways"), "{refused}");
+    }
+}

@@ -43,21 +43,8 @@ fn number(text: &str) -> Option<f64> {
     (!text.is_empty()).then(|| text.parse().unwrap())
 }
 
-#[test]
-fn two_workers_reproduce_analyze_and_a_repeated_result_is_ignored() {
-    let mut cluster = Cluster::new(
-        |hub| {
-            publish_two_models(hub);
-        },
-        two_model_specs(),
-        3,
-        "",
-    );
-    cluster.start_coordinator();
-    cluster.start_worker(TOKEN);
-    cluster.start_worker(TOKEN);
-    cluster.wait_finished(FINISH);
-
+/// The sweep's aggregates of `two_model_specs` with 3 seeds equal `analyze`'s exactly.
+fn assert_matches_analyze(cluster: &Cluster) {
     let rows = csv_rows(&cluster.export_file("aggregates.csv"));
     assert_eq!(rows.len(), 6);
     for model in ["test-org/tiny", "test-org/h64"] {
@@ -104,6 +91,24 @@ fn two_workers_reproduce_analyze_and_a_repeated_result_is_ignored() {
             }
         }
     }
+}
+
+#[test]
+fn two_workers_reproduce_analyze_and_a_repeated_result_is_ignored() {
+    let mut cluster = Cluster::new(
+        |hub| {
+            publish_two_models(hub);
+        },
+        two_model_specs(),
+        3,
+        "",
+    );
+    cluster.start_coordinator();
+    cluster.start_worker(TOKEN);
+    cluster.start_worker(TOKEN);
+    cluster.wait_finished(FINISH);
+
+    assert_matches_analyze(&cluster);
     // Both workers took part.
     let tasks = csv_rows(&cluster.export_file("tasks.csv"));
     assert_eq!(tasks.len(), 18);
@@ -419,4 +424,82 @@ fn sweep_run_does_it_all_in_one_process() {
     let tasks = csv_rows(&cluster.export_file("tasks.csv"));
     assert_eq!(tasks.len(), 12);
     assert_eq!(csv_rows(&cluster.export_file("aggregates.csv")).len(), 6);
+}
+
+#[test]
+fn ranged_fetching_gives_the_same_aggregates_and_its_costs_are_summed_per_model() {
+    let mut cluster = Cluster::new(
+        |hub| {
+            publish_two_models(hub);
+        },
+        two_model_specs(),
+        3,
+        "",
+    );
+    let spec = std::fs::read_to_string(&cluster.spec).unwrap();
+    std::fs::write(
+        &cluster.spec,
+        spec.replace(
+            "[hub]\n",
+            "[hub]\nfetch_mode = \"ranges\"\nmerge_gap = 256\n",
+        ),
+    )
+    .unwrap();
+    cluster.start_coordinator_with(&[]);
+    cluster.start_worker(TOKEN);
+    let status = cluster.wait_status(FINISH, |s| s["done"] == 18);
+    cluster.coordinator.as_ref().unwrap().terminate();
+    cluster.wait_finished(Duration::from_secs(30));
+    let export = std::process::Command::new(binary())
+        .args(["export", cluster.state_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+
+    assert_matches_analyze(&cluster);
+    // The worker took the spec's mode: every task's weights came by ranges.
+    let fetches = csv_rows(&cluster.export_file("fetch.csv"));
+    assert_eq!(fetches.len(), 18);
+    assert!(
+        fetches.iter().all(|f| f["fetch_mode"] == "ranges"),
+        "{fetches:?}"
+    );
+    assert!(
+        cluster.workers[0].log_text().contains("merge_gap=256"),
+        "{}",
+        cluster.logs()
+    );
+    // Per task, per model (exports) and per model (status) agree.
+    let by_model = csv_rows(&cluster.export_file("fetch_by_model.csv"));
+    for model in ["test-org/tiny", "test-org/h64"] {
+        let rows: Vec<_> = fetches.iter().filter(|f| f["model"] == model).collect();
+        let sum =
+            |field: &str| -> u64 { rows.iter().map(|f| f[field].parse::<u64>().unwrap()).sum() };
+        let exported = by_model.iter().find(|m| m["model"] == model).unwrap();
+        let live = status["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == model)
+            .unwrap();
+        for field in ["bytes_fetched", "requests", "fetch_ms"] {
+            assert_eq!(
+                exported[field].parse::<u64>().unwrap(),
+                sum(field),
+                "{model} {field}"
+            );
+            assert_eq!(
+                live["fetch"][field].as_u64().unwrap(),
+                sum(field),
+                "{model} {field}"
+            );
+        }
+        assert_eq!(exported["ranged_tasks"], "9");
+        assert!(sum("bytes_fetched") > 0 && sum("requests") >= 3);
+    }
+    assert!(cluster.export_file("summary.md").contains("## Fetching"));
 }
