@@ -48,8 +48,12 @@ pub const DEFAULT_MERGE_GAP: u64 = 4096;
 /// Ranged reads in flight at once. Each waits for two round trips (HEAD, GET), so more in
 /// flight hide latency; on a 2-core loopback 16 was measured 1.2x faster than 8.
 pub const DEFAULT_CONCURRENCY: usize = 16;
-/// [`FetchMode::Auto`] fetches ranges when they cover less than this share of the files.
+/// [`FetchMode::Auto`] fetches ranges when they are estimated to take less than this share
+/// of a full download's time.
 pub const DEFAULT_AUTO_MAX_SHARE: f64 = 0.25;
+/// The link speed [`FetchMode::Auto`] assumes when it weighs bytes against requests: a
+/// cluster's typical share of a path to the Hub.
+pub const DEFAULT_ASSUMED_BYTES_PER_SEC: f64 = 100e6;
 /// The first read of a file: its header length and, usually, the whole header.
 const HEADER_PROBE: u64 = 64 * 1024;
 /// The largest header accepted (the safetensors crate's own limit).
@@ -68,8 +72,41 @@ pub struct RangeOptions {
     pub merge_gap: u64,
     /// Ranged requests in flight at once (at least 1).
     pub concurrency: usize,
-    /// `Auto` picks ranges when planned bytes < this share of the weight files' size.
+    /// `Auto` picks ranges when they are estimated to take less than this share of a full
+    /// download's time.
     pub auto_max_share: f64,
+    /// The bandwidth `Auto`'s estimate assumes.
+    pub assumed_bytes_per_sec: f64,
+}
+
+/// What `Auto` expects each way of fetching to take.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FetchEstimate {
+    pub ranges: Duration,
+    pub full: Duration,
+}
+
+impl FetchEstimate {
+    pub fn favours_ranges(&self, max_share: f64) -> bool {
+        self.ranges.as_secs_f64() < max_share * self.full.as_secs_f64()
+    }
+}
+
+impl RangeOptions {
+    /// Ranges cost their bytes plus, per request, one small request's time (measured on
+    /// the header reads) spread over the requests in flight; a full download costs its
+    /// bytes. On a loopback or LAN mirror requests are nearly free; across the internet a
+    /// plan of many thousand requests can take longer than the whole file.
+    pub fn estimate(&self, plan: &PlanSummary, request_time: Duration) -> FetchEstimate {
+        let rate = self.assumed_bytes_per_sec.max(1.0);
+        let per_request = request_time.as_secs_f64() / self.concurrency.max(1) as f64;
+        FetchEstimate {
+            ranges: Duration::from_secs_f64(
+                plan.planned_bytes as f64 / rate + plan.requests as f64 * per_request,
+            ),
+            full: Duration::from_secs_f64(plan.file_bytes as f64 / rate),
+        }
+    }
 }
 
 impl Default for RangeOptions {
@@ -79,6 +116,7 @@ impl Default for RangeOptions {
             merge_gap: DEFAULT_MERGE_GAP,
             concurrency: DEFAULT_CONCURRENCY,
             auto_max_share: DEFAULT_AUTO_MAX_SHARE,
+            assumed_bytes_per_sec: DEFAULT_ASSUMED_BYTES_PER_SEC,
         }
     }
 }
@@ -384,8 +422,17 @@ async fn try_ranges(
             share = summary.share(),
             "ranged fetch planned"
         );
-        if auto && summary.share() >= options.auto_max_share {
-            return Ok(Err("ranges would cover too much of the files"));
+        if auto {
+            let estimate = options.estimate(&summary, layout.request_time);
+            tracing::info!(
+                ranges_s = estimate.ranges.as_secs_f64(),
+                full_s = estimate.full.as_secs_f64(),
+                request_ms = layout.request_time.as_secs_f64() * 1e3,
+                "ranged fetch estimated"
+            );
+            if !estimate.favours_ranges(options.auto_max_share) {
+                return Ok(Err("ranges would cost too much of a full download's time"));
+            }
         }
         let mut cost = Cost::default();
         let fetched = fetch_plan(
@@ -491,6 +538,8 @@ struct Layout {
     shape: ModelShape,
     files: Vec<RemoteFile>,
     sites: HashMap<(usize, BlockTensor), Site>,
+    /// The quickest header read: what one small ranged request costs on this link.
+    request_time: Duration,
 }
 
 /// Reads `config.json` (already in the cache) and the shard index (into the cache, as full
@@ -579,8 +628,11 @@ async fn prepare(
 
     file_sizes(run, pinned, &mut files).await?;
     let mut headers = Vec::with_capacity(files.len());
+    let mut request_time = Duration::MAX;
     for file in &files {
+        let started = Instant::now();
         headers.push(read_header(run, pinned, file).await?);
+        request_time = request_time.min(started.elapsed());
     }
     let mut sites = HashMap::new();
     for (block, tensor, name, file) in needed {
@@ -625,6 +677,7 @@ async fn prepare(
         shape,
         files,
         sites,
+        request_time,
     }))
 }
 
@@ -1505,6 +1558,7 @@ mod tests {
                 xet: false,
             }],
             sites,
+            request_time: Duration::ZERO,
         }
     }
 
@@ -1559,5 +1613,28 @@ mod tests {
         // Consecutive columns and rows coalesce: a dense sample has far fewer runs than reads.
         let dense = make_plan(&layout, 64, &[0], 0, MAX_RUNS).unwrap().unwrap();
         assert!((dense.runs[0].len() as u64) < dense.summary.elements / 4);
+    }
+
+    #[test]
+    fn auto_weighs_requests_by_their_measured_time() {
+        // pythia-1b, 10 seeds, gap 4096 (scripts/bench-fetch.sh).
+        let plan = PlanSummary {
+            seeds: 10,
+            elements: 0,
+            needed_bytes: 2_619_466,
+            planned_bytes: 189_069_500,
+            requests: 29_544,
+            file_bytes: 2_023_586_192,
+            merge_gap: 4096,
+        };
+        let options = RangeOptions::default();
+        // A loopback mirror: requests are nearly free and the bytes decide.
+        let near = options.estimate(&plan, Duration::from_micros(300));
+        assert!(near.favours_ranges(options.auto_max_share), "{near:?}");
+        assert!((near.full.as_secs_f64() - 20.2).abs() < 0.1, "{near:?}");
+        // 60 ms per request: 29.5 k requests at 16 in flight take longer than the file.
+        let far = options.estimate(&plan, Duration::from_millis(60));
+        assert!(!far.favours_ranges(options.auto_max_share), "{far:?}");
+        assert!(far.ranges > far.full, "{far:?}");
     }
 }

@@ -443,6 +443,45 @@ async fn one_byte_short(req: Request, next: Next) -> Response {
     Response::from_parts(parts, Body::from(short))
 }
 
+/// Answers ranged requests with the right length but a Content-Range one byte later
+/// (a proxy that mangles ranges).
+async fn shifted_content_range(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let shifted = resp
+        .headers()
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (range, total) = v.strip_prefix("bytes ")?.split_once('/')?;
+            let (a, b) = range.split_once('-')?;
+            let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+            Some(format!("bytes {}-{}/{total}", a + 1, b + 1))
+        });
+    if let Some(shifted) = shifted {
+        resp.headers_mut()
+            .insert(header::CONTENT_RANGE, HeaderValue::from_str(&shifted).unwrap());
+    }
+    resp
+}
+
+#[tokio::test]
+async fn an_answer_for_other_bytes_is_refused_not_used() {
+    let root = tempfile::tempdir().unwrap();
+    install(root.path(), REPO, REV, &golden_step1000());
+    let endpoint = start_with_layer(root.path(), shifted_content_range).await;
+    let cache = tempfile::tempdir().unwrap();
+    let f = fetcher(&endpoint, cache.path());
+    let err = fetch_for_seeds(&f, REPO, REV, 8, &[0], FetchMode::Ranges, 4096)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, FetchError::RangesUnsupported { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("Content-Range"), "{err}");
+}
+
 #[tokio::test]
 async fn a_server_that_ignores_range_is_detected_and_auto_falls_back() {
     let root = tempfile::tempdir().unwrap();
