@@ -67,6 +67,9 @@ const STREAM_CHUNK: usize = 256 * 1024;
 const THROTTLED_CHUNK: usize = 64 * 1024;
 /// Bodies up to this size are read in one blocking call instead of streamed.
 const SMALL_BODY: u64 = 1 << 20;
+/// Ranged reads of pinned files up to this size are read on the async thread (from page
+/// cache, microseconds); larger ones go through the blocking pool.
+const PINNED_READ_MAX: u64 = 256 * 1024;
 /// Deepest directory nesting followed inside a revision (guards against symlink loops).
 const MAX_DEPTH: usize = 16;
 
@@ -131,6 +134,11 @@ struct Shared {
     hashing: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
     /// `"<org>/<name>@<commit>"` → revision directory name, for commit-addressed requests.
     commits: Mutex<HashMap<String, String>>,
+    /// Open files of commit-addressed revisions already served, by `("<org>/<name>@<commit>",
+    /// path)`: a ranged read naming a commit (every ranged fetch does) is then one `fstat`
+    /// and one `pread` on the async thread, instead of a directory walk, an `open` and a
+    /// trip to the blocking pool. On loopback those costs, not bytes, bound ranged fetches.
+    pinned: Mutex<HashMap<(String, String), Arc<PinnedFile>>>,
     stats: Counters,
     throttle: Option<Arc<Throttle>>,
 }
@@ -206,6 +214,7 @@ impl HubServer {
                 hashes: Mutex::new(HashMap::new()),
                 hashing: Mutex::new(HashMap::new()),
                 commits: Mutex::new(HashMap::new()),
+                pinned: Mutex::new(HashMap::new()),
                 stats: Counters::default(),
                 throttle: config
                     .throttle_bytes_per_sec
@@ -438,6 +447,32 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------------------------
 // The repository view on disk.
 
+/// A file of a commit-addressed revision, held open with what it was when it was described.
+struct PinnedFile {
+    commit: String,
+    entry: FileEntry,
+    file: std::fs::File,
+    mtime: Option<std::time::SystemTime>,
+}
+
+impl PinnedFile {
+    /// `count` bytes from `start`, if the open file is still what was described (same length
+    /// and mtime) and the read is small; `None` sends the request the long way.
+    fn read_small(&self, start: u64, count: u64) -> Option<axum::body::Bytes> {
+        use std::os::unix::fs::FileExt;
+        if count > PINNED_READ_MAX {
+            return None;
+        }
+        let meta = self.file.metadata().ok()?;
+        if meta.len() != self.entry.size || meta.modified().ok() != self.mtime {
+            return None;
+        }
+        let mut buf = vec![0u8; count as usize];
+        self.file.read_exact_at(&mut buf, start).ok()?;
+        Some(buf.into())
+    }
+}
+
 #[derive(Clone)]
 struct FileEntry {
     /// Path inside the revision, `/`-separated.
@@ -503,6 +538,26 @@ impl Shared {
     }
 
     /// Resolves `rev` (a revision directory name or a commit id) and describes it.
+    /// Holds `file` of `commit` open for later ranged reads naming that commit.
+    fn pin(&self, key: (String, String), commit: &str, file: &FileEntry) {
+        let Ok(handle) = std::fs::File::open(&file.abs) else {
+            return;
+        };
+        let Ok(meta) = handle.metadata() else {
+            return;
+        };
+        if meta.len() != file.size {
+            return;
+        }
+        let pinned = PinnedFile {
+            commit: commit.to_string(),
+            entry: file.clone(),
+            file: handle,
+            mtime: meta.modified().ok(),
+        };
+        lock(&self.pinned).insert(key, Arc::new(pinned));
+    }
+
     fn describe(&self, org: &str, name: &str, rev: &str) -> Result<RevisionView, HubError> {
         let repo_dir = self.repo_dir(org, name)?;
         if valid_segment(rev) && repo_dir.join(rev).is_dir() {
@@ -742,30 +797,61 @@ async fn resolve(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let is_head = method == Method::HEAD;
-    let st2 = st.clone();
-    // One trip to the blocking pool per request: resolving the revision and, for a small
-    // body (every ranged read of a sparse sample), reading it too. Separate async file
-    // operations would each be another trip, and on loopback those hops are the cost.
-    let (commit, file, range, small) = blocking(move || {
-        let view = st2.describe(&org, &name, &rev)?;
-        let file = view.file(&path)?.clone();
-        let range = range_header
-            .as_deref()
-            .map(|v| parse_range(v, file.size))
-            .unwrap_or(RangeSpec::Full);
-        let (start, count) = match range {
-            RangeSpec::Full => (0, file.size),
-            RangeSpec::Partial { start, end } => (start, end - start + 1),
-            RangeSpec::Unsatisfiable => (0, 0),
+    let pinned_key = (
+        format!("{org}/{name}@{}", rev.to_ascii_lowercase()),
+        path.clone(),
+    );
+    let pinned = (!is_head && is_commit_hex(&rev))
+        .then(|| lock(&st.pinned).get(&pinned_key).cloned())
+        .flatten();
+    let fast = pinned.and_then(|pinned| {
+        let range = parse_range(range_header.as_deref()?, pinned.entry.size);
+        let RangeSpec::Partial { start, end } = range else {
+            return None;
         };
-        let small = if !is_head && range != RangeSpec::Unsatisfiable && count <= SMALL_BODY {
-            Some(read_part(&file, start, count, &view.commit)?)
-        } else {
-            None
-        };
-        Ok((view.commit, file, range, small))
-    })
-    .await?;
+        let bytes = pinned.read_small(start, end - start + 1)?;
+        Some((
+            pinned.commit.clone(),
+            pinned.entry.clone(),
+            range,
+            Some(bytes),
+        ))
+    });
+    let (commit, file, range, small) = match fast {
+        Some(done) => done,
+        None => {
+            let st2 = st.clone();
+            // One trip to the blocking pool per request: resolving the revision and, for a
+            // small body, reading it too. Separate async file operations would each be
+            // another trip, and on loopback those hops are the cost.
+            blocking(move || {
+                let view = st2.describe(&org, &name, &rev)?;
+                let file = view.file(&path)?.clone();
+                let range = range_header
+                    .as_deref()
+                    .map(|v| parse_range(v, file.size))
+                    .unwrap_or(RangeSpec::Full);
+                let (start, count) = match range {
+                    RangeSpec::Full => (0, file.size),
+                    RangeSpec::Partial { start, end } => (start, end - start + 1),
+                    RangeSpec::Unsatisfiable => (0, 0),
+                };
+                let small = if !is_head && range != RangeSpec::Unsatisfiable && count <= SMALL_BODY
+                {
+                    Some(read_part(&file, start, count, &view.commit)?)
+                } else {
+                    None
+                };
+                if is_commit_hex(&rev)
+                    && view.commit == pinned_key.0.rsplit('@').next().unwrap_or("")
+                {
+                    st2.pin(pinned_key, &view.commit, &file);
+                }
+                Ok((view.commit, file, range, small))
+            })
+            .await?
+        }
+    };
 
     let mut headers = HeaderMap::new();
     let etag = HeaderValue::from_str(&format!("\"{}\"", file.sha256))

@@ -443,3 +443,42 @@ async fn hf_hub_client_understands_the_server() {
     assert_eq!(std::fs::read(&path).unwrap(), model);
     assert!(path.ends_with(format!("snapshots/{commit}/model.safetensors")));
 }
+
+#[tokio::test]
+async fn ranged_reads_by_commit_never_serve_bytes_the_commit_did_not_have() {
+    let root = tempfile::tempdir().unwrap();
+    let (_, model) = fake_tree(root.path());
+    let hub = start(root.path(), None).await;
+    let c = direct_client();
+    let commit = head_commit(&hub, &format!("{REPO}/resolve/step0/config.json")).await;
+    let at_commit = url(&hub, &format!("{REPO}/resolve/{commit}/model.safetensors"));
+    let get = |range: &'static str| c.get(&at_commit).header("range", range).send();
+
+    // Served twice: the second read takes the pinned-file path.
+    for _ in 0..2 {
+        let r = get("bytes=100-199").await.unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &model[100..200]);
+    }
+
+    // The file changes in place (same length): its commit is gone, and its new bytes are
+    // not passed off as the old commit's.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut changed = model.clone();
+    changed[150] ^= 0xff;
+    write(root.path(), &format!("{REPO}/step0/model.safetensors"), &changed);
+    let r = get("bytes=100-199").await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "{:?}", r.headers());
+
+    // Under its new commit the new bytes are served.
+    let new_commit = head_commit(&hub, &format!("{REPO}/resolve/step0/config.json")).await;
+    assert_ne!(new_commit, commit);
+    let r = c
+        .get(url(&hub, &format!("{REPO}/resolve/{new_commit}/model.safetensors")))
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &changed[100..200]);
+}

@@ -458,8 +458,10 @@ async fn shifted_content_range(req: Request, next: Next) -> Response {
             Some(format!("bytes {}-{}/{total}", a + 1, b + 1))
         });
     if let Some(shifted) = shifted {
-        resp.headers_mut()
-            .insert(header::CONTENT_RANGE, HeaderValue::from_str(&shifted).unwrap());
+        resp.headers_mut().insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&shifted).unwrap(),
+        );
     }
     resp
 }
