@@ -23,6 +23,18 @@ steps = [0, 64, 512]
 "#
 }
 
+/// Both models of `two_model_specs` on a loopback Hub, 3 seeds, default settings.
+fn two_model_cluster() -> Cluster {
+    Cluster::new(
+        |hub| {
+            publish_two_models(hub);
+        },
+        two_model_specs(),
+        3,
+        "",
+    )
+}
+
 /// `neuromfa analyze --json` on local copies of the same checkpoints.
 fn analyze_aggregates(dirs: &[std::path::PathBuf], seeds: &str) -> serde_json::Value {
     let out = std::process::Command::new(binary())
@@ -95,14 +107,7 @@ fn assert_matches_analyze(cluster: &Cluster) {
 
 #[test]
 fn two_workers_reproduce_analyze_and_a_repeated_result_is_ignored() {
-    let mut cluster = Cluster::new(
-        |hub| {
-            publish_two_models(hub);
-        },
-        two_model_specs(),
-        3,
-        "",
-    );
+    let mut cluster = two_model_cluster();
     cluster.start_coordinator();
     cluster.start_worker(TOKEN);
     cluster.start_worker(TOKEN);
@@ -193,14 +198,7 @@ steps = [0, 16, 64, 256, 512, 1000, 2000, 3000]
 
 #[test]
 fn a_killed_workers_task_is_leased_again_and_completes() {
-    let mut cluster = Cluster::new(
-        |hub| {
-            publish_two_models(hub);
-        },
-        two_model_specs(),
-        3,
-        "",
-    );
+    let mut cluster = two_model_cluster();
     cluster.start_coordinator();
     let victim = cluster.start_worker(TOKEN);
     cluster.wait_status(FINISH, |s| s["leased"].as_u64().unwrap_or(0) > 0);
@@ -428,14 +426,7 @@ fn sweep_run_does_it_all_in_one_process() {
 
 #[test]
 fn ranged_fetching_gives_the_same_aggregates_and_its_costs_are_summed_per_model() {
-    let mut cluster = Cluster::new(
-        |hub| {
-            publish_two_models(hub);
-        },
-        two_model_specs(),
-        3,
-        "",
-    );
+    let mut cluster = two_model_cluster();
     let spec = std::fs::read_to_string(&cluster.spec).unwrap();
     std::fs::write(
         &cluster.spec,

@@ -466,7 +466,11 @@ async fn ranged_reads_by_commit_never_serve_bytes_the_commit_did_not_have() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     let mut changed = model.clone();
     changed[150] ^= 0xff;
-    write(root.path(), &format!("{REPO}/step0/model.safetensors"), &changed);
+    write(
+        root.path(),
+        &format!("{REPO}/step0/model.safetensors"),
+        &changed,
+    );
     let r = get("bytes=100-199").await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "{:?}", r.headers());
 
@@ -474,7 +478,10 @@ async fn ranged_reads_by_commit_never_serve_bytes_the_commit_did_not_have() {
     let new_commit = head_commit(&hub, &format!("{REPO}/resolve/step0/config.json")).await;
     assert_ne!(new_commit, commit);
     let r = c
-        .get(url(&hub, &format!("{REPO}/resolve/{new_commit}/model.safetensors")))
+        .get(url(
+            &hub,
+            &format!("{REPO}/resolve/{new_commit}/model.safetensors"),
+        ))
         .header("range", "bytes=100-199")
         .send()
         .await

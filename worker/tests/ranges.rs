@@ -422,6 +422,36 @@ async fn corrupt_headers_are_clear_permanent_errors() {
     }
 }
 
+/// A Hub serving the golden checkpoint behind `layer`, and a fetcher for it.
+struct Served {
+    _root: tempfile::TempDir,
+    _cache: tempfile::TempDir,
+    fetcher: Fetcher,
+}
+
+/// Fetches seed 0's ranges in `ranges` mode through a Hub behind `layer`, expecting failure.
+async fn ranged_fetch_through<F, Fut>(layer: F) -> (FetchError, Served)
+where
+    F: Fn(Request, Next) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response> + Send + 'static,
+{
+    let root = tempfile::tempdir().unwrap();
+    install(root.path(), REPO, REV, &golden_step1000());
+    let endpoint = start_with_layer(root.path(), layer).await;
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(&endpoint, cache.path());
+    let err = fetch_for_seeds(&fetcher, REPO, REV, 8, &[0], FetchMode::Ranges, 4096)
+        .await
+        .err()
+        .unwrap();
+    let served = Served {
+        _root: root,
+        _cache: cache,
+        fetcher,
+    };
+    (err, served)
+}
+
 /// Drops the `Range` header: the server answers 200 with the whole file.
 async fn ignore_range(mut req: Request, next: Next) -> Response {
     req.headers_mut().remove(header::RANGE);
@@ -468,15 +498,7 @@ async fn shifted_content_range(req: Request, next: Next) -> Response {
 
 #[tokio::test]
 async fn an_answer_for_other_bytes_is_refused_not_used() {
-    let root = tempfile::tempdir().unwrap();
-    install(root.path(), REPO, REV, &golden_step1000());
-    let endpoint = start_with_layer(root.path(), shifted_content_range).await;
-    let cache = tempfile::tempdir().unwrap();
-    let f = fetcher(&endpoint, cache.path());
-    let err = fetch_for_seeds(&f, REPO, REV, 8, &[0], FetchMode::Ranges, 4096)
-        .await
-        .err()
-        .unwrap();
+    let (err, _) = ranged_fetch_through(shifted_content_range).await;
     assert!(
         matches!(err, FetchError::RangesUnsupported { .. }),
         "{err:?}"
@@ -486,16 +508,8 @@ async fn an_answer_for_other_bytes_is_refused_not_used() {
 
 #[tokio::test]
 async fn a_server_that_ignores_range_is_detected_and_auto_falls_back() {
-    let root = tempfile::tempdir().unwrap();
-    install(root.path(), REPO, REV, &golden_step1000());
-    let endpoint = start_with_layer(root.path(), ignore_range).await;
-    let cache = tempfile::tempdir().unwrap();
-    let f = fetcher(&endpoint, cache.path());
-
-    let err = fetch_for_seeds(&f, REPO, REV, 8, &[0], FetchMode::Ranges, 4096)
-        .await
-        .err()
-        .unwrap();
+    let (err, served) = ranged_fetch_through(ignore_range).await;
+    let f = &served.fetcher;
     assert!(
         matches!(err, FetchError::RangesUnsupported { .. }),
         "{err:?}"
@@ -510,7 +524,7 @@ async fn a_server_that_ignores_range_is_detected_and_auto_falls_back() {
         auto_max_share: 1.0,
         ..RangeOptions::default()
     };
-    let auto = fetch_for_seeds_with(&f, REPO, REV, 8, &[0], &options)
+    let auto = fetch_for_seeds_with(f, REPO, REV, 8, &[0], &options)
         .await
         .unwrap();
     assert!(matches!(auto, FetchedWeights::Full(_)), "{auto:?}");
@@ -521,15 +535,7 @@ async fn a_server_that_ignores_range_is_detected_and_auto_falls_back() {
 
 #[tokio::test]
 async fn a_short_answer_is_an_error() {
-    let root = tempfile::tempdir().unwrap();
-    install(root.path(), REPO, REV, &golden_step1000());
-    let endpoint = start_with_layer(root.path(), one_byte_short).await;
-    let cache = tempfile::tempdir().unwrap();
-    let f = fetcher(&endpoint, cache.path());
-    let err = fetch_for_seeds(&f, REPO, REV, 8, &[0], FetchMode::Ranges, 4096)
-        .await
-        .err()
-        .unwrap();
+    let (err, _) = ranged_fetch_through(one_byte_short).await;
     match &err {
         FetchError::Integrity { check, .. } => assert_eq!(*check, "range length"),
         other => panic!("{other:?}"),
