@@ -11,6 +11,7 @@ pub mod report;
 pub mod server;
 pub mod sweep;
 pub mod synth;
+pub mod tls;
 pub mod worker;
 
 /// Generated from `proto/neuromfa.proto`.
