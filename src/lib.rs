@@ -9,6 +9,7 @@ pub mod hub;
 pub mod integrity;
 pub mod report;
 pub mod server;
+pub mod slurm;
 pub mod sweep;
 pub mod synth;
 pub mod tls;
