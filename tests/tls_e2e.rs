@@ -195,8 +195,8 @@ fn a_coordinator_with_unreadable_tls_files_says_which() {
 #[test]
 fn connect_refuses_a_ca_for_a_plaintext_url() {
     let ca = PathBuf::from("/nonexistent/ca.pem");
-    let error = neuromfa::worker::connect("http://127.0.0.1:1", "t", Some(&ca))
-        .err()
-        .expect("a CA with http:// must be refused");
+    let Err(error) = neuromfa::worker::connect("http://127.0.0.1:1", "t", Some(&ca)) else {
+        panic!("a CA with http:// must be refused");
+    };
     assert!(error.to_string().contains("not an https:// URL"), "{error}");
 }
