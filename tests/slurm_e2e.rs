@@ -200,6 +200,48 @@ fn without_slurm_submitting_says_so_and_stops_the_coordinator_it_started() {
     assert!(std::net::TcpStream::connect(("127.0.0.1", cluster.coordinator_port)).is_err());
 }
 
+#[test]
+fn the_readme_submit_command_is_accepted() {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let start = readme
+        .find("neuromfa slurm submit sweep.toml")
+        .expect("the README shows `neuromfa slurm submit`");
+    let command = readme[start..]
+        .split("\n```")
+        .next()
+        .unwrap()
+        .replace("\\\n", " ");
+    let command = command.lines().next().unwrap();
+    // The README's `[coordinator]` table for a cluster, as the spec's.
+    let table = readme
+        .split("```toml\n[coordinator]\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README shows a [coordinator] table");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), table);
+    let mut args: Vec<String> = command
+        .split_whitespace()
+        .skip(3)
+        .map(|a| a.replace("sweep.toml", spec.to_str().unwrap()))
+        .collect();
+    let options_end = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    args.insert(options_end, "--dry-run".to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = submit_without_slurm(&args);
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(script.contains("#SBATCH --array=0-31"), "{script}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("NEUROMFA_COORDINATOR=https://"), "{stderr}");
+}
+
 // ---------------------------------------------------------------------------------------
 // A real Slurm.
 
