@@ -465,10 +465,15 @@ pub struct StatusArgs {
 
 pub async fn fetch_status(url: &str, token: &str, tls_ca: Option<&Path>) -> Result<StatusReport> {
     let mut client = worker::connect(url, token, tls_ca)?;
-    let reply = client
-        .status(proto::StatusRequest {})
-        .await
-        .map_err(|s| anyhow::anyhow!("coordinator {url}: {}", crate::tls::explain(url, &s)))?;
+    let reply = match client.status(proto::StatusRequest {}).await {
+        Ok(reply) => reply,
+        Err(status) => {
+            let why = crate::tls::tls_failure(url, &status)
+                .await
+                .unwrap_or_else(|| status.message().to_string());
+            bail!("coordinator {url}: {why}");
+        }
+    };
     serde_json::from_str(&reply.into_inner().status_json).context("unreadable status")
 }
 

@@ -157,11 +157,11 @@ where
                 status.message()
             );
         }
-        if let Some(why) = tls::handshake_failure(&status) {
+        if let Some(why) = tls::tls_failure(&options.coordinator, &status).await {
             bail!("coordinator {}: {why}", options.coordinator);
         }
         if !transient(&status) {
-            bail!("{what}: {}", tls::explain(&options.coordinator, &status));
+            bail!("{what}: {}", status.message());
         }
         if started.elapsed() >= options.give_up_after {
             bail!(
