@@ -115,7 +115,7 @@ fn main() {
             let url = url.clone();
             let completed = completed.clone();
             handles.push(tokio::spawn(async move {
-                let Ok(mut client) = neuromfa::worker::connect(&url, TOKEN) else {
+                let Ok(mut client) = neuromfa::worker::connect(&url, TOKEN, None) else {
                     return;
                 };
                 let Ok(reply) = client

@@ -9,8 +9,10 @@ pub mod hub;
 pub mod integrity;
 pub mod report;
 pub mod server;
+pub mod slurm;
 pub mod sweep;
 pub mod synth;
+pub mod tls;
 pub mod worker;
 
 /// Generated from `proto/neuromfa.proto`.

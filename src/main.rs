@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use neuromfa::{analyze, sweep, synth};
+use neuromfa::{analyze, slurm, sweep, synth};
 
 /// Neuron-based Multifractal Analysis (NeuroMFA) of language-model checkpoints: how the
 /// structure of a model's neuron interaction network self-organises during training.
@@ -46,6 +46,9 @@ enum Command {
     Sweep(sweep::SweepCommand),
     /// Show a running sweep: counts by state, throughput, ETA, workers, failures.
     Status(sweep::StatusArgs),
+    /// Run a sweep's workers on a Slurm cluster as one job array.
+    #[command(subcommand)]
+    Slurm(slurm::SlurmCommand),
     /// Write a sweep's tables (tasks, aggregates, spectra as CSV and JSON; a Markdown
     /// summary) from its state directory.
     Export(sweep::ExportArgs),
@@ -110,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Analyze(args) => analyze::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Export(args) => sweep::export_command(args),
+        Command::Slurm(command) => slurm::run(command),
         Command::Report(args) => neuromfa::report::run(args),
         Command::Coordinator(args) => runtime()?.block_on(sweep::coordinator(args)),
         Command::Worker(args) => runtime()?.block_on(sweep::worker(args)),

@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use neuromfa_common::SeedResult;
 use neuromfa_coordinator::state::StateError;
 use neuromfa_coordinator::{StatusReport, SweepState, TaskMetrics};
 use tokio::sync::oneshot;
+use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status};
 
 use crate::auth;
@@ -346,25 +348,33 @@ pub struct RunningCoordinator {
 }
 
 impl RunningCoordinator {
-    /// Serves `state` on `listener` until `stop` is called.
+    /// Serves `state` on `listener` (over TLS when `tls` is given) until `stop` is called.
     pub fn start(
         state: SweepState,
         listener: tokio::net::TcpListener,
         token: String,
         hub_endpoint: String,
-    ) -> std::io::Result<Self> {
-        let addr = listener.local_addr()?;
+        tls: Option<ServerTlsConfig>,
+    ) -> anyhow::Result<Self> {
+        let addr = listener
+            .local_addr()
+            .context("the listening socket has no address")?;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .context("the TLS certificate and key cannot be used (are both PEM, and the key the certificate's?)")?;
+        }
         let (handle, state_thread) = StateHandle::spawn(state, hub_endpoint);
         let service = CoordinatorService::new(handle.clone()).into_server(token);
         let (shutdown, stopped) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                }),
-        );
+        let server = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
+            incoming,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Ok(Self {
             addr,
             state: handle,

@@ -29,19 +29,25 @@ pub fn load_spec(path: &Path) -> Result<SweepSpec> {
     Ok(SweepSpec::load(path, &env)?)
 }
 
+/// The spec's token (or `NEUROMFA_TOKEN`), else the one a coordinator wrote to
+/// `STATE_DIR/token`, if any.
+pub(crate) fn recorded_token(spec: &SweepSpec) -> Option<String> {
+    if let Some(token) = spec.token.clone().filter(|t| !t.is_empty()) {
+        return Some(token);
+    }
+    std::fs::read_to_string(spec.state_dir.join(TOKEN_FILE))
+        .ok()
+        .map(|existing| existing.trim().to_string())
+        .filter(|existing| !existing.is_empty())
+}
+
 /// The spec's token (or `NEUROMFA_TOKEN`); without one, a fresh token is written to
 /// `STATE_DIR/token` (readable by the owner only) for workers started elsewhere.
-fn sweep_token(spec: &SweepSpec) -> Result<String> {
-    if let Some(token) = spec.token.clone().filter(|t| !t.is_empty()) {
+pub(crate) fn sweep_token(spec: &SweepSpec) -> Result<String> {
+    if let Some(token) = recorded_token(spec) {
         return Ok(token);
     }
     let path = spec.state_dir.join(TOKEN_FILE);
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        let existing = existing.trim().to_string();
-        if !existing.is_empty() {
-            return Ok(existing);
-        }
-    }
     std::fs::create_dir_all(&spec.state_dir)
         .with_context(|| format!("creating {}", spec.state_dir.display()))?;
     let token = generate_token();
@@ -72,6 +78,21 @@ fn client_token(token_file: Option<&Path>) -> Result<String> {
         return Ok(token.trim().to_string());
     }
     bail!("no sweep token: set NEUROMFA_TOKEN or pass --token-file (the coordinator writes STATE_DIR/token when the spec names none)")
+}
+
+/// The URL workers on other machines dial: `coordinator.address`, else the listen
+/// address, with this host's name in place of an unspecified IP (0.0.0.0, ::) that
+/// means "every interface" to the coordinator but nothing to a worker.
+pub(crate) fn dial_address(spec: &SweepSpec) -> String {
+    if spec.coordinator.address.is_none() {
+        if let Ok(listen) = spec.coordinator.listen.parse::<std::net::SocketAddr>() {
+            if listen.ip().is_unspecified() {
+                let scheme = if spec.tls() { "https" } else { "http" };
+                return format!("{scheme}://{}:{}", worker::hostname(), listen.port());
+            }
+        }
+    }
+    spec.worker_address()
 }
 
 /// Hub endpoint workers should use when the spec names one (else theirs: HF_ENDPOINT or
@@ -141,15 +162,19 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         token: spec.hub.token.clone(),
         cache_dir: None,
     };
+    let tls = match (&spec.coordinator.tls_cert, &spec.coordinator.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
     resolve_grid(&mut state, &hub).await?;
     let listener = tokio::net::TcpListener::bind(&spec.coordinator.listen)
         .await
         .with_context(|| format!("cannot listen on {}", spec.coordinator.listen))?;
-    let running = RunningCoordinator::start(state, listener, token, announced_hub(&spec))?;
+    let running = RunningCoordinator::start(state, listener, token, announced_hub(&spec), tls)?;
     tracing::info!(
-        sweep = %spec.name, addr = %running.addr, state_dir = %state_dir.display(),
-        "coordinator listening; start workers with: neuromfa worker --coordinator http://{}",
-        running.addr
+        sweep = %spec.name, addr = %running.addr, state_dir = %state_dir.display(), tls = spec.tls(),
+        "coordinator listening; start workers with: NEUROMFA_COORDINATOR={} neuromfa worker",
+        dial_address(&spec)
     );
     let mut exported = false;
     let stop = shutdown_signal();
@@ -187,12 +212,16 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// The coordinator's URL, e.g. http://login-node:50051.
-    #[arg(long)]
+    /// The coordinator's URL, e.g. http://login-node:50051, or https:// when it serves TLS.
+    #[arg(long, env = "NEUROMFA_COORDINATOR")]
     pub coordinator: String,
     /// File holding the sweep token (else NEUROMFA_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed an https:// coordinator's certificate (else the
+    /// system's roots).
+    #[arg(long, env = "NEUROMFA_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Fetch checkpoints from this Hub endpoint instead of the one the coordinator
     /// announces (else HF_ENDPOINT, else the real Hub).
     #[arg(long)]
@@ -223,6 +252,7 @@ pub struct WorkerArgs {
 pub async fn worker(args: WorkerArgs) -> Result<()> {
     let token = client_token(args.token_file.as_deref())?;
     let mut options = WorkerOptions::new(args.coordinator, token);
+    options.tls_ca = args.tls_ca;
     options.hub_endpoint = args.hub_endpoint;
     options.cache_dir = args.cache_dir;
     options.cache_max_bytes = match args.cache_max_gb {
@@ -328,7 +358,9 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on loopback")?;
-    let running = RunningCoordinator::start(state, listener, token.clone(), announced_hub(&spec))?;
+    // Loopback only, inside this process: no TLS needed.
+    let running =
+        RunningCoordinator::start(state, listener, token.clone(), announced_hub(&spec), None)?;
     let url = format!("http://{}", running.addr);
     let cache_dir = args
         .cache_dir
@@ -426,7 +458,8 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The coordinator's URL.
+    /// The coordinator's URL (https:// when it serves TLS).
+    #[arg(env = "NEUROMFA_COORDINATOR")]
     pub url: String,
     /// Redraw every two seconds until interrupted or the sweep finishes.
     #[arg(long)]
@@ -437,21 +470,29 @@ pub struct StatusArgs {
     /// File holding the sweep token (else NEUROMFA_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed an https:// coordinator's certificate.
+    #[arg(long, env = "NEUROMFA_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
-pub async fn fetch_status(url: &str, token: &str) -> Result<StatusReport> {
-    let mut client = worker::connect(url, token)?;
-    let reply = client
-        .status(proto::StatusRequest {})
-        .await
-        .map_err(|s| anyhow::anyhow!("coordinator {url}: {}", s.message()))?;
+pub async fn fetch_status(url: &str, token: &str, tls_ca: Option<&Path>) -> Result<StatusReport> {
+    let mut client = worker::connect(url, token, tls_ca)?;
+    let reply = match client.status(proto::StatusRequest {}).await {
+        Ok(reply) => reply,
+        Err(status) => {
+            let why = crate::tls::tls_failure(url, &status)
+                .await
+                .unwrap_or_else(|| status.message().to_string());
+            bail!("coordinator {url}: {why}");
+        }
+    };
     serde_json::from_str(&reply.into_inner().status_json).context("unreadable status")
 }
 
 pub async fn status(args: StatusArgs) -> Result<()> {
     let token = client_token(args.token_file.as_deref())?;
     loop {
-        let status = fetch_status(&args.url, &token).await?;
+        let status = fetch_status(&args.url, &token, args.tls_ca.as_deref()).await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&status)?);
         } else {

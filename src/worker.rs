@@ -4,7 +4,7 @@
 //! away is retried with backoff; shutdown gives unfinished leases back.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use tracing::Instrument;
 use crate::auth::AddToken;
 use crate::proto;
 use crate::proto::coordinator_client::CoordinatorClient;
+use crate::tls;
 
 pub type Client = CoordinatorClient<InterceptedService<Channel, AddToken>>;
 
@@ -32,6 +33,8 @@ pub type Client = CoordinatorClient<InterceptedService<Channel, AddToken>>;
 pub struct WorkerOptions {
     pub coordinator: String,
     pub token: String,
+    /// CA certificate (PEM) to trust for an https:// coordinator (else the system's roots).
+    pub tls_ca: Option<PathBuf>,
     /// Overrides the Hub endpoint the coordinator announces.
     pub hub_endpoint: Option<String>,
     pub hub_token: Option<String>,
@@ -56,16 +59,33 @@ impl WorkerOptions {
         Self {
             coordinator: coordinator.into(),
             token: token.into(),
+            tls_ca: None,
             hub_endpoint: None,
             hub_token: None,
             cache_dir: None,
             cache_max_bytes: None,
             max_tasks: 64,
             give_up_after: Duration::from_secs(600),
-            host: hostname(),
+            host: worker_name(),
             fetch_mode: None,
             merge_gap: None,
         }
+    }
+}
+
+/// The name a worker reports: its host, and under Slurm first its job (array task), so
+/// `status` tells apart the many workers of one node and names what to `scancel` (first,
+/// because the coordinator keeps only the first 40 characters).
+pub fn worker_name() -> String {
+    let slurm = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match (
+        slurm("SLURM_ARRAY_JOB_ID"),
+        slurm("SLURM_ARRAY_TASK_ID"),
+        slurm("SLURM_JOB_ID"),
+    ) {
+        (Some(job), Some(task), _) => format!("slurm-{job}_{task}@{}", hostname()),
+        (_, _, Some(job)) => format!("slurm-{job}@{}", hostname()),
+        _ => hostname(),
     }
 }
 
@@ -90,12 +110,23 @@ pub struct WorkerSummary {
     pub released: usize,
 }
 
-/// Connects lazily: the channel reconnects by itself once the coordinator is back.
-pub fn connect(url: &str, token: &str) -> Result<Client> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+/// Connects lazily: the channel reconnects by itself once the coordinator is back. An
+/// `https://` URL is dialled over TLS, trusting `tls_ca` (PEM) or else the system's roots.
+pub fn connect(url: &str, token: &str, tls_ca: Option<&Path>) -> Result<Client> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .with_context(|| format!("`{url}` is not a coordinator URL (e.g. http://host:50051)"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
+    if endpoint.uri().scheme_str() == Some("https") {
+        endpoint = endpoint
+            .tls_config(tls::client_config(tls_ca)?)
+            .with_context(|| format!("setting up TLS for {url}"))?;
+    } else if let Some(ca) = tls_ca {
+        bail!(
+            "a TLS CA ({}) is given but `{url}` is not an https:// URL; dial https:// to use TLS",
+            ca.display()
+        );
+    }
     let channel = endpoint.connect_lazy();
     let token = AddToken::new(token).map_err(|e| anyhow!(e))?;
     Ok(CoordinatorClient::with_interceptor(channel, token))
@@ -123,33 +154,37 @@ where
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        match call().await {
+        let status = match call().await {
             Ok(response) => return Ok(response.into_inner()),
-            Err(status) if status.code() == Code::Unauthenticated => {
-                bail!(
-                    "coordinator {} refused us: {}",
-                    options.coordinator,
-                    status.message()
-                )
-            }
-            Err(status) if transient(&status) => {
-                if started.elapsed() >= options.give_up_after {
-                    bail!(
-                        "coordinator {} unreachable for {:.0} s ({what}): {}",
-                        options.coordinator,
-                        started.elapsed().as_secs_f64(),
-                        status.message()
-                    );
-                }
-                if *shutdown.borrow() {
-                    bail!("stopping");
-                }
-                tracing::warn!(coordinator = %options.coordinator, error = %status.message(), retry_in_ms = delay.as_millis() as u64, "{what}: coordinator unavailable");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(status) => return Err(anyhow!("{what}: {}", status.message())),
+            Err(status) => status,
+        };
+        if status.code() == Code::Unauthenticated {
+            bail!(
+                "coordinator {} refused us: {}",
+                options.coordinator,
+                status.message()
+            );
         }
+        if let Some(why) = tls::tls_failure(&options.coordinator, &status).await {
+            bail!("coordinator {}: {why}", options.coordinator);
+        }
+        if !transient(&status) {
+            bail!("{what}: {}", status.message());
+        }
+        if started.elapsed() >= options.give_up_after {
+            bail!(
+                "coordinator {} unreachable for {:.0} s ({what}): {}",
+                options.coordinator,
+                started.elapsed().as_secs_f64(),
+                status.message()
+            );
+        }
+        if *shutdown.borrow() {
+            bail!("stopping");
+        }
+        tracing::warn!(coordinator = %options.coordinator, error = %status.message(), retry_in_ms = delay.as_millis() as u64, "{what}: coordinator unavailable");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -158,7 +193,11 @@ pub async fn run(
     options: WorkerOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<WorkerSummary> {
-    let client = connect(&options.coordinator, &options.token)?;
+    let client = connect(
+        &options.coordinator,
+        &options.token,
+        options.tls_ca.as_deref(),
+    )?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let registration = {
         let host = options.host.clone();

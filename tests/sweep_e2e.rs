@@ -312,7 +312,7 @@ fn a_repeated_result_is_counted_and_ignored() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         use neuromfa::proto;
-        let mut client = neuromfa::worker::connect(&url, TOKEN).unwrap();
+        let mut client = neuromfa::worker::connect(&url, TOKEN, None).unwrap();
         let worker_id = client
             .register(proto::RegisterRequest {
                 host: "test".into(),

@@ -109,6 +109,11 @@ pub struct CoordinatorSpec {
     pub lease_seconds: f64,
     /// Attempts before a task is marked failed.
     pub max_attempts: u32,
+    /// PEM certificate (chain) the coordinator serves TLS with; with `tls_key`. Relative
+    /// paths are relative to the spec file.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for CoordinatorSpec {
@@ -118,6 +123,8 @@ impl Default for CoordinatorSpec {
             address: None,
             lease_seconds: 600.0,
             max_attempts: 3,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -192,6 +199,8 @@ const ENV_KEYS: &[&str] = &[
     "coordinator.address",
     "coordinator.lease_seconds",
     "coordinator.max_attempts",
+    "coordinator.tls_cert",
+    "coordinator.tls_key",
 ];
 
 /// One (model, step) of the grid.
@@ -252,13 +261,15 @@ impl SweepSpec {
 
     /// Resolves paths that are relative to the spec file, then validates.
     fn finish(mut self, path: &Path) -> Result<Self, SpecError> {
-        if let Some(dir) = self.hub.serve_dir.take() {
-            let base = path.parent().unwrap_or(Path::new(""));
-            self.hub.serve_dir = Some(if dir.is_relative() {
-                base.join(dir)
-            } else {
-                dir
-            });
+        let base = path.parent().unwrap_or(Path::new(""));
+        for file in [
+            &mut self.hub.serve_dir,
+            &mut self.coordinator.tls_cert,
+            &mut self.coordinator.tls_key,
+        ] {
+            if let Some(relative) = file.as_ref().filter(|f| f.is_relative()) {
+                *file = Some(base.join(relative));
+            }
         }
         self.validate(path)?;
         Ok(self)
@@ -347,6 +358,21 @@ impl SweepSpec {
                 "must be at least 1".into(),
             ));
         }
+        match (&c.tls_cert, &c.tls_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "coordinator.tls_key",
+                    "missing: `tls_cert` needs the key it was issued for".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "coordinator.tls_cert",
+                    "missing: `tls_key` needs the certificate it belongs to".into(),
+                ))
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -427,12 +453,19 @@ impl SweepSpec {
         (self.coordinator.lease_seconds * 1000.0).round().max(1.0) as u64
     }
 
-    /// The address workers dial.
+    /// Whether the coordinator serves TLS.
+    pub fn tls(&self) -> bool {
+        self.coordinator.tls_cert.is_some()
+    }
+
+    /// The address workers dial: `coordinator.address`, else the listen address with
+    /// `https://` when the coordinator serves TLS, `http://` otherwise.
     pub fn worker_address(&self) -> String {
+        let scheme = if self.tls() { "https" } else { "http" };
         self.coordinator
             .address
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.coordinator.listen))
+            .unwrap_or_else(|| format!("{scheme}://{}", self.coordinator.listen))
     }
 }
 
@@ -515,6 +548,31 @@ max_step = 140000
         );
         let err = parse(&MINIMAL.replace("org/a", "not-a-repo")).unwrap_err();
         assert!(err.to_string().contains("models[0].repo"), "{err}");
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_relative_to_the_spec() {
+        let tls =
+            "\n[coordinator]\ntls_cert = \"certs/coordinator.pem\"\ntls_key = \"/abs/key.pem\"\n";
+        let spec =
+            SweepSpec::from_toml(&format!("{MINIMAL}{tls}"), Path::new("conf/spec.toml")).unwrap();
+        assert_eq!(
+            spec.coordinator.tls_cert.as_deref(),
+            Some(Path::new("conf/certs/coordinator.pem"))
+        );
+        assert_eq!(
+            spec.coordinator.tls_key.as_deref(),
+            Some(Path::new("/abs/key.pem"))
+        );
+        assert!(spec.worker_address().starts_with("https://"));
+        let err = parse(&format!("{MINIMAL}\n[coordinator]\ntls_cert = \"c.pem\"\n")).unwrap_err();
+        assert!(err.to_string().contains("coordinator.tls_key"), "{err}");
+        let err = parse(&format!("{MINIMAL}\n[coordinator]\ntls_key = \"k.pem\"\n")).unwrap_err();
+        assert!(err.to_string().contains("coordinator.tls_cert"), "{err}");
+        assert!(parse(MINIMAL)
+            .unwrap()
+            .worker_address()
+            .starts_with("http://"));
     }
 
     #[test]

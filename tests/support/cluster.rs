@@ -36,6 +36,8 @@ impl Proc {
             .stdout(Stdio::null())
             .stderr(file)
             .env_remove("NEUROMFA_TOKEN")
+            .env_remove("NEUROMFA_COORDINATOR")
+            .env_remove("NEUROMFA_TLS_CA")
             .env_remove("HF_TOKEN")
             .env("NO_PROXY", "127.0.0.1,localhost")
             .env("RUST_LOG", "info");
@@ -116,7 +118,16 @@ pub struct Cluster {
     pub workers: Vec<Proc>,
     pub spec: PathBuf,
     pub state_dir: PathBuf,
+    /// The CA clients trust when the coordinator serves TLS.
+    pub tls_ca: Option<PathBuf>,
     starts: usize,
+}
+
+/// A coordinator's TLS files: its certificate and key, and the CA that signed it.
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl Cluster {
@@ -133,6 +144,34 @@ impl Cluster {
         extra: &str,
         lease_seconds: u32,
     ) -> Cluster {
+        Self::build(publish, models, seeds, extra, lease_seconds, None)
+    }
+
+    /// A coordinator that serves TLS with `tls`; workers and `status` trust `tls.ca`.
+    pub fn with_tls(
+        publish: impl FnOnce(&Path),
+        models: &str,
+        seeds: u32,
+        tls: TlsFiles,
+    ) -> Cluster {
+        Self::build(publish, models, seeds, "", 3, Some(tls))
+    }
+
+    fn build(
+        publish: impl FnOnce(&Path),
+        models: &str,
+        seeds: u32,
+        extra: &str,
+        lease_seconds: u32,
+        tls: Option<TlsFiles>,
+    ) -> Cluster {
+        let tls_keys = tls.as_ref().map_or(String::new(), |t| {
+            format!(
+                "tls_cert = \"{}\"\ntls_key = \"{}\"",
+                t.cert.display(),
+                t.key.display()
+            )
+        });
         let root = tempfile::tempdir().unwrap();
         let hub_dir = root.path().join("hub");
         publish(&hub_dir);
@@ -169,6 +208,7 @@ endpoint = "{hub_url}"
 listen = "127.0.0.1:{coordinator_port}"
 lease_seconds = {lease_seconds}
 max_attempts = 3
+{tls_keys}
 
 {extra}
 
@@ -187,12 +227,26 @@ max_attempts = 3
             workers: Vec::new(),
             spec,
             state_dir,
+            tls_ca: tls.map(|t| t.ca),
             starts: 0,
         }
     }
 
     pub fn coordinator_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.coordinator_port)
+        let scheme = if self.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.coordinator_port)
+    }
+
+    /// `--tls-ca CA` when the coordinator serves TLS.
+    fn tls_flags(&self) -> Vec<String> {
+        self.tls_ca
+            .iter()
+            .flat_map(|ca| ["--tls-ca".to_string(), ca.display().to_string()])
+            .collect()
     }
 
     pub fn start_coordinator(&mut self) {
@@ -217,19 +271,18 @@ max_attempts = 3
         let cache = self.root.path().join(format!("cache{index}"));
         let log = self.root.path().join(format!("worker{index}.log"));
         let url = self.coordinator_url();
-        let proc = Proc::spawn(
-            &[
-                "worker",
-                "--coordinator",
-                &url,
-                "--cache-dir",
-                cache.to_str().unwrap(),
-                "--give-up-after",
-                "60",
-            ],
-            &[("NEUROMFA_TOKEN", token)],
-            log,
-        );
+        let mut args = vec![
+            "worker",
+            "--coordinator",
+            &url,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--give-up-after",
+            "60",
+        ];
+        let tls_flags = self.tls_flags();
+        args.extend(tls_flags.iter().map(String::as_str));
+        let proc = Proc::spawn(&args, &[("NEUROMFA_TOKEN", token)], log);
         self.workers.push(proc);
         index
     }
@@ -238,6 +291,7 @@ max_attempts = 3
     pub fn status(&self) -> Option<serde_json::Value> {
         let out = Command::new(binary())
             .args(["status", "--json", &self.coordinator_url()])
+            .args(self.tls_flags())
             .env("NEUROMFA_TOKEN", TOKEN)
             .output()
             .ok()?;
@@ -280,23 +334,26 @@ max_attempts = 3
         }
     }
 
+    /// The last lines of every log in the cluster's directory and its state directory.
     pub fn logs(&self) -> String {
         let mut text = String::new();
-        if let Ok(entries) = std::fs::read_dir(self.root.path()) {
-            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-            paths.sort();
-            for p in paths
-                .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "log"))
-            {
-                let body = std::fs::read_to_string(&p).unwrap_or_default();
-                let tail: Vec<&str> = body.lines().rev().take(30).collect();
-                text += &format!(
-                    "--- {} ---\n{}\n",
-                    p.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
+        let mut paths: Vec<PathBuf> = [self.root.path(), self.state_dir.as_path()]
+            .into_iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flat_map(|entries| entries.flatten().map(|e| e.path()))
+            .collect();
+        paths.sort();
+        for p in paths
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        {
+            let body = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = body.lines().rev().take(30).collect();
+            text += &format!(
+                "--- {} ---\n{}\n",
+                p.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         text
     }
