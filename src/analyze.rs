@@ -8,11 +8,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use neuromfa_common::pipeline::SeedAnalysis;
+use neuromfa_common::pipeline::{analyze_seeds_with, PathEngine, DEFAULT_GAMMA, DEFAULT_LAMBDA};
 use neuromfa_common::sampler::check_layer_sample;
 use neuromfa_common::spectrum::{q_grid, Alpha0Method};
 use neuromfa_common::stats::{aggregate, StepAggregate};
-use neuromfa_common::{analyze_seed, AnalysisParams, Checkpoint, SeedResult};
-use rayon::prelude::*;
+use neuromfa_common::{AnalysisParams, Checkpoint, DistanceMode, SeedResult};
 use serde::Serialize;
 
 #[derive(Debug, Args)]
@@ -34,9 +34,28 @@ pub struct AnalyzeArgs {
     #[arg(long, default_value_t = 32)]
     pub layer_sample: usize,
 
-    /// Distance threshold `T`: neighbours are at one-hop distance `1 < ω ≤ T`.
+    /// Distance threshold `T`: neighbours are at one-hop distance `1 < ω ≤ T`, or at
+    /// shortest-path distance `d ≤ T`.
     #[arg(long, default_value_t = 150.0)]
     pub threshold: f64,
+
+    /// `one-hop` (the reference code's `ω = 1/|w|` of one edge) or `shortest-path` (paper
+    /// Eq. 1: the least `Σω + λ·|P|^γ` over paths through the full network).
+    #[arg(long, value_enum, default_value = "one-hop")]
+    pub distance: DistanceChoice,
+
+    /// Shortest-path penalty `λ·|P|^γ`: `λ` (at least 0) …
+    #[arg(long, default_value_t = DEFAULT_LAMBDA, allow_negative_numbers = true)]
+    pub lambda: f64,
+
+    /// … and `γ` (above 0).
+    #[arg(long, default_value_t = DEFAULT_GAMMA)]
+    pub gamma: f64,
+
+    /// Compute shortest paths by plain Dijkstra over the full graph instead (the same
+    /// numbers, much slower: the benchmark's baseline).
+    #[arg(long, hide = true)]
+    pub dijkstra: bool,
 
     #[arg(long, default_value_t = -3.0, allow_negative_numbers = true)]
     pub q_min: f64,
@@ -57,6 +76,12 @@ pub struct AnalyzeArgs {
     /// Write each (step, seed)'s drawn neurons and edge list under this directory.
     #[arg(long, value_name = "OUT")]
     pub export_snin: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DistanceChoice {
+    OneHop,
+    ShortestPath,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -155,8 +180,25 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
         threshold: args.threshold,
         q: q_grid(args.q_min, args.q_max, args.q_step)?,
         alpha0_method: args.alpha0.into(),
+        distance: match args.distance {
+            DistanceChoice::OneHop => DistanceMode::OneHop,
+            DistanceChoice::ShortestPath => DistanceMode::ShortestPath {
+                lambda: args.lambda,
+                gamma: args.gamma,
+            },
+        },
     };
     params.validate()?;
+    if args.distance == DistanceChoice::OneHop
+        && (args.lambda != DEFAULT_LAMBDA || args.gamma != DEFAULT_GAMMA || args.dijkstra)
+    {
+        bail!("--lambda, --gamma and --dijkstra apply to --distance shortest-path only");
+    }
+    let engine = if args.dijkstra {
+        PathEngine::Dijkstra
+    } else {
+        PathEngine::MinPlus
+    };
 
     let started = Instant::now();
     let checkpoints = dirs
@@ -175,29 +217,29 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
             .with_context(|| format!("creating export directory {}", out.display()))?;
     }
 
-    let tasks: Vec<(usize, u32)> = (0..dirs.len())
-        .flat_map(|i| seeds.iter().map(move |&s| (i, s)))
-        .collect();
-    let progress = progress_bar(tasks.len() as u64);
-    let results = tasks
-        .par_iter()
-        .map(|&(i, seed)| {
-            let dir = &dirs[i];
-            let analysis =
-                analyze_seed(&checkpoints[i], &params, dir.step, seed).with_context(|| {
-                    format!("{} (step {}), seed {seed}", dir.path.display(), dir.step)
-                })?;
+    // Checkpoint by checkpoint, the seeds of each together: in shortest-path mode they
+    // share every weight read.
+    let progress = progress_bar((dirs.len() * seeds.len()) as u64);
+    let mut results = Vec::with_capacity(dirs.len() * seeds.len());
+    for (dir, checkpoint) in dirs.iter().zip(&checkpoints) {
+        let context = |seed: Option<u32>| match seed {
+            Some(seed) => format!("{} (step {}), seed {seed}", dir.path.display(), dir.step),
+            None => format!("{} (step {})", dir.path.display(), dir.step),
+        };
+        let analyses = analyze_seeds_with(checkpoint, &params, dir.step, &seeds, engine)
+            .with_context(|| context(None))?;
+        for (analysis, &seed) in analyses.into_iter().zip(&seeds) {
+            let analysis = analysis.with_context(|| context(Some(seed)))?;
             if let Some(out) = &args.export_snin {
                 export_snin(out, &analysis).with_context(|| {
                     format!("exporting the network of step {} seed {seed}", dir.step)
                 })?;
             }
             progress.inc(1);
-            Ok(analysis.result)
-        })
-        .collect::<Result<Vec<_>>>();
+            results.push(analysis.result);
+        }
+    }
     progress.finish_and_clear();
-    let results = results?;
 
     let first_step = dirs[0].step;
     let points: Vec<_> = results.iter().map(SeedResult::point).collect();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use neuromfa_common::checkpoint::FetchMode;
-use neuromfa_common::{analyze_seed, AnalysisParams, SeedResult};
+use neuromfa_common::{analyze_seed, analyze_seeds, AnalysisParams, DistanceMode, SeedResult};
 use neuromfa_worker::cache::CheckpointCache;
 use neuromfa_worker::fetch::{Fetcher, HubSettings};
 use neuromfa_worker::ranges::{fetch_for_seeds_with, FetchedWeights, RangeOptions};
@@ -348,9 +348,18 @@ async fn run_checkpoint(
     let mut summary = WorkerSummary::default();
     let result = async {
         let seeds: Vec<u32> = tasks.iter().map(|t| t.seed).collect();
+        // Ranged plans cover one-hop samples; shortest paths read whole rows and columns
+        // (most of the file), so they fetch whole files.
+        let fetch_options = match params.distance {
+            DistanceMode::OneHop => *fetch_options,
+            DistanceMode::ShortestPath { .. } => RangeOptions {
+                mode: FetchMode::Full,
+                ..*fetch_options
+            },
+        };
         let fetched = tokio::select! {
             fetched = fetch_for_seeds_with(
-                fetcher, &model, &revision, params.layer_sample, &seeds, fetch_options,
+                fetcher, &model, &revision, params.layer_sample, &seeds, &fetch_options,
             ) => fetched,
             _ = shutdown.changed() => {
                 return Ok::<_, anyhow::Error>(None);
@@ -408,13 +417,35 @@ async fn run_checkpoint(
                     return;
                 }
             };
-            compute_tasks.into_par_iter().for_each(|t| {
-                let started = Instant::now();
-                let result = analyze_seed(&weights, &params, t.step, t.seed)
-                    .map(|a| a.result)
-                    .map_err(|e| e.to_string());
-                let _ = done_tx.send((t, result, started.elapsed().as_millis() as u64));
-            });
+            if params.distance == DistanceMode::OneHop {
+                compute_tasks.into_par_iter().for_each(|t| {
+                    let started = Instant::now();
+                    let result = analyze_seed(&weights, &params, t.step, t.seed)
+                        .map(|a| a.result)
+                        .map_err(|e| e.to_string());
+                    let _ = done_tx.send((t, result, started.elapsed().as_millis() as u64));
+                });
+                return;
+            }
+            // Shortest paths: the seeds share every weight read, so they run together and
+            // their results come at once; compute time is split evenly between them.
+            let started = Instant::now();
+            let seeds: Vec<u32> = compute_tasks.iter().map(|t| t.seed).collect();
+            let analyses = analyze_seeds(&weights, &params, step, &seeds);
+            let share = started.elapsed().as_millis() as u64 / seeds.len().max(1) as u64;
+            match analyses {
+                Ok(analyses) => {
+                    for (t, analysis) in compute_tasks.into_iter().zip(analyses) {
+                        let result = analysis.map(|a| a.result).map_err(|e| e.to_string());
+                        let _ = done_tx.send((t, result, share));
+                    }
+                }
+                Err(e) => {
+                    for t in compute_tasks {
+                        let _ = done_tx.send((t, Err(e.to_string()), share));
+                    }
+                }
+            }
         });
 
         // Fetch costs are shared by the checkpoint's seeds; split them so sums stay exact.

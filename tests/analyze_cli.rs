@@ -428,3 +428,38 @@ fn results_do_not_depend_on_thread_count() {
     assert!(!one.is_empty());
     assert_eq!(one, run("3"));
 }
+
+#[test]
+fn shortest_path_mode_is_recorded_and_dijkstra_agrees() {
+    let a = golden_step(0);
+    let args = [
+        "--seeds",
+        "0..2",
+        "--distance",
+        "shortest-path",
+        "--gamma",
+        "4",
+    ];
+    let ours = analyze_json(&[&a], &args);
+    let distance = &ours["params"]["distance"];
+    assert_eq!(distance["mode"], "shortest-path");
+    assert_eq!(distance["lambda"].as_f64(), Some(1.0));
+    assert_eq!(distance["gamma"].as_f64(), Some(4.0));
+    let reference = analyze_json(&[&a], &[&args[..], &["--dijkstra"]].concat());
+    assert_eq!(ours["results"], reference["results"]);
+    let one_hop = analyze_json(&[&a], &["--seeds", "0..2"]);
+    assert_eq!(one_hop["params"]["distance"]["mode"], "one-hop");
+    assert_ne!(per_seed(&ours), per_seed(&one_hop));
+}
+
+#[test]
+fn impossible_shortest_path_settings_are_named() {
+    let a = golden_step(0);
+    let a = a.to_str().unwrap();
+    let err = analyze_error(&[a, "--distance", "shortest-path", "--lambda", "-1"]);
+    assert!(err.contains("lambda"), "{err}");
+    let err = analyze_error(&[a, "--distance", "shortest-path", "--gamma", "0"]);
+    assert!(err.contains("gamma"), "{err}");
+    let err = analyze_error(&[a, "--gamma", "3"]);
+    assert!(err.contains("shortest-path"), "{err}");
+}

@@ -488,3 +488,58 @@ fn ranged_fetching_gives_the_same_aggregates_and_its_costs_are_summed_per_model(
     }
     assert!(cluster.export_file("summary.md").contains("## Fetching"));
 }
+
+#[test]
+fn a_shortest_path_sweep_reproduces_analyze() {
+    let cluster = Cluster::new(
+        |hub| {
+            publish_two_models(hub);
+        },
+        r#"
+[[models]]
+repo = "test-org/tiny"
+steps = [0, 1000, 2000]
+"#,
+        2,
+        "[analysis]\ndistance = \"shortest-path\"\nthreshold = 300\ngamma = 5",
+    );
+    let out = std::process::Command::new(binary())
+        .args(["sweep", "run", cluster.spec.to_str().unwrap()])
+        .args(["--workers", "1", "--cache-dir"])
+        .arg(cluster.root.path().join("cache"))
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dirs: Vec<_> = [0, 1000, 2000]
+        .iter()
+        .map(|s| data_dir().join(format!("golden/tiny-neox/step{s}")))
+        .collect();
+    let report = std::process::Command::new(binary())
+        .args(["analyze", "--json", "--seeds", "0..2"])
+        .args(["--distance", "shortest-path", "--threshold", "300"])
+        .args(&dirs)
+        .output()
+        .unwrap();
+    assert!(report.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let expected = report["aggregates"].as_array().unwrap();
+    let rows = csv_rows(&cluster.export_file("aggregates.csv"));
+    assert_eq!(rows.len(), 3);
+    for (row, reference) in rows.iter().zip(expected) {
+        for field in ["alpha0_mean", "width_mean", "E_from_means"] {
+            assert_eq!(number(&row[field]), reference[field].as_f64(), "{field}");
+        }
+    }
+    // And the mode is not the default's: one-hop gives other numbers.
+    let one_hop = analyze_aggregates(&dirs, "0..2");
+    assert_ne!(
+        one_hop[1]["alpha0_mean"].as_f64(),
+        expected[1]["alpha0_mean"].as_f64()
+    );
+}

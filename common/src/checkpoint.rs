@@ -204,7 +204,7 @@ impl Checkpoint {
         let file = &self.files[location.file];
         let element_size = location.element.size();
         let mut values = Vec::with_capacity(rows.len() * cols.len());
-        let mut pages = Vec::with_capacity(rows.len() * cols.len());
+        let mut pages = Vec::with_capacity(rows.len());
         let (mut lowest, mut highest) = (u64::MAX, 0u64);
         for &row in rows {
             let row_start = location.start + (row * location.cols * element_size) as u64;
@@ -223,7 +223,12 @@ impl Checkpoint {
                     });
                 }
                 values.push(value);
-                pages.push(offset / PAGE_SIZE);
+                // Neighbouring elements share pages; whole rows and columns would otherwise
+                // list every page thousands of times.
+                let page = offset / PAGE_SIZE;
+                if pages.last() != Some(&page) {
+                    pages.push(page);
+                }
                 lowest = lowest.min(offset);
                 highest = highest.max(offset);
             }

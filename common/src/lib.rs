@@ -8,6 +8,7 @@ pub mod layout;
 pub mod network;
 pub mod pipeline;
 pub mod sampler;
+pub mod shortest_path;
 pub mod spectrum;
 pub mod stats;
 pub mod synth;
@@ -15,4 +16,6 @@ pub mod synth;
 pub use checkpoint::Checkpoint;
 pub use error::Error;
 pub use layout::{BlockTensor, ModelShape};
-pub use pipeline::{analyze_seed, AnalysisParams, SeedAnalysis, SeedResult};
+pub use pipeline::{
+    analyze_seed, analyze_seeds, AnalysisParams, DistanceMode, SeedAnalysis, SeedResult,
+};

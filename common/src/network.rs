@@ -49,8 +49,9 @@ pub struct Gather {
     to: usize,
 }
 
-/// The layers of a sample, in network order.
-fn layers_of(draw: &SninDraw, hidden: usize) -> Vec<Layer> {
+/// The layers of a sample, in network order: per block `A`, `QKV`, `ATT`, `D`, `M`, then
+/// `out`, so block `b`'s layers are `5b … 5b+4` and `out` is `5·blocks`.
+pub(crate) fn layers_of(draw: &SninDraw, hidden: usize) -> Vec<Layer> {
     let mut layers = Vec::with_capacity(5 * draw.blocks.len() + 1);
     for (b, block) in draw.blocks.iter().enumerate() {
         for (suffix, neurons) in [
@@ -73,27 +74,47 @@ fn layers_of(draw: &SninDraw, hidden: usize) -> Vec<Layer> {
     layers
 }
 
+/// The layers (indices into `Snin::layers`) whose edges a block's tensor carries.
+pub(crate) fn layers_joined(block: usize, tensor: BlockTensor) -> (usize, usize) {
+    let from = 5 * block
+        + match tensor {
+            BlockTensor::Qkv => 0,
+            BlockTensor::AttentionDense => 2,
+            BlockTensor::MlpUp => 3,
+            BlockTensor::MlpDown => 4,
+        };
+    (from, from + 1)
+}
+
+impl Gather {
+    /// A read of `W[rows[i], cols[j]]` of block `block`'s `tensor`.
+    pub fn new(block: usize, tensor: BlockTensor, rows: Vec<usize>, cols: Vec<usize>) -> Self {
+        let (from, to) = layers_joined(block, tensor);
+        Gather {
+            block,
+            tensor,
+            rows,
+            cols,
+            from,
+            to,
+        }
+    }
+}
+
 /// Every weight read a sample makes, in the order `Snin::build` makes them. Fetchers use
 /// it to download only these elements.
 pub fn gathers(draw: &SninDraw, hidden: usize) -> Vec<Gather> {
     let layers = layers_of(draw, hidden);
     let mut reads = Vec::with_capacity(4 * draw.blocks.len());
     for b in 0..draw.blocks.len() {
-        let [a, _qkv, att, dense, mlp, next] = [0, 1, 2, 3, 4, 5].map(|i| 5 * b + i);
-        for (tensor, from, to) in [
-            (BlockTensor::Qkv, a, a + 1),
-            (BlockTensor::AttentionDense, att, dense),
-            (BlockTensor::MlpUp, dense, mlp),
-            (BlockTensor::MlpDown, mlp, next),
-        ] {
-            reads.push(Gather {
-                block: b,
+        for tensor in BlockTensor::ALL {
+            let (from, to) = layers_joined(b, tensor);
+            reads.push(Gather::new(
+                b,
                 tensor,
-                rows: layers[to].neurons.clone(),
-                cols: layers[from].neurons.clone(),
-                from,
-                to,
-            });
+                layers[to].neurons.clone(),
+                layers[from].neurons.clone(),
+            ));
         }
     }
     reads

@@ -1,12 +1,52 @@
 //! One (checkpoint, seed) task end to end: draw, build the SNIN, grow boxes, spectrum.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::network::{Snin, WeightReader};
 use crate::sampler::{draw_snin, SninDraw};
+use crate::shortest_path::{self, PathPenalty};
 use crate::spectrum::{self, Alpha0Method, NeighbourRule, Spectrum};
 use crate::stats::SeedPoint;
+
+/// Paper Eq. 1's defaults: `λ = 1`, `γ = 5`.
+pub const DEFAULT_LAMBDA: f64 = 1.0;
+pub const DEFAULT_GAMMA: f64 = 5.0;
+
+/// How the distance between two nodes of a sample is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case")]
+pub enum DistanceMode {
+    /// `ω = 1/|w|` of the edge joining them, neighbours at `1 < ω ≤ T`: the reference
+    /// code's distance (SPEC §3).
+    #[default]
+    OneHop,
+    /// Paper Eq. 1: the least `Σω + λ·|P|^γ` over paths through every neuron of the
+    /// intermediate layers, neighbours at `d ≤ T` (SPEC §6).
+    ShortestPath { lambda: f64, gamma: f64 },
+}
+
+impl DistanceMode {
+    /// Shortest paths with the paper's `λ` and `γ`.
+    pub fn shortest_path() -> Self {
+        DistanceMode::ShortestPath {
+            lambda: DEFAULT_LAMBDA,
+            gamma: DEFAULT_GAMMA,
+        }
+    }
+}
+
+/// Which algorithm computes shortest-path distances. Both give the same distances, bit for
+/// bit; Dijkstra is the plain reference, kept as the baseline for benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathEngine {
+    /// The blocked min-plus product over layer gaps ([`shortest_path::distances`]).
+    #[default]
+    MinPlus,
+    /// Dijkstra over the full layered graph ([`shortest_path::dijkstra_distances`]).
+    Dijkstra,
+}
 
 /// Analysis settings; the defaults are the paper's and the reference code's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,6 +58,9 @@ pub struct AnalysisParams {
     /// The `q` grid, ascending.
     pub q: Vec<f64>,
     pub alpha0_method: Alpha0Method,
+    /// Absent in settings recorded before distance modes existed: those were one-hop.
+    #[serde(default)]
+    pub distance: DistanceMode,
 }
 
 impl Default for AnalysisParams {
@@ -27,6 +70,7 @@ impl Default for AnalysisParams {
             threshold: 150.0,
             q: (-30..=30).map(|k| f64::from(k * 10) / 100.0).collect(),
             alpha0_method: Alpha0Method::Peak,
+            distance: DistanceMode::OneHop,
         }
     }
 }
@@ -44,7 +88,35 @@ impl AnalysisParams {
                 "layer_sample must be at least 1".into(),
             ));
         }
+        if let DistanceMode::ShortestPath { lambda, gamma } = self.distance {
+            if !(lambda.is_finite() && lambda >= 0.0) {
+                return Err(Error::InvalidParameter(format!(
+                    "lambda must be a finite number of at least 0 (got {lambda})"
+                )));
+            }
+            if !(gamma.is_finite() && gamma > 0.0) {
+                return Err(Error::InvalidParameter(format!(
+                    "gamma must be a finite number above 0 (got {gamma})"
+                )));
+            }
+            if lambda >= self.threshold {
+                return Err(Error::InvalidParameter(format!(
+                    "lambda {lambda} is not below the threshold {}: every path's penalty alone \
+                     exceeds it, so no node can have a neighbour",
+                    self.threshold
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The neighbour rule of the distance mode: one-hop drops `ω ≤ 1` (SPEC §3), shortest
+    /// paths keep every distance up to `T` (SPEC §6).
+    pub fn neighbour_rule(&self) -> NeighbourRule {
+        match self.distance {
+            DistanceMode::OneHop => NeighbourRule::one_hop(self.threshold),
+            DistanceMode::ShortestPath { .. } => NeighbourRule::shortest_path(self.threshold),
+        }
     }
 }
 
@@ -62,7 +134,10 @@ pub struct SeedResult {
     pub r2: Vec<f64>,
     pub alpha0_peak: f64,
     pub alpha0_central: Option<f64>,
+    /// One-hop: every edge of the sample. Shortest-path: the (source, target) pairs within
+    /// the threshold.
     pub edges: usize,
+    /// Nodes with at least one such edge.
     pub source_nodes: usize,
     pub kept_nodes: usize,
     pub radii: usize,
@@ -94,7 +169,8 @@ pub struct SeedAnalysis {
     pub result: SeedResult,
 }
 
-/// Runs seed `seed` on one checkpoint at `step`.
+/// Runs seed `seed` on one checkpoint at `step`. To analyse several seeds of a checkpoint in
+/// shortest-path mode, [`analyze_seeds`] reads the weights once for all of them.
 pub fn analyze_seed(
     reader: &dyn WeightReader,
     params: &AnalysisParams,
@@ -102,11 +178,113 @@ pub fn analyze_seed(
     seed: u32,
 ) -> Result<SeedAnalysis, Error> {
     params.validate()?;
-    let draw = draw_snin(seed, reader.shape(), params.layer_sample)?;
-    let snin = Snin::build(reader, &draw)?;
+    match params.distance {
+        DistanceMode::OneHop => {
+            let draw = draw_snin(seed, reader.shape(), params.layer_sample)?;
+            let snin = Snin::build(reader, &draw)?;
+            let distances = snin.source_distances();
+            let (edges, source_nodes) = (snin.edge_count(), snin.source_node_count());
+            finish_seed(
+                reader,
+                params,
+                step,
+                draw,
+                snin,
+                &distances,
+                edges,
+                source_nodes,
+            )
+        }
+        DistanceMode::ShortestPath { .. } => {
+            let mut analyses = analyze_seeds(reader, params, step, &[seed])?;
+            analyses.pop().unwrap_or_else(|| {
+                Err(Error::InvalidParameter(format!(
+                    "seed {seed} gave no result"
+                )))
+            })
+        }
+    }
+}
+
+/// Runs `seeds` on one checkpoint at `step`, in parallel, results in the order of `seeds`.
+/// In shortest-path mode the distances of all seeds are computed together, each weight read
+/// once; a failure there (an unreadable weight) is the outer error. A seed's own failure
+/// (no node with enough neighbours) is its inner error.
+pub fn analyze_seeds(
+    reader: &dyn WeightReader,
+    params: &AnalysisParams,
+    step: u64,
+    seeds: &[u32],
+) -> Result<Vec<Result<SeedAnalysis, Error>>, Error> {
+    analyze_seeds_with(reader, params, step, seeds, PathEngine::MinPlus)
+}
+
+/// [`analyze_seeds`] with a choice of shortest-path algorithm (for the benchmark).
+pub fn analyze_seeds_with(
+    reader: &dyn WeightReader,
+    params: &AnalysisParams,
+    step: u64,
+    seeds: &[u32],
+    engine: PathEngine,
+) -> Result<Vec<Result<SeedAnalysis, Error>>, Error> {
+    params.validate()?;
+    let DistanceMode::ShortestPath { lambda, gamma } = params.distance else {
+        return Ok(seeds
+            .par_iter()
+            .map(|&seed| analyze_seed(reader, params, step, seed))
+            .collect());
+    };
+    let shape = *reader.shape();
+    let draws = seeds
+        .iter()
+        .map(|&seed| draw_snin(seed, &shape, params.layer_sample))
+        .collect::<Result<Vec<_>, _>>()?;
+    let penalty = PathPenalty { lambda, gamma };
+    let max_gap = penalty.max_gap(params.threshold, 5 * shape.num_blocks);
+    let compute = match engine {
+        PathEngine::MinPlus => shortest_path::distances,
+        PathEngine::Dijkstra => shortest_path::dijkstra_distances,
+    };
+    let distances = compute(reader, &draws, penalty, max_gap, params.threshold)?;
+    Ok(draws
+        .into_par_iter()
+        .zip(distances)
+        .map(|(draw, distances)| {
+            // The sampled network itself, for exports; its reads are a subset of the above.
+            let snin = Snin::build(reader, &draw)?;
+            let node_distances = distances.node_distances();
+            let edges = node_distances.iter().map(Vec::len).sum();
+            let source_nodes = node_distances.iter().filter(|d| !d.is_empty()).count();
+            finish_seed(
+                reader,
+                params,
+                step,
+                draw,
+                snin,
+                &node_distances,
+                edges,
+                source_nodes,
+            )
+        })
+        .collect())
+}
+
+/// Boxes, spectrum and the result of one seed from its nodes' distances.
+#[allow(clippy::too_many_arguments)]
+fn finish_seed(
+    reader: &dyn WeightReader,
+    params: &AnalysisParams,
+    step: u64,
+    draw: SninDraw,
+    snin: Snin,
+    node_distances: &[Vec<f64>],
+    edges: usize,
+    source_nodes: usize,
+) -> Result<SeedAnalysis, Error> {
+    let seed = draw.seed;
     let spectrum = spectrum::spectrum_of_distances(
-        &snin.source_distances(),
-        NeighbourRule::one_hop(params.threshold),
+        node_distances,
+        params.neighbour_rule(),
         &params.q,
         params.alpha0_method,
     )
@@ -126,8 +304,8 @@ pub fn analyze_seed(
         r2: spectrum.r2(),
         alpha0_peak: spectrum.alpha0_peak,
         alpha0_central: spectrum.alpha0_central,
-        edges: snin.edge_count(),
-        source_nodes: snin.source_node_count(),
+        edges,
+        source_nodes,
         kept_nodes: spectrum.kept_nodes,
         radii: spectrum.radii.len(),
         node_dimension_mean: (!dimensions.is_empty())

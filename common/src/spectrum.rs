@@ -45,6 +45,14 @@ impl NeighbourRule {
         }
     }
 
+    /// Shortest-path mode: every distance up to `T` (SPEC §6).
+    pub fn shortest_path(threshold: f64) -> Self {
+        Self {
+            threshold,
+            exclude_unit_and_below: false,
+        }
+    }
+
     #[inline]
     fn admits(&self, distance: f64) -> bool {
         distance <= self.threshold && (!self.exclude_unit_and_below || distance > 1.0)

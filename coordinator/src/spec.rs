@@ -5,8 +5,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use neuromfa_common::checkpoint::FetchMode;
+use neuromfa_common::pipeline::{DEFAULT_GAMMA, DEFAULT_LAMBDA};
 use neuromfa_common::spectrum::{q_grid, Alpha0Method};
-use neuromfa_common::AnalysisParams;
+use neuromfa_common::{AnalysisParams, DistanceMode};
 
 use crate::integrity::DuplicatePolicy;
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,20 @@ pub struct AnalysisSpec {
     pub q_max: f64,
     pub q_step: f64,
     pub alpha0: Alpha0Method,
+    /// `one-hop` (the reference code's distance) or `shortest-path` (paper Eq. 1).
+    pub distance: DistanceKind,
+    /// Shortest-path penalty `λ·|P|^γ`; unused in one-hop mode.
+    pub lambda: f64,
+    pub gamma: f64,
+}
+
+/// The spec's names for the distance modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DistanceKind {
+    #[default]
+    OneHop,
+    ShortestPath,
 }
 
 impl Default for AnalysisSpec {
@@ -75,6 +90,9 @@ impl Default for AnalysisSpec {
             q_max: 3.0,
             q_step: 0.1,
             alpha0: Alpha0Method::Peak,
+            distance: DistanceKind::OneHop,
+            lambda: DEFAULT_LAMBDA,
+            gamma: DEFAULT_GAMMA,
         }
     }
 }
@@ -190,6 +208,9 @@ const ENV_KEYS: &[&str] = &[
     "analysis.q_max",
     "analysis.q_step",
     "analysis.alpha0",
+    "analysis.distance",
+    "analysis.lambda",
+    "analysis.gamma",
     "hub.endpoint",
     "hub.token",
     "hub.serve_dir",
@@ -345,6 +366,27 @@ impl SweepSpec {
             ));
         }
         q_grid(a.q_min, a.q_max, a.q_step).map_err(|e| invalid("analysis.q_*", e.to_string()))?;
+        if !(a.lambda.is_finite() && a.lambda >= 0.0) {
+            return Err(invalid(
+                "analysis.lambda",
+                format!("must be a finite number of at least 0 (got {})", a.lambda),
+            ));
+        }
+        if !(a.gamma.is_finite() && a.gamma > 0.0) {
+            return Err(invalid(
+                "analysis.gamma",
+                format!("must be a finite number above 0 (got {})", a.gamma),
+            ));
+        }
+        if a.distance == DistanceKind::ShortestPath && a.lambda >= a.threshold {
+            return Err(invalid(
+                "analysis.lambda",
+                format!(
+                    "{} is not below the threshold {}: no path could be within it",
+                    a.lambda, a.threshold
+                ),
+            ));
+        }
         let c = &self.coordinator;
         if !(c.lease_seconds.is_finite() && c.lease_seconds > 0.0) {
             return Err(invalid(
@@ -445,6 +487,13 @@ impl SweepSpec {
             threshold: a.threshold,
             q: q_grid(a.q_min, a.q_max, a.q_step).unwrap_or_default(),
             alpha0_method: a.alpha0,
+            distance: match a.distance {
+                DistanceKind::OneHop => DistanceMode::OneHop,
+                DistanceKind::ShortestPath => DistanceMode::ShortestPath {
+                    lambda: a.lambda,
+                    gamma: a.gamma,
+                },
+            },
         }
     }
 
@@ -548,6 +597,33 @@ max_step = 140000
         );
         let err = parse(&MINIMAL.replace("org/a", "not-a-repo")).unwrap_err();
         assert!(err.to_string().contains("models[0].repo"), "{err}");
+        for (body, key) in [
+            ("lambda = -1", "analysis.lambda"),
+            ("gamma = 0", "analysis.gamma"),
+            (
+                "distance = \"shortest-path\"\nlambda = 200",
+                "analysis.lambda",
+            ),
+            ("distance = \"shortest\"", "distance"),
+        ] {
+            let err = parse(&format!("{MINIMAL}\n[analysis]\n{body}\n")).unwrap_err();
+            assert!(err.to_string().contains(key), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn distance_mode_reaches_the_analysis_params() {
+        let spec = parse(MINIMAL).unwrap();
+        assert_eq!(spec.analysis_params().distance, DistanceMode::OneHop);
+        let text = format!("{MINIMAL}\n[analysis]\ndistance = \"shortest-path\"\ngamma = 4.5\n");
+        let spec = parse(&text).unwrap();
+        assert_eq!(
+            spec.analysis_params().distance,
+            DistanceMode::ShortestPath {
+                lambda: 1.0,
+                gamma: 4.5
+            }
+        );
     }
 
     #[test]
@@ -591,8 +667,21 @@ max_step = 140000
                 "2.5".to_string(),
             ),
             ("NEUROMFA_UNRELATED".to_string(), "x".to_string()),
+            (
+                "NEUROMFA_ANALYSIS__DISTANCE".to_string(),
+                "shortest-path".to_string(),
+            ),
+            ("NEUROMFA_ANALYSIS__LAMBDA".to_string(), "2".to_string()),
+            ("NEUROMFA_ANALYSIS__GAMMA".to_string(), "4.5".to_string()),
         ]);
         let spec = SweepSpec::load(&path, &env).unwrap();
+        assert_eq!(
+            spec.analysis_params().distance,
+            DistanceMode::ShortestPath {
+                lambda: 2.0,
+                gamma: 4.5
+            }
+        );
         assert_eq!(spec.token.as_deref(), Some("s3cret"));
         assert_eq!(spec.analysis.threshold, 200.0);
         assert_eq!(spec.lease_ms(), 2500);

@@ -377,7 +377,10 @@ impl SweepState {
             .optional()
             .map_err(db)?;
         if let Some(old) = old {
-            if old != params_json {
+            // Compared as settings, not text: settings recorded before a field existed
+            // read as that field's default.
+            let recorded: Option<AnalysisParams> = serde_json::from_str(&old).ok();
+            if recorded.as_ref() != Some(&params) {
                 return Err(StateError::AnalysisChanged {
                     path: db_path,
                     old,

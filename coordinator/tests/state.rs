@@ -270,3 +270,38 @@ fn changed_analysis_is_refused_and_growth_adds_only_new_tasks() {
         .to_string_lossy()
         .contains(".old")));
 }
+
+#[test]
+fn the_distance_mode_is_an_analysis_setting_and_old_records_read_as_one_hop() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = SweepState::open(spec(dir.path(), "[0]", 1, ""), OpenMode::Resume).unwrap();
+    drop(state);
+    // A state written before distance modes existed records no `distance`.
+    let db =
+        rusqlite::Connection::open(dir.path().join(neuromfa_coordinator::state::DB_FILE)).unwrap();
+    let recorded: String = db
+        .query_row("SELECT value FROM meta WHERE key = 'analysis'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let mut old: serde_json::Value = serde_json::from_str(&recorded).unwrap();
+    assert_eq!(old["distance"]["mode"], "one-hop");
+    old.as_object_mut().unwrap().remove("distance");
+    db.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'analysis'",
+        [old.to_string()],
+    )
+    .unwrap();
+    drop(db);
+    let state = SweepState::open(spec(dir.path(), "[0]", 1, ""), OpenMode::Resume).unwrap();
+    drop(state);
+
+    let changed = spec(
+        dir.path(),
+        "[0]",
+        1,
+        "[analysis]\ndistance = \"shortest-path\"",
+    );
+    let err = SweepState::open(changed, OpenMode::Resume).err().unwrap();
+    assert!(matches!(err, StateError::AnalysisChanged { .. }), "{err}");
+}
