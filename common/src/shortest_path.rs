@@ -637,6 +637,30 @@ fn is_unreached(frontier: &Frontier) -> bool {
     }
 }
 
+/// What both ways of computing distances start from: every seed unreached.
+struct Start {
+    shape: ModelShape,
+    per_seed: Vec<Vec<crate::network::Layer>>,
+    results: Vec<SeedDistances>,
+    last_layer: usize,
+}
+
+fn start(reader: &dyn WeightReader, draws: &[SninDraw], max_gap: usize) -> Start {
+    let shape = *reader.shape();
+    Start {
+        per_seed: draws
+            .iter()
+            .map(|d| layers_of(d, shape.hidden_size))
+            .collect(),
+        results: draws
+            .iter()
+            .map(|d| SeedDistances::unreached(d, &shape, max_gap))
+            .collect(),
+        last_layer: layer_count(&shape) - 1,
+        shape,
+    }
+}
+
 /// The shortest-path distances of every sample in `draws` on one checkpoint, for gaps up
 /// to `max_gap`; distances above `cutoff` (pass the threshold `T`, or +∞ for all) are
 /// reported as infinite. Each weight is read once for all the draws, a transition at a
@@ -648,17 +672,16 @@ pub fn distances(
     max_gap: usize,
     cutoff: f64,
 ) -> Result<Vec<SeedDistances>, Error> {
-    let shape = *reader.shape();
-    let hidden = shape.hidden_size;
-    let per_seed: Vec<_> = draws.iter().map(|d| layers_of(d, hidden)).collect();
-    let mut results: Vec<SeedDistances> = draws
-        .iter()
-        .map(|d| SeedDistances::unreached(d, &shape, max_gap))
-        .collect();
+    let Start {
+        shape,
+        per_seed,
+        mut results,
+        last_layer,
+    } = start(reader, draws, max_gap);
     if max_gap == 0 {
         return Ok(results);
     }
-    let last_layer = layer_count(&shape) - 1;
+    let hidden = shape.hidden_size;
     let mut groups: Vec<Group> = Vec::new();
     for plan in plan(draws, &shape, max_gap) {
         let k = plan.from_layer;
@@ -1020,19 +1043,15 @@ pub fn dijkstra_distances(
     max_gap: usize,
     cutoff: f64,
 ) -> Result<Vec<SeedDistances>, Error> {
-    let shape = *reader.shape();
-    let per_seed: Vec<_> = draws
-        .iter()
-        .map(|d| layers_of(d, shape.hidden_size))
-        .collect();
-    let mut results: Vec<SeedDistances> = draws
-        .iter()
-        .map(|d| SeedDistances::unreached(d, &shape, max_gap))
-        .collect();
+    let Start {
+        shape,
+        per_seed,
+        mut results,
+        last_layer,
+    } = start(reader, draws, max_gap);
     if max_gap == 0 {
         return Ok(results);
     }
-    let last_layer = layer_count(&shape) - 1;
     let mut window: HashMap<usize, Adjacency> = HashMap::new();
     for source_layer in 0..last_layer {
         let depth = max_gap.min(last_layer - source_layer);
