@@ -273,6 +273,8 @@ pub struct Fetcher {
     /// The HTTP client inside `client`, for the ranged GETs we send ourselves.
     http: reqwest::Client,
     token: Option<String>,
+    /// The endpoint, parsed once.
+    base_url: reqwest::Url,
     stall_timeout: Duration,
     /// One lock per repository: concurrent fetches of one repo would race on its blobs
     /// (hf-hub does not re-check a blob after taking its lock, and we delete bad ones).
@@ -295,9 +297,8 @@ impl Fetcher {
     pub fn new(settings: HubSettings) -> Result<Self, FetchError> {
         let setup = |detail: String| FetchError::Setup { detail };
         let endpoint = settings.resolved_endpoint();
-        let url = reqwest::Url::parse(&endpoint)
-            .map_err(|e| setup(format!("endpoint {endpoint:?} is not a URL: {e}")))?;
-        let loopback = is_loopback(&url);
+        let base_url = hub_base_url(&endpoint).map_err(setup)?;
+        let loopback = is_loopback(&base_url);
         if loopback {
             check_no_proxy_for(&endpoint)?;
         }
@@ -331,6 +332,7 @@ impl Fetcher {
             client,
             http,
             token,
+            base_url,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             repo_locks: Mutex::new(HashMap::new()),
         })
@@ -432,6 +434,7 @@ impl Fetcher {
             handle: self.client.model(owner, name),
             http: self.http.clone(),
             token: self.token.clone(),
+            base_url: self.base_url.clone(),
             folder: self.cache_dir().join(format!("models--{owner}--{name}")),
             stall_timeout: self.stall_timeout,
             requests: 0,
@@ -477,6 +480,37 @@ impl Fetcher {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         locks.entry(repo.to_string()).or_default().clone()
     }
+}
+
+/// The Hub endpoint as a URL that file paths can be appended to.
+pub(crate) fn hub_base_url(endpoint: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(endpoint.trim_end_matches('/'))
+        .map_err(|e| format!("endpoint {endpoint:?} is not a URL: {e}"))?;
+    if url.cannot_be_a_base() {
+        return Err(format!("endpoint {endpoint:?} cannot carry a path"));
+    }
+    Ok(url)
+}
+
+/// `{base}/{repo}/resolve/{revision}/{file}`, the revision escaped as one path segment and
+/// the file by its own segments, as `hf-hub` builds it.
+pub(crate) fn resolve_url(
+    base: &reqwest::Url,
+    repo: &str,
+    revision: &str,
+    file: &str,
+) -> reqwest::Url {
+    let mut url = base.clone();
+    // `hub_base_url` made sure the base can carry a path.
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments
+            .pop_if_empty()
+            .extend(repo.split('/'))
+            .push("resolve")
+            .push(revision)
+            .extend(file.split('/').filter(|s| !s.is_empty()));
+    }
+    url
 }
 
 /// `org/name` → `("org", "name")`.
@@ -640,6 +674,7 @@ pub(crate) struct Run {
     /// `handle`'s HTTP client and token, for requests sent without `hf-hub`.
     pub(crate) http: reqwest::Client,
     pub(crate) token: Option<String>,
+    pub(crate) base_url: reqwest::Url,
     /// `<cache>/models--<org>--<name>`.
     folder: PathBuf,
     stall_timeout: Duration,

@@ -134,11 +134,10 @@ struct Shared {
     hashing: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
     /// `"<org>/<name>@<commit>"` → revision directory name, for commit-addressed requests.
     commits: Mutex<HashMap<String, String>>,
-    /// Open files of commit-addressed revisions already served, by `("<org>/<name>@<commit>",
-    /// path)`: a ranged read naming a commit (every ranged fetch does) is then one `fstat`
+    /// Open files of commit-addressed revisions already served: a ranged read naming a commit (every ranged fetch does) is then one `fstat`
     /// and one `pread` on the async thread, instead of a directory walk, an `open` and a
     /// trip to the blocking pool. On loopback those costs, not bytes, bound ranged fetches.
-    pinned: Mutex<HashMap<(String, String), Arc<PinnedFile>>>,
+    pinned: Mutex<HashMap<PinnedKey, Arc<PinnedFile>>>,
     stats: Counters,
     throttle: Option<Arc<Throttle>>,
 }
@@ -447,9 +446,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------------------------
 // The repository view on disk.
 
+/// `(org/name, commit, path)` of a pinned file.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PinnedKey(String, String, String);
+
 /// A file of a commit-addressed revision, held open with what it was when it was described.
 struct PinnedFile {
-    commit: String,
     entry: FileEntry,
     file: std::fs::File,
     mtime: Option<std::time::SystemTime>,
@@ -539,7 +541,7 @@ impl Shared {
 
     /// Resolves `rev` (a revision directory name or a commit id) and describes it.
     /// Holds `file` of `commit` open for later ranged reads naming that commit.
-    fn pin(&self, key: (String, String), commit: &str, file: &FileEntry) {
+    fn pin(&self, key: PinnedKey, file: &FileEntry) {
         let Ok(handle) = std::fs::File::open(&file.abs) else {
             return;
         };
@@ -550,7 +552,6 @@ impl Shared {
             return;
         }
         let pinned = PinnedFile {
-            commit: commit.to_string(),
             entry: file.clone(),
             file: handle,
             mtime: meta.modified().ok(),
@@ -797,13 +798,18 @@ async fn resolve(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let is_head = method == Method::HEAD;
-    let pinned_key = (
-        format!("{org}/{name}@{}", rev.to_ascii_lowercase()),
-        path.clone(),
-    );
-    let pinned = (!is_head && is_commit_hex(&rev))
-        .then(|| lock(&st.pinned).get(&pinned_key).cloned())
-        .flatten();
+    // A request naming a commit (every ranged fetch does) may use a file pinned to it.
+    let pinned_key = is_commit_hex(&rev).then(|| {
+        PinnedKey(
+            format!("{org}/{name}"),
+            rev.to_ascii_lowercase(),
+            path.clone(),
+        )
+    });
+    let pinned = pinned_key
+        .as_ref()
+        .filter(|_| !is_head)
+        .and_then(|key| lock(&st.pinned).get(key).cloned());
     let fast = pinned.and_then(|pinned| {
         let range = parse_range(range_header.as_deref()?, pinned.entry.size);
         let RangeSpec::Partial { start, end } = range else {
@@ -811,7 +817,7 @@ async fn resolve(
         };
         let bytes = pinned.read_small(start, end - start + 1)?;
         Some((
-            pinned.commit.clone(),
+            pinned_key.as_ref()?.1.clone(),
             pinned.entry.clone(),
             range,
             Some(bytes),
@@ -842,10 +848,8 @@ async fn resolve(
                 } else {
                     None
                 };
-                if is_commit_hex(&rev)
-                    && view.commit == pinned_key.0.rsplit('@').next().unwrap_or("")
-                {
-                    st2.pin(pinned_key, &view.commit, &file);
+                if let Some(key) = pinned_key.filter(|key| key.1 == view.commit) {
+                    st2.pin(key, &file);
                 }
                 Ok((view.commit, file, range, small))
             })

@@ -36,7 +36,7 @@ use safetensors::tensor::Metadata;
 use serde::{Deserialize, Serialize};
 
 use crate::fetch::{
-    error_chain, Begun, Ctx, FetchError, FetchedCheckpoint, Fetcher, Run, MAX_ATTEMPTS,
+    error_chain, resolve_url, Begun, Ctx, FetchError, FetchedCheckpoint, Fetcher, Run, MAX_ATTEMPTS,
 };
 
 /// Ranges closer than this many bytes are fetched as one request. A sample reads a few dozen
@@ -516,6 +516,8 @@ async fn plan_off_thread(
 #[derive(Debug, Clone)]
 struct RemoteFile {
     name: String,
+    /// Its resolve URL at the pinned revision, built once for all its ranged reads.
+    url: reqwest::Url,
     size: u64,
     /// Stored in Xet: ranges are read through `hf-hub`'s Xet reconstruction, not plain GETs.
     xet: bool,
@@ -610,6 +612,7 @@ async fn prepare(
                 Some(i) => i,
                 None => {
                     files.push(RemoteFile {
+                        url: resolve_url(&run.base_url, &run.ctx.repo, pinned, &file_name),
                         name: file_name,
                         size: 0,
                         xet: false,
@@ -1152,13 +1155,7 @@ async fn ranged_get(
     let run = remote.run;
     let ctx = &run.ctx;
     let name = file.name.as_str();
-    let url = resolve_url(&ctx.endpoint, &ctx.repo, remote.pinned, name).map_err(|detail| {
-        Failure::Final(FetchError::InvalidRequest {
-            at: ctx.at(name),
-            detail,
-        })
-    })?;
-    let mut request = run.http.get(url).header(
+    let mut request = run.http.get(file.url.clone()).header(
         reqwest::header::RANGE,
         format!("bytes={}-{}", range.start, range.end - 1),
     );
@@ -1230,26 +1227,6 @@ async fn ranged_get(
         }));
     }
     Ok(response)
-}
-
-/// `{endpoint}/{repo}/resolve/{revision}/{file}`, each part escaped as one path segment
-/// (the file by its own segments), as `hf-hub` builds it.
-fn resolve_url(
-    endpoint: &str,
-    repo: &str,
-    revision: &str,
-    file: &str,
-) -> Result<reqwest::Url, String> {
-    let mut url = reqwest::Url::parse(endpoint.trim_end_matches('/'))
-        .map_err(|e| format!("endpoint {endpoint:?} is not a URL: {e}"))?;
-    url.path_segments_mut()
-        .map_err(|()| format!("endpoint {endpoint:?} cannot carry a path"))?
-        .pop_if_empty()
-        .extend(repo.split('/'))
-        .push("resolve")
-        .push(revision)
-        .extend(file.split('/').filter(|s| !s.is_empty()));
-    Ok(url)
 }
 
 /// Downloads every request of `plan`, `concurrency` at a time, keeping only the needed runs.
@@ -1553,6 +1530,10 @@ mod tests {
         Layout {
             shape,
             files: vec![RemoteFile {
+                url: reqwest::Url::parse(
+                    "http://127.0.0.1/org/name/resolve/main/model.safetensors",
+                )
+                .unwrap(),
                 name: SINGLE_FILE.into(),
                 size: start,
                 xet: false,

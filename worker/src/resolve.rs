@@ -40,7 +40,7 @@ pub struct ResolvedRevision {
 /// Resolves revisions with HEAD requests (and one small GET for a shard index).
 pub struct Resolver {
     http: reqwest::Client,
-    endpoint: String,
+    base_url: reqwest::Url,
     token: Option<String>,
 }
 
@@ -48,9 +48,8 @@ impl Resolver {
     pub fn new(settings: &HubSettings) -> Result<Self, ResolveError> {
         let endpoint = settings.resolved_endpoint();
         let token = settings.resolved_token();
-        let loopback = reqwest::Url::parse(&endpoint)
-            .map_err(|e| ResolveError::Setup(format!("endpoint {endpoint:?} is not a URL: {e}")))
-            .map(|url| crate::fetch::is_loopback(&url))?;
+        let base_url = crate::fetch::hub_base_url(&endpoint).map_err(ResolveError::Setup)?;
+        let loopback = crate::fetch::is_loopback(&base_url);
         let mut http = reqwest::Client::builder()
             // The Hub answers LFS files with a redirect whose headers carry the hash;
             // following it would lose them.
@@ -65,7 +64,7 @@ impl Resolver {
             .map_err(|e| ResolveError::Setup(e.to_string()))?;
         Ok(Self {
             http,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
+            base_url,
             token,
         })
     }
@@ -77,7 +76,7 @@ impl Resolver {
         revision: &str,
         file: &str,
     ) -> reqwest::RequestBuilder {
-        let url = format!("{}/{repo}/resolve/{revision}/{file}", self.endpoint);
+        let url = crate::fetch::resolve_url(&self.base_url, repo, revision, file);
         let mut request = self.http.request(method, url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
