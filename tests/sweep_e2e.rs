@@ -400,25 +400,7 @@ fn sweep_run_does_it_all_in_one_process() {
         2,
         "",
     );
-    let out = std::process::Command::new(binary())
-        .args([
-            "sweep",
-            "run",
-            cluster.spec.to_str().unwrap(),
-            "--workers",
-            "2",
-        ])
-        .arg("--cache-dir")
-        .arg(cluster.root.path().join("cache"))
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = cluster.sweep_run(2);
     assert!(stdout.contains("12/12 done"), "{stdout}");
     assert!(stdout.contains("exports:"), "{stdout}");
     let tasks = csv_rows(&cluster.export_file("tasks.csv"));
@@ -503,19 +485,7 @@ steps = [0, 1000, 2000]
         2,
         "[analysis]\ndistance = \"shortest-path\"\nthreshold = 300\ngamma = 5",
     );
-    let out = std::process::Command::new(binary())
-        .args(["sweep", "run", cluster.spec.to_str().unwrap()])
-        .args(["--workers", "1", "--cache-dir"])
-        .arg(cluster.root.path().join("cache"))
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.sweep_run(1);
     let dirs: Vec<_> = [0, 1000, 2000]
         .iter()
         .map(|s| data_dir().join(format!("golden/tiny-neox/step{s}")))

@@ -358,6 +358,24 @@ max_attempts = 3
         text
     }
 
+    /// `neuromfa sweep run` on the spec with `workers` workers; its stdout, once it succeeded.
+    pub fn sweep_run(&self, workers: u32) -> String {
+        let out = Command::new(binary())
+            .args(["sweep", "run", self.spec.to_str().unwrap()])
+            .args(["--workers", &workers.to_string(), "--cache-dir"])
+            .arg(self.root.path().join("cache"))
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
     pub fn export_file(&self, name: &str) -> String {
         std::fs::read_to_string(self.state_dir.join("exports").join(name))
             .unwrap_or_else(|e| panic!("export {name}: {e}\n{}", self.logs()))

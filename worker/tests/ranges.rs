@@ -135,16 +135,13 @@ fn assert_identical(a: &dyn WeightReader, b: &dyn WeightReader, p: &AnalysisPara
 
 #[tokio::test]
 async fn ranges_give_bit_identical_results_to_the_full_checkpoint() {
-    let root = tempfile::tempdir().unwrap();
-    install(root.path(), REPO, REV, &golden_step1000());
-    let hub = start(root.path()).await;
-    let cache = tempfile::tempdir().unwrap();
-    let f = fetcher(&hub.endpoint(), cache.path());
+    let served = serve_golden().await;
+    let f = &served.fetcher;
     let mapped = Checkpoint::open(&golden_step1000()).unwrap();
     let seeds = [0, 1, 2, 3, 7];
 
     for (layer_sample, gap) in [(32, DEFAULT_MERGE_GAP), (32, 0), (16, 0), (16, 1 << 20)] {
-        let weights = fetch_for_seeds(&f, REPO, REV, layer_sample, &seeds, FetchMode::Ranges, gap)
+        let weights = fetch_for_seeds(f, REPO, REV, layer_sample, &seeds, FetchMode::Ranges, gap)
             .await
             .unwrap();
         let r = ranged(weights);
@@ -172,14 +169,14 @@ async fn ranges_give_bit_identical_results_to_the_full_checkpoint() {
     }
 
     // The full download through the Hub agrees too.
-    let full = fetch_for_seeds(&f, REPO, REV, 32, &seeds, FetchMode::Full, 0)
+    let full = fetch_for_seeds(f, REPO, REV, 32, &seeds, FetchMode::Full, 0)
         .await
         .unwrap();
     assert!(matches!(full, FetchedWeights::Full(_)));
     assert_eq!(full.metrics().mode, FetchMode::Full);
     let full = full.open().unwrap();
     let r = ranged(
-        fetch_for_seeds(&f, REPO, REV, 32, &seeds, FetchMode::Ranges, 4096)
+        fetch_for_seeds(f, REPO, REV, 32, &seeds, FetchMode::Ranges, 4096)
             .await
             .unwrap(),
     );
@@ -188,13 +185,10 @@ async fn ranges_give_bit_identical_results_to_the_full_checkpoint() {
 
 #[tokio::test]
 async fn metrics_count_what_the_server_saw() {
-    let root = tempfile::tempdir().unwrap();
-    install(root.path(), REPO, REV, &golden_step1000());
-    let hub = start(root.path()).await;
-    let cache = tempfile::tempdir().unwrap();
-    let f = fetcher(&hub.endpoint(), cache.path());
+    let served = serve_golden().await;
+    let (hub, f) = (&served.hub, &served.fetcher);
     let r = ranged(
-        fetch_for_seeds(&f, REPO, REV, 8, &[0, 1], FetchMode::Ranges, 256)
+        fetch_for_seeds(f, REPO, REV, 8, &[0, 1], FetchMode::Ranges, 256)
             .await
             .unwrap(),
     );
@@ -253,11 +247,11 @@ async fn sharded_checkpoints_are_read_across_shards() {
     write_sharded(&dir);
     let hub = start(root.path()).await;
     let cache = tempfile::tempdir().unwrap();
-    let f = fetcher(&hub.endpoint(), cache.path());
+    let f = &fetcher(&hub.endpoint(), cache.path());
     let seeds = [0, 4, 5];
 
     let r = ranged(
-        fetch_for_seeds(&f, REPO, REV, 32, &seeds, FetchMode::Ranges, 512)
+        fetch_for_seeds(f, REPO, REV, 32, &seeds, FetchMode::Ranges, 512)
             .await
             .unwrap(),
     );
@@ -275,13 +269,10 @@ async fn sharded_checkpoints_are_read_across_shards() {
 
 #[tokio::test]
 async fn elements_outside_the_plan_are_errors_not_zeros() {
-    let root = tempfile::tempdir().unwrap();
-    install(root.path(), REPO, REV, &golden_step1000());
-    let hub = start(root.path()).await;
-    let cache = tempfile::tempdir().unwrap();
-    let f = fetcher(&hub.endpoint(), cache.path());
+    let served = serve_golden().await;
+    let f = &served.fetcher;
     let r = ranged(
-        fetch_for_seeds(&f, REPO, REV, 8, &[0], FetchMode::Ranges, 0)
+        fetch_for_seeds(f, REPO, REV, 8, &[0], FetchMode::Ranges, 0)
             .await
             .unwrap(),
     );
@@ -336,9 +327,9 @@ async fn non_finite_weights_give_the_same_error_as_the_mapped_file() {
     install(root.path(), REPO, REV, local.path());
     let hub = start(root.path()).await;
     let cache = tempfile::tempdir().unwrap();
-    let f = fetcher(&hub.endpoint(), cache.path());
+    let f = &fetcher(&hub.endpoint(), cache.path());
     let r = ranged(
-        fetch_for_seeds(&f, REPO, REV, 32, &[3], FetchMode::Ranges, 4096)
+        fetch_for_seeds(f, REPO, REV, 32, &[3], FetchMode::Ranges, 4096)
             .await
             .unwrap(),
     );
@@ -404,9 +395,9 @@ async fn corrupt_headers_are_clear_permanent_errors() {
     }
     let hub = start(root.path()).await;
     let cache = tempfile::tempdir().unwrap();
-    let f = fetcher(&hub.endpoint(), cache.path());
+    let f = &fetcher(&hub.endpoint(), cache.path());
     for (rev, _, expected) in cases {
-        let err = fetch_for_seeds(&f, REPO, rev, 8, &[0], FetchMode::Ranges, 4096)
+        let err = fetch_for_seeds(f, REPO, rev, 8, &[0], FetchMode::Ranges, 4096)
             .await
             .err()
             .unwrap();
@@ -419,6 +410,28 @@ async fn corrupt_headers_are_clear_permanent_errors() {
         for part in [REPO, rev, "model.safetensors", expected] {
             assert!(text.contains(part), "{rev}: {text:?} lacks {part:?}");
         }
+    }
+}
+
+/// A Hub serving the golden checkpoint, and a fetcher for it.
+struct GoldenHub {
+    _root: tempfile::TempDir,
+    _cache: tempfile::TempDir,
+    hub: RunningHub,
+    fetcher: Fetcher,
+}
+
+async fn serve_golden() -> GoldenHub {
+    let root = tempfile::tempdir().unwrap();
+    install(root.path(), REPO, REV, &golden_step1000());
+    let hub = start(root.path()).await;
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(&hub.endpoint(), cache.path());
+    GoldenHub {
+        _root: root,
+        _cache: cache,
+        hub,
+        fetcher,
     }
 }
 
@@ -560,7 +573,7 @@ async fn auto_picks_ranges_for_sparse_samples_and_full_for_dense_ones() {
     install(root.path(), REPO, REV, &golden_step1000());
     let hub = start(root.path()).await;
     let cache = tempfile::tempdir().unwrap();
-    let f = fetcher(&hub.endpoint(), cache.path());
+    let f = &fetcher(&hub.endpoint(), cache.path());
 
     let sparse = fetch_for_seeds(
         &f,
@@ -589,7 +602,7 @@ async fn auto_picks_ranges_for_sparse_samples_and_full_for_dense_ones() {
         .await
         .unwrap();
     assert!(plan.share() >= 0.25, "{plan:?}");
-    let dense = fetch_for_seeds(&f, REPO, REV, 32, &[0, 1, 2], FetchMode::Auto, 4096)
+    let dense = fetch_for_seeds(f, REPO, REV, 32, &[0, 1, 2], FetchMode::Auto, 4096)
         .await
         .unwrap();
     let m = dense.metrics();
@@ -611,7 +624,7 @@ async fn auto_picks_ranges_for_sparse_samples_and_full_for_dense_ones() {
     .await
     .unwrap();
     assert_eq!(again.metrics().mode, FetchMode::Ranges);
-    let cached = fetch_for_seeds(&f, REPO, REV, 4, &[0], FetchMode::Auto, 4096)
+    let cached = fetch_for_seeds(f, REPO, REV, 4, &[0], FetchMode::Auto, 4096)
         .await
         .unwrap();
     let m = cached.metrics();
