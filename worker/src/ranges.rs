@@ -32,6 +32,7 @@ use neuromfa_common::checkpoint::{ElementType, CONFIG_FILE, INDEX_FILE, SINGLE_F
 use neuromfa_common::network::{gathers, WeightReader};
 use neuromfa_common::sampler::{check_layer_sample, draw_snin};
 use neuromfa_common::{BlockTensor, Checkpoint, Error, ModelShape};
+use rayon::prelude::*;
 use safetensors::tensor::Metadata;
 use serde::{Deserialize, Serialize};
 
@@ -836,76 +837,93 @@ fn make_plan(
     max_runs: usize,
 ) -> Result<Option<Plan>, Error> {
     let shape = &layout.shape;
-    let mut pieces: Vec<Vec<(u64, u64)>> = vec![Vec::new(); layout.files.len()];
+    // Per read: its columns as consecutive stretches (the same in every row it reads).
+    let mut col_runs: Vec<Vec<(u64, u64)>> = Vec::new();
+    // Per needed row: (file, byte offset of the row, element size, index into `col_runs`).
+    let mut rows: Vec<(usize, u64, u64, usize)> = Vec::new();
     let mut count = 0usize;
     let mut elements = 0u64;
-    for &seed in seeds {
-        let draw = draw_snin(seed, shape, layer_sample)?;
-        for read in gathers(&draw, shape.hidden_size) {
-            let site = layout
-                .sites
-                .get(&(read.block, read.tensor))
-                .ok_or_else(|| {
-                    Error::InvalidParameter(format!(
-                        "no tensor {} in the layout",
-                        read.tensor.name(read.block)
-                    ))
-                })?;
-            let size = site.element.size() as u64;
-            // Columns are the same in every row: find their consecutive stretches once.
-            let mut cols = read.cols.clone();
-            cols.sort_unstable();
-            cols.dedup();
-            let mut col_runs: Vec<(u64, u64)> = Vec::new();
-            for &c in &cols {
-                let c = c as u64;
-                match col_runs.last_mut() {
-                    Some(last) if last.1 == c => last.1 = c + 1,
-                    _ => col_runs.push((c, c + 1)),
-                }
+    // Drawing is most of the planning's own work; seeds draw independently.
+    let reads = seeds
+        .par_iter()
+        .map(|&seed| {
+            Ok(gathers(
+                &draw_snin(seed, shape, layer_sample)?,
+                shape.hidden_size,
+            ))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    for read in reads.into_iter().flatten() {
+        let site = layout
+            .sites
+            .get(&(read.block, read.tensor))
+            .ok_or_else(|| {
+                Error::InvalidParameter(format!(
+                    "no tensor {} in the layout",
+                    read.tensor.name(read.block)
+                ))
+            })?;
+        let size = site.element.size() as u64;
+        let mut cols = read.cols.clone();
+        cols.sort_unstable();
+        cols.dedup();
+        let mut stretches: Vec<(u64, u64)> = Vec::new();
+        for &c in &cols {
+            let c = c as u64;
+            match stretches.last_mut() {
+                Some(last) if last.1 == c => last.1 = c + 1,
+                _ => stretches.push((c, c + 1)),
             }
-            count = count.saturating_add(read.rows.len().saturating_mul(col_runs.len()));
-            if count > max_runs {
-                return Ok(None);
-            }
-            elements += (read.rows.len() * read.cols.len()) as u64;
-            let out = &mut pieces[site.file];
-            for &row in &read.rows {
-                let base = site.start + (row as u64) * (site.cols as u64) * size;
-                out.extend(
-                    col_runs
-                        .iter()
-                        .map(|&(c0, c1)| (base + c0 * size, base + c1 * size)),
-                );
-            }
+        }
+        count = count.saturating_add(read.rows.len().saturating_mul(stretches.len()));
+        if count > max_runs {
+            return Ok(None);
+        }
+        elements += (read.rows.len() * read.cols.len()) as u64;
+        let at = col_runs.len();
+        col_runs.push(stretches);
+        rows.extend(read.rows.iter().map(|&row| {
+            let offset = site.start + (row as u64) * (site.cols as u64) * size;
+            (site.file, offset, size, at)
+        }));
+    }
+
+    // Rows never overlap one another, so rows in file order give pieces in file order: only
+    // the rows are sorted (tens of thousands), not the pieces (a million for ten seeds).
+    rows.sort_unstable();
+    let files = layout.files.len();
+    let mut runs: Vec<Vec<ByteRun>> = vec![Vec::new(); files];
+    // Per file, the needed bytes so far: where the next run goes in the file's arena.
+    let mut arena_len = vec![0usize; files];
+    let mut shared_row: Vec<(u64, u64)> = Vec::new();
+    for group in rows.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+        let (file, offset, size, _) = group[0];
+        let bytes = |&(c0, c1): &(u64, u64)| (offset + c0 * size, offset + c1 * size);
+        let (file_runs, at) = (&mut runs[file], &mut arena_len[file]);
+        if let [(.., only)] = group {
+            col_runs[*only]
+                .iter()
+                .for_each(|piece| add_piece(file_runs, at, bytes(piece)));
+        } else {
+            // A row several reads need (seeds drawing the same neuron): their stretches
+            // interleave.
+            shared_row.clear();
+            shared_row.extend(
+                group
+                    .iter()
+                    .flat_map(|&(.., i)| col_runs[i].iter().map(bytes)),
+            );
+            shared_row.sort_unstable();
+            shared_row
+                .iter()
+                .for_each(|&piece| add_piece(file_runs, at, piece));
         }
     }
 
-    let mut runs = Vec::with_capacity(pieces.len());
-    let mut arena_len = Vec::with_capacity(pieces.len());
     let mut requests = Vec::new();
-    let (mut needed_bytes, mut planned_bytes) = (0u64, 0u64);
-    for (file, mut pieces) in pieces.into_iter().enumerate() {
-        pieces.sort_unstable();
-        // Touching or overlapping pieces (the same element read by two seeds) become one run.
-        let mut file_runs: Vec<ByteRun> = Vec::new();
-        let mut at = 0usize;
-        for (start, end) in pieces {
-            match file_runs.last_mut() {
-                Some(last) if start <= last.end => {
-                    if end > last.end {
-                        at += (end - last.end) as usize;
-                        last.end = end;
-                    }
-                }
-                _ => {
-                    file_runs.push(ByteRun { start, end, at });
-                    at += (end - start) as usize;
-                }
-            }
-        }
-        needed_bytes += at as u64;
-        arena_len.push(at);
+    let needed_bytes = arena_len.iter().map(|&n| n as u64).sum();
+    let mut planned_bytes = 0u64;
+    for (file, file_runs) in runs.iter().enumerate() {
         // Runs closer than the gap share a request.
         let mut first = 0;
         for i in 0..file_runs.len() {
@@ -923,7 +941,6 @@ fn make_plan(
                 first = i + 1;
             }
         }
-        runs.push(file_runs);
     }
     let summary = PlanSummary {
         seeds: seeds.len(),
@@ -940,6 +957,28 @@ fn make_plan(
         requests,
         summary,
     }))
+}
+
+/// Appends the byte range `(start, end)`, which starts no earlier than the last run, to
+/// `runs`: touching or overlapping ranges (an element two seeds read) extend the last run.
+/// `at` is the arena position of the next new byte.
+fn add_piece(runs: &mut Vec<ByteRun>, at: &mut usize, (start, end): (u64, u64)) {
+    match runs.last_mut() {
+        Some(last) if start <= last.end => {
+            if end > last.end {
+                *at += (end - last.end) as usize;
+                last.end = end;
+            }
+        }
+        _ => {
+            runs.push(ByteRun {
+                start,
+                end,
+                at: *at,
+            });
+            *at += (end - start) as usize;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
