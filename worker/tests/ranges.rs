@@ -576,7 +576,7 @@ async fn auto_picks_ranges_for_sparse_samples_and_full_for_dense_ones() {
     let f = &fetcher(&hub.endpoint(), cache.path());
 
     let sparse = fetch_for_seeds(
-        &f,
+        f,
         "EleutherAI/wide",
         "step0",
         4,
@@ -589,7 +589,7 @@ async fn auto_picks_ranges_for_sparse_samples_and_full_for_dense_ones() {
     let m = sparse.metrics();
     assert_eq!(m.mode, FetchMode::Ranges, "{m:?}");
     assert!(m.share() < 0.25, "{m:?}");
-    let plan = plan_for_seeds(&f, "EleutherAI/wide", "step0", 4, &[0, 1], 4096)
+    let plan = plan_for_seeds(f, "EleutherAI/wide", "step0", 4, &[0, 1], 4096)
         .await
         .unwrap();
     assert!(plan.share() < 0.25, "{plan:?}");
@@ -598,7 +598,7 @@ async fn auto_picks_ranges_for_sparse_samples_and_full_for_dense_ones() {
     assert_identical(&sparse, &mapped, &params(4), &[0, 1]);
 
     // Half of every layer of the tiny model, merged by 4 KB gaps: most of the file.
-    let plan = plan_for_seeds(&f, REPO, REV, 32, &[0, 1, 2], 4096)
+    let plan = plan_for_seeds(f, REPO, REV, 32, &[0, 1, 2], 4096)
         .await
         .unwrap();
     assert!(plan.share() >= 0.25, "{plan:?}");
@@ -613,7 +613,7 @@ async fn auto_picks_ranges_for_sparse_samples_and_full_for_dense_ones() {
 
     // Once the files are cached, Auto reads them from disk without downloading weights.
     let again = fetch_for_seeds(
-        &f,
+        f,
         "EleutherAI/wide",
         "step0",
         4,
