@@ -276,6 +276,8 @@ pub struct Fetcher {
     /// The endpoint, parsed once.
     base_url: reqwest::Url,
     stall_timeout: Duration,
+    /// Whether the endpoint is this machine (its traffic never goes through a proxy).
+    loopback: bool,
     /// One lock per repository: concurrent fetches of one repo would race on its blobs
     /// (hf-hub does not re-check a blob after taking its lock, and we delete bad ones).
     repo_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -303,21 +305,7 @@ impl Fetcher {
             check_no_proxy_for(&endpoint)?;
         }
 
-        // Our own client for GETs and API calls: hf-hub sets no timeouts at all, so a dead
-        // connection would hang a worker forever. It also keeps loopback traffic direct.
-        let mut http = reqwest::Client::builder()
-            .user_agent(concat!(
-                "hf-hub/1.0.0; neuromfa-worker/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120));
-        if loopback {
-            http = http.no_proxy();
-        }
-        let http = http
-            .build()
-            .map_err(|e| setup(format!("cannot build the HTTP client: {e}")))?;
+        let http = http_client(loopback).map_err(setup)?;
 
         let token = settings.resolved_token();
         let mut builder = HFClient::builder().endpoint(endpoint).client(http.clone());
@@ -335,6 +323,7 @@ impl Fetcher {
             base_url,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             repo_locks: Mutex::new(HashMap::new()),
+            loopback,
         })
     }
 
@@ -435,6 +424,7 @@ impl Fetcher {
             http: self.http.clone(),
             token: self.token.clone(),
             base_url: self.base_url.clone(),
+            loopback: self.loopback,
             folder: self.cache_dir().join(format!("models--{owner}--{name}")),
             stall_timeout: self.stall_timeout,
             requests: 0,
@@ -530,6 +520,24 @@ fn parse_repo_id(repo: &str) -> Result<(&str, &str), String> {
     }
 }
 
+/// The HTTP client for GETs and API calls, ours rather than `hf-hub`'s default: that one sets
+/// no timeouts at all, so a dead connection would hang a worker forever. A `loopback`
+/// endpoint's traffic never goes through a proxy.
+pub(crate) fn http_client(loopback: bool) -> Result<reqwest::Client, String> {
+    let mut http = reqwest::Client::builder()
+        .user_agent(concat!(
+            "hf-hub/1.0.0; neuromfa-worker/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(120));
+    if loopback {
+        http = http.no_proxy();
+    }
+    http.build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
 pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
     let Some(host) = url.host_str() else {
         return false;
@@ -576,6 +584,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Names for error messages.
+#[derive(Clone)]
 pub(crate) struct Ctx {
     pub(crate) repo: String,
     pub(crate) revision: String,
@@ -675,6 +684,8 @@ pub(crate) struct Run {
     pub(crate) http: reqwest::Client,
     pub(crate) token: Option<String>,
     pub(crate) base_url: reqwest::Url,
+    /// Whether the endpoint is this machine ([`http_client`]).
+    pub(crate) loopback: bool,
     /// `<cache>/models--<org>--<name>`.
     folder: PathBuf,
     stall_timeout: Duration,

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use hf_hub::repository::RepoTreeEntry;
+use hf_hub::repository::{HFRepository, RepoTreeEntry, RepoTypeModel};
 pub use neuromfa_common::checkpoint::FetchMode;
 use neuromfa_common::checkpoint::{ElementType, CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 use neuromfa_common::network::{gathers, WeightReader};
@@ -35,9 +35,11 @@ use neuromfa_common::{BlockTensor, Checkpoint, Error, ModelShape};
 use rayon::prelude::*;
 use safetensors::tensor::Metadata;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::fetch::{
-    error_chain, resolve_url, Begun, Ctx, FetchError, FetchedCheckpoint, Fetcher, Run, MAX_ATTEMPTS,
+    error_chain, http_client, resolve_url, Begun, Ctx, FetchError, FetchedCheckpoint, Fetcher, Run,
+    MAX_ATTEMPTS,
 };
 
 /// Ranges closer than this many bytes are fetched as one request. A sample reads a few dozen
@@ -436,7 +438,7 @@ async fn try_ranges(
             }
         }
         let mut cost = Cost::default();
-        let fetched = fetch_plan(
+        let fetched = fetch_plan_apart(
             &run,
             &pinned,
             &layout,
@@ -757,7 +759,7 @@ async fn read_header_with(
             file.size
         )));
     }
-    let remote = Remote { run, pinned };
+    let remote = Remote::new(run, pinned);
     let probe_end = file.size.min(HEADER_PROBE);
     let first = read_to_vec(&remote, file, 0..probe_end, cost).await?;
     let n = u64::from_le_bytes([
@@ -998,10 +1000,27 @@ impl std::ops::AddAssign for Cost {
     }
 }
 
-/// A repository at a pinned revision, for ranged reads.
-struct Remote<'a> {
-    run: &'a Run,
-    pinned: &'a str,
+/// A repository at a pinned revision, for ranged reads. Owned, so that a fetch's reads can
+/// run on a thread of their own ([`fetch_plan_apart`]).
+#[derive(Clone)]
+struct Remote {
+    ctx: Ctx,
+    handle: HFRepository<RepoTypeModel>,
+    http: reqwest::Client,
+    token: Option<String>,
+    pinned: String,
+}
+
+impl Remote {
+    fn new(run: &Run, pinned: &str) -> Self {
+        Remote {
+            ctx: run.ctx.clone(),
+            handle: run.handle.clone(),
+            http: run.http.clone(),
+            token: run.token.clone(),
+            pinned: pinned.to_string(),
+        }
+    }
 }
 
 /// Why one attempt at a ranged read failed.
@@ -1013,7 +1032,7 @@ enum Failure {
 
 /// Reads `range` of `file` into a vector of exactly its length.
 async fn read_to_vec(
-    remote: &Remote<'_>,
+    remote: &Remote,
     file: &RemoteFile,
     range: std::ops::Range<u64>,
     cost: &mut Cost,
@@ -1030,7 +1049,7 @@ async fn read_to_vec(
 /// range (never past the range's end). Retries transient failures with backoff; a retry
 /// hands the bytes again from offset 0, so `sink` must only place bytes by offset.
 async fn read_range(
-    remote: &Remote<'_>,
+    remote: &Remote,
     file: &RemoteFile,
     range: std::ops::Range<u64>,
     cost: &mut Cost,
@@ -1042,8 +1061,8 @@ async fn read_range(
             Ok(()) => return Ok(()),
             Err(Failure::Retry(e)) if attempt < MAX_ATTEMPTS => {
                 tracing::warn!(
-                    repo = %remote.run.ctx.repo,
-                    revision = %remote.run.ctx.revision,
+                    repo = %remote.ctx.repo,
+                    revision = %remote.ctx.revision,
                     file = %file.name,
                     start = range.start,
                     end = range.end,
@@ -1060,14 +1079,14 @@ async fn read_range(
 }
 
 async fn read_range_once(
-    remote: &Remote<'_>,
+    remote: &Remote,
     file: &RemoteFile,
     range: std::ops::Range<u64>,
     cost: &mut Cost,
     sink: &mut impl FnMut(usize, &[u8]),
 ) -> Result<(), Failure> {
     let name = file.name.as_str();
-    let ctx = &remote.run.ctx;
+    let ctx = &remote.ctx;
     let want = range.end - range.start;
     let unsupported = |what: String| {
         Failure::Final(FetchError::RangesUnsupported {
@@ -1099,11 +1118,10 @@ async fn read_range_once(
             }
         };
         let (announced, body) = remote
-            .run
             .handle
             .download_file_stream()
             .filename(name)
-            .revision(remote.pinned)
+            .revision(&remote.pinned)
             .range(range.clone())
             .send()
             .await
@@ -1187,18 +1205,17 @@ async fn consume<B: AsRef<[u8]>>(
 /// every GET whether the file is in Xet; we know that from the one call per file.) Only a
 /// `206` whose `Content-Range` is exactly the range asked for is accepted.
 async fn ranged_get(
-    remote: &Remote<'_>,
+    remote: &Remote,
     file: &RemoteFile,
     range: &std::ops::Range<u64>,
 ) -> Result<reqwest::Response, Failure> {
-    let run = remote.run;
-    let ctx = &run.ctx;
+    let ctx = &remote.ctx;
     let name = file.name.as_str();
-    let mut request = run.http.get(file.url.clone()).header(
+    let mut request = remote.http.get(file.url.clone()).header(
         reqwest::header::RANGE,
         format!("bytes={}-{}", range.start, range.end - 1),
     );
-    if let Some(token) = &run.token {
+    if let Some(token) = &remote.token {
         request = request.bearer_auth(token);
     }
     let response = request
@@ -1268,11 +1285,82 @@ async fn ranged_get(
     Ok(response)
 }
 
-/// Downloads every request of `plan`, `concurrency` at a time, keeping only the needed runs.
-async fn fetch_plan(
+/// Runs [`fetch_plan`] on a thread of its own. Plain GETs run there on a single-threaded
+/// runtime with connections of its own: a ranged fetch is tens of thousands of small
+/// requests, and on the worker's multi-threaded runtime every answer wakes a task across
+/// threads. Files in Xet are read through `hf-hub`'s Xet client, on the caller's runtime.
+/// Dropping the returned future stops the reads.
+async fn fetch_plan_apart(
     run: &Run,
     pinned: &str,
     layout: &Layout,
+    plan: Plan,
+    concurrency: usize,
+    cost: &mut Cost,
+) -> Result<Vec<HeldFile>, FetchError> {
+    let apart = |detail: String| FetchError::Setup {
+        detail: format!("ranged reads of {}: {detail}", run.ctx.repo),
+    };
+    let mut remote = Remote::new(run, pinned);
+    let callers_runtime = layout
+        .files
+        .iter()
+        .any(|f| f.xet)
+        .then(tokio::runtime::Handle::current);
+    if callers_runtime.is_none() {
+        remote.http = http_client(run.loopback).map_err(apart)?;
+    }
+    let files = layout.files.clone();
+    let stop = CancellationToken::new();
+    let _stop_when_dropped = stop.clone().drop_guard();
+    let (done, outcome) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ranged-reads".to_string())
+        .spawn(move || {
+            let reads = async {
+                let mut cost = Cost::default();
+                let fetched = {
+                    let fetch = fetch_plan(&remote, &files, plan, concurrency, &mut cost);
+                    tokio::select! {
+                        fetched = fetch => Some(fetched),
+                        () = stop.cancelled() => None,
+                    }
+                };
+                fetched.map(|fetched| (fetched, cost))
+            };
+            let outcome = match callers_runtime {
+                Some(handle) => handle.block_on(reads),
+                None => match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(reads),
+                    Err(e) => Some((
+                        Err(FetchError::Setup {
+                            detail: format!("cannot start a runtime for ranged reads: {e}"),
+                        }),
+                        Cost::default(),
+                    )),
+                },
+            };
+            // Nobody to tell when the fetch was abandoned.
+            let _ = done.send(outcome);
+        })
+        .map_err(|e| apart(format!("cannot start a thread: {e}")))?;
+    match outcome.await {
+        Ok(Some((fetched, spent))) => {
+            *cost += spent;
+            fetched
+        }
+        // Only this future stops the reads, and it is still here: the thread died.
+        Ok(None) | Err(_) => Err(apart("the reading thread stopped unexpectedly".to_string())),
+    }
+}
+
+/// Downloads every request of `plan`, `concurrency` at a time, keeping only the needed runs.
+async fn fetch_plan(
+    remote: &Remote,
+    files: &[RemoteFile],
     plan: Plan,
     concurrency: usize,
     cost: &mut Cost,
@@ -1283,68 +1371,68 @@ async fn fetch_plan(
         requests,
         ..
     } = plan;
-    let remote = Remote { run, pinned };
-    let remote = &remote;
-    let runs_ref = &runs;
     let mut arenas: Vec<Vec<u8>> = arena_len.iter().map(|&n| vec![0u8; n]).collect();
-    let requests = &requests;
-    // By index: a closure over `&Request` would be higher-ranked, and the compiler could
-    // not then show the whole fetch to be `Send`.
-    let mut fetches = futures_util::stream::iter((0..requests.len()).map(|i| async move {
-        let request = &requests[i];
-        let file_runs = &runs_ref[request.file][request.runs.clone()];
-        let (first, last) = match (file_runs.first(), file_runs.last()) {
-            (Some(first), Some(last)) => (*first, *last),
-            _ => return (request, Ok(Vec::new()), Cost::default()),
-        };
-        // This request's runs are contiguous in the arena: fill that segment.
-        let mut segment = vec![0u8; last.at + (last.end - last.start) as usize - first.at];
-        let mut cost = Cost::default();
-        let file = &layout.files[request.file];
-        let result = read_range(
-            remote,
-            file,
-            request.start..request.end,
-            &mut cost,
-            |offset, chunk| {
-                let (lo, hi) = (
-                    request.start + offset as u64,
-                    request.start + (offset + chunk.len()) as u64,
-                );
-                let from = file_runs.partition_point(|r| r.end <= lo);
-                for r in &file_runs[from..] {
-                    if r.start >= hi {
-                        break;
-                    }
-                    let (s, e) = (r.start.max(lo), r.end.min(hi));
-                    let dst = r.at - first.at + (s - r.start) as usize;
-                    let src = (s - lo) as usize;
-                    let len = (e - s) as usize;
-                    segment[dst..dst + len].copy_from_slice(&chunk[src..src + len]);
-                }
-            },
-        )
-        .await;
-        (request, result.map(|()| segment), cost)
-    }))
-    .buffer_unordered(concurrency);
-    while let Some((request, result, spent)) = fetches.next().await {
-        *cost += spent;
-        let segment = result?;
-        if let Some(first) = runs[request.file].get(request.runs.start) {
-            arenas[request.file][first.at..first.at + segment.len()].copy_from_slice(&segment);
+    {
+        // The requests of a file cover its runs in order, so each request fills the next
+        // stretch of the file's arena: hand every request its own stretch.
+        let mut unfilled: Vec<&mut [u8]> = arenas.iter_mut().map(Vec::as_mut_slice).collect();
+        let mut work = Vec::with_capacity(requests.len());
+        for request in &requests {
+            let file_runs = &runs[request.file][request.runs.clone()];
+            let len = match (file_runs.first(), file_runs.last()) {
+                (Some(first), Some(last)) => last.at + (last.end - last.start) as usize - first.at,
+                _ => 0,
+            };
+            let (segment, rest) = std::mem::take(&mut unfilled[request.file]).split_at_mut(len);
+            unfilled[request.file] = rest;
+            work.push((request, file_runs, segment));
+        }
+        let mut fetches = futures_util::stream::iter(work)
+            .map(|(request, file_runs, segment)| async move {
+                let Some(first) = file_runs.first() else {
+                    return (Ok(()), Cost::default());
+                };
+                let mut cost = Cost::default();
+                let result = read_range(
+                    remote,
+                    &files[request.file],
+                    request.start..request.end,
+                    &mut cost,
+                    |offset, chunk| {
+                        let (lo, hi) = (
+                            request.start + offset as u64,
+                            request.start + (offset + chunk.len()) as u64,
+                        );
+                        let from = file_runs.partition_point(|r| r.end <= lo);
+                        for r in &file_runs[from..] {
+                            if r.start >= hi {
+                                break;
+                            }
+                            let (s, e) = (r.start.max(lo), r.end.min(hi));
+                            let dst = r.at - first.at + (s - r.start) as usize;
+                            let src = (s - lo) as usize;
+                            let len = (e - s) as usize;
+                            segment[dst..dst + len].copy_from_slice(&chunk[src..src + len]);
+                        }
+                    },
+                )
+                .await;
+                (result, cost)
+            })
+            .buffer_unordered(concurrency);
+        while let Some((result, spent)) = fetches.next().await {
+            *cost += spent;
+            result?;
         }
     }
-    drop(fetches);
-    let files = layout
-        .files
+    let held = files
         .iter()
         .zip(runs)
         .zip(arenas)
         .map(|((file, runs), arena)| HeldFile {
             path: PathBuf::from(format!(
                 "{}@{}/{}",
-                run.ctx.repo, run.ctx.revision, file.name
+                remote.ctx.repo, remote.ctx.revision, file.name
             )),
             name: file.name.clone(),
             size: file.size,
@@ -1352,7 +1440,7 @@ async fn fetch_plan(
             arena,
         })
         .collect();
-    Ok(files)
+    Ok(held)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -718,3 +718,46 @@ async fn throttled_bodies_take_at_least_size_over_rate() {
     assert!(started.elapsed() >= floor / 5);
     assert!(started.elapsed() < floor, "{:?}", started.elapsed());
 }
+
+/// Ranged GETs that reached [`slow_ranges`].
+static SLOW_RANGED_GETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts ranged GETs and answers each 20 ms late.
+async fn slow_ranges(req: Request, next: Next) -> Response {
+    if req.headers().contains_key(header::RANGE) {
+        SLOW_RANGED_GETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    next.run(req).await
+}
+
+#[tokio::test]
+async fn an_abandoned_ranged_fetch_stops_reading() {
+    let root = tempfile::tempdir().unwrap();
+    install(root.path(), REPO, REV, &golden_step1000());
+    let endpoint = start_with_layer(root.path(), slow_ranges).await;
+    let cache = tempfile::tempdir().unwrap();
+    let f = fetcher(&endpoint, cache.path());
+    // Merge gap 0: thousands of requests, 20 ms each, 16 at a time: seconds of reads.
+    let seeds = [0, 1, 2, 3];
+    let fetch = fetch_for_seeds(&f, REPO, REV, 8, &seeds, FetchMode::Ranges, 0);
+    let abandoned = tokio::time::timeout(Duration::from_millis(500), fetch).await;
+    assert!(
+        abandoned.is_err(),
+        "the fetch finished before it was abandoned"
+    );
+
+    // Requests already sent may still arrive; none is sent after that.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let settled = SLOW_RANGED_GETS.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = SLOW_RANGED_GETS.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        settled > 16,
+        "only {settled} ranged reads started in 500 ms"
+    );
+    assert_eq!(
+        settled, later,
+        "ranged reads went on after the fetch was dropped"
+    );
+}
