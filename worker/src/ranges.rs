@@ -45,12 +45,16 @@ use crate::fetch::{
 /// Ranges closer than this many bytes are fetched as one request. A sample reads a few dozen
 /// scattered elements of each drawn row, so at 4 KiB a drawn row is one request and rows
 /// farther apart than that are not joined. pythia-1b, 10 seeds (`scripts/bench-fetch.sh`):
-/// 29.5 k requests for 9.3 % of the file; 256 B: 241 k for 4.8 %; 64 KiB: 7 k for 36 %.
-/// Every request costs a HEAD and a GET, so a slow-to-answer Hub favours a larger gap.
+/// 29.5 k requests for 9.3 % of the file; 1 KiB: 34.5 k for 9.0 %; 256 B: 241 k for 4.8 %;
+/// 64 KiB: 7 k for 36 %. A gap is worth joining when its bytes take less time than a request
+/// costs: 4 KiB is 41 µs at 100 MB/s, about what a request costs the client in CPU. On the
+/// loopback benchmark 1 KiB is slightly faster, but a distant Hub makes requests dearer.
 pub const DEFAULT_MERGE_GAP: u64 = 4096;
-/// Ranged reads in flight at once. Each waits for two round trips (HEAD, GET), so more in
-/// flight hide latency; on a 2-core loopback 16 was measured 1.2x faster than 8.
-pub const DEFAULT_CONCURRENCY: usize = 16;
+/// Ranged reads in flight at once. They hide the Hub's latency (Little's law: 64 in flight at
+/// 20 ms each are 3,200 requests a second, 16 only 800); over HTTP/2, which the Hub speaks
+/// over https, they share one connection. On the loopback benchmark, with no latency to hide,
+/// 16 and 64 take the same time.
+pub const DEFAULT_CONCURRENCY: usize = 64;
 /// [`FetchMode::Auto`] fetches ranges when they are estimated to take less than this share
 /// of a full download's time.
 pub const DEFAULT_AUTO_MAX_SHARE: f64 = 0.25;
@@ -1740,7 +1744,7 @@ mod tests {
         let near = options.estimate(&plan, Duration::from_micros(300));
         assert!(near.favours_ranges(options.auto_max_share), "{near:?}");
         assert!((near.full.as_secs_f64() - 20.2).abs() < 0.1, "{near:?}");
-        // 60 ms per request: 29.5 k requests at 16 in flight take longer than the file.
+        // 60 ms per request: 29.5 k requests at 64 in flight take longer than the file.
         let far = options.estimate(&plan, Duration::from_millis(60));
         assert!(!far.favours_ranges(options.auto_max_share), "{far:?}");
         assert!(far.ranges > far.full, "{far:?}");

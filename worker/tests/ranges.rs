@@ -738,7 +738,7 @@ async fn an_abandoned_ranged_fetch_stops_reading() {
     let endpoint = start_with_layer(root.path(), slow_ranges).await;
     let cache = tempfile::tempdir().unwrap();
     let f = fetcher(&endpoint, cache.path());
-    // Merge gap 0: thousands of requests, 20 ms each, 16 at a time: seconds of reads.
+    // Merge gap 0: thousands of requests, 20 ms each, 64 at a time: seconds of reads.
     let seeds = [0, 1, 2, 3];
     let fetch = fetch_for_seeds(&f, REPO, REV, 8, &seeds, FetchMode::Ranges, 0);
     let abandoned = tokio::time::timeout(Duration::from_millis(500), fetch).await;
