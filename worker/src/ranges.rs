@@ -52,8 +52,9 @@ use crate::fetch::{
 pub const DEFAULT_MERGE_GAP: u64 = 4096;
 /// Ranged reads in flight at once. They hide the Hub's latency (Little's law: 64 in flight at
 /// 20 ms each are 3,200 requests a second, 16 only 800); over HTTP/2, which the Hub speaks
-/// over https, they share one connection. On the loopback benchmark, with no latency to hide,
-/// 16 and 64 take the same time.
+/// over https, they share one connection. The loopback Hub at 100 MB/s with 20 ms added to
+/// every request: ten pythia-1b seeds in 10.9 s at 64, 43.0 s at 16 (one seed: 1.4 s, 5.2 s).
+/// Without added latency 16 and 64 take the same time.
 pub const DEFAULT_CONCURRENCY: usize = 64;
 /// [`FetchMode::Auto`] fetches ranges when they are estimated to take less than this share
 /// of a full download's time.
