@@ -276,8 +276,6 @@ pub struct Fetcher {
     /// The endpoint, parsed once.
     base_url: reqwest::Url,
     stall_timeout: Duration,
-    /// Whether the endpoint is this machine (its traffic never goes through a proxy).
-    loopback: bool,
     /// One lock per repository: concurrent fetches of one repo would race on its blobs
     /// (hf-hub does not re-check a blob after taking its lock, and we delete bad ones).
     repo_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -300,12 +298,11 @@ impl Fetcher {
         let setup = |detail: String| FetchError::Setup { detail };
         let endpoint = settings.resolved_endpoint();
         let base_url = hub_base_url(&endpoint).map_err(setup)?;
-        let loopback = is_loopback(&base_url);
-        if loopback {
+        if is_loopback(&base_url) {
             check_no_proxy_for(&endpoint)?;
         }
 
-        let http = http_client(loopback).map_err(setup)?;
+        let http = http_client(&base_url).map_err(setup)?;
 
         let token = settings.resolved_token();
         let mut builder = HFClient::builder().endpoint(endpoint).client(http.clone());
@@ -323,7 +320,6 @@ impl Fetcher {
             base_url,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             repo_locks: Mutex::new(HashMap::new()),
-            loopback,
         })
     }
 
@@ -424,7 +420,6 @@ impl Fetcher {
             http: self.http.clone(),
             token: self.token.clone(),
             base_url: self.base_url.clone(),
-            loopback: self.loopback,
             folder: self.cache_dir().join(format!("models--{owner}--{name}")),
             stall_timeout: self.stall_timeout,
             requests: 0,
@@ -521,9 +516,9 @@ fn parse_repo_id(repo: &str) -> Result<(&str, &str), String> {
 }
 
 /// The HTTP client for GETs and API calls, ours rather than `hf-hub`'s default: that one sets
-/// no timeouts at all, so a dead connection would hang a worker forever. A `loopback`
-/// endpoint's traffic never goes through a proxy.
-pub(crate) fn http_client(loopback: bool) -> Result<reqwest::Client, String> {
+/// no timeouts at all, so a dead connection would hang a worker forever. Traffic to an
+/// `endpoint` on this machine never goes through a proxy.
+pub(crate) fn http_client(endpoint: &reqwest::Url) -> Result<reqwest::Client, String> {
     let mut http = reqwest::Client::builder()
         .user_agent(concat!(
             "hf-hub/1.0.0; neuromfa-worker/",
@@ -531,7 +526,7 @@ pub(crate) fn http_client(loopback: bool) -> Result<reqwest::Client, String> {
         ))
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(120));
-    if loopback {
+    if is_loopback(endpoint) {
         http = http.no_proxy();
     }
     http.build()
@@ -684,8 +679,6 @@ pub(crate) struct Run {
     pub(crate) http: reqwest::Client,
     pub(crate) token: Option<String>,
     pub(crate) base_url: reqwest::Url,
-    /// Whether the endpoint is this machine ([`http_client`]).
-    pub(crate) loopback: bool,
     /// `<cache>/models--<org>--<name>`.
     folder: PathBuf,
     stall_timeout: Duration,

@@ -1313,7 +1313,7 @@ async fn fetch_plan_apart(
         .any(|f| f.xet)
         .then(tokio::runtime::Handle::current);
     if callers_runtime.is_none() {
-        remote.http = http_client(run.loopback).map_err(apart)?;
+        remote.http = http_client(&run.base_url).map_err(apart)?;
     }
     let files = layout.files.clone();
     let stop = CancellationToken::new();
