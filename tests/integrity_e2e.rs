@@ -33,29 +33,6 @@ fn cluster_with_policy(policy: Option<&str>) -> Cluster {
     cluster
 }
 
-fn sweep_run(cluster: &Cluster) -> String {
-    let out = Command::new(binary())
-        .args([
-            "sweep",
-            "run",
-            cluster.spec.to_str().unwrap(),
-            "--workers",
-            "1",
-        ])
-        .arg("--cache-dir")
-        .arg(cluster.root.path().join("cache"))
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 #[test]
 fn duplicates_are_flagged_in_status_and_exports_and_still_computed_under_warn() {
     let mut cluster = cluster_with_policy(None);
@@ -106,7 +83,7 @@ fn duplicates_are_flagged_in_status_and_exports_and_still_computed_under_warn() 
 #[test]
 fn reuse_computes_each_distinct_checkpoint_once() {
     let cluster = cluster_with_policy(Some("reuse"));
-    let stdout = sweep_run(&cluster);
+    let stdout = cluster.sweep_run(1);
     assert!(stdout.contains("2 skipped"), "{stdout}");
     let tasks = csv_rows(&cluster.export_file("tasks.csv"));
     let states: Vec<(&str, &str)> = tasks
@@ -140,7 +117,7 @@ fn reuse_computes_each_distinct_checkpoint_once() {
 #[test]
 fn skip_leaves_duplicates_out_of_the_aggregates_and_e() {
     let cluster = cluster_with_policy(Some("skip"));
-    sweep_run(&cluster);
+    cluster.sweep_run(1);
     let aggregates = csv_rows(&cluster.export_file("aggregates.csv"));
     let steps: Vec<&str> = aggregates.iter().map(|a| a["step"].as_str()).collect();
     assert_eq!(steps, ["64", "512"]);
