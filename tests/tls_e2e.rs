@@ -166,13 +166,7 @@ fn a_coordinator_with_unreadable_tls_files_says_which() {
     let pki_dir = tempfile::tempdir().unwrap();
     let mut tls = write_pki(pki_dir.path());
     tls.key = pki_dir.path().join("missing.key");
-    let cluster = Cluster::with_tls(publish_two_steps, MODELS, 1, tls);
-    let out = Command::new(binary())
-        .args(["coordinator", cluster.spec.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = coordinator_refused(tls);
     assert!(
         stderr.contains("reading the TLS key") && stderr.contains("missing.key"),
         "{stderr}"
@@ -182,14 +176,19 @@ fn a_coordinator_with_unreadable_tls_files_says_which() {
     let pki_dir = tempfile::tempdir().unwrap();
     let mut tls = write_pki(pki_dir.path());
     tls.key = tls.cert.clone();
+    let stderr = coordinator_refused(tls);
+    assert!(stderr.contains("TLS certificate and key"), "{stderr}");
+}
+
+/// Starts a coordinator with `tls`, expecting it to fail; its stderr.
+fn coordinator_refused(tls: TlsFiles) -> String {
     let cluster = Cluster::with_tls(publish_two_steps, MODELS, 1, tls);
     let out = Command::new(binary())
         .args(["coordinator", cluster.spec.to_str().unwrap()])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("TLS certificate and key"), "{stderr}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
