@@ -1,8 +1,11 @@
-//! Reading the weights a sample needs from a safetensors checkpoint on local disk.
+//! Reading the weights a sample needs from a checkpoint on local disk: safetensors
+//! (`model.safetensors`, or shards with `model.safetensors.index.json`) or PyTorch `.bin`
+//! files (`pytorch_model.bin`, or shards with `pytorch_model.bin.index.json`).
 //!
 //! Files are memory-mapped and only the elements of drawn rows and columns are ever
 //! touched, so a 10-seed analysis of a multi-gigabyte checkpoint reads a few percent of
-//! it. Single files and sharded checkpoints (`model.safetensors.index.json`) both work.
+//! it. Both formats are reduced to one [`TensorLayout`] per tensor (file, offset of the
+//! first element, element type, shape, strides), and every read goes through it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -15,13 +18,108 @@ use memmap2::{Mmap, MmapOptions};
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::{Error, TorchError};
 use crate::layout::{BlockTensor, ModelShape};
+use crate::torch::TorchFile;
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
+pub const TORCH_SINGLE_FILE: &str = "pytorch_model.bin";
+pub const TORCH_INDEX_FILE: &str = "pytorch_model.bin.index.json";
 pub const CONFIG_FILE: &str = "config.json";
 const PAGE_SIZE: u64 = 4096;
+
+/// How a checkpoint's weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightFormat {
+    Safetensors,
+    /// PyTorch's `torch.save` zip archives.
+    PytorchBin,
+}
+
+impl WeightFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WeightFormat::Safetensors => "safetensors",
+            WeightFormat::PytorchBin => "pytorch-bin",
+        }
+    }
+
+    /// The file an unsharded checkpoint keeps its weights in.
+    pub fn single_file(self) -> &'static str {
+        match self {
+            WeightFormat::Safetensors => SINGLE_FILE,
+            WeightFormat::PytorchBin => TORCH_SINGLE_FILE,
+        }
+    }
+
+    /// The index naming the shard of each tensor in a sharded checkpoint.
+    pub fn index_file(self) -> &'static str {
+        match self {
+            WeightFormat::Safetensors => INDEX_FILE,
+            WeightFormat::PytorchBin => TORCH_INDEX_FILE,
+        }
+    }
+}
+
+impl fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for WeightFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "safetensors" => Ok(WeightFormat::Safetensors),
+            "pytorch-bin" => Ok(WeightFormat::PytorchBin),
+            other => Err(format!(
+                "unknown weight format {other:?}: expected safetensors or pytorch-bin"
+            )),
+        }
+    }
+}
+
+/// Which weight files of a checkpoint to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WeightFiles {
+    pub format: WeightFormat,
+    /// Shards listed by [`WeightFormat::index_file`], rather than one
+    /// [`WeightFormat::single_file`].
+    pub sharded: bool,
+}
+
+impl WeightFiles {
+    /// The file that names the weights: the single file, or the index of the shards.
+    pub fn entry_file(self) -> &'static str {
+        match self.sharded {
+            true => self.format.index_file(),
+            false => self.format.single_file(),
+        }
+    }
+}
+
+/// Chooses a checkpoint's weights from the names of its files (a directory's, or a Hub
+/// revision's top-level listing): `model.safetensors`, then `model.safetensors.index.json`,
+/// then `pytorch_model.bin`, then `pytorch_model.bin.index.json`. `None` when there is none.
+pub fn choose_weight_files<S: AsRef<str>>(listing: &[S]) -> Option<WeightFiles> {
+    let has = |name: &str| listing.iter().any(|f| f.as_ref() == name);
+    [WeightFormat::Safetensors, WeightFormat::PytorchBin]
+        .into_iter()
+        .flat_map(|format| [false, true].map(|sharded| WeightFiles { format, sharded }))
+        .find(|files| has(files.entry_file()))
+}
+
+/// Says that a directory holds no weight file [`choose_weight_files`] knows.
+fn no_weight_files() -> String {
+    format!(
+        "no {SINGLE_FILE} and no {INDEX_FILE} in this directory, nor {TORCH_SINGLE_FILE} or \
+         {TORCH_INDEX_FILE}"
+    )
+}
 
 /// Element types a checkpoint may store weights in; all are widened to f64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,22 +161,77 @@ impl ElementType {
     }
 }
 
+/// Where a tensor's elements are, whatever the file format: the safetensors and the
+/// PyTorch readers both give one, and every read goes through it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorLayout {
+    /// The file holding the tensor, as the checkpoint names it (its index's `weight_map`).
+    pub file: String,
+    /// Absolute byte offset of element `[0, …, 0]` in the file.
+    pub offset: u64,
+    pub element: ElementType,
+    pub shape: Vec<usize>,
+    /// Per dimension, in elements.
+    pub strides: Vec<usize>,
+}
+
+impl TensorLayout {
+    /// A row-major tensor whose elements follow each other from `offset`.
+    pub fn contiguous(file: &str, offset: u64, element: ElementType, shape: &[usize]) -> Self {
+        let mut strides = vec![1; shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1] * shape[i + 1];
+        }
+        TensorLayout {
+            file: file.to_string(),
+            offset,
+            element,
+            shape: shape.to_vec(),
+            strides,
+        }
+    }
+
+    /// Absolute byte offset of the element at `index` (one coordinate per dimension, each
+    /// below the shape's).
+    #[inline]
+    pub fn element_offset(&self, index: &[usize]) -> u64 {
+        let element: usize = index.iter().zip(&self.strides).map(|(i, s)| i * s).sum();
+        self.offset + (element * self.element.size()) as u64
+    }
+
+    /// One past the last byte any element occupies (the offset itself when empty).
+    pub fn end(&self) -> u64 {
+        if self.shape.contains(&0) {
+            return self.offset;
+        }
+        let last: Vec<usize> = self.shape.iter().map(|n| n - 1).collect();
+        self.element_offset(&last) + self.element.size() as u64
+    }
+}
+
 /// Where one weight matrix lives.
 #[derive(Debug, Clone)]
 struct TensorLocation {
     name: String,
     file: usize,
-    /// Absolute byte offset of element `[0, 0]` in the file.
-    start: u64,
-    element: ElementType,
-    cols: usize,
+    layout: TensorLayout,
+}
+
+/// A weight file's format-specific index of its tensors.
+enum Contents {
+    Safetensors {
+        header_len: usize,
+        metadata: Metadata,
+    },
+    Torch(TorchFile),
 }
 
 struct MappedFile {
+    /// As the checkpoint names it.
+    name: String,
     path: PathBuf,
     map: Mmap,
-    header_len: usize,
-    metadata: Metadata,
+    contents: Contents,
     /// Pages of this file that `gather` has read, when accounting is on.
     touched_pages: Mutex<HashSet<u64>>,
 }
@@ -97,38 +250,16 @@ struct ShardIndex {
 }
 
 impl Checkpoint {
-    /// Opens the checkpoint in `dir`: `config.json` plus `model.safetensors` or a sharded
-    /// set described by `model.safetensors.index.json`. Checks that every tensor the
-    /// network needs is present with the right shape and a supported dtype.
+    /// Opens the checkpoint in `dir`: `config.json` plus the weight files
+    /// [`choose_weight_files`] picks from the directory. Checks that every tensor the
+    /// network needs is present with the right shape and a supported dtype, and lies
+    /// within its file.
     pub fn open(dir: &Path) -> Result<Self, Error> {
         let shape = ModelShape::from_config_file(&dir.join(CONFIG_FILE))?;
         let needed: Vec<(usize, BlockTensor)> = (0..shape.num_blocks)
             .flat_map(|b| BlockTensor::ALL.into_iter().map(move |t| (b, t)))
             .collect();
-
-        // Which file holds each needed tensor.
-        let index_path = dir.join(INDEX_FILE);
-        let file_of: HashMap<String, String> = if index_path.exists() {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let index: ShardIndex = serde_json::from_str(&text).map_err(|e| Error::Config {
-                path: index_path.clone(),
-                message: format!("not a valid safetensors index: {e}"),
-            })?;
-            index.weight_map.into_iter().collect()
-        } else {
-            let single = dir.join(SINGLE_FILE);
-            if !single.exists() {
-                return Err(Error::Config {
-                    path: dir.to_path_buf(),
-                    message: format!("no {SINGLE_FILE} and no {INDEX_FILE} in this directory"),
-                });
-            }
-            needed
-                .iter()
-                .map(|&(b, t)| (t.name(b), SINGLE_FILE.to_string()))
-                .collect()
-        };
+        let (format, file_of) = files_of(dir, &needed)?;
 
         let mut files: Vec<MappedFile> = Vec::new();
         let mut file_ids: HashMap<String, usize> = HashMap::new();
@@ -142,19 +273,14 @@ impl Checkpoint {
             let file = match file_ids.get(file_name) {
                 Some(&id) => id,
                 None => {
-                    files.push(map_file(&dir.join(file_name))?);
+                    files.push(map_file(dir, file_name, format)?);
                     file_ids.insert(file_name.clone(), files.len() - 1);
                     files.len() - 1
                 }
             };
-            let location = locate(
-                &files[file],
-                file,
-                &name,
-                tensor.expected_shape(&shape),
-                dir,
-            )?;
-            tensors.insert((block, tensor), location);
+            let layout = files[file].layout(&name, dir)?;
+            check_matrix(&files[file], &name, &layout, tensor.expected_shape(&shape))?;
+            tensors.insert((block, tensor), TensorLocation { name, file, layout });
         }
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
@@ -172,7 +298,7 @@ impl Checkpoint {
         &self.dir
     }
 
-    /// Total size of the mapped safetensors files in bytes.
+    /// Total size of the mapped weight files in bytes.
     pub fn mapped_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.map.len() as u64).sum()
     }
@@ -183,6 +309,11 @@ impl Checkpoint {
             .iter()
             .map(|f| f.touched_pages.lock().map(|p| p.len() as u64).unwrap_or(0) * PAGE_SIZE)
             .sum()
+    }
+
+    /// Where a needed tensor's elements are (a block's weight matrix).
+    pub fn layout(&self, block: usize, tensor: BlockTensor) -> Option<&TensorLayout> {
+        self.tensors.get(&(block, tensor)).map(|l| &l.layout)
     }
 
     /// `W[rows[i], cols[j]]` for every pair, row-major, widened to f64. Touches only
@@ -201,18 +332,27 @@ impl Checkpoint {
                 dir: self.dir.clone(),
                 tensor: tensor.name(block),
             })?;
+        let layout = &location.layout;
         let file = &self.files[location.file];
-        let element_size = location.element.size();
+        // Within the shape, every element lies in the file (checked when opened).
+        let outside = |limit: usize, index: Option<&usize>| index.is_some_and(|&i| i >= limit);
+        if outside(layout.shape[0], rows.iter().max())
+            || outside(layout.shape[1], cols.iter().max())
+        {
+            return Err(Error::InvalidParameter(format!(
+                "rows or columns outside `{}` {:?}",
+                location.name, layout.shape
+            )));
+        }
+        let element_size = layout.element.size();
         let mut values = Vec::with_capacity(rows.len() * cols.len());
         let mut pages = Vec::with_capacity(rows.len());
         let (mut lowest, mut highest) = (u64::MAX, 0u64);
         for &row in rows {
-            let row_start = location.start + (row * location.cols * element_size) as u64;
             for &col in cols {
-                let offset = row_start + (col * element_size) as u64;
-                // In bounds: rows and cols were drawn below the validated shape.
+                let offset = layout.element_offset(&[row, col]);
                 let at = offset as usize;
-                let value = location.element.decode(&file.map[at..at + element_size]);
+                let value = layout.element.decode(&file.map[at..at + element_size]);
                 if !value.is_finite() {
                     return Err(Error::NonFiniteWeight {
                         path: file.path.clone(),
@@ -243,7 +383,102 @@ impl Checkpoint {
     }
 }
 
+/// The format of the weight files the directory offers, and which file holds each needed
+/// tensor.
+fn files_of(
+    dir: &Path,
+    needed: &[(usize, BlockTensor)],
+) -> Result<(WeightFormat, HashMap<String, String>), Error> {
+    let listing: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .collect();
+    let files = choose_weight_files(&listing).ok_or_else(|| Error::Config {
+        path: dir.to_path_buf(),
+        message: no_weight_files(),
+    })?;
+    if !files.sharded {
+        let single = files.format.single_file().to_string();
+        let file_of = needed.iter().map(|&(b, t)| (t.name(b), single.clone()));
+        return Ok((files.format, file_of.collect()));
+    }
+    let index_path = dir.join(files.format.index_file());
+    let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+    let index: ShardIndex = serde_json::from_str(&text).map_err(|e| Error::Config {
+        path: index_path.clone(),
+        message: format!("not a valid index of shards: {e}"),
+    })?;
+    Ok((files.format, index.weight_map.into_iter().collect()))
+}
+
+/// Refuses a layout that is not the expected matrix or runs past its file.
+fn check_matrix(
+    mapped: &MappedFile,
+    name: &str,
+    layout: &TensorLayout,
+    expected: [usize; 2],
+) -> Result<(), Error> {
+    if layout.shape != expected {
+        return Err(Error::WrongShape {
+            path: mapped.path.clone(),
+            tensor: name.to_string(),
+            found: layout.shape.clone(),
+            expected: expected.to_vec(),
+        });
+    }
+    if layout.end() > mapped.map.len() as u64 {
+        return Err(Error::CorruptFile {
+            path: mapped.path.clone(),
+            message: format!("tensor `{name}` runs past the end of the file"),
+        });
+    }
+    Ok(())
+}
+
 impl MappedFile {
+    /// The layout of tensor `name`, which the checkpoint says is in this file.
+    fn layout(&self, name: &str, dir: &Path) -> Result<TensorLayout, Error> {
+        let missing = || Error::MissingTensor {
+            dir: dir.to_path_buf(),
+            tensor: name.to_string(),
+        };
+        match &self.contents {
+            Contents::Safetensors {
+                header_len,
+                metadata,
+            } => {
+                let info = metadata.info(name).ok_or_else(missing)?;
+                let element =
+                    ElementType::from_dtype(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
+                        path: self.path.clone(),
+                        tensor: name.to_string(),
+                        dtype: format!("{:?}", info.dtype),
+                    })?;
+                let offset = (8 + header_len + info.data_offsets.0) as u64;
+                Ok(TensorLayout::contiguous(
+                    &self.name,
+                    offset,
+                    element,
+                    &info.shape,
+                ))
+            }
+            Contents::Torch(torch) => match torch.layout(&self.map, name, &self.name) {
+                Ok(layout) => layout.ok_or_else(missing),
+                Err(TorchError::UnsupportedStorage { tensor, storage }) => {
+                    Err(Error::UnsupportedDtype {
+                        path: self.path.clone(),
+                        tensor,
+                        dtype: storage,
+                    })
+                }
+                Err(problem) => Err(Error::Torch {
+                    path: self.path.clone(),
+                    problem,
+                }),
+            },
+        }
+    }
+
     /// Unmaps the pages of `[start, end)` from this process. The kernel maps whole
     /// neighbourhoods around each faulting page, so without this a sparse read of every
     /// block would leave most of a multi-gigabyte file counted in our resident set. The
@@ -267,62 +502,45 @@ impl MappedFile {
     }
 }
 
-fn map_file(path: &Path) -> Result<MappedFile, Error> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+/// Maps the weight file `name` of the checkpoint in `dir` and parses its index of tensors:
+/// the safetensors header, or a PyTorch archive's directory and pickled state dict.
+fn map_file(dir: &Path, name: &str, format: WeightFormat) -> Result<MappedFile, Error> {
+    let path = dir.join(name);
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
     // SAFETY: the map is read-only; a checkpoint changed underneath a running analysis
     // would give wrong numbers, the same as any reader racing a writer.
-    let map = unsafe { MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, e))?;
+    let map = unsafe { MmapOptions::new().map(&file) }.map_err(|e| Error::io(&path, e))?;
     // Rows are read sparsely: readahead would only pull in pages nobody needs.
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Random);
-    // Parsing validates the header, every tensor's offsets, and the file length.
-    let (header_len, metadata) =
-        SafeTensors::read_metadata(&map).map_err(|e| Error::CorruptFile {
-            path: path.to_path_buf(),
-            message: format!("{e:?}"),
-        })?;
+    let contents = match format {
+        WeightFormat::PytorchBin => {
+            TorchFile::parse(&map)
+                .map(Contents::Torch)
+                .map_err(|problem| Error::Torch {
+                    path: path.clone(),
+                    problem,
+                })?
+        }
+        WeightFormat::Safetensors => {
+            // Parsing validates the header, every tensor's offsets, and the file length.
+            let (header_len, metadata) =
+                SafeTensors::read_metadata(&map).map_err(|e| Error::CorruptFile {
+                    path: path.clone(),
+                    message: format!("{e:?}"),
+                })?;
+            Contents::Safetensors {
+                header_len,
+                metadata,
+            }
+        }
+    };
     Ok(MappedFile {
-        path: path.to_path_buf(),
-        map,
-        header_len,
-        metadata,
-        touched_pages: Mutex::new(HashSet::new()),
-    })
-}
-
-fn locate(
-    mapped: &MappedFile,
-    file: usize,
-    name: &str,
-    expected: [usize; 2],
-    dir: &Path,
-) -> Result<TensorLocation, Error> {
-    let info = mapped
-        .metadata
-        .info(name)
-        .ok_or_else(|| Error::MissingTensor {
-            dir: dir.to_path_buf(),
-            tensor: name.to_string(),
-        })?;
-    let element = ElementType::from_dtype(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
-        path: mapped.path.clone(),
-        tensor: name.to_string(),
-        dtype: format!("{:?}", info.dtype),
-    })?;
-    if info.shape != expected {
-        return Err(Error::WrongShape {
-            path: mapped.path.clone(),
-            tensor: name.to_string(),
-            found: info.shape.clone(),
-            expected: expected.to_vec(),
-        });
-    }
-    Ok(TensorLocation {
         name: name.to_string(),
-        file,
-        start: (8 + mapped.header_len + info.data_offsets.0) as u64,
-        element,
-        cols: expected[1],
+        path,
+        map,
+        contents,
+        touched_pages: Mutex::new(HashSet::new()),
     })
 }
 

@@ -14,6 +14,10 @@ pub enum Error {
     Config { path: PathBuf, message: String },
     #[error("{path}: not a valid safetensors file: {message}")]
     CorruptFile { path: PathBuf, message: String },
+    /// A PyTorch `.bin` (`torch.save` zip) file that cannot be read; `problem` says why and
+    /// names the entry or tensor.
+    #[error("{path}: cannot read as a PyTorch zip checkpoint: {problem}")]
+    Torch { path: PathBuf, problem: TorchError },
     #[error("{dir}: checkpoint has no tensor `{tensor}`")]
     MissingTensor { dir: PathBuf, tensor: String },
     #[error("{path}: tensor `{tensor}` has shape {found:?}, expected {expected:?}")]
@@ -43,6 +47,53 @@ pub enum Error {
     Spectrum { seed: u32, message: String },
     #[error("{0}")]
     Spec(#[from] crate::spectrum::SpectrumError),
+}
+
+/// What is wrong with a `torch.save` zip archive. Raised by the stage parsers of
+/// [`crate::torch`], which see bytes, not paths: callers wrap it with the file it came from
+/// ([`Error::Torch`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TorchError {
+    #[error(
+        "a legacy (pre-1.6) torch.save file, not a zip archive; re-save it with torch 1.6 or \
+         later, or convert it to safetensors"
+    )]
+    Legacy,
+    #[error("not a zip archive: {0}")]
+    NotZip(String),
+    #[error("truncated: {0}")]
+    Truncated(String),
+    #[error("corrupt zip archive: {0}")]
+    CorruptZip(String),
+    #[error(
+        "entry `{entry}` is compressed (method {method}); torch.save stores entries uncompressed"
+    )]
+    Compressed { entry: String, method: u16 },
+    #[error("entry `{entry}` is encrypted")]
+    Encrypted { entry: String },
+    #[error("no `<archive>/data.pkl` entry: not a torch.save archive")]
+    NoPickle,
+    #[error("stored {0}-endian; only little-endian checkpoints can be read")]
+    ByteOrder(String),
+    #[error("data.pkl, byte {offset}: {message}")]
+    BadPickle { offset: usize, message: String },
+    #[error(
+        "data.pkl refers to `{module}.{name}`, which is not part of a state dict; refusing it"
+    )]
+    UnknownGlobal { module: String, name: String },
+    #[error("tensor `{tensor}`: its storage `{entry}` is not in the archive")]
+    MissingStorage { tensor: String, entry: String },
+    #[error("tensor `{tensor}` is stored as {storage}; supported are HalfStorage, BFloat16Storage and FloatStorage")]
+    UnsupportedStorage { tensor: String, storage: String },
+    #[error(
+        "tensor `{tensor}` needs {needed} bytes of storage `{entry}`, which holds {available}"
+    )]
+    OutsideStorage {
+        tensor: String,
+        entry: String,
+        needed: u128,
+        available: u64,
+    },
 }
 
 impl Error {

@@ -12,8 +12,9 @@ pub mod shortest_path;
 pub mod spectrum;
 pub mod stats;
 pub mod synth;
+pub mod torch;
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{Checkpoint, TensorLayout, WeightFiles, WeightFormat};
 pub use error::Error;
 pub use layout::{BlockTensor, ModelShape};
 pub use pipeline::{
