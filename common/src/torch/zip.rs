@@ -71,6 +71,12 @@ impl Entry {
                 method: self.method,
             });
         }
+        if self.size != self.compressed_size {
+            return Err(TorchError::CorruptZip(format!(
+                "entry `{}` is stored, yet {} bytes long unpacked and {} packed",
+                self.name, self.size, self.compressed_size
+            )));
+        }
         Ok(())
     }
 }
@@ -438,7 +444,7 @@ impl CentralDirectory {
             .checked_add(entry.compressed_size)
             .is_none_or(|end| end > self.offset)
         {
-            return Err(TorchError::Truncated(format!(
+            return Err(TorchError::CorruptZip(format!(
                 "entry `{}` ({} bytes from {start}) runs into the central directory at {}",
                 entry.name, entry.compressed_size, self.offset
             )));
@@ -462,5 +468,90 @@ impl CentralDirectory {
             (Ok(s), Ok(e)) if e <= bytes.len() => Ok(EntryData::Bytes(&bytes[s..e])),
             _ => Ok(EntryData::NeedBytes(end)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An archive holding `a/data.pkl` (stored), with a comment after its end record.
+    fn archive(comment: &[u8]) -> (Vec<u8>, u64) {
+        let (name, data) = (b"a/data.pkl", b"payload");
+        let mut out = Vec::new();
+        out.extend(LOCAL_HEADER_SIGNATURE.to_le_bytes());
+        out.extend([20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        out.extend((data.len() as u32).to_le_bytes());
+        out.extend((data.len() as u32).to_le_bytes());
+        out.extend((name.len() as u16).to_le_bytes());
+        out.extend(0u16.to_le_bytes());
+        out.extend(name);
+        out.extend(data);
+        let directory_at = out.len() as u64;
+        out.extend(CENTRAL_HEADER_SIGNATURE.to_le_bytes());
+        out.extend([20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        out.extend((data.len() as u32).to_le_bytes());
+        out.extend((data.len() as u32).to_le_bytes());
+        out.extend((name.len() as u16).to_le_bytes());
+        out.extend([0; 12]);
+        out.extend(0u32.to_le_bytes());
+        out.extend(name);
+        let directory_len = out.len() as u64 - directory_at;
+        out.extend(EOCD_SIGNATURE.to_le_bytes());
+        out.extend([0, 0, 0, 0, 1, 0, 1, 0]);
+        out.extend((directory_len as u32).to_le_bytes());
+        out.extend((directory_at as u32).to_le_bytes());
+        out.extend((comment.len() as u16).to_le_bytes());
+        out.extend(comment);
+        (out, directory_at)
+    }
+
+    #[test]
+    fn the_directory_is_found_behind_a_comment_and_asked_for_when_not_given() {
+        let (bytes, directory_at) = archive(b"a comment");
+        let len = bytes.len() as u64;
+        let Ok(Tail::Directory(directory)) = parse_tail(&bytes, 0, len) else {
+            panic!("a whole archive holds its directory")
+        };
+        assert_eq!(directory.offset, directory_at);
+        let entry = &directory.entries[0];
+        assert_eq!((entry.name.as_str(), entry.size), ("a/data.pkl", 7));
+        let Ok(EntryData::Bytes(data)) = directory.entry_data(entry, &bytes) else {
+            panic!("the data follows the header")
+        };
+        assert_eq!(data, b"payload");
+        let from = directory_at as usize + 4;
+        assert_eq!(
+            parse_tail(&bytes[from..], from as u64, len),
+            Ok(Tail::NeedFrom(directory_at))
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_no_zip_tail_are_refused() {
+        let (bytes, directory_at) = archive(b"");
+        let len = bytes.len() as u64;
+        assert!(matches!(
+            parse_tail(&bytes[1..], 0, len),
+            Err(TorchError::Truncated(_))
+        ));
+        assert_eq!(parse_tail(&[0x80, 2, b'.'], 0, 3), Err(TorchError::Legacy));
+        assert!(matches!(
+            parse_tail(&[0; 100], 0, 100),
+            Err(TorchError::NotZip(_))
+        ));
+        let mut compressed = bytes.clone();
+        // The directory entry's method field.
+        compressed[directory_at as usize + 10] = 8;
+        let Ok(Tail::Directory(directory)) = parse_tail(&compressed, 0, len) else {
+            panic!("the directory itself is intact")
+        };
+        assert_eq!(
+            directory.data_start(&directory.entries[0], &compressed),
+            Err(TorchError::Compressed {
+                entry: "a/data.pkl".into(),
+                method: 8
+            })
+        );
     }
 }
