@@ -17,8 +17,10 @@ use serde::Serialize;
 
 #[derive(Debug, Args)]
 pub struct AnalyzeArgs {
-    /// Checkpoint directories, each holding `config.json` and the safetensors of one
-    /// checkpoint. The step comes from a `step<N>` directory name or is given as `DIR@N`.
+    /// Checkpoint directories, each holding `config.json` and the weights of one
+    /// checkpoint: `model.safetensors`, safetensors shards with their index,
+    /// `pytorch_model.bin`, or `.bin` shards with their index, looked for in that order.
+    /// The step comes from a `step<N>` directory name or is given as `DIR@N`.
     #[arg(required = true, value_name = "DIR[@STEP]")]
     pub dirs: Vec<String>,
 

@@ -162,6 +162,81 @@ fn f32_and_sharded_checkpoints_give_the_same_numbers() {
     assert_eq!(per_seed(&analyze_json(&[&sharded], &seeds)), reference);
 }
 
+/// `analyze --json` stdout, byte for byte.
+fn analyze_stdout(dirs: &[&Path], extra: &[&str]) -> Vec<u8> {
+    let out = neuromfa()
+        .arg("analyze")
+        .arg("--json")
+        .args(extra)
+        .args(dirs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "analyze failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn pytorch_bin_checkpoints_give_the_safetensors_numbers_bit_for_bit() {
+    let bin = data_dir().join("bin");
+    // A single file with shared and transposed storages, three shards (one ZIP64), and
+    // a file torch.save wrote, each beside the safetensors checkpoint it was made from.
+    let ours = [
+        bin.join("sharded/step0"),
+        bin.join("single/step1000"),
+        bin.join("torch-save/step2000"),
+    ];
+    let twins = [golden_step(0), golden_step(1000), golden_step(2000)];
+    let seeds = ["--seeds", "0..10"];
+    let ours = analyze_stdout(&ours.each_ref().map(|p| p.as_path()), &seeds);
+    let twins = analyze_stdout(&twins.each_ref().map(|p| p.as_path()), &seeds);
+    assert!(ours == twins, "the .bin checkpoints' analysis differs");
+    // Shortest paths read whole rows and columns, across the transposed view too.
+    let shortest = ["--seeds", "0..2", "--distance", "shortest-path"];
+    let ours = analyze_stdout(&[&bin.join("single/step1000")], &shortest);
+    assert!(ours == analyze_stdout(&[&golden_step(1000)], &shortest));
+}
+
+#[test]
+fn bad_pytorch_bin_checkpoints_are_named_and_exit_1() {
+    let bad = data_dir().join("bin/bad");
+    let cases = [
+        ("deflated", "is compressed"),
+        ("encrypted", "is encrypted"),
+        ("unknown-global", "__builtin__.eval"),
+        ("wrong-dtype", "LongStorage"),
+        ("missing-storage", "pytorch_model/data/7"),
+        ("outside-storage", "needs 24704 bytes"),
+        ("big-endian", "big-endian"),
+        ("legacy", "legacy (pre-1.6)"),
+    ];
+    for (case, says) in cases {
+        let dir = bad.join(case).join("step0");
+        let err = analyze_error(&[dir.to_str().unwrap()]);
+        let file = dir.join("pytorch_model.bin");
+        assert!(err.contains(file.to_str().unwrap()), "{case}: {err}");
+        assert!(err.contains(says), "{case}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{case}: {err}");
+    }
+
+    // Cut short, the archive loses its end records.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("step1000");
+    std::fs::create_dir(&dir).unwrap();
+    let single = data_dir().join("bin/single/step1000");
+    std::fs::copy(single.join("config.json"), dir.join("config.json")).unwrap();
+    let bytes = std::fs::read(single.join("pytorch_model.bin")).unwrap();
+    std::fs::write(dir.join("pytorch_model.bin"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = analyze_error(&[dir.to_str().unwrap()]);
+    assert!(
+        err.contains("pytorch_model.bin") && err.contains("no end-of-central-directory record"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bf16_weights_are_widened_exactly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -241,7 +316,10 @@ fn directory_without_weights_is_named() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(golden_step(0).join("config.json"), dir.join("config.json")).unwrap();
     let err = analyze_error(&[dir.to_str().unwrap()]);
-    assert!(err.contains("no model.safetensors"), "{err}");
+    assert!(
+        err.contains("no model.safetensors") && err.contains("pytorch_model.bin"),
+        "{err}"
+    );
 }
 
 #[test]
