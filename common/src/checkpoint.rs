@@ -345,12 +345,16 @@ impl Checkpoint {
             )));
         }
         let element_size = layout.element.size();
+        // `element_offset` taken apart, the row's part hoisted: whole rows and columns are
+        // millions of elements. A matrix's layout has two strides (checked when opened).
+        let [row_step, col_step] = [0, 1].map(|d| (layout.strides[d] * element_size) as u64);
         let mut values = Vec::with_capacity(rows.len() * cols.len());
         let mut pages = Vec::with_capacity(rows.len());
         let (mut lowest, mut highest) = (u64::MAX, 0u64);
         for &row in rows {
+            let row_start = layout.offset + row as u64 * row_step;
             for &col in cols {
-                let offset = layout.element_offset(&[row, col]);
+                let offset = row_start + col as u64 * col_step;
                 let at = offset as usize;
                 let value = layout.element.decode(&file.map[at..at + element_size]);
                 if !value.is_finite() {
