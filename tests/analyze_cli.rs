@@ -16,18 +16,24 @@ fn neuromfa() -> Command {
 }
 
 fn analyze_json(dirs: &[&Path], extra: &[&str]) -> Value {
-    let mut cmd = neuromfa();
-    cmd.arg("analyze").arg("--json").args(extra);
-    for d in dirs {
-        cmd.arg(d);
-    }
-    let out = cmd.output().unwrap();
+    serde_json::from_slice(&analyze_stdout(dirs, extra)).unwrap()
+}
+
+/// `analyze --json` stdout, byte for byte.
+fn analyze_stdout(dirs: &[&Path], extra: &[&str]) -> Vec<u8> {
+    let out = neuromfa()
+        .arg("analyze")
+        .arg("--json")
+        .args(extra)
+        .args(dirs)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "analyze failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    out.stdout
 }
 
 /// Runs analyze expecting failure; returns stderr.
@@ -160,23 +166,6 @@ fn f32_and_sharded_checkpoints_give_the_same_numbers() {
     let reference = per_seed(&analyze_json(&[&golden_step(1000)], &seeds));
     assert_eq!(per_seed(&analyze_json(&[&f32_dir], &seeds)), reference);
     assert_eq!(per_seed(&analyze_json(&[&sharded], &seeds)), reference);
-}
-
-/// `analyze --json` stdout, byte for byte.
-fn analyze_stdout(dirs: &[&Path], extra: &[&str]) -> Vec<u8> {
-    let out = neuromfa()
-        .arg("analyze")
-        .arg("--json")
-        .args(extra)
-        .args(dirs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "analyze failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 #[test]
