@@ -58,30 +58,24 @@ STORAGE_OF = {"F16": "HalfStorage", "BF16": "BFloat16Storage", "F32": "FloatStor
 
 # --- torch's pickled names, as stand-ins -------------------------------------------------
 
-def _stand_in_module(name):
-    module = types.ModuleType(name)
-    sys.modules[name] = module
-    return module
+def install_torch_stand_ins():
+    """Registers modules `torch` and `torch._utils` holding stand-ins for the globals a
+    state dict's pickle names, so that pickle writes them as torch would. Called when
+    writing, not on import: a script with the real torch may import this one."""
+    torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+    sys.modules.update({"torch": torch, "torch._utils": utils})
+    torch._utils = utils
+    for name in ("_rebuild_tensor_v2", "_rebuild_parameter"):
+        def stand_in(*args):
+            raise RuntimeError("a stand-in for torch, never called")
+        stand_in.__module__, stand_in.__name__, stand_in.__qualname__ = utils.__name__, name, name
+        setattr(utils, name, stand_in)
+    for storage_name in STORAGE_OF.values():
+        setattr(torch, storage_name, type(storage_name, (), {"__module__": "torch"}))
 
 
-torch = _stand_in_module("torch")
-torch_utils = _stand_in_module("torch._utils")
-torch._utils = torch_utils
-
-
-def _global(module, name):
-    def stand_in(*args):
-        raise RuntimeError(f"{module.__name__}.{name} is a stand-in")
-    stand_in.__module__ = module.__name__
-    stand_in.__name__ = stand_in.__qualname__ = name
-    setattr(module, name, stand_in)
-    return stand_in
-
-
-rebuild_tensor_v2 = _global(torch_utils, "_rebuild_tensor_v2")
-rebuild_parameter = _global(torch_utils, "_rebuild_parameter")
-for storage_name in STORAGE_OF.values():
-    setattr(torch, storage_name, type(storage_name, (), {"__module__": "torch"}))
+def torch_global(module, name):
+    return getattr(sys.modules[module], name)
 
 
 class Storage:
@@ -100,12 +94,13 @@ class Tensor:
         self.shape, self.strides, self.parameter = tuple(shape), tuple(strides), parameter
 
     def __reduce_ex__(self, protocol):
-        rebuild = (rebuild_tensor_v2, (self.storage, self.offset, self.shape, self.strides,
+        rebuild = (torch_global("torch._utils", "_rebuild_tensor_v2"), (self.storage, self.offset, self.shape, self.strides,
                                        False, collections.OrderedDict()))
         if not self.parameter:
             return rebuild
         data = Tensor(self.storage, self.offset, self.shape, self.strides)
-        return (rebuild_parameter, (data, True, collections.OrderedDict()))
+        return (torch_global("torch._utils", "_rebuild_parameter"),
+                (data, True, collections.OrderedDict()))
 
 
 class StatePickler(pickle.Pickler):
@@ -113,7 +108,7 @@ class StatePickler(pickle.Pickler):
 
     def persistent_id(self, obj):
         if isinstance(obj, Storage):
-            storage_type = getattr(torch, STORAGE_OF[obj.dtype])
+            storage_type = torch_global("torch", STORAGE_OF[obj.dtype])
             return ("storage", storage_type, obj.key, "cpu", obj.numel)
         return None
 
@@ -498,6 +493,7 @@ def main():
     parser.add_argument("--golden", default=os.path.join(root, "tests/data/golden/tiny-neox"))
     parser.add_argument("--out", default=os.path.join(root, "tests/data/bin"))
     args = parser.parse_args()
+    install_torch_stand_ins()
     write_single(args.golden, args.out)
     write_sharded(args.golden, args.out)
     write_bad(args.golden, args.out)
