@@ -39,6 +39,9 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
+    /// In the order [`choose_weight_files`] prefers them.
+    pub const ALL: [WeightFormat; 2] = [WeightFormat::Safetensors, WeightFormat::PytorchBin];
+
     pub fn as_str(self) -> &'static str {
         match self {
             WeightFormat::Safetensors => "safetensors",
@@ -73,13 +76,12 @@ impl FromStr for WeightFormat {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "safetensors" => Ok(WeightFormat::Safetensors),
-            "pytorch-bin" => Ok(WeightFormat::PytorchBin),
-            other => Err(format!(
-                "unknown weight format {other:?}: expected safetensors or pytorch-bin"
-            )),
-        }
+        WeightFormat::ALL
+            .into_iter()
+            .find(|format| format.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown weight format {s:?}: expected safetensors or pytorch-bin")
+            })
     }
 }
 
@@ -107,7 +109,7 @@ impl WeightFiles {
 /// then `pytorch_model.bin`, then `pytorch_model.bin.index.json`. `None` when there is none.
 pub fn choose_weight_files<S: AsRef<str>>(listing: &[S]) -> Option<WeightFiles> {
     let has = |name: &str| listing.iter().any(|f| f.as_ref() == name);
-    [WeightFormat::Safetensors, WeightFormat::PytorchBin]
+    WeightFormat::ALL
         .into_iter()
         .flat_map(|format| [false, true].map(|sharded| WeightFiles { format, sharded }))
         .find(|files| has(files.entry_file()))
