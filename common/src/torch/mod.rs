@@ -43,11 +43,11 @@ use zip::{CentralDirectory, DataStart, Entry, EntryData, Tail};
 
 /// The pickled state dict's record.
 pub const PICKLE_RECORD: &str = "data.pkl";
-/// The byte-order record (absent in files from torch before 2.1, which were little-endian).
+/// The byte-order record; files older torch wrote lack it and are read as little-endian.
 pub const BYTEORDER_RECORD: &str = "byteorder";
 
 /// The element type of a storage class, if weights may be stored in it.
-pub fn element_type(storage_type: &str) -> Option<ElementType> {
+fn element_type(storage_type: &str) -> Option<ElementType> {
     match storage_type {
         "HalfStorage" => Some(ElementType::F16),
         "BFloat16Storage" => Some(ElementType::BF16),
