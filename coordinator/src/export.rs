@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use crate::integrity::{duplicate_of, DuplicatePolicy};
 use crate::spec::SweepSpec;
-use crate::state::{read_revisions, recorded_spec, StateError, DB_FILE};
+use crate::state::{recorded_spec, StateError, DB_FILE};
+use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -158,8 +159,8 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
         .map(|c| (c.model, c.step))
         .collect();
 
-    let hashes: BTreeMap<(String, u64), String> = read_revisions(&conn)
-        .map_err(db)?
+    let hashes: BTreeMap<(String, u64), String> = Store::open_read(state_dir)?
+        .revisions()?
         .into_iter()
         .filter(|(model, step, _)| grid.contains(&(model.clone(), *step)))
         .map(|(model, step, hash)| ((model, step), hash))

@@ -1,5 +1,6 @@
-//! The coordinator's decisions without a socket: grid, leases, expiry, retries,
-//! affinity, exactly-once results, resume and export.
+//! The sweep's state on disk: every decision survives a reopen, a failed transaction
+//! leaves nothing behind, growth, refused settings, migrations, and exports. Scheduling
+//! itself is tested without storage in `schedule.rs`.
 
 use std::path::Path;
 
@@ -119,124 +120,99 @@ fn grid_leases_complete_and_resume() {
 }
 
 #[test]
-fn expired_leases_requeue_then_fail_with_reason() {
+fn every_kind_of_decision_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let mut state = SweepState::open(spec(dir.path(), "[0]", 1, ""), OpenMode::Resume).unwrap();
+    let s = spec(dir.path(), "[0, 10]", 2, "");
+    let mut state = SweepState::open(s.clone(), OpenMode::Resume).unwrap();
     let w = state
         .transaction(|s| s.register_worker("h", 1, "v", 0))
         .unwrap();
-    let lease = state.transaction(|s| s.lease(&w, 10, 0)).unwrap();
-    assert_eq!(lease.len(), 1);
-    let id = lease[0].task_id;
-    // Heartbeats keep it.
-    assert!(state
-        .transaction(|s| s.heartbeat(&w, &[id], 9_000))
-        .unwrap()
-        .is_empty());
-    assert_eq!(state.transaction(|s| s.expire_leases(15_000)).unwrap(), 0);
-    // Silence lapses it: attempt 1 of 2, back to pending.
-    assert_eq!(state.transaction(|s| s.expire_leases(20_000)).unwrap(), 1);
-    // Pending: this task and the other model's, never leased.
-    assert_eq!(state.counts()["pending"], 2);
+    let leases = state.transaction(|s| s.lease(&w, 2, 0)).unwrap();
+    let (a, b) = (&leases[0], &leases[1]);
+    assert_eq!(done(&mut state, &w, a, 1), Completion::Accepted);
+    assert_eq!(done(&mut state, &w, a, 2), Completion::Duplicate);
+    state
+        .transaction(|s| s.fail(&w, b.task_id, "corrupt header", true, 3))
+        .unwrap();
+    let held = state.transaction(|s| s.lease(&w, 2, 4)).unwrap();
+    state
+        .transaction(|s| s.heartbeat(&w, &[held[0].task_id], 5_000))
+        .unwrap();
+    state
+        .transaction(|s| s.release(&w, &[held[1].task_id]))
+        .unwrap();
+    state
+        .transaction(|s| s.record_resolution("org/a", 0, "c0", "same"))
+        .unwrap();
+    let before = state.status(6_000, false);
+    drop(state);
+
+    let mut state = SweepState::open(s, OpenMode::Resume).unwrap();
+    let after = state.status(6_000, false);
+    assert_eq!(
+        (after.done, after.failed, after.leased, after.pending),
+        (before.done, before.failed, before.leased, before.pending)
+    );
+    assert_eq!((after.done, after.failed, after.leased), (1, 1, 1));
+    assert_eq!(after.duplicates_ignored, 1);
+    assert_eq!(after.failures[0].error, "corrupt header");
+    assert_eq!(state.unresolved().len(), 3, "the resolution is stored");
+    // The extended deadline (15 s) was stored, not the first one (10 s).
+    assert_eq!(state.transaction(|s| s.expire_leases(12_000)).unwrap(), 0);
+    // The worker is known and still holds its lease.
     let lost = state
-        .transaction(|s| s.heartbeat(&w, &[id], 20_001))
+        .transaction(|s| s.heartbeat(&w, &[held[0].task_id], 14_000))
         .unwrap();
-    assert_eq!(lost, vec![id]);
-    let again = state.transaction(|s| s.lease(&w, 10, 20_002)).unwrap();
-    assert_eq!(again[0].attempt, 2);
-    state.transaction(|s| s.expire_leases(40_000)).unwrap();
-    assert_eq!(state.counts()["failed"], 1);
-    let status = state.status(40_000, false);
-    assert!(
-        status.failures[0].error.contains("lease expired"),
-        "{:?}",
-        status.failures
-    );
-    // A late result for a lapsed lease is still a result.
-    assert_eq!(
-        done(&mut state, &w, &lease[0], 41_000),
-        Completion::Accepted
-    );
-    assert_eq!(state.counts()["done"], 1);
+    assert!(lost.is_empty());
+    // The released task went back without using an attempt.
+    let again = state.transaction(|s| s.lease(&w, 4, 14_001)).unwrap();
+    let released = again.iter().find(|l| l.task_id == held[1].task_id).unwrap();
+    assert_eq!(released.attempt, 1);
 }
 
 #[test]
-fn failures_retry_until_the_limit_and_retry_failed_requeues() {
+fn a_failed_transaction_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let mut state = SweepState::open(spec(dir.path(), "[0]", 2, ""), OpenMode::Resume).unwrap();
+    let s = spec(dir.path(), "[0]", 2, "");
+    let mut state = SweepState::open(s.clone(), OpenMode::Resume).unwrap();
     let w = state
         .transaction(|s| s.register_worker("h", 1, "v", 0))
         .unwrap();
-    let leases = state.transaction(|s| s.lease(&w, 10, 0)).unwrap();
-    let (a, b) = (leases[0].task_id, leases[1].task_id);
-    assert!(state
-        .transaction(|s| s.fail(&w, a, "network blip", false, 1))
-        .unwrap());
-    assert!(!state
-        .transaction(|s| s.fail(&w, b, "corrupt header", true, 1))
-        .unwrap());
-    let retry = state.transaction(|s| s.lease(&w, 10, 2)).unwrap();
-    assert_eq!(retry.iter().map(|l| l.task_id).collect::<Vec<_>>(), vec![a]);
-    assert!(!state
-        .transaction(|s| s.fail(&w, a, "network blip again", false, 3))
-        .unwrap());
-    assert_eq!(state.counts()["failed"], 2);
-    let errors: Vec<String> = state
-        .status(4, false)
-        .failures
-        .into_iter()
-        .map(|f| f.error)
-        .collect();
-    assert!(errors.contains(&"corrupt header".to_string()), "{errors:?}");
-    assert_eq!(state.transaction(|s| s.retry_failed()).unwrap(), 2);
-    // The two retried and the other model's two.
+    let err = state
+        .transaction(|s| {
+            let leases = s.lease(&w, 2, 0)?;
+            assert_eq!(leases.len(), 2);
+            s.complete(&w, 999, &result(0, 0), TaskMetrics::default(), 0)
+        })
+        .unwrap_err();
+    assert!(matches!(err, StateError::UnknownTask(999)), "{err}");
+    // Memory was rebuilt from disk: the leases of the failed transaction are gone.
     assert_eq!(state.counts()["pending"], 4);
-    assert_eq!(
-        state.transaction(|s| s.lease(&w, 10, 5)).unwrap()[0].attempt,
-        1
-    );
+    drop(state);
+    let state = SweepState::open(s, OpenMode::Resume).unwrap();
+    assert_eq!(state.counts()["pending"], 4);
 }
 
 #[test]
-fn released_leases_do_not_use_an_attempt() {
+fn a_state_directory_from_before_fetch_modes_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
-    let mut state = SweepState::open(spec(dir.path(), "[0]", 1, ""), OpenMode::Resume).unwrap();
+    let s = spec(dir.path(), "[0]", 1, "");
+    let mut state = SweepState::open(s.clone(), OpenMode::Resume).unwrap();
     let w = state
         .transaction(|s| s.register_worker("h", 1, "v", 0))
         .unwrap();
-    let l = state.transaction(|s| s.lease(&w, 1, 0)).unwrap();
-    assert_eq!(
-        state
-            .transaction(|s| s.release(&w, &[l[0].task_id]))
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        state.transaction(|s| s.lease(&w, 1, 1)).unwrap()[0].attempt,
-        1
-    );
-}
-
-#[test]
-fn a_checkpoints_seeds_stay_with_its_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut state = SweepState::open(spec(dir.path(), "[0, 10]", 4, ""), OpenMode::Resume).unwrap();
-    let w1 = state
-        .transaction(|s| s.register_worker("one", 1, "v", 0))
+    complete_all(&mut state, &w, 0);
+    drop(state);
+    let db =
+        rusqlite::Connection::open(dir.path().join(neuromfa_coordinator::state::DB_FILE)).unwrap();
+    db.execute_batch("ALTER TABLE results DROP COLUMN fetch_mode")
         .unwrap();
-    let w2 = state
-        .transaction(|s| s.register_worker("two", 1, "v", 0))
-        .unwrap();
-    let a = state.transaction(|s| s.lease(&w1, 2, 0)).unwrap();
-    let b = state.transaction(|s| s.lease(&w2, 2, 0)).unwrap();
-    let key = |l: &Lease| (l.model.clone(), l.step);
-    assert_ne!(key(&a[0]), key(&b[0]), "w2 must not split w1's checkpoint");
-    let a2 = state.transaction(|s| s.lease(&w1, 2, 1)).unwrap();
-    assert_eq!(
-        key(&a2[0]),
-        key(&a[0]),
-        "w1 gets the rest of its checkpoint"
-    );
+    drop(db);
+    let state = SweepState::open(s, OpenMode::Resume).unwrap();
+    assert_eq!(state.counts()["done"], 2);
+    let data = export::load(dir.path()).unwrap();
+    assert!(data.fetches.iter().all(|f| f.fetch_mode.is_empty()));
+    assert_eq!(data.fetches.len(), 2);
 }
 
 #[test]
