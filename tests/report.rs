@@ -353,20 +353,23 @@ fn report_writes_every_file_with_the_exported_values() {
             .collect();
         let alpha0: Vec<(f64, f64)> = rows
             .iter()
-            .map(|a| (a.step as f64, a.alpha0_mean))
+            .map(|a| (a.aggregate.step as f64, a.aggregate.alpha0_mean))
             .collect();
         assert_eq!(
             series(&plot_data, "alpha0-width", &format!("alpha0: {model}")),
             alpha0
         );
-        let width: Vec<(f64, f64)> = rows.iter().map(|a| (a.step as f64, a.width_mean)).collect();
+        let width: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|a| (a.aggregate.step as f64, a.aggregate.width_mean))
+            .collect();
         assert_eq!(
             series(&plot_data, "alpha0-width", &format!("width: {model}")),
             width
         );
         let e: Vec<(f64, f64)> = rows
             .iter()
-            .map(|a| (a.step as f64, a.e_from_means.unwrap()))
+            .map(|a| (a.aggregate.step as f64, a.aggregate.e_from_means.unwrap()))
             .collect();
         assert_eq!(series(&plot_data, "emergence", model), e);
         assert_eq!(e[0].1, 0.0, "E is 0 at the first step");
@@ -407,7 +410,7 @@ fn report_writes_every_file_with_the_exported_values() {
     let at = |model: &str, step: u64| {
         data.aggregates
             .iter()
-            .find(|a| a.model == model && a.step == step)
+            .find(|a| a.model == model && a.aggregate.step == step)
             .unwrap()
     };
     let (a, b) = (at(MODEL_A, 3000), at(MODEL_B, 3000));
@@ -415,11 +418,11 @@ fn report_writes_every_file_with_the_exported_values() {
     assert_eq!(
         series(&plot_data, "emergence-vs-size", "step 3000"),
         vec![
-            (a.parameters as f64, a.e_from_means.unwrap()),
-            (b.parameters as f64, b.e_from_means.unwrap())
+            (a.parameters as f64, a.aggregate.e_from_means.unwrap()),
+            (b.parameters as f64, b.aggregate.e_from_means.unwrap())
         ]
     );
-    assert_eq!(b.seeds, 2, "the failed seed is left out");
+    assert_eq!(b.aggregate.seeds, 2, "the failed seed is left out");
     let sciq = series(&plot_data, "evals-eleutherai-pythia-160m-deduped", "sciq");
     assert_eq!(sciq.len(), 27, "every evaluated step is drawn");
     assert_eq!(sciq[0], (0.0, sciq_accuracy(0)));
@@ -427,7 +430,12 @@ fn report_writes_every_file_with_the_exported_values() {
     // Correlations, recomputed here from the evaluation files and the exports.
     let (e, acc): (Vec<f64>, Vec<f64>) = STEPS_A
         .iter()
-        .map(|&s| (at(MODEL_A, s).e_from_means.unwrap(), sciq_accuracy(s)))
+        .map(|&s| {
+            (
+                at(MODEL_A, s).aggregate.e_from_means.unwrap(),
+                sciq_accuracy(s),
+            )
+        })
         .unzip();
     let correlations = csv_rows(&out.join("table-correlations.csv"));
     let row = correlations
@@ -462,7 +470,7 @@ fn report_writes_every_file_with_the_exported_values() {
     assert_eq!(row["sciq"].parse::<f64>().unwrap(), sciq_accuracy(13000));
     assert_eq!(
         row["E_from_means"].parse::<f64>().unwrap(),
-        at(MODEL_A, 13000).e_from_means.unwrap()
+        at(MODEL_A, 13000).aggregate.e_from_means.unwrap()
     );
     // 65 benchmarks: the table shows the paper's six.
     for b in [
@@ -495,7 +503,7 @@ fn report_writes_every_file_with_the_exported_values() {
     assert_eq!(widths.len(), data.aggregates.len());
     assert_eq!(
         widths[1]["alpha0_var"].parse::<f64>().unwrap(),
-        data.aggregates[1].alpha0_var
+        data.aggregates[1].aggregate.alpha0_var
     );
 
     // One self-contained page.

@@ -7,11 +7,13 @@
 //! - [`store`]: the SQLite schema, migrations, loading, and writing changes in
 //!   transactions; the only module that speaks SQL.
 //! - [`integrity`]: the duplicate policy and the ledger of what each checkpoint serves.
+//! - [`aggregate`]: which results count for which step, and `E`'s reference step.
 //! - [`status`]: what `status` shows, built from the schedule.
 //! - [`state`]: [`SweepState`], the schedule, ledger and store composed so that nothing
 //!   is acknowledged before the transaction holding it is durable.
-//! - [`export`]: tables from a state directory.
+//! - [`export`]: tables from a state directory, read through the store.
 
+pub mod aggregate;
 mod error;
 pub mod export;
 pub mod integrity;

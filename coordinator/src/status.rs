@@ -1,11 +1,13 @@
 //! What `neuromfa status` shows, assembled from the schedule (counts, workers, failures,
-//! progress, live aggregates) and the integrity ledger (duplicated steps).
+//! progress), the integrity ledger (duplicated steps) and the live aggregates, which go
+//! through the same point selection as the exports.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use neuromfa_common::stats::{aggregate, SeedPoint, StepAggregate};
+use neuromfa_common::stats::{SeedPoint, StepAggregate};
 use serde::{Deserialize, Serialize};
 
+use crate::aggregate::Selection;
 use crate::integrity::{DuplicatePolicy, Ledger};
 use crate::record::TaskState;
 use crate::schedule::Schedule;
@@ -117,52 +119,26 @@ impl Throughput {
 }
 
 /// Per model, the aggregates of the `(α0, w)` results in so far (no spectra: those are
-/// in the exports).
+/// in the exports), counted as the spec's duplicate policy says.
 pub fn live_aggregates<'a>(
-    schedule: &'a Schedule,
-    ledger: &Ledger,
+    schedule: &Schedule,
+    ledger: &'a Ledger,
     policy: DuplicatePolicy,
 ) -> BTreeMap<&'a str, Vec<StepAggregate>> {
-    let mut points: BTreeMap<&str, Vec<SeedPoint>> = BTreeMap::new();
-    for t in schedule.tasks() {
-        if let Some(r) = t.result {
-            let key = &schedule.checkpoints()[t.checkpoint];
-            points
-                .entry(key.model.as_str())
-                .or_default()
-                .push(SeedPoint {
-                    step: key.step,
-                    seed: t.seed,
-                    alpha0: r.alpha0,
-                    width: r.width,
-                    alpha: Vec::new(),
-                    f_alpha: Vec::new(),
-                });
-        }
-    }
-    points
-        .into_iter()
-        .map(|(model, points)| {
-            let first = reference_step(ledger, policy, model);
-            (model, aggregate(&points, first))
+    let results = schedule.tasks().iter().filter_map(|t| {
+        t.result.map(|r| {
+            let point = SeedPoint {
+                step: 0, // the selection sets the step each point counts for
+                seed: t.seed,
+                alpha0: r.alpha0,
+                width: r.width,
+                alpha: Vec::new(),
+                f_alpha: Vec::new(),
+            };
+            (t.checkpoint, point)
         })
-        .collect()
-}
-
-/// The step `E` is relative to: the model's first step, or under `skip` its first
-/// step that is not left out as a duplicate.
-fn reference_step(ledger: &Ledger, policy: DuplicatePolicy, model: &str) -> u64 {
-    ledger
-        .checkpoints()
-        .iter()
-        .enumerate()
-        .filter(|(slot, k)| {
-            k.model == model
-                && (policy != DuplicatePolicy::Skip || ledger.original_of(*slot).is_none())
-        })
-        .map(|(_, k)| k.step)
-        .min()
-        .unwrap_or(0)
+    });
+    Selection::new(ledger, policy).aggregates(results)
 }
 
 /// The status report at `now_ms`.

@@ -110,8 +110,8 @@ fn grid_leases_complete_and_resume() {
     let data = export::load(dir.path()).unwrap();
     assert_eq!(data.tasks.len(), 18);
     assert_eq!(data.aggregates.len(), 6);
-    assert_eq!(data.aggregates[0].e_from_means, Some(0.0));
-    assert!(data.aggregates[1].e_from_means.unwrap() > 0.0);
+    assert_eq!(data.aggregates[0].aggregate.e_from_means, Some(0.0));
+    assert!(data.aggregates[1].aggregate.e_from_means.unwrap() > 0.0);
     assert_eq!(data.spectra.len(), 6 * 2);
     let files = export::export(dir.path(), None).unwrap();
     assert_eq!(files.len(), export::EXPORT_FILES.len());

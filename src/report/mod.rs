@@ -296,7 +296,12 @@ fn spectra_figure(m: &ModelRows) -> Figure {
         series.push(s);
         entries.push((step.to_string(), color));
     }
-    let seeds = m.aggregates.iter().map(|a| a.seeds).max().unwrap_or(0);
+    let seeds = m
+        .aggregates
+        .iter()
+        .map(|a| a.aggregate.seeds)
+        .max()
+        .unwrap_or(0);
     Figure {
         stem: format!("spectra-{}", m.slug),
         title: format!("Multifractal spectrum, {}", m.repo),
@@ -339,7 +344,7 @@ fn alpha0_width_figure(models: &[ModelRows]) -> Figure {
                         categorical(i),
                         m.aggregates
                             .iter()
-                            .map(|a| (a.step as f64, pick(a).0))
+                            .map(|a| (a.aggregate.step as f64, pick(a).0))
                             .collect(),
                     );
                     s.band = m
@@ -347,7 +352,7 @@ fn alpha0_width_figure(models: &[ModelRows]) -> Figure {
                         .iter()
                         .map(|a| {
                             let (mean, var) = pick(a);
-                            (a.step as f64, mean - sd(var), mean + sd(var))
+                            (a.aggregate.step as f64, mean - sd(var), mean + sd(var))
                         })
                         .collect();
                     s
@@ -362,10 +367,10 @@ fn alpha0_width_figure(models: &[ModelRows]) -> Figure {
         size: (1440, 600),
         panels: vec![
             panel("alpha0", "α0 (irregularity)", "α0 mean", |a| {
-                (a.alpha0_mean, a.alpha0_var)
+                (a.aggregate.alpha0_mean, a.aggregate.alpha0_var)
             }),
             panel("width", "w (heterogeneity)", "w mean", |a| {
-                (a.width_mean, a.width_var)
+                (a.aggregate.width_mean, a.aggregate.width_var)
             }),
         ],
         color_key: None,
@@ -376,9 +381,10 @@ fn e_points(m: &ModelRows) -> Vec<(f64, f64)> {
     m.aggregates
         .iter()
         .filter_map(|a| {
-            a.e_from_means
+            a.aggregate
+                .e_from_means
                 .filter(|e| e.is_finite())
-                .map(|e| (a.step as f64, e))
+                .map(|e| (a.aggregate.step as f64, e))
         })
         .collect()
 }
@@ -490,8 +496,8 @@ fn emergence_vs_size_figure(
             let mut points: Vec<(f64, f64)> = models
                 .iter()
                 .filter_map(|m| {
-                    let a = m.aggregates.iter().find(|a| a.step == step)?;
-                    let e = a.e_from_means.filter(|e| e.is_finite())?;
+                    let a = m.aggregates.iter().find(|a| a.aggregate.step == step)?;
+                    let e = a.aggregate.e_from_means.filter(|e| e.is_finite())?;
                     (a.parameters > 0).then_some((a.parameters as f64, e))
                 })
                 .collect();
@@ -648,10 +654,10 @@ fn spectrum_variance_table(models: &[ModelRows], data: &ExportData) -> Table {
                     .aggregates
                     .iter()
                     .map(|a| {
-                        let rows = m.spectra.get(&a.step).map_or(&[][..], Vec::as_slice);
+                        let rows = m.spectra.get(&a.aggregate.step).map_or(&[][..], Vec::as_slice);
                         vec![
-                            Cell::Int(a.step),
-                            Cell::Int(a.seeds as u64),
+                            Cell::Int(a.aggregate.step),
+                            Cell::Int(a.aggregate.seeds as u64),
                             Cell::Int(rows.len() as u64),
                             Cell::Num(mean(rows.iter().map(|r| r.alpha_var))),
                             Cell::Num(mean(rows.iter().map(|r| r.f_alpha_var))),
@@ -692,14 +698,14 @@ fn alpha0_width_table(models: &[ModelRows]) -> Table {
                     .iter()
                     .map(|a| {
                         vec![
-                            Cell::Int(a.step),
-                            Cell::Int(a.seeds as u64),
-                            Cell::Num(Some(a.alpha0_mean)),
-                            Cell::Num(Some(a.alpha0_var)),
-                            Cell::Num(Some(a.alpha0_var_ddof1)),
-                            Cell::Num(Some(a.width_mean)),
-                            Cell::Num(Some(a.width_var)),
-                            Cell::Num(Some(a.width_var_ddof1)),
+                            Cell::Int(a.aggregate.step),
+                            Cell::Int(a.aggregate.seeds as u64),
+                            Cell::Num(Some(a.aggregate.alpha0_mean)),
+                            Cell::Num(Some(a.aggregate.alpha0_var)),
+                            Cell::Num(Some(a.aggregate.alpha0_var_ddof1)),
+                            Cell::Num(Some(a.aggregate.width_mean)),
+                            Cell::Num(Some(a.aggregate.width_var)),
+                            Cell::Num(Some(a.aggregate.width_var_ddof1)),
                         ]
                     })
                     .collect();
@@ -743,14 +749,16 @@ fn emergence_table(models: &[ModelRows], evals: &Evals, chosen: &[String]) -> Ta
                     .iter()
                     .map(|a| {
                         let mut row = vec![
-                            Cell::Int(a.step),
-                            Cell::Int(a.seeds as u64),
-                            Cell::Num(a.e_from_means),
-                            Cell::Num(a.e_per_seed_mean),
-                            Cell::Num(a.e_per_seed_var),
+                            Cell::Int(a.aggregate.step),
+                            Cell::Int(a.aggregate.seeds as u64),
+                            Cell::Num(a.aggregate.e_from_means),
+                            Cell::Num(a.aggregate.e_per_seed_mean),
+                            Cell::Num(a.aggregate.e_per_seed_var),
                         ];
                         row.extend(chosen.iter().map(|b| {
-                            Cell::Num(acc.and_then(|acc| acc.get(b)?.get(&a.step).copied()))
+                            Cell::Num(
+                                acc.and_then(|acc| acc.get(b)?.get(&a.aggregate.step).copied()),
+                            )
                         }));
                         row
                     })
