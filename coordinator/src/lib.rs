@@ -11,9 +11,11 @@
 //! - [`status`]: what `status` shows, built from the schedule.
 //! - [`state`]: [`SweepState`], the schedule, ledger and store composed so that nothing
 //!   is acknowledged before the transaction holding it is durable.
+//! - [`commit`]: the state thread that batches requests into one transaction each.
 //! - [`export`]: tables from a state directory, read through the store.
 
 pub mod aggregate;
+pub mod commit;
 mod error;
 pub mod export;
 pub mod integrity;

@@ -1,7 +1,8 @@
 //! A sweep's state: the schedule and the integrity ledger in memory, the store on disk.
 //! Every decision's changes are written in the caller's transaction (`begin` …
 //! `commit`), and callers acknowledge nothing before `commit` has returned, so an
-//! acknowledged lease or result survives a crash of the process or the machine.
+//! acknowledged lease or result survives a crash of the process or the machine
+//! ([`crate::commit`] does this for the gRPC server, batching many requests per commit).
 
 use std::collections::BTreeMap;
 use std::path::Path;
