@@ -113,7 +113,8 @@ impl Coordinator for CoordinatorService {
         let reply = self
             .state
             .call(move |s, c| {
-                let id = s.register_worker(&r.host, r.cores, &r.version, c.now_ms)?;
+                let id =
+                    s.decide(|d| Ok(d.register_worker(&r.host, r.cores, &r.version, c.now_ms)))?;
                 Ok(proto::RegisterReply {
                     worker_id: id,
                     sweep: s.spec().name.clone(),
@@ -146,8 +147,9 @@ impl Coordinator for CoordinatorService {
                         sweep_finished: false,
                     });
                 }
-                let leases = s.lease(&r.worker_id, r.max_tasks.max(1) as usize, c.now_ms)?;
-                let finished = leases.is_empty() && s.finished();
+                let leases =
+                    s.decide(|d| d.lease(&r.worker_id, r.max_tasks.max(1) as usize, c.now_ms))?;
+                let finished = leases.is_empty() && s.schedule().finished();
                 Ok(proto::LeaseReply {
                     tasks: leases
                         .into_iter()
@@ -182,7 +184,7 @@ impl Coordinator for CoordinatorService {
         let reply = self
             .state
             .call(move |s, c| {
-                let lost = s.heartbeat(&r.worker_id, &r.task_ids, c.now_ms)?;
+                let lost = s.decide(|d| d.heartbeat(&r.worker_id, &r.task_ids, c.now_ms))?;
                 Ok(proto::HeartbeatReply {
                     lost_task_ids: lost,
                     draining: c.draining,
@@ -208,7 +210,9 @@ impl Coordinator for CoordinatorService {
         };
         let completion = self
             .state
-            .call(move |s, c| s.complete(&r.worker_id, r.task_id, &result, metrics, c.now_ms))
+            .call(move |s, c| {
+                s.decide(|d| d.complete(&r.worker_id, r.task_id, &result, metrics, c.now_ms))
+            })
             .await?;
         Ok(Response::new(proto::CompleteReply {
             accepted: completion == neuromfa_coordinator::Completion::Accepted,
@@ -222,7 +226,9 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let will_retry = self
             .state
-            .call(move |s, c| s.fail(&r.worker_id, r.task_id, &r.error, r.permanent, c.now_ms))
+            .call(move |s, c| {
+                s.decide(|d| d.fail(&r.worker_id, r.task_id, &r.error, r.permanent, c.now_ms))
+            })
             .await?;
         Ok(Response::new(proto::FailReply { will_retry }))
     }
@@ -234,7 +240,7 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let released = self
             .state
-            .call(move |s, _| s.release(&r.worker_id, &r.task_ids))
+            .call(move |s, _| s.decide(|d| Ok(d.release(&r.worker_id, &r.task_ids))))
             .await?;
         Ok(Response::new(proto::ReleaseReply {
             released: released as u32,

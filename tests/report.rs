@@ -141,23 +141,29 @@ fn build_state(dir: &Path, real: bool) -> ExportData {
     let results = results(real, &params);
     let mut state = SweepState::open(spec, OpenMode::Resume).unwrap();
     let worker = state
-        .transaction(|s| s.register_worker("test-host", 2, "0", 0))
+        .transaction(|s| s.decide(|d| Ok(d.register_worker("test-host", 2, "0", 0))))
         .unwrap();
     loop {
-        let leases = state.transaction(|s| s.lease(&worker, 8, 1)).unwrap();
+        let leases = state
+            .transaction(|s| s.decide(|d| d.lease(&worker, 8, 1)))
+            .unwrap();
         if leases.is_empty() {
             break;
         }
         for l in leases {
             if l.model == MODEL_B && l.step == 3000 && l.seed == 2 {
                 state
-                    .transaction(|s| s.fail(&worker, l.task_id, "corrupt checkpoint", true, 2))
+                    .transaction(|s| {
+                        s.decide(|d| d.fail(&worker, l.task_id, "corrupt checkpoint", true, 2))
+                    })
                     .unwrap();
                 continue;
             }
             let r = &results[&(l.model.clone(), l.step, l.seed)];
             let done = state
-                .transaction(|s| s.complete(&worker, l.task_id, r, TaskMetrics::default(), 2))
+                .transaction(|s| {
+                    s.decide(|d| d.complete(&worker, l.task_id, r, TaskMetrics::default(), 2))
+                })
                 .unwrap();
             assert_eq!(done, Completion::Accepted);
         }

@@ -109,7 +109,7 @@ impl GroupCommit {
 
 /// The state thread: batches until every handle is dropped.
 fn run(mut state: SweepState, inbox: &mpsc::Receiver<Job>, draining: &AtomicBool, hub: String) {
-    let heartbeat_ms = (state.lease_ms() / 4).clamp(50, 30_000);
+    let heartbeat_ms = (state.schedule().lease_ms() / 4).clamp(50, 30_000);
     loop {
         // Wake regularly even when idle, to expire lapsed leases.
         let first = match inbox.recv_timeout(IDLE_WAKE) {
@@ -146,7 +146,7 @@ fn apply_batch(state: &mut SweepState, batch: Vec<Job>, context: &Context) {
         return;
     }
     let mut storage_error = false;
-    if let Err(e) = state.expire_leases(context.now_ms) {
+    if let Err(e) = state.decide(|schedule| Ok(schedule.expire(context.now_ms))) {
         tracing::error!(error = %e, "expiring leases");
         storage_error = true;
     }

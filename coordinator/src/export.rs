@@ -177,13 +177,13 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
             duplicate_of: ledger
                 .original_of(slot)
                 .map(|o| ledger.checkpoints()[o].step),
-            state: stored.state.as_str().to_string(),
-            last_error: stored.last_error.unwrap_or_default(),
+            state: stored.progress.state.as_str().to_string(),
+            last_error: stored.progress.last_error.unwrap_or_default(),
             model: stored.model,
             revision: stored.revision,
             step: stored.step,
             seed: stored.seed,
-            attempts: stored.attempts,
+            attempts: stored.progress.attempts,
         });
     }
     let model_order: BTreeMap<&str, usize> = spec

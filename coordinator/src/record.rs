@@ -51,6 +51,31 @@ pub struct TaskMetrics {
     pub fetch_mode: String,
 }
 
+/// Where a task is in its life: what scheduling decisions change and the store writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskProgress {
+    pub state: TaskState,
+    /// Leases taken (a released lease gives its attempt back).
+    pub attempts: u32,
+    /// The lease holder, while leased.
+    pub worker: Option<String>,
+    pub deadline_ms: u64,
+    pub last_error: Option<String>,
+}
+
+impl TaskProgress {
+    /// A task never leased.
+    pub fn pending() -> Self {
+        TaskProgress {
+            state: TaskState::Pending,
+            attempts: 0,
+            worker: None,
+            deadline_ms: 0,
+            last_error: None,
+        }
+    }
+}
+
 /// A task as stored, with its result when it has one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredTask {
@@ -60,11 +85,7 @@ pub struct StoredTask {
     /// The checkpoint's revision as recorded when the task was added.
     pub revision: String,
     pub seed: u32,
-    pub state: TaskState,
-    pub attempts: u32,
-    pub worker: Option<String>,
-    pub deadline_ms: u64,
-    pub last_error: Option<String>,
+    pub progress: TaskProgress,
     pub result: Option<StoredResult>,
 }
 
@@ -93,14 +114,10 @@ pub struct StoredWorker {
 /// One change a decision made, to be stored in the transaction that acknowledges it.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// A task's row, written whole.
+    /// A task's progress, written whole.
     TaskUpdated {
         id: i64,
-        state: TaskState,
-        attempts: u32,
-        worker: Option<String>,
-        deadline_ms: u64,
-        last_error: Option<String>,
+        progress: TaskProgress,
     },
     /// A held lease's deadline moved (a heartbeat); nothing else changed.
     LeaseExtended {

@@ -10,7 +10,7 @@ use neuromfa_common::SeedResult;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StateError;
-use crate::record::{Change, StoredTask, StoredWorker, TaskMetrics, TaskState};
+use crate::record::{Change, StoredTask, StoredWorker, TaskMetrics, TaskProgress, TaskState};
 use crate::spec::{CheckpointKey, SweepSpec};
 
 type Result<T> = std::result::Result<T, StateError>;
@@ -81,11 +81,7 @@ pub struct Task {
     /// Index into [`Schedule::checkpoints`].
     pub checkpoint: usize,
     pub seed: u32,
-    pub state: TaskState,
-    pub attempts: u32,
-    pub worker: Option<String>,
-    pub deadline_ms: u64,
-    pub last_error: Option<String>,
+    pub progress: TaskProgress,
     pub result: Option<ResultSummary>,
 }
 
@@ -197,11 +193,7 @@ impl Schedule {
                 id: t.id,
                 checkpoint,
                 seed: t.seed,
-                state: t.state,
-                attempts: t.attempts,
-                worker: t.worker,
-                deadline_ms: t.deadline_ms,
-                last_error: t.last_error,
+                progress: t.progress,
                 result: t
                     .result
                     .map(|r| ResultSummary::new(r.alpha0, r.width, &r.metrics)),
@@ -210,7 +202,7 @@ impl Schedule {
         self.slot_of_task = tasks.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
         self.tasks = tasks;
         for (slot, task) in self.tasks.iter().enumerate() {
-            match task.state {
+            match task.progress.state {
                 TaskState::Pending => {
                     self.pending
                         .entry(self.rank_of_checkpoint[task.checkpoint])
@@ -219,7 +211,7 @@ impl Schedule {
                 }
                 TaskState::Leased => {
                     self.leased.insert(slot);
-                    if let Some(worker) = &task.worker {
+                    if let Some(worker) = &task.progress.worker {
                         self.owner.insert(task.checkpoint, worker.clone());
                     }
                 }
@@ -276,7 +268,7 @@ impl Schedule {
             ("skipped", 0),
         ]);
         for t in &self.tasks {
-            *counts.entry(t.state.as_str()).or_insert(0) += 1;
+            *counts.entry(t.progress.state.as_str()).or_insert(0) += 1;
         }
         counts
     }
@@ -285,7 +277,7 @@ impl Schedule {
     pub fn leased_by(&self) -> HashMap<&str, usize> {
         let mut leased_by: HashMap<&str, usize> = HashMap::new();
         for &slot in &self.leased {
-            if let Some(w) = &self.tasks[slot].worker {
+            if let Some(w) = &self.tasks[slot].progress.worker {
                 *leased_by.entry(w.as_str()).or_insert(0) += 1;
             }
         }
@@ -394,10 +386,10 @@ impl Schedule {
         let mut changes = Vec::with_capacity(slots.len());
         for slot in slots {
             let task = &mut self.tasks[slot];
-            task.state = TaskState::Leased;
-            task.attempts += 1;
-            task.worker = Some(worker.to_string());
-            task.deadline_ms = deadline;
+            task.progress.state = TaskState::Leased;
+            task.progress.attempts += 1;
+            task.progress.worker = Some(worker.to_string());
+            task.progress.deadline_ms = deadline;
             self.leased.insert(slot);
             changes.push(self.task_row(slot));
             let task = &self.tasks[slot];
@@ -408,7 +400,7 @@ impl Schedule {
                 revision: key.revision.clone(),
                 step: key.step,
                 seed: task.seed,
-                attempt: task.attempts,
+                attempt: task.progress.attempts,
                 deadline_ms: deadline,
             });
         }
@@ -439,7 +431,7 @@ impl Schedule {
         for &id in task_ids {
             match self.held_by(id, worker) {
                 Some(slot) => {
-                    self.tasks[slot].deadline_ms = deadline;
+                    self.tasks[slot].progress.deadline_ms = deadline;
                     changes.push(Change::LeaseExtended {
                         id,
                         deadline_ms: deadline,
@@ -458,7 +450,7 @@ impl Schedule {
     fn held_by(&self, task_id: i64, worker: &str) -> Option<usize> {
         self.slot_of_task.get(&task_id).copied().filter(|&slot| {
             let t = &self.tasks[slot];
-            t.state == TaskState::Leased && t.worker.as_deref() == Some(worker)
+            t.progress.state == TaskState::Leased && t.progress.worker.as_deref() == Some(worker)
         })
     }
 
@@ -472,7 +464,7 @@ impl Schedule {
     fn set_state(&mut self, slot: usize, state: TaskState) {
         let task = &mut self.tasks[slot];
         let rank = self.rank_of_checkpoint[task.checkpoint];
-        if task.state == TaskState::Pending {
+        if task.progress.state == TaskState::Pending {
             if let Some(set) = self.pending.get_mut(&rank) {
                 set.remove(&slot);
                 if set.is_empty() {
@@ -480,10 +472,10 @@ impl Schedule {
                 }
             }
         }
-        if task.state == TaskState::Leased {
+        if task.progress.state == TaskState::Leased {
             self.leased.remove(&slot);
         }
-        task.state = state;
+        task.progress.state = state;
         match state {
             TaskState::Pending => {
                 self.pending.entry(rank).or_default().insert(slot);
@@ -494,7 +486,7 @@ impl Schedule {
             TaskState::Done | TaskState::Failed | TaskState::Skipped => {}
         }
         if state != TaskState::Leased {
-            self.tasks[slot].worker = None;
+            self.tasks[slot].progress.worker = None;
         }
     }
 
@@ -503,11 +495,7 @@ impl Schedule {
         let t = &self.tasks[slot];
         Change::TaskUpdated {
             id: t.id,
-            state: t.state,
-            attempts: t.attempts,
-            worker: t.worker.clone(),
-            deadline_ms: t.deadline_ms,
-            last_error: t.last_error.clone(),
+            progress: t.progress.clone(),
         }
     }
 
@@ -538,7 +526,7 @@ impl Schedule {
                 got_seed: result.seed,
             });
         }
-        if self.tasks[slot].state == TaskState::Done {
+        if self.tasks[slot].progress.state == TaskState::Done {
             self.duplicates += 1;
             return Ok(Outcome {
                 value: Completion::Duplicate,
@@ -547,7 +535,7 @@ impl Schedule {
         }
         self.set_state(slot, TaskState::Done);
         let task = &mut self.tasks[slot];
-        task.last_error = None;
+        task.progress.last_error = None;
         task.result = Some(ResultSummary::new(result.alpha0, result.width, &metrics));
         let stored = Change::ResultStored {
             task_id,
@@ -584,7 +572,7 @@ impl Schedule {
         let key = &self.checkpoints[task.checkpoint];
         tracing::warn!(
             model = %key.model, step = key.step, seed = task.seed,
-            attempt = task.attempts, worker, error, will_retry = !exhausted,
+            attempt = task.progress.attempts, worker, error, will_retry = !exhausted,
             "task failed"
         );
         Ok(Outcome {
@@ -601,8 +589,8 @@ impl Schedule {
         error: String,
         permanent: bool,
     ) -> (bool, Change) {
-        let exhausted = permanent || self.tasks[slot].attempts >= self.max_attempts;
-        self.tasks[slot].last_error = Some(error);
+        let exhausted = permanent || self.tasks[slot].progress.attempts >= self.max_attempts;
+        self.tasks[slot].progress.last_error = Some(error);
         let next = if exhausted {
             TaskState::Failed
         } else {
@@ -617,7 +605,8 @@ impl Schedule {
         let mut changes = Vec::new();
         for &id in task_ids {
             if let Some(slot) = self.held_by(id, worker) {
-                self.tasks[slot].attempts = self.tasks[slot].attempts.saturating_sub(1);
+                let progress = &mut self.tasks[slot].progress;
+                progress.attempts = progress.attempts.saturating_sub(1);
                 self.set_state(slot, TaskState::Pending);
                 changes.push(self.task_row(slot));
             }
@@ -634,21 +623,21 @@ impl Schedule {
             .leased
             .iter()
             .copied()
-            .filter(|&slot| self.tasks[slot].deadline_ms < now_ms)
+            .filter(|&slot| self.tasks[slot].progress.deadline_ms < now_ms)
             .collect();
         lapsed.sort_unstable();
         let mut changes = Vec::with_capacity(lapsed.len());
         for &slot in &lapsed {
             let task = &self.tasks[slot];
-            let worker = task.worker.clone().unwrap_or_default();
+            let worker = task.progress.worker.clone().unwrap_or_default();
             let key = &self.checkpoints[task.checkpoint];
             tracing::warn!(
-                model = %key.model, step = key.step, seed = task.seed, attempt = task.attempts,
+                model = %key.model, step = key.step, seed = task.seed, attempt = task.progress.attempts,
                 worker = %worker, "lease expired"
             );
             let error = format!(
                 "lease expired: worker {worker} stopped heartbeating (attempt {})",
-                task.attempts
+                task.progress.attempts
             );
             changes.push(self.record_failed_attempt(slot, error, false).1);
         }
@@ -661,11 +650,11 @@ impl Schedule {
     /// Re-queues every failed task with a fresh attempt budget.
     pub fn retry_failed(&mut self) -> Outcome<usize> {
         let failed: Vec<usize> = (0..self.tasks.len())
-            .filter(|&s| self.tasks[s].state == TaskState::Failed)
+            .filter(|&s| self.tasks[s].progress.state == TaskState::Failed)
             .collect();
         let mut changes = Vec::with_capacity(failed.len());
         for &slot in &failed {
-            self.tasks[slot].attempts = 0;
+            self.tasks[slot].progress.attempts = 0;
             self.set_state(slot, TaskState::Pending);
             changes.push(self.task_row(slot));
         }
@@ -681,7 +670,7 @@ impl Schedule {
         let mut changes = Vec::new();
         for slot in 0..self.tasks.len() {
             let skipped = skip(self.tasks[slot].checkpoint);
-            let next = match self.tasks[slot].state {
+            let next = match self.tasks[slot].progress.state {
                 TaskState::Pending if skipped => TaskState::Skipped,
                 TaskState::Skipped if !skipped => TaskState::Pending,
                 _ => continue,

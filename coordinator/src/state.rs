@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use neuromfa_common::stats::StepAggregate;
-use neuromfa_common::{AnalysisParams, SeedResult};
+use neuromfa_common::AnalysisParams;
 
 pub use crate::error::StateError;
 use crate::integrity::{DuplicatePolicy, Ledger};
-use crate::record::{Change, TaskMetrics};
-use crate::schedule::{Completion, Lease, Outcome, Schedule};
+use crate::record::Change;
+use crate::schedule::{Outcome, Schedule};
 use crate::spec::{CheckpointKey, SweepSpec};
 use crate::status::{self, DuplicateStatus, StatusReport, Throughput};
 use crate::store::Store;
@@ -75,10 +75,6 @@ impl SweepState {
         &self.params
     }
 
-    pub fn lease_ms(&self) -> u64 {
-        self.schedule.lease_ms()
-    }
-
     pub fn db_path(&self) -> &Path {
         self.store.path()
     }
@@ -127,6 +123,18 @@ impl SweepState {
         }
     }
 
+    /// Makes a scheduling decision and writes its changes in the open transaction (see
+    /// `begin`); returns its answer, which callers give only after `commit`.
+    ///
+    /// `state.decide(|schedule| schedule.lease(worker, 8, now_ms))`
+    pub fn decide<T>(
+        &mut self,
+        decision: impl FnOnce(&mut Schedule) -> Result<Outcome<T>>,
+    ) -> Result<T> {
+        let outcome = decision(&mut self.schedule)?;
+        self.store(outcome)
+    }
+
     /// Writes a decision's changes and returns its answer.
     fn store<T>(&mut self, outcome: Outcome<T>) -> Result<T> {
         self.store.apply(&outcome.changes)?;
@@ -138,84 +146,9 @@ impl SweepState {
         Ok(outcome.value)
     }
 
-    pub fn register_worker(
-        &mut self,
-        host: &str,
-        cores: u32,
-        version: &str,
-        now_ms: u64,
-    ) -> Result<String> {
-        let outcome = self.schedule.register_worker(host, cores, version, now_ms);
-        self.store(outcome)
-    }
-
-    /// Leases up to `max_tasks` seeds of one checkpoint to `worker`.
-    pub fn lease(&mut self, worker: &str, max_tasks: usize, now_ms: u64) -> Result<Vec<Lease>> {
-        let outcome = self.schedule.lease(worker, max_tasks, now_ms)?;
-        self.store(outcome)
-    }
-
-    /// Extends `worker`'s leases on `task_ids`; returns the ids it no longer holds.
-    pub fn heartbeat(&mut self, worker: &str, task_ids: &[i64], now_ms: u64) -> Result<Vec<i64>> {
-        let outcome = self.schedule.heartbeat(worker, task_ids, now_ms)?;
-        self.store(outcome)
-    }
-
-    /// Stores a task's result, once (see [`Schedule::complete`]).
-    pub fn complete(
-        &mut self,
-        worker: &str,
-        task_id: i64,
-        result: &SeedResult,
-        metrics: TaskMetrics,
-        now_ms: u64,
-    ) -> Result<Completion> {
-        let outcome = self
-            .schedule
-            .complete(worker, task_id, result, metrics, now_ms)?;
-        self.store(outcome)
-    }
-
-    /// Records a failed attempt. Returns whether the task will be tried again.
-    pub fn fail(
-        &mut self,
-        worker: &str,
-        task_id: i64,
-        error: &str,
-        permanent: bool,
-        now_ms: u64,
-    ) -> Result<bool> {
-        let outcome = self
-            .schedule
-            .fail(worker, task_id, error, permanent, now_ms)?;
-        self.store(outcome)
-    }
-
-    /// Gives leases back without counting the attempt (a worker shutting down).
-    pub fn release(&mut self, worker: &str, task_ids: &[i64]) -> Result<usize> {
-        let outcome = self.schedule.release(worker, task_ids);
-        self.store(outcome)
-    }
-
-    /// Returns lapsed leases to the queue, or fails tasks out of attempts.
-    pub fn expire_leases(&mut self, now_ms: u64) -> Result<usize> {
-        let outcome = self.schedule.expire(now_ms);
-        self.store(outcome)
-    }
-
-    /// Re-queues every failed task with a fresh attempt budget.
-    pub fn retry_failed(&mut self) -> Result<usize> {
-        let outcome = self.schedule.retry_failed();
-        self.store(outcome)
-    }
-
-    /// True when every task is done, failed or skipped.
-    pub fn finished(&self) -> bool {
-        self.schedule.finished()
-    }
-
-    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
-        self.schedule.counts()
+    /// The tasks, queues, leases and workers (decisions go through `decide`).
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     /// Per-model aggregates from `(α0, w)` of done tasks (no spectra: see `export`).

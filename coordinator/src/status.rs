@@ -195,15 +195,15 @@ fn failures(schedule: &Schedule) -> Vec<FailureStatus> {
     schedule
         .tasks()
         .iter()
-        .filter(|t| t.state == TaskState::Failed)
+        .filter(|t| t.progress.state == TaskState::Failed)
         .map(|t| {
             let key = &schedule.checkpoints()[t.checkpoint];
             FailureStatus {
                 model: key.model.clone(),
                 step: key.step,
                 seed: t.seed,
-                attempts: t.attempts,
-                error: t.last_error.clone().unwrap_or_default(),
+                attempts: t.progress.attempts,
+                error: t.progress.last_error.clone().unwrap_or_default(),
             }
         })
         .collect()
@@ -216,7 +216,7 @@ fn models(spec: &SweepSpec, schedule: &Schedule, ledger: &Ledger) -> Vec<ModelPr
         let model = schedule.checkpoints()[t.checkpoint].model.as_str();
         let (done, total, fetch) = progress.entry(model).or_default();
         *total += 1;
-        *done += usize::from(t.state == TaskState::Done);
+        *done += usize::from(t.progress.state == TaskState::Done);
         if let Some(r) = t.result {
             fetch.bytes_fetched += r.bytes_fetched;
             fetch.requests += u64::from(r.requests);

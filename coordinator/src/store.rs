@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::error::StateError;
-use crate::record::{Change, StoredResult, StoredTask, StoredWorker, TaskMetrics, TaskState};
+use crate::record::{
+    Change, StoredResult, StoredTask, StoredWorker, TaskMetrics, TaskProgress, TaskState,
+};
 use crate::spec::SweepSpec;
 
 pub const DB_FILE: &str = "sweep.sqlite";
@@ -263,7 +265,7 @@ impl Store {
         let mut tasks = Vec::new();
         for row in rows {
             let (mut task, state) = row.map_err(self.db())?;
-            task.state = TaskState::parse(&state).ok_or_else(|| {
+            task.progress.state = TaskState::parse(&state).ok_or_else(|| {
                 StateError::Corrupt(format!("task {} has state `{state}`", task.id))
             })?;
             tasks.push(task);
@@ -363,14 +365,7 @@ impl Store {
     fn apply_one(&self, change: &Change) -> Result<()> {
         let conn = &self.conn;
         let written = match change {
-            Change::TaskUpdated {
-                id,
-                state,
-                attempts,
-                worker,
-                deadline_ms,
-                last_error,
-            } => conn
+            Change::TaskUpdated { id, progress: p } => conn
                 .prepare_cached(
                     "UPDATE tasks SET state = ?2, attempts = ?3, worker = ?4, deadline_ms = ?5,
                                       last_error = ?6 WHERE id = ?1",
@@ -378,11 +373,11 @@ impl Store {
                 .and_then(|mut s| {
                     s.execute(params![
                         id,
-                        state.as_str(),
-                        attempts,
-                        worker,
-                        *deadline_ms as i64,
-                        last_error
+                        p.state.as_str(),
+                        p.attempts,
+                        p.worker,
+                        p.deadline_ms as i64,
+                        p.last_error
                     ])
                 }),
             Change::LeaseExtended { id, deadline_ms } => conn
@@ -481,11 +476,13 @@ fn task_row(r: &Row) -> rusqlite::Result<StoredTask> {
         step: r.get::<_, i64>(2)?.max(0) as u64,
         revision: r.get(3)?,
         seed: r.get(4)?,
-        state: TaskState::Pending,
-        attempts: r.get(6)?,
-        worker: r.get(7)?,
-        deadline_ms: r.get::<_, i64>(8)?.max(0) as u64,
-        last_error: r.get(9)?,
+        progress: TaskProgress {
+            state: TaskState::Pending,
+            attempts: r.get(6)?,
+            worker: r.get(7)?,
+            deadline_ms: r.get::<_, i64>(8)?.max(0) as u64,
+            last_error: r.get(9)?,
+        },
         result,
     })
 }

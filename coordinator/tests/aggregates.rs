@@ -1,50 +1,17 @@
 //! Live status and `aggregates.csv` count the same points for every step and take `E`
 //! relative to the same step, under each duplicate policy: one rule serves both.
 
+mod support;
+
 use std::path::Path;
 
-use neuromfa_common::SeedResult;
 use neuromfa_coordinator::{export, OpenMode, SweepSpec, SweepState, TaskMetrics};
+use support::{decide, result};
 
 /// `org/a` at steps 0, 10, 20 with 3 seeds; step 0 will serve step 20's weights.
 fn spec(dir: &Path, policy: &str) -> SweepSpec {
-    let text = format!(
-        r#"
-name = "agree"
-state_dir = "{}"
-duplicates = "{policy}"
-seeds = 3
-steps = [0, 10, 20]
-[[models]]
-repo = "org/a"
-"#,
-        dir.display()
-    );
-    SweepSpec::from_toml(&text, Path::new("spec.toml")).unwrap()
-}
-
-/// Results that differ by step and seed, so a point counted at the wrong step shows.
-fn result(step: u64, seed: u32) -> SeedResult {
-    let alpha0 = 1.5 - step as f64 / 100.0 + f64::from(seed) / 1000.0;
-    let width = 0.6 + f64::from(seed) / 100.0 + step as f64 / 1000.0;
-    SeedResult {
-        step,
-        seed,
-        alpha0,
-        width,
-        tau: vec![0.0; 3],
-        alpha: vec![alpha0, alpha0 + width],
-        f_alpha: vec![0.5, 1.0],
-        r2: vec![1.0; 3],
-        alpha0_peak: alpha0,
-        alpha0_central: None,
-        edges: 10,
-        source_nodes: 5,
-        kept_nodes: 5,
-        radii: 3,
-        node_dimension_mean: None,
-        parameters: 1000,
-    }
+    let body = format!("duplicates = \"{policy}\"\nseeds = 3\nsteps = [0, 10, 20]\n");
+    support::spec(dir, &(body + "[[models]]\nrepo = \"org/a\"\n"))
 }
 
 /// `(step, seeds, α0 mean, w mean, E from means, E per seed)` of one aggregate row.
@@ -63,19 +30,17 @@ fn run(policy: &str) -> (Vec<Row>, (Option<u64>, Option<f64>), Vec<Row>) {
             s.apply_duplicate_policy()
         })
         .unwrap();
-    let w = state
-        .transaction(|s| s.register_worker("h", 1, "v", 0))
-        .unwrap();
+    let w = decide(&mut state, |d| Ok(d.register_worker("h", 1, "v", 0)));
     loop {
-        let leases = state.transaction(|s| s.lease(&w, 8, 1)).unwrap();
+        let leases = decide(&mut state, |d| d.lease(&w, 8, 1));
         if leases.is_empty() {
             break;
         }
         for l in leases {
             let r = result(l.step, l.seed);
-            state
-                .transaction(|s| s.complete(&w, l.task_id, &r, TaskMetrics::default(), 2))
-                .unwrap();
+            decide(&mut state, |d| {
+                d.complete(&w, l.task_id, &r, TaskMetrics::default(), 2)
+            });
         }
     }
     let live: Vec<Row> = state.live_aggregates()["org/a"]

@@ -1,61 +1,40 @@
 //! Group commit: requests sent together share a transaction, and no reply leaves before
 //! that transaction is on disk.
 
+mod support;
+
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use neuromfa_common::SeedResult;
 use neuromfa_coordinator::commit::{CallError, GroupCommit};
 use neuromfa_coordinator::store::Store;
 use neuromfa_coordinator::{
     Completion, OpenMode, StateError, SweepSpec, SweepState, TaskMetrics, TaskState,
 };
+use support::{decide, result};
 
+/// One checkpoint's 8 seeds.
 fn spec(dir: &Path) -> SweepSpec {
-    let text = format!(
-        "name = \"commit\"\nstate_dir = \"{}\"\nseeds = 8\nsteps = [0]\n[[models]]\nrepo = \"org/a\"\n",
-        dir.display()
-    );
-    SweepSpec::from_toml(&text, Path::new("spec.toml")).unwrap()
-}
-
-fn result(step: u64, seed: u32) -> SeedResult {
-    SeedResult {
-        step,
-        seed,
-        alpha0: 1.4,
-        width: 0.6,
-        tau: vec![0.0; 3],
-        alpha: vec![1.2, 1.5],
-        f_alpha: vec![0.5, 1.0],
-        r2: vec![1.0; 3],
-        alpha0_peak: 1.4,
-        alpha0_central: None,
-        edges: 10,
-        source_nodes: 5,
-        kept_nodes: 5,
-        radii: 3,
-        node_dimension_mean: None,
-        parameters: 1000,
-    }
+    support::spec(
+        dir,
+        "seeds = 8\nsteps = [0]\n[[models]]\nrepo = \"org/a\"\n",
+    )
 }
 
 /// The task's state as another connection reads it: only what is committed.
 fn state_on_disk(dir: &Path, task_id: i64) -> TaskState {
     let store = Store::open_read(dir).unwrap();
     let tasks = store.tasks(false).unwrap();
-    tasks.into_iter().find(|t| t.id == task_id).unwrap().state
+    tasks.into_iter().find(|t| t.id == task_id).unwrap().progress.state
 }
 
 #[test]
 fn replies_leave_only_after_their_batch_is_durable() {
     let dir = tempfile::tempdir().unwrap();
     let mut state = SweepState::open(spec(dir.path()), OpenMode::Resume).unwrap();
-    let w = state
-        .transaction(|s| s.register_worker("h", 1, "v", 0))
-        .unwrap();
-    let leases = state.transaction(|s| s.lease(&w, 8, 0)).unwrap();
+    let w = decide(&mut state, |d| Ok(d.register_worker("h", 1, "v", 0)));
+    let leases = decide(&mut state, |d| d.lease(&w, 8, 0));
     assert_eq!(leases.len(), 8);
     let (commit, thread) = GroupCommit::spawn(state, String::new()).unwrap();
 
@@ -65,7 +44,11 @@ fn replies_leave_only_after_their_batch_is_durable() {
         let r = result(lease.step, lease.seed);
         commit
             .submit(
-                move |s, c| s.complete(&w, lease.task_id, &r, TaskMetrics::default(), c.now_ms),
+                move |s, c| {
+                    s.decide(|d| {
+                        d.complete(&w, lease.task_id, &r, TaskMetrics::default(), c.now_ms)
+                    })
+                },
                 move |outcome| {
                     // Read from another connection while replying.
                     let seen = state_on_disk(&dir, lease.task_id);
@@ -76,7 +59,7 @@ fn replies_leave_only_after_their_batch_is_durable() {
     }
     commit
         .submit(
-            |s, c| s.lease("nobody", 1, c.now_ms),
+            |s, c| s.decide(|d| d.lease("nobody", 1, c.now_ms)),
             move |outcome| {
                 let refused = matches!(
                     outcome,
@@ -103,7 +86,7 @@ fn replies_leave_only_after_their_batch_is_durable() {
     thread.join().unwrap();
     // The thread closed the state: the directory can be opened again.
     let state = SweepState::open(spec(dir.path()), OpenMode::Resume).unwrap();
-    assert_eq!(state.counts()["done"], 8);
+    assert_eq!(state.schedule().counts()["done"], 8);
 }
 
 #[test]
@@ -120,7 +103,7 @@ fn every_request_sees_draining_and_the_thread_stops_with_the_last_handle() {
     let (tx, rx) = mpsc::channel();
     other
         .submit(
-            |s, c| Ok((s.finished(), c.draining)),
+            |s, c| Ok((s.schedule().finished(), c.draining)),
             move |outcome| {
                 let _ = tx.send(outcome.map_err(|e| format!("{e:?}")));
             },

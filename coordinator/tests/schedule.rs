@@ -2,38 +2,20 @@
 //! results and duplicate skipping, driven on a `Schedule` in memory, with the changes
 //! each decision hands the store.
 
+mod support;
+
 use std::path::Path;
 
-use neuromfa_common::SeedResult;
-use neuromfa_coordinator::record::StoredTask;
+use neuromfa_coordinator::record::{StoredTask, TaskProgress};
 use neuromfa_coordinator::schedule::Outcome;
 use neuromfa_coordinator::{
-    Change, Completion, Lease, Schedule, StateError, SweepSpec, TaskMetrics, TaskState,
+    Change, Completion, Lease, Schedule, StateError, TaskMetrics, TaskState,
 };
-
-fn spec(steps: &str, seeds: u32) -> SweepSpec {
-    let text = format!(
-        r#"
-name = "test"
-state_dir = "unused"
-seeds = {seeds}
-steps = {steps}
-[[models]]
-repo = "org/a"
-[[models]]
-repo = "org/b"
-[coordinator]
-lease_seconds = 10
-max_attempts = 2
-"#
-    );
-    SweepSpec::from_toml(&text, Path::new("spec.toml")).unwrap()
-}
 
 /// A fresh grid's schedule: every (checkpoint, seed) pending, ids from 1 as the store
 /// numbers them.
 fn schedule(steps: &str, seeds: u32) -> Schedule {
-    let spec = spec(steps, seeds);
+    let spec = support::two_models(Path::new("unused"), steps, seeds, "");
     let mut id = 0;
     let mut tasks = Vec::new();
     for key in spec.checkpoints() {
@@ -45,11 +27,7 @@ fn schedule(steps: &str, seeds: u32) -> Schedule {
                 step: key.step,
                 revision: key.revision.clone(),
                 seed,
-                state: TaskState::Pending,
-                attempts: 0,
-                worker: None,
-                deadline_ms: 0,
-                last_error: None,
+                progress: TaskProgress::pending(),
                 result: None,
             });
         }
@@ -65,26 +43,8 @@ fn lease(s: &mut Schedule, worker: &str, max: usize, now: u64) -> Vec<Lease> {
     s.lease(worker, max, now).unwrap().value
 }
 
-fn result(lease: &Lease) -> SeedResult {
-    let alpha0 = 1.5 - lease.step as f64 / 100.0;
-    SeedResult {
-        step: lease.step,
-        seed: lease.seed,
-        alpha0,
-        width: 0.6,
-        tau: vec![0.0; 3],
-        alpha: vec![alpha0, alpha0 + 0.3],
-        f_alpha: vec![0.5, 1.0],
-        r2: vec![1.0; 3],
-        alpha0_peak: alpha0,
-        alpha0_central: None,
-        edges: 10,
-        source_nodes: 5,
-        kept_nodes: 5,
-        radii: 3,
-        node_dimension_mean: None,
-        parameters: 1000,
-    }
+fn result(lease: &Lease) -> neuromfa_common::SeedResult {
+    support::result(lease.step, lease.seed)
 }
 
 fn complete(s: &mut Schedule, worker: &str, lease: &Lease, now: u64) -> Outcome<Completion> {
@@ -99,7 +59,12 @@ fn complete(s: &mut Schedule, worker: &str, lease: &Lease, now: u64) -> Outcome<
 }
 
 fn task_state(s: &Schedule, task_id: i64) -> TaskState {
-    s.tasks().iter().find(|t| t.id == task_id).unwrap().state
+    s.tasks()
+        .iter()
+        .find(|t| t.id == task_id)
+        .unwrap()
+        .progress
+        .state
 }
 
 #[test]
@@ -119,14 +84,13 @@ fn a_lease_hands_out_one_checkpoints_seeds_first_steps_first_and_says_what_chang
     assert_eq!(outcome.changes.len(), 3);
     for (change, l) in outcome.changes.iter().zip(&leases) {
         match change {
-            Change::TaskUpdated {
-                id,
-                state: TaskState::Leased,
-                attempts: 1,
-                worker: Some(holder),
-                deadline_ms: 10_000,
-                ..
-            } => assert_eq!((*id, holder.as_str()), (l.task_id, w.as_str())),
+            Change::TaskUpdated { id, progress } => {
+                assert_eq!(*id, l.task_id);
+                let holder = Some(w.clone());
+                let expected = (TaskState::Leased, 1, &holder, 10_000);
+                let p = progress;
+                assert_eq!((p.state, p.attempts, &p.worker, p.deadline_ms), expected);
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -154,8 +118,8 @@ fn results_are_taken_once_and_must_match_their_task() {
     assert_eq!(first.value, Completion::Accepted);
     assert!(matches!(
         &first.changes[..],
-        [Change::ResultStored { task_id, .. }, Change::TaskUpdated { state: TaskState::Done, .. }]
-            if *task_id == l.task_id
+        [Change::ResultStored { task_id, .. }, Change::TaskUpdated { progress, .. }]
+            if *task_id == l.task_id && progress.state == TaskState::Done
     ));
     let again = complete(&mut s, &w, &l, 2);
     assert_eq!(again.value, Completion::Duplicate);
@@ -204,7 +168,12 @@ fn expired_leases_requeue_then_fail_with_reason() {
     let again = lease(&mut s, &w, 10, 20_002);
     assert_eq!(again[0].attempt, 2);
     s.expire(40_000).changes.iter().for_each(|c| {
-        assert!(matches!(c, Change::TaskUpdated { state: TaskState::Failed, last_error: Some(e), .. } if e.contains("lease expired")), "{c:?}");
+        let Change::TaskUpdated { progress, .. } = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(progress.state, TaskState::Failed);
+        let error = progress.last_error.as_deref().unwrap_or_default();
+        assert!(error.contains("lease expired"), "{error}");
     });
     assert_eq!(s.counts()["failed"], 1);
     // A late result for a lapsed lease is still a result.
@@ -230,7 +199,7 @@ fn failures_retry_until_the_limit_and_retry_failed_requeues() {
     let errors: Vec<&str> = s
         .tasks()
         .iter()
-        .filter_map(|t| t.last_error.as_deref())
+        .filter_map(|t| t.progress.last_error.as_deref())
         .collect();
     assert!(errors.contains(&"corrupt header"), "{errors:?}");
 
@@ -304,10 +273,7 @@ fn skipped_checkpoints_leave_the_queue_and_come_back() {
     assert_eq!(skipped.value, 4);
     assert!(skipped.changes.iter().all(|c| matches!(
         c,
-        Change::TaskUpdated {
-            state: TaskState::Skipped,
-            ..
-        }
+        Change::TaskUpdated { progress, .. } if progress.state == TaskState::Skipped
     )));
     assert_eq!(s.counts()["skipped"], 4);
     let w = register(&mut s, "h");
