@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use neuromfa_coordinator::export::{self, AggregateRow, ExportData, SpectrumRow};
+use neuromfa_common::stats::StepAggregate;
+use neuromfa_coordinator::export::{self, ExportData, SpectrumRow};
 use plotters::style::{RGBColor, BLACK};
 
 use evals::Evals;
@@ -86,7 +87,9 @@ pub fn write(args: &ReportArgs) -> anyhow::Result<Vec<PathBuf>> {
 struct ModelRows<'a> {
     repo: &'a str,
     slug: String,
-    aggregates: Vec<&'a AggregateRow>,
+    aggregates: Vec<&'a StepAggregate>,
+    /// Non-embedding weight-matrix parameters (0 when unknown).
+    parameters: u64,
     /// step → rows in `q` order.
     spectra: BTreeMap<u64, Vec<&'a SpectrumRow>>,
 }
@@ -233,11 +236,8 @@ fn model_rows<'a>(data: &'a ExportData, warnings: &mut Vec<String>) -> Vec<Model
     let mut slugs = BTreeSet::new();
     let mut out = Vec::new();
     for model in &data.spec.models {
-        let aggregates: Vec<&AggregateRow> = data
-            .aggregates
-            .iter()
-            .filter(|a| a.model == model.repo)
-            .collect();
+        let rows = || data.aggregates.iter().filter(|a| a.model == model.repo);
+        let aggregates: Vec<&StepAggregate> = rows().map(|a| &a.aggregate).collect();
         if aggregates.is_empty() {
             warnings.push(format!(
                 "{}: no results yet; left out of the plots and tables",
@@ -261,6 +261,7 @@ fn model_rows<'a>(data: &'a ExportData, warnings: &mut Vec<String>) -> Vec<Model
             repo: &model.repo,
             slug: name,
             aggregates,
+            parameters: rows().map(|a| a.parameters).max().unwrap_or(0),
             spectra,
         });
     }
@@ -296,12 +297,7 @@ fn spectra_figure(m: &ModelRows) -> Figure {
         series.push(s);
         entries.push((step.to_string(), color));
     }
-    let seeds = m
-        .aggregates
-        .iter()
-        .map(|a| a.aggregate.seeds)
-        .max()
-        .unwrap_or(0);
+    let seeds = m.aggregates.iter().map(|a| a.seeds).max().unwrap_or(0);
     Figure {
         stem: format!("spectra-{}", m.slug),
         title: format!("Multifractal spectrum, {}", m.repo),
@@ -329,7 +325,7 @@ fn spectra_figure(m: &ModelRows) -> Figure {
 /// α0 and w against step, one line per model, ±1 sd (Fig. 19).
 fn alpha0_width_figure(models: &[ModelRows]) -> Figure {
     let panel =
-        |key: &str, title: &str, label: &str, pick: fn(&AggregateRow) -> (f64, f64)| Panel {
+        |key: &str, title: &str, label: &str, pick: fn(&StepAggregate) -> (f64, f64)| Panel {
             title: title.to_string(),
             key: key.to_string(),
             x: Axis::steps(),
@@ -344,7 +340,7 @@ fn alpha0_width_figure(models: &[ModelRows]) -> Figure {
                         categorical(i),
                         m.aggregates
                             .iter()
-                            .map(|a| (a.aggregate.step as f64, pick(a).0))
+                            .map(|a| (a.step as f64, pick(a).0))
                             .collect(),
                     );
                     s.band = m
@@ -352,7 +348,7 @@ fn alpha0_width_figure(models: &[ModelRows]) -> Figure {
                         .iter()
                         .map(|a| {
                             let (mean, var) = pick(a);
-                            (a.aggregate.step as f64, mean - sd(var), mean + sd(var))
+                            (a.step as f64, mean - sd(var), mean + sd(var))
                         })
                         .collect();
                     s
@@ -367,10 +363,10 @@ fn alpha0_width_figure(models: &[ModelRows]) -> Figure {
         size: (1440, 600),
         panels: vec![
             panel("alpha0", "α0 (irregularity)", "α0 mean", |a| {
-                (a.aggregate.alpha0_mean, a.aggregate.alpha0_var)
+                (a.alpha0_mean, a.alpha0_var)
             }),
             panel("width", "w (heterogeneity)", "w mean", |a| {
-                (a.aggregate.width_mean, a.aggregate.width_var)
+                (a.width_mean, a.width_var)
             }),
         ],
         color_key: None,
@@ -381,10 +377,9 @@ fn e_points(m: &ModelRows) -> Vec<(f64, f64)> {
     m.aggregates
         .iter()
         .filter_map(|a| {
-            a.aggregate
-                .e_from_means
+            a.e_from_means
                 .filter(|e| e.is_finite())
-                .map(|e| (a.aggregate.step as f64, e))
+                .map(|e| (a.step as f64, e))
         })
         .collect()
 }
@@ -482,7 +477,7 @@ fn emergence_vs_size_figure(
     warnings: &mut Vec<String>,
 ) -> Figure {
     for m in models {
-        if m.aggregates.iter().all(|a| a.parameters == 0) {
+        if m.parameters == 0 {
             warnings.push(format!(
                 "{}: model size unknown (no parameter count in its results); left out of emergence-vs-size",
                 m.repo
@@ -496,9 +491,9 @@ fn emergence_vs_size_figure(
             let mut points: Vec<(f64, f64)> = models
                 .iter()
                 .filter_map(|m| {
-                    let a = m.aggregates.iter().find(|a| a.aggregate.step == step)?;
-                    let e = a.aggregate.e_from_means.filter(|e| e.is_finite())?;
-                    (a.parameters > 0).then_some((a.parameters as f64, e))
+                    let a = m.aggregates.iter().find(|a| a.step == step)?;
+                    let e = a.e_from_means.filter(|e| e.is_finite())?;
+                    (m.parameters > 0).then_some((m.parameters as f64, e))
                 })
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -654,10 +649,10 @@ fn spectrum_variance_table(models: &[ModelRows], data: &ExportData) -> Table {
                     .aggregates
                     .iter()
                     .map(|a| {
-                        let rows = m.spectra.get(&a.aggregate.step).map_or(&[][..], Vec::as_slice);
+                        let rows = m.spectra.get(&a.step).map_or(&[][..], Vec::as_slice);
                         vec![
-                            Cell::Int(a.aggregate.step),
-                            Cell::Int(a.aggregate.seeds as u64),
+                            Cell::Int(a.step),
+                            Cell::Int(a.seeds as u64),
                             Cell::Int(rows.len() as u64),
                             Cell::Num(mean(rows.iter().map(|r| r.alpha_var))),
                             Cell::Num(mean(rows.iter().map(|r| r.f_alpha_var))),
@@ -698,14 +693,14 @@ fn alpha0_width_table(models: &[ModelRows]) -> Table {
                     .iter()
                     .map(|a| {
                         vec![
-                            Cell::Int(a.aggregate.step),
-                            Cell::Int(a.aggregate.seeds as u64),
-                            Cell::Num(Some(a.aggregate.alpha0_mean)),
-                            Cell::Num(Some(a.aggregate.alpha0_var)),
-                            Cell::Num(Some(a.aggregate.alpha0_var_ddof1)),
-                            Cell::Num(Some(a.aggregate.width_mean)),
-                            Cell::Num(Some(a.aggregate.width_var)),
-                            Cell::Num(Some(a.aggregate.width_var_ddof1)),
+                            Cell::Int(a.step),
+                            Cell::Int(a.seeds as u64),
+                            Cell::Num(Some(a.alpha0_mean)),
+                            Cell::Num(Some(a.alpha0_var)),
+                            Cell::Num(Some(a.alpha0_var_ddof1)),
+                            Cell::Num(Some(a.width_mean)),
+                            Cell::Num(Some(a.width_var)),
+                            Cell::Num(Some(a.width_var_ddof1)),
                         ]
                     })
                     .collect();
@@ -749,16 +744,14 @@ fn emergence_table(models: &[ModelRows], evals: &Evals, chosen: &[String]) -> Ta
                     .iter()
                     .map(|a| {
                         let mut row = vec![
-                            Cell::Int(a.aggregate.step),
-                            Cell::Int(a.aggregate.seeds as u64),
-                            Cell::Num(a.aggregate.e_from_means),
-                            Cell::Num(a.aggregate.e_per_seed_mean),
-                            Cell::Num(a.aggregate.e_per_seed_var),
+                            Cell::Int(a.step),
+                            Cell::Int(a.seeds as u64),
+                            Cell::Num(a.e_from_means),
+                            Cell::Num(a.e_per_seed_mean),
+                            Cell::Num(a.e_per_seed_var),
                         ];
                         row.extend(chosen.iter().map(|b| {
-                            Cell::Num(
-                                acc.and_then(|acc| acc.get(b)?.get(&a.aggregate.step).copied()),
-                            )
+                            Cell::Num(acc.and_then(|acc| acc.get(b)?.get(&a.step).copied()))
                         }));
                         row
                     })
