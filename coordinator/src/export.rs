@@ -393,11 +393,21 @@ fn summary_markdown(data: &ExportData) -> String {
         data.tasks.len(),
         failed.len()
     );
+    model_tables(&mut md, data);
+    duplicates_section(&mut md, data);
+    fetch_section(&mut md, data);
+    failures_section(&mut md, &failed);
+    md
+}
+
+/// Per model, its aggregates by step.
+fn model_tables(md: &mut String, data: &ExportData) {
     for model in &data.spec.models {
-        let rows: Vec<&AggregateRow> = data
+        let rows: Vec<&StepAggregate> = data
             .aggregates
             .iter()
             .filter(|a| a.model == model.repo)
+            .map(|a| &a.aggregate)
             .collect();
         if rows.is_empty() {
             continue;
@@ -413,85 +423,98 @@ fn summary_markdown(data: &ExportData) -> String {
             let _ = writeln!(
                 md,
                 "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} |",
-                a.aggregate.step,
-                a.aggregate.seeds,
-                a.aggregate.alpha0_mean,
-                a.aggregate.alpha0_var.sqrt(),
-                a.aggregate.width_mean,
-                a.aggregate.width_var.sqrt(),
-                fmt(a.aggregate.e_from_means),
-                fmt(a.aggregate.e_per_seed_mean)
+                a.step,
+                a.seeds,
+                a.alpha0_mean,
+                a.alpha0_var.sqrt(),
+                a.width_mean,
+                a.width_var.sqrt(),
+                fmt(a.e_from_means),
+                fmt(a.e_per_seed_mean)
             );
         }
         let _ = writeln!(md);
     }
-    let duplicated: Vec<&AggregateRow> = data
+}
+
+/// Steps serving a later step's weights, when there are any.
+fn duplicates_section(md: &mut String, data: &ExportData) {
+    let duplicated = data
         .aggregates
         .iter()
         .filter(|a| a.duplicate_of.is_some())
-        .collect();
+        .count();
     let flagged: std::collections::BTreeSet<(String, u64, u64)> = data
         .tasks
         .iter()
         .filter_map(|t| t.duplicate_of.map(|d| (t.model.clone(), t.step, d)))
         .collect();
-    if !flagged.is_empty() {
+    if flagged.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Duplicated checkpoints\n\nThese steps serve the same weights as a later step (policy `{}`); {} aggregate rows are affected.\n",
+        serde_json::to_value(data.spec.duplicates)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        duplicated
+    );
+    let _ = writeln!(md, "| model | step | same weights as step |");
+    let _ = writeln!(md, "|---|---:|---:|");
+    for (model, step, original) in &flagged {
+        let _ = writeln!(md, "| {model} | {step} | {original} |");
+    }
+    let _ = writeln!(md);
+}
+
+/// What fetching cost per model, when anything was fetched.
+fn fetch_section(md: &mut String, data: &ExportData) {
+    if !data.fetch_by_model.iter().any(|f| f.tasks > 0) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Fetching\n\nWhat getting the weights of the finished tasks cost (`fetch_by_model.csv`; per task in `fetch.csv`).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| model | tasks | by ranges | whole files | downloaded | requests | fetch time |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for f in data.fetch_by_model.iter().filter(|f| f.tasks > 0) {
         let _ = writeln!(
             md,
-            "## Duplicated checkpoints\n\nThese steps serve the same weights as a later step (policy `{}`); {} aggregate rows are affected.\n",
-            serde_json::to_value(data.spec.duplicates)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            duplicated.len()
+            "| {} | {} | {} | {} | {:.1} MB | {} | {:.1} s |",
+            f.model,
+            f.tasks,
+            f.ranged_tasks,
+            f.full_tasks,
+            f.bytes_fetched as f64 / 1e6,
+            f.requests,
+            f.fetch_ms as f64 / 1000.0
         );
-        let _ = writeln!(md, "| model | step | same weights as step |");
-        let _ = writeln!(md, "|---|---:|---:|");
-        for (model, step, original) in &flagged {
-            let _ = writeln!(md, "| {model} | {step} | {original} |");
-        }
-        let _ = writeln!(md);
     }
-    if data.fetch_by_model.iter().any(|f| f.tasks > 0) {
+    let _ = writeln!(md);
+}
+
+fn failures_section(md: &mut String, failed: &[&TaskRow]) {
+    if failed.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Failed tasks\n");
+    let _ = writeln!(md, "| model | step | seed | attempts | error |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---|");
+    for t in failed {
         let _ = writeln!(
             md,
-            "## Fetching\n\nWhat getting the weights of the finished tasks cost (`fetch_by_model.csv`; per task in `fetch.csv`).\n"
+            "| {} | {} | {} | {} | {} |",
+            t.model,
+            t.step,
+            t.seed,
+            t.attempts,
+            t.last_error.replace('|', "\\|").replace('\n', " ")
         );
-        let _ = writeln!(
-            md,
-            "| model | tasks | by ranges | whole files | downloaded | requests | fetch time |"
-        );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
-        for f in data.fetch_by_model.iter().filter(|f| f.tasks > 0) {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {:.1} MB | {} | {:.1} s |",
-                f.model,
-                f.tasks,
-                f.ranged_tasks,
-                f.full_tasks,
-                f.bytes_fetched as f64 / 1e6,
-                f.requests,
-                f.fetch_ms as f64 / 1000.0
-            );
-        }
-        let _ = writeln!(md);
     }
-    if !failed.is_empty() {
-        let _ = writeln!(md, "## Failed tasks\n");
-        let _ = writeln!(md, "| model | step | seed | attempts | error |");
-        let _ = writeln!(md, "|---|---:|---:|---:|---|");
-        for t in failed {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} |",
-                t.model,
-                t.step,
-                t.seed,
-                t.attempts,
-                t.last_error.replace('|', "\\|").replace('\n', " ")
-            );
-        }
-    }
-    md
 }

@@ -26,7 +26,12 @@ fn spec(dir: &Path) -> SweepSpec {
 fn state_on_disk(dir: &Path, task_id: i64) -> TaskState {
     let store = Store::open_read(dir).unwrap();
     let tasks = store.tasks(false).unwrap();
-    tasks.into_iter().find(|t| t.id == task_id).unwrap().progress.state
+    tasks
+        .into_iter()
+        .find(|t| t.id == task_id)
+        .unwrap()
+        .progress
+        .state
 }
 
 #[test]
