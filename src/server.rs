@@ -211,7 +211,7 @@ impl Coordinator for CoordinatorService {
         let completion = self
             .state
             .call(move |s, c| {
-                s.decide(|d| d.complete(&r.worker_id, r.task_id, &result, metrics, c.now_ms))
+                s.decide(|d| d.complete(&r.worker_id, r.task_id, result, metrics, c.now_ms))
             })
             .await?;
         Ok(Response::new(proto::CompleteReply {

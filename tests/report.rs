@@ -162,7 +162,9 @@ fn build_state(dir: &Path, real: bool) -> ExportData {
             let r = &results[&(l.model.clone(), l.step, l.seed)];
             let done = state
                 .transaction(|s| {
-                    s.decide(|d| d.complete(&worker, l.task_id, r, TaskMetrics::default(), 2))
+                    s.decide(|d| {
+                        d.complete(&worker, l.task_id, r.clone(), TaskMetrics::default(), 2)
+                    })
                 })
                 .unwrap();
             assert_eq!(done, Completion::Accepted);

@@ -122,7 +122,7 @@ impl Schedule {
     /// checkpoints or seeds are left out: kept on disk, not scheduled).
     pub fn restore(
         spec: &SweepSpec,
-        tasks: Vec<StoredTask>,
+        tasks: impl IntoIterator<Item = StoredTask>,
         workers: Vec<StoredWorker>,
         duplicates: u64,
     ) -> Self {
@@ -173,7 +173,7 @@ impl Schedule {
         schedule
     }
 
-    fn place_tasks(&mut self, stored: Vec<StoredTask>, seeds: &[u32]) {
+    fn place_tasks(&mut self, stored: impl IntoIterator<Item = StoredTask>, seeds: &[u32]) {
         let in_grid: HashSet<u32> = seeds.iter().copied().collect();
         let slot_of_checkpoint: HashMap<(&str, u64), usize> = self
             .checkpoints
@@ -181,7 +181,7 @@ impl Schedule {
             .enumerate()
             .map(|(i, k)| ((k.model.as_str(), k.step), i))
             .collect();
-        let mut tasks = Vec::with_capacity(stored.len());
+        let mut tasks = Vec::new();
         for t in stored {
             let Some(&checkpoint) = slot_of_checkpoint.get(&(t.model.as_str(), t.step)) else {
                 continue;
@@ -505,7 +505,7 @@ impl Schedule {
         &mut self,
         worker: &str,
         task_id: i64,
-        result: &SeedResult,
+        result: SeedResult,
         metrics: TaskMetrics,
         now_ms: u64,
     ) -> Result<Outcome<Completion>> {
@@ -540,7 +540,7 @@ impl Schedule {
         let stored = Change::ResultStored {
             task_id,
             worker: worker.to_string(),
-            result: Box::new(result.clone()),
+            result: Box::new(result),
             metrics,
             finished_ms: now_ms,
         };

@@ -33,12 +33,10 @@ pub struct SweepState {
 
 /// The schedule and the ledger as the store holds them.
 fn load(store: &Store, spec: &SweepSpec) -> Result<(Schedule, Ledger)> {
-    let schedule = Schedule::restore(
-        spec,
-        store.tasks(false)?,
-        store.workers()?,
-        store.duplicates_counted()?,
-    );
+    let (workers, duplicates) = (store.workers()?, store.duplicates_counted()?);
+    let schedule = store.read_tasks(false, |tasks| {
+        Schedule::restore(spec, tasks, workers, duplicates)
+    })?;
     let ledger = Ledger::new(schedule.checkpoints().to_vec(), store.revisions()?);
     Ok((schedule, ledger))
 }

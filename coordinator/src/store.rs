@@ -248,6 +248,17 @@ impl Store {
     /// Every task, in id order, with its result; the whole result (`json`) only when
     /// `with_json` (exports need it, scheduling does not).
     pub fn tasks(&self, with_json: bool) -> Result<Vec<StoredTask>> {
+        self.read_tasks(with_json, |tasks| tasks.collect())
+    }
+
+    /// Hands [`tasks`](Self::tasks) to `f` one by one as they are read, so a caller
+    /// keeping only part of each (the schedule) never holds them all. Reading stops at
+    /// the first unreadable row, whose error is returned instead of `f`'s value.
+    pub fn read_tasks<R>(
+        &self,
+        with_json: bool,
+        f: impl FnOnce(&mut dyn Iterator<Item = StoredTask>) -> R,
+    ) -> Result<R> {
         let mut stmt = self
             .conn
             .prepare(
@@ -262,15 +273,22 @@ impl Store {
         let rows = stmt
             .query_map([with_json], |r| Ok((task_row(r)?, r.get::<_, String>(5)?)))
             .map_err(self.db())?;
-        let mut tasks = Vec::new();
-        for row in rows {
-            let (mut task, state) = row.map_err(self.db())?;
-            task.progress.state = TaskState::parse(&state).ok_or_else(|| {
-                StateError::Corrupt(format!("task {} has state `{state}`", task.id))
-            })?;
-            tasks.push(task);
+        let mut error = None;
+        let mut tasks = rows.map_while(|row| {
+            let decoded = row.map_err(self.db()).and_then(|(mut task, state)| {
+                task.progress.state = TaskState::parse(&state).ok_or_else(|| {
+                    StateError::Corrupt(format!("task {} has state `{state}`", task.id))
+                })?;
+                Ok(task)
+            });
+            decoded.map_err(|e| error = Some(e)).ok()
+        });
+        let value = f(&mut tasks);
+        drop(tasks);
+        match error {
+            Some(e) => Err(e),
+            None => Ok(value),
         }
-        Ok(tasks)
     }
 
     pub fn workers(&self) -> Result<Vec<StoredWorker>> {

@@ -39,7 +39,7 @@ fn run(policy: &str) -> (Vec<Row>, (Option<u64>, Option<f64>), Vec<Row>) {
         for l in leases {
             let r = result(l.step, l.seed);
             decide(&mut state, |d| {
-                d.complete(&w, l.task_id, &r, TaskMetrics::default(), 2)
+                d.complete(&w, l.task_id, r, TaskMetrics::default(), 2)
             });
         }
     }

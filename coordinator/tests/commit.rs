@@ -50,9 +50,7 @@ fn replies_leave_only_after_their_batch_is_durable() {
         commit
             .submit(
                 move |s, c| {
-                    s.decide(|d| {
-                        d.complete(&w, lease.task_id, &r, TaskMetrics::default(), c.now_ms)
-                    })
+                    s.decide(|d| d.complete(&w, lease.task_id, r, TaskMetrics::default(), c.now_ms))
                 },
                 move |outcome| {
                     // Read from another connection while replying.

@@ -51,7 +51,7 @@ fn complete(s: &mut Schedule, worker: &str, lease: &Lease, now: u64) -> Outcome<
     s.complete(
         worker,
         lease.task_id,
-        &result(lease),
+        result(lease),
         TaskMetrics::default(),
         now,
     )
@@ -131,11 +131,11 @@ fn results_are_taken_once_and_must_match_their_task() {
         ..l.clone()
     };
     let err = s
-        .complete(&w, l.task_id, &result(&wrong), TaskMetrics::default(), 3)
+        .complete(&w, l.task_id, result(&wrong), TaskMetrics::default(), 3)
         .unwrap_err();
     assert!(matches!(err, StateError::MismatchedResult { .. }), "{err}");
     let err = s
-        .complete(&w, 999, &result(&l), TaskMetrics::default(), 3)
+        .complete(&w, 999, result(&l), TaskMetrics::default(), 3)
         .unwrap_err();
     assert!(matches!(err, StateError::UnknownTask(999)), "{err}");
 }

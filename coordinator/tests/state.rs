@@ -12,7 +12,7 @@ use support::{decide, result, two_models as spec};
 fn done(state: &mut SweepState, worker: &str, lease: &Lease, now: u64) -> Completion {
     let r = result(lease.step, lease.seed);
     decide(state, |d| {
-        d.complete(worker, lease.task_id, &r, TaskMetrics::default(), now)
+        d.complete(worker, lease.task_id, r, TaskMetrics::default(), now)
     })
 }
 
@@ -127,7 +127,7 @@ fn a_failed_transaction_leaves_nothing_behind() {
         .transaction(|s| {
             let leases = s.decide(|d| d.lease(&w, 2, 0))?;
             assert_eq!(leases.len(), 2);
-            s.decide(|d| d.complete(&w, 999, &result(0, 0), TaskMetrics::default(), 0))
+            s.decide(|d| d.complete(&w, 999, result(0, 0), TaskMetrics::default(), 0))
         })
         .unwrap_err();
     assert!(matches!(err, StateError::UnknownTask(999)), "{err}");
