@@ -1,6 +1,6 @@
 //! Plain records passed between the schedule, the integrity ledger and the store: what
 //! the store holds (`Stored…`, read back on open) and what a decision changed (`Change`,
-//! written by the store before the decision is acknowledged). No behaviour lives here.
+//! written by the store before the decision is acknowledged). Data, not decisions.
 
 use neuromfa_common::SeedResult;
 use serde::{Deserialize, Serialize};
