@@ -66,11 +66,18 @@ fn main() {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(50_951);
+    // The coordinator checks every revision before it serves: against a port nobody
+    // listens on that fails at once, instead of waiting on the real Hub (or on no network).
+    let hub_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(9);
     let spec = dir.path().join("load.toml");
     let step_list: Vec<String> = (0..steps).map(|s| s.to_string()).collect();
     let text = format!(
         "name = \"load\"\nstate_dir = \"{}\"\nseeds = {seeds}\nsteps = [{}]\ntoken = \"{TOKEN}\"\n\
          [coordinator]\nlisten = \"127.0.0.1:{port}\"\nlease_seconds = 60\n\
+         [hub]\nendpoint = \"http://127.0.0.1:{hub_port}\"\n\
          [[models]]\nrepo = \"load/noop\"\n",
         dir.path().join("state").display(),
         step_list.join(", ")

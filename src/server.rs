@@ -1,15 +1,13 @@
-//! The coordinator's gRPC server. One thread owns the sweep state and applies requests
-//! in batches: every request that arrived while the previous batch was being committed
-//! goes into the next transaction, so many workers share one fsync (group commit), and
-//! no reply leaves before its transaction is durable.
+//! The coordinator's gRPC server: decodes requests, runs them on the sweep state through
+//! the coordinator's group commit (one state thread, one transaction and one fsync per
+//! batch; no reply before its batch is durable), and maps the outcome to gRPC.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use neuromfa_common::SeedResult;
+use neuromfa_coordinator::commit::{CallError, Context, GroupCommit};
 use neuromfa_coordinator::state::StateError;
 use neuromfa_coordinator::{StatusReport, SweepState, TaskMetrics};
 use tokio::sync::oneshot;
@@ -20,115 +18,36 @@ use crate::auth;
 use crate::proto;
 use crate::proto::coordinator_server::{Coordinator, CoordinatorServer};
 
-/// Milliseconds since the Unix epoch: lease deadlines survive restarts.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-type Reply = Box<dyn FnOnce(Result<(), Status>) + Send>;
-/// A request applied to the state inside the current transaction. It returns the reply
-/// to send once the transaction commits, and whether it hit a storage error (which
-/// rolls the whole batch back).
-type Job = Box<dyn FnOnce(&mut SweepState, &Context) -> (Reply, bool) + Send>;
-
-/// What every job may read besides the state.
-pub struct Context {
-    pub now_ms: u64,
-    pub draining: bool,
-    pub hub_endpoint: String,
-    pub heartbeat_ms: u64,
-}
+pub use neuromfa_coordinator::commit::now_ms;
 
 /// A handle to the state thread; cheap to clone.
 #[derive(Clone)]
 pub struct StateHandle {
-    jobs: mpsc::Sender<Job>,
-    draining: Arc<AtomicBool>,
+    commit: GroupCommit,
 }
 
-fn to_status(error: StateError) -> Status {
+fn to_status(error: CallError) -> Status {
     match error {
-        StateError::UnknownWorker(_) => Status::not_found(error.to_string()),
-        StateError::UnknownTask(_) | StateError::MismatchedResult { .. } => {
-            Status::invalid_argument(error.to_string())
+        CallError::Unavailable(why) => Status::unavailable(why),
+        CallError::Refused(error @ StateError::UnknownWorker(_)) => {
+            Status::not_found(error.to_string())
         }
-        _ => Status::unavailable(error.to_string()),
+        CallError::Refused(
+            error @ (StateError::UnknownTask(_) | StateError::MismatchedResult { .. }),
+        ) => Status::invalid_argument(error.to_string()),
+        CallError::Refused(error) => Status::unavailable(error.to_string()),
     }
 }
 
 impl StateHandle {
     /// Starts the state thread. It stops when every handle is dropped.
     pub fn spawn(
-        mut state: SweepState,
+        state: SweepState,
         hub_endpoint: String,
-    ) -> (Self, std::thread::JoinHandle<()>) {
-        let (jobs, inbox) = mpsc::channel::<Job>();
-        let draining = Arc::new(AtomicBool::new(false));
-        let flag = draining.clone();
-        let heartbeat_ms = (state.lease_ms() / 4).clamp(50, 30_000);
-        let thread = std::thread::Builder::new()
-            .name("sweep-state".into())
-            .spawn(move || {
-                loop {
-                    // Wake regularly even when idle, to expire lapsed leases.
-                    let first = match inbox.recv_timeout(Duration::from_millis(200)) {
-                        Ok(job) => Some(job),
-                        Err(mpsc::RecvTimeoutError::Timeout) => None,
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    };
-                    let mut batch: Vec<Job> = first.into_iter().collect();
-                    while batch.len() < 8192 {
-                        match inbox.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    let context = Context {
-                        now_ms: now_ms(),
-                        draining: flag.load(Ordering::SeqCst),
-                        hub_endpoint: hub_endpoint.clone(),
-                        heartbeat_ms,
-                    };
-                    if let Err(e) = state.begin() {
-                        tracing::error!(error = %e, "cannot start a transaction");
-                        for job in batch {
-                            let (reply, _) = job(&mut state, &context);
-                            reply(Err(Status::unavailable(e.to_string())));
-                        }
-                        continue;
-                    }
-                    let mut storage_error = false;
-                    if let Err(e) = state.expire_leases(context.now_ms) {
-                        tracing::error!(error = %e, "expiring leases");
-                        storage_error = true;
-                    }
-                    let mut replies = Vec::with_capacity(batch.len());
-                    for job in batch {
-                        let (reply, failed) = job(&mut state, &context);
-                        storage_error |= failed;
-                        replies.push(reply);
-                    }
-                    let outcome = if storage_error {
-                        let _ = state.rollback_and_reload();
-                        Err(Status::unavailable("coordinator storage error; retry"))
-                    } else {
-                        state.commit().map_err(|e| {
-                            tracing::error!(error = %e, "commit failed");
-                            Status::unavailable(format!("coordinator storage error: {e}"))
-                        })
-                    };
-                    for reply in replies {
-                        reply(outcome.clone());
-                    }
-                }
-                // Leave the database checkpointed and closed.
-                drop(state);
-            })
-            .unwrap_or_else(|e| panic!("cannot start the state thread: {e}"));
-        (Self { jobs, draining }, thread)
+    ) -> anyhow::Result<(Self, std::thread::JoinHandle<()>)> {
+        let (commit, thread) =
+            GroupCommit::spawn(state, hub_endpoint).context("cannot start the state thread")?;
+        Ok((Self { commit }, thread))
     }
 
     /// Runs `f` on the state in the next batch; resolves after the batch commits.
@@ -137,27 +56,22 @@ impl StateHandle {
         f: impl FnOnce(&mut SweepState, &Context) -> Result<T, StateError> + Send + 'static,
     ) -> Result<T, Status> {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |state, context| {
-            let outcome = f(state, context);
-            let storage_error = matches!(outcome, Err(StateError::Db { .. }));
-            let reply: Reply = Box::new(move |committed| {
-                let _ = tx.send(committed.and_then(|()| outcome.map_err(to_status)));
-            });
-            (reply, storage_error)
-        });
-        self.jobs
-            .send(job)
-            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        self.commit
+            .submit(f, move |outcome| {
+                let _ = tx.send(outcome);
+            })
+            .map_err(to_status)?;
         rx.await
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
+            .map_err(to_status)
     }
 
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.commit.start_draining();
     }
 
     pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        self.commit.draining()
     }
 
     pub async fn status(&self) -> Result<StatusReport, Status> {
@@ -199,7 +113,8 @@ impl Coordinator for CoordinatorService {
         let reply = self
             .state
             .call(move |s, c| {
-                let id = s.register_worker(&r.host, r.cores, &r.version, c.now_ms)?;
+                let id =
+                    s.decide(|d| Ok(d.register_worker(&r.host, r.cores, &r.version, c.now_ms)))?;
                 Ok(proto::RegisterReply {
                     worker_id: id,
                     sweep: s.spec().name.clone(),
@@ -232,8 +147,9 @@ impl Coordinator for CoordinatorService {
                         sweep_finished: false,
                     });
                 }
-                let leases = s.lease(&r.worker_id, r.max_tasks.max(1) as usize, c.now_ms)?;
-                let finished = leases.is_empty() && s.finished();
+                let leases =
+                    s.decide(|d| d.lease(&r.worker_id, r.max_tasks.max(1) as usize, c.now_ms))?;
+                let finished = leases.is_empty() && s.schedule().finished();
                 Ok(proto::LeaseReply {
                     tasks: leases
                         .into_iter()
@@ -268,7 +184,7 @@ impl Coordinator for CoordinatorService {
         let reply = self
             .state
             .call(move |s, c| {
-                let lost = s.heartbeat(&r.worker_id, &r.task_ids, c.now_ms)?;
+                let lost = s.decide(|d| d.heartbeat(&r.worker_id, &r.task_ids, c.now_ms))?;
                 Ok(proto::HeartbeatReply {
                     lost_task_ids: lost,
                     draining: c.draining,
@@ -294,7 +210,9 @@ impl Coordinator for CoordinatorService {
         };
         let completion = self
             .state
-            .call(move |s, c| s.complete(&r.worker_id, r.task_id, &result, metrics, c.now_ms))
+            .call(move |s, c| {
+                s.decide(|d| d.complete(&r.worker_id, r.task_id, result, metrics, c.now_ms))
+            })
             .await?;
         Ok(Response::new(proto::CompleteReply {
             accepted: completion == neuromfa_coordinator::Completion::Accepted,
@@ -308,7 +226,9 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let will_retry = self
             .state
-            .call(move |s, c| s.fail(&r.worker_id, r.task_id, &r.error, r.permanent, c.now_ms))
+            .call(move |s, c| {
+                s.decide(|d| d.fail(&r.worker_id, r.task_id, &r.error, r.permanent, c.now_ms))
+            })
             .await?;
         Ok(Response::new(proto::FailReply { will_retry }))
     }
@@ -320,7 +240,7 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let released = self
             .state
-            .call(move |s, _| s.release(&r.worker_id, &r.task_ids))
+            .call(move |s, _| s.decide(|d| Ok(d.release(&r.worker_id, &r.task_ids))))
             .await?;
         Ok(Response::new(proto::ReleaseReply {
             released: released as u32,
@@ -365,7 +285,7 @@ impl RunningCoordinator {
                 .tls_config(tls)
                 .context("the TLS certificate and key cannot be used (are both PEM, and the key the certificate's?)")?;
         }
-        let (handle, state_thread) = StateHandle::spawn(state, hub_endpoint);
+        let (handle, state_thread) = StateHandle::spawn(state, hub_endpoint)?;
         let service = CoordinatorService::new(handle.clone()).into_server(token);
         let (shutdown, stopped) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

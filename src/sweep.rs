@@ -312,7 +312,7 @@ pub async fn sweep(command: SweepCommand) -> Result<()> {
         SweepCommand::Run(args) => sweep_run(args).await,
         SweepCommand::RetryFailed { state_dir } => {
             let mut state = SweepState::open_existing(&state_dir)?;
-            let n = state.transaction(|s| s.retry_failed())?;
+            let n = state.transaction(|s| s.decide(|d| Ok(d.retry_failed())))?;
             println!("{n} failed task(s) re-queued in {}", state_dir.display());
             Ok(())
         }

@@ -141,23 +141,31 @@ fn build_state(dir: &Path, real: bool) -> ExportData {
     let results = results(real, &params);
     let mut state = SweepState::open(spec, OpenMode::Resume).unwrap();
     let worker = state
-        .transaction(|s| s.register_worker("test-host", 2, "0", 0))
+        .transaction(|s| s.decide(|d| Ok(d.register_worker("test-host", 2, "0", 0))))
         .unwrap();
     loop {
-        let leases = state.transaction(|s| s.lease(&worker, 8, 1)).unwrap();
+        let leases = state
+            .transaction(|s| s.decide(|d| d.lease(&worker, 8, 1)))
+            .unwrap();
         if leases.is_empty() {
             break;
         }
         for l in leases {
             if l.model == MODEL_B && l.step == 3000 && l.seed == 2 {
                 state
-                    .transaction(|s| s.fail(&worker, l.task_id, "corrupt checkpoint", true, 2))
+                    .transaction(|s| {
+                        s.decide(|d| d.fail(&worker, l.task_id, "corrupt checkpoint", true, 2))
+                    })
                     .unwrap();
                 continue;
             }
             let r = &results[&(l.model.clone(), l.step, l.seed)];
             let done = state
-                .transaction(|s| s.complete(&worker, l.task_id, r, TaskMetrics::default(), 2))
+                .transaction(|s| {
+                    s.decide(|d| {
+                        d.complete(&worker, l.task_id, r.clone(), TaskMetrics::default(), 2)
+                    })
+                })
                 .unwrap();
             assert_eq!(done, Completion::Accepted);
         }
@@ -353,20 +361,23 @@ fn report_writes_every_file_with_the_exported_values() {
             .collect();
         let alpha0: Vec<(f64, f64)> = rows
             .iter()
-            .map(|a| (a.step as f64, a.alpha0_mean))
+            .map(|a| (a.aggregate.step as f64, a.aggregate.alpha0_mean))
             .collect();
         assert_eq!(
             series(&plot_data, "alpha0-width", &format!("alpha0: {model}")),
             alpha0
         );
-        let width: Vec<(f64, f64)> = rows.iter().map(|a| (a.step as f64, a.width_mean)).collect();
+        let width: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|a| (a.aggregate.step as f64, a.aggregate.width_mean))
+            .collect();
         assert_eq!(
             series(&plot_data, "alpha0-width", &format!("width: {model}")),
             width
         );
         let e: Vec<(f64, f64)> = rows
             .iter()
-            .map(|a| (a.step as f64, a.e_from_means.unwrap()))
+            .map(|a| (a.aggregate.step as f64, a.aggregate.e_from_means.unwrap()))
             .collect();
         assert_eq!(series(&plot_data, "emergence", model), e);
         assert_eq!(e[0].1, 0.0, "E is 0 at the first step");
@@ -407,7 +418,7 @@ fn report_writes_every_file_with_the_exported_values() {
     let at = |model: &str, step: u64| {
         data.aggregates
             .iter()
-            .find(|a| a.model == model && a.step == step)
+            .find(|a| a.model == model && a.aggregate.step == step)
             .unwrap()
     };
     let (a, b) = (at(MODEL_A, 3000), at(MODEL_B, 3000));
@@ -415,11 +426,11 @@ fn report_writes_every_file_with_the_exported_values() {
     assert_eq!(
         series(&plot_data, "emergence-vs-size", "step 3000"),
         vec![
-            (a.parameters as f64, a.e_from_means.unwrap()),
-            (b.parameters as f64, b.e_from_means.unwrap())
+            (a.parameters as f64, a.aggregate.e_from_means.unwrap()),
+            (b.parameters as f64, b.aggregate.e_from_means.unwrap())
         ]
     );
-    assert_eq!(b.seeds, 2, "the failed seed is left out");
+    assert_eq!(b.aggregate.seeds, 2, "the failed seed is left out");
     let sciq = series(&plot_data, "evals-eleutherai-pythia-160m-deduped", "sciq");
     assert_eq!(sciq.len(), 27, "every evaluated step is drawn");
     assert_eq!(sciq[0], (0.0, sciq_accuracy(0)));
@@ -427,7 +438,12 @@ fn report_writes_every_file_with_the_exported_values() {
     // Correlations, recomputed here from the evaluation files and the exports.
     let (e, acc): (Vec<f64>, Vec<f64>) = STEPS_A
         .iter()
-        .map(|&s| (at(MODEL_A, s).e_from_means.unwrap(), sciq_accuracy(s)))
+        .map(|&s| {
+            (
+                at(MODEL_A, s).aggregate.e_from_means.unwrap(),
+                sciq_accuracy(s),
+            )
+        })
         .unzip();
     let correlations = csv_rows(&out.join("table-correlations.csv"));
     let row = correlations
@@ -462,7 +478,7 @@ fn report_writes_every_file_with_the_exported_values() {
     assert_eq!(row["sciq"].parse::<f64>().unwrap(), sciq_accuracy(13000));
     assert_eq!(
         row["E_from_means"].parse::<f64>().unwrap(),
-        at(MODEL_A, 13000).e_from_means.unwrap()
+        at(MODEL_A, 13000).aggregate.e_from_means.unwrap()
     );
     // 65 benchmarks: the table shows the paper's six.
     for b in [
@@ -495,7 +511,7 @@ fn report_writes_every_file_with_the_exported_values() {
     assert_eq!(widths.len(), data.aggregates.len());
     assert_eq!(
         widths[1]["alpha0_var"].parse::<f64>().unwrap(),
-        data.aggregates[1].alpha0_var
+        data.aggregates[1].aggregate.alpha0_var
     );
 
     // One self-contained page.

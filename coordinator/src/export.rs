@@ -5,29 +5,26 @@
 //! straight through — except `fetch.*` and `fetch_by_model.*`, which record what getting
 //! the weights cost (bytes, requests, time), and that depends on caches and timing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use neuromfa_common::stats::{aggregate, SeedPoint, StepAggregate};
+use neuromfa_common::stats::StepAggregate;
 use neuromfa_common::SeedResult;
-use rusqlite::Connection;
-use serde::Serialize;
+use serde::ser::SerializeStruct;
+use serde::{Serialize, Serializer};
 
-use crate::integrity::{duplicate_of, DuplicatePolicy};
+use crate::aggregate::Selection;
+use crate::integrity::Ledger;
+use crate::record::StoredTask;
 use crate::spec::SweepSpec;
-use crate::state::{read_revisions, recorded_spec, StateError, DB_FILE};
+use crate::state::StateError;
+use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("reading {path}: {source}")]
-    Db {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
     #[error("writing {path}: {message}")]
     Write { path: PathBuf, message: String },
     #[error("task {task}: stored result is unreadable: {message}")]
@@ -54,31 +51,44 @@ pub struct TaskRow {
     pub duplicate_of: Option<u64>,
 }
 
-/// One row of `aggregates.csv`.
-#[derive(Debug, Clone, Serialize)]
+/// One row of `aggregates.csv`: a step's aggregate over seeds, with its model's size
+/// and what the step's weights are. Its spectra go to `spectra.csv` instead.
+#[derive(Debug, Clone)]
 pub struct AggregateRow {
     pub model: String,
     /// Non-embedding weight-matrix parameters (0 when unknown).
     pub parameters: u64,
-    pub step: u64,
-    pub seeds: usize,
-    pub alpha0_mean: f64,
-    pub alpha0_var: f64,
-    pub alpha0_var_ddof1: f64,
-    pub width_mean: f64,
-    pub width_var: f64,
-    pub width_var_ddof1: f64,
-    #[serde(rename = "E_from_means")]
-    pub e_from_means: Option<f64>,
-    #[serde(rename = "E_per_seed_mean")]
-    pub e_per_seed_mean: Option<f64>,
-    #[serde(rename = "E_per_seed_var")]
-    pub e_per_seed_var: Option<f64>,
-    #[serde(rename = "E_per_seed_var_ddof1")]
-    pub e_per_seed_var_ddof1: Option<f64>,
+    pub aggregate: StepAggregate,
     pub weights_sha256: String,
     /// Set when this step serves the same weights as the later step named here.
     pub duplicate_of: Option<u64>,
+}
+
+/// The columns of `aggregates.csv` and `aggregates.json`: the aggregate's scalars between
+/// the model's and the step's own columns (written by hand because CSV cannot flatten,
+/// and the per-`q` moments are left out).
+impl Serialize for AggregateRow {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let a = &self.aggregate;
+        let mut row = serializer.serialize_struct("AggregateRow", 16)?;
+        row.serialize_field("model", &self.model)?;
+        row.serialize_field("parameters", &self.parameters)?;
+        row.serialize_field("step", &a.step)?;
+        row.serialize_field("seeds", &a.seeds)?;
+        row.serialize_field("alpha0_mean", &a.alpha0_mean)?;
+        row.serialize_field("alpha0_var", &a.alpha0_var)?;
+        row.serialize_field("alpha0_var_ddof1", &a.alpha0_var_ddof1)?;
+        row.serialize_field("width_mean", &a.width_mean)?;
+        row.serialize_field("width_var", &a.width_var)?;
+        row.serialize_field("width_var_ddof1", &a.width_var_ddof1)?;
+        row.serialize_field("E_from_means", &a.e_from_means)?;
+        row.serialize_field("E_per_seed_mean", &a.e_per_seed_mean)?;
+        row.serialize_field("E_per_seed_var", &a.e_per_seed_var)?;
+        row.serialize_field("E_per_seed_var_ddof1", &a.e_per_seed_var_ddof1)?;
+        row.serialize_field("weights_sha256", &self.weights_sha256)?;
+        row.serialize_field("duplicate_of", &self.duplicate_of)?;
+        row.end()
+    }
 }
 
 /// One row of `spectra.csv`: moments over seeds of `α_k` and `f(α_k)` at `q_k`.
@@ -135,167 +145,78 @@ pub struct ExportData {
     pub fetch_by_model: Vec<FetchModelRow>,
 }
 
-/// Reads a state directory into export rows.
+/// Reads a state directory into export rows (beside a running coordinator, too).
 pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
-    let spec = recorded_spec(state_dir)?;
-    let params = spec.analysis_params();
-    let path = state_dir.join(DB_FILE);
-    let db = |source| ExportError::Db {
-        path: path.clone(),
-        source,
-    };
-    let conn = Connection::open(&path).map_err(db)?;
+    let store = Store::open_read(state_dir)?;
+    let spec = store.recorded_spec()?;
+    let ledger = Ledger::new(spec.checkpoints(), store.revisions()?);
+    let seeds: HashSet<u32> = spec.seed_list().into_iter().collect();
+    let mut tasks = Vec::new();
+    let mut fetches = Vec::new();
+    let mut results = Vec::new();
+    let mut parameters: BTreeMap<String, u64> = BTreeMap::new();
+    for stored in store.tasks(true)? {
+        let Some(slot) = ledger.slot(&stored.model, stored.step) else {
+            continue; // outside the current grid
+        };
+        if !seeds.contains(&stored.seed) {
+            continue;
+        }
+        let result = parse_result(&stored)?;
+        if let Some(r) = &result {
+            results.push((slot, r.point()));
+            parameters.insert(stored.model.clone(), r.parameters);
+        }
+        fetches.extend(fetch_row(&stored));
+        tasks.push(TaskRow {
+            alpha0: result.as_ref().map(|r| r.alpha0),
+            width: result.as_ref().map(|r| r.width),
+            edges: result.as_ref().map(|r| r.edges),
+            kept_nodes: result.as_ref().map(|r| r.kept_nodes),
+            weights_sha256: ledger.weights_of(slot).unwrap_or_default().to_string(),
+            duplicate_of: ledger
+                .original_of(slot)
+                .map(|o| ledger.checkpoints()[o].step),
+            state: stored.progress.state.as_str().to_string(),
+            last_error: stored.progress.last_error.unwrap_or_default(),
+            model: stored.model,
+            revision: stored.revision,
+            step: stored.step,
+            seed: stored.seed,
+            attempts: stored.progress.attempts,
+        });
+    }
     let model_order: BTreeMap<&str, usize> = spec
         .models
         .iter()
         .enumerate()
         .map(|(i, m)| (m.repo.as_str(), i))
         .collect();
-    let seeds: std::collections::HashSet<u32> = spec.seed_list().into_iter().collect();
-    let grid: std::collections::HashSet<(String, u64)> = spec
-        .checkpoints()
-        .into_iter()
-        .map(|c| (c.model, c.step))
-        .collect();
-
-    let hashes: BTreeMap<(String, u64), String> = read_revisions(&conn)
-        .map_err(db)?
-        .into_iter()
-        .filter(|(model, step, _)| grid.contains(&(model.clone(), *step)))
-        .map(|(model, step, hash)| ((model, step), hash))
-        .collect();
-    let duplicates = duplicate_of(
-        hashes
-            .iter()
-            .map(|((m, s), h)| (m.as_str(), *s, h.as_str())),
-    );
-
-    let mut stmt = conn
-        .prepare(
-            "SELECT t.id, c.model, c.revision, c.step, t.seed, t.state, t.attempts, t.last_error,
-                    r.result_json, r.bytes_fetched, r.requests, r.fetch_ms, r.compute_ms,
-                    r.fetch_mode, r.worker
-             FROM tasks t JOIN checkpoints c ON c.id = t.checkpoint_id
-             LEFT JOIN results r ON r.task_id = t.id",
-        )
-        .map_err(db)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, u32>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, u32>(6)?,
-                r.get::<_, Option<String>>(7)?,
-                r.get::<_, Option<String>>(8)?,
-                [9, 10, 11, 12].map(|i| r.get::<_, Option<i64>>(i)),
-                r.get::<_, Option<String>>(13)?,
-                r.get::<_, Option<String>>(14)?,
-            ))
-        })
-        .map_err(db)?;
-    let mut tasks = Vec::new();
-    let mut points: BTreeMap<String, Vec<SeedPoint>> = BTreeMap::new();
-    let mut results: std::collections::HashMap<(String, u64, u32), SeedPoint> =
-        std::collections::HashMap::new();
-    let mut parameters: BTreeMap<String, u64> = BTreeMap::new();
-    let mut fetches = Vec::new();
-    for row in rows {
-        let (id, model, revision, step, seed, state, attempts, error, json, costs, mode, worker) =
-            row.map_err(db)?;
-        let step = step.max(0) as u64;
-        if !grid.contains(&(model.clone(), step)) || !seeds.contains(&seed) {
-            continue;
-        }
-        let result: Option<SeedResult> = json
-            .map(|j| serde_json::from_str(&j))
-            .transpose()
-            .map_err(|e| ExportError::BadResult {
-                task: id,
-                message: e.to_string(),
-            })?;
-        if let Some(r) = &result {
-            results.insert((model.clone(), step, seed), r.point());
-            parameters.insert(model.clone(), r.parameters);
-            let [bytes, requests, fetch_ms, compute_ms] =
-                costs.map(|c| c.map(|v| v.unwrap_or(0).max(0) as u64));
-            fetches.push(FetchRow {
-                model: model.clone(),
-                step,
-                seed,
-                worker: worker.unwrap_or_default(),
-                fetch_mode: mode.unwrap_or_default(),
-                bytes_fetched: bytes.map_err(db)?,
-                requests: requests.map_err(db)?,
-                fetch_ms: fetch_ms.map_err(db)?,
-                compute_ms: compute_ms.map_err(db)?,
-            });
-        }
-        let key = (model.clone(), step);
-        tasks.push(TaskRow {
-            model,
-            revision,
-            step,
-            seed,
-            state,
-            attempts,
-            last_error: error.unwrap_or_default(),
-            alpha0: result.as_ref().map(|r| r.alpha0),
-            width: result.as_ref().map(|r| r.width),
-            edges: result.as_ref().map(|r| r.edges),
-            kept_nodes: result.as_ref().map(|r| r.kept_nodes),
-            weights_sha256: hashes.get(&key).cloned().unwrap_or_default(),
-            duplicate_of: duplicates.get(&key).copied(),
-        });
-    }
-    // Under `skip` duplicates are left out; under `reuse` they take their original's
-    // results; under `warn` they count as computed.
-    let policy = spec.duplicates;
-    for t in &tasks {
-        let source = match (t.duplicate_of, policy) {
-            (Some(_), DuplicatePolicy::Skip) => continue,
-            (Some(original), DuplicatePolicy::Reuse) => original,
-            _ => t.step,
-        };
-        if let Some(point) = results.get(&(t.model.clone(), source, t.seed)) {
-            points.entry(t.model.clone()).or_default().push(SeedPoint {
-                step: t.step,
-                ..point.clone()
-            });
-        }
-    }
     let order = |model: &str| model_order.get(model).copied().unwrap_or(usize::MAX);
     tasks.sort_by_key(|t| (order(&t.model), t.step, t.seed));
     fetches.sort_by_key(|f| (order(&f.model), f.step, f.seed));
     let fetch_by_model = fetch_sums(&spec, &fetches);
 
+    let q = spec.analysis_params().q;
+    let mut by_model = Selection::new(&ledger, spec.duplicates).aggregates(results);
     let mut aggregates = Vec::new();
     let mut spectra = Vec::new();
     for model in &spec.models {
-        let Some(points) = points.get(&model.repo) else {
-            continue;
-        };
-        // E is relative to the model's first step; under `skip`, its first step kept.
-        let first = spec
-            .steps_of(model)
-            .unwrap_or_default()
-            .into_iter()
-            .find(|&s| {
-                policy != DuplicatePolicy::Skip
-                    || !duplicates.contains_key(&(model.repo.clone(), s))
-            })
-            .unwrap_or(0);
-        for a in aggregate(points, first) {
-            spectra.extend(spectrum_rows(&model.repo, &a, &params.q));
-            let size = parameters.get(&model.repo).copied().unwrap_or(0);
-            let key = (model.repo.clone(), a.step);
-            let mut row = aggregate_row(&model.repo, size, &a);
-            row.weights_sha256 = hashes.get(&key).cloned().unwrap_or_default();
-            row.duplicate_of = duplicates.get(&key).copied();
-            aggregates.push(row);
+        for a in by_model.remove(model.repo.as_str()).unwrap_or_default() {
+            spectra.extend(spectrum_rows(&model.repo, &a, &q));
+            let slot = ledger.slot(&model.repo, a.step);
+            aggregates.push(AggregateRow {
+                model: model.repo.clone(),
+                parameters: parameters.get(&model.repo).copied().unwrap_or(0),
+                weights_sha256: slot
+                    .and_then(|s| ledger.weights_of(s))
+                    .unwrap_or_default()
+                    .to_string(),
+                duplicate_of: slot
+                    .and_then(|s| ledger.original_of(s))
+                    .map(|o| ledger.checkpoints()[o].step),
+                aggregate: a,
+            });
         }
     }
     Ok(ExportData {
@@ -305,6 +226,35 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
         spectra,
         fetches,
         fetch_by_model,
+    })
+}
+
+/// The stored result of a task, decoded.
+fn parse_result(task: &StoredTask) -> Result<Option<SeedResult>, ExportError> {
+    let Some(json) = task.result.as_ref().and_then(|r| r.json.as_deref()) else {
+        return Ok(None);
+    };
+    serde_json::from_str(json)
+        .map(Some)
+        .map_err(|e| ExportError::BadResult {
+            task: task.id,
+            message: e.to_string(),
+        })
+}
+
+/// What a finished task's weights cost, when it has a result.
+fn fetch_row(task: &StoredTask) -> Option<FetchRow> {
+    let r = task.result.as_ref()?;
+    Some(FetchRow {
+        model: task.model.clone(),
+        step: task.step,
+        seed: task.seed,
+        worker: r.worker.clone(),
+        fetch_mode: r.metrics.fetch_mode.clone(),
+        bytes_fetched: r.metrics.bytes_fetched,
+        requests: u64::from(r.metrics.requests),
+        fetch_ms: r.metrics.fetch_ms,
+        compute_ms: r.metrics.compute_ms,
     })
 }
 
@@ -329,27 +279,6 @@ fn fetch_sums(spec: &SweepSpec, fetches: &[FetchRow]) -> Vec<FetchModelRow> {
             sum
         })
         .collect()
-}
-
-fn aggregate_row(model: &str, parameters: u64, a: &StepAggregate) -> AggregateRow {
-    AggregateRow {
-        model: model.to_string(),
-        parameters,
-        step: a.step,
-        seeds: a.seeds,
-        alpha0_mean: a.alpha0_mean,
-        alpha0_var: a.alpha0_var,
-        alpha0_var_ddof1: a.alpha0_var_ddof1,
-        width_mean: a.width_mean,
-        width_var: a.width_var,
-        width_var_ddof1: a.width_var_ddof1,
-        e_from_means: a.e_from_means,
-        e_per_seed_mean: a.e_per_seed_mean,
-        e_per_seed_var: a.e_per_seed_var,
-        e_per_seed_var_ddof1: a.e_per_seed_var_ddof1,
-        weights_sha256: String::new(),
-        duplicate_of: None,
-    }
 }
 
 fn spectrum_rows(model: &str, a: &StepAggregate, q: &[f64]) -> Vec<SpectrumRow> {
@@ -464,11 +393,21 @@ fn summary_markdown(data: &ExportData) -> String {
         data.tasks.len(),
         failed.len()
     );
+    model_tables(&mut md, data);
+    duplicates_section(&mut md, data);
+    fetch_section(&mut md, data);
+    failures_section(&mut md, &failed);
+    md
+}
+
+/// Per model, its aggregates by step.
+fn model_tables(md: &mut String, data: &ExportData) {
     for model in &data.spec.models {
-        let rows: Vec<&AggregateRow> = data
+        let rows: Vec<&StepAggregate> = data
             .aggregates
             .iter()
             .filter(|a| a.model == model.repo)
+            .map(|a| &a.aggregate)
             .collect();
         if rows.is_empty() {
             continue;
@@ -496,73 +435,86 @@ fn summary_markdown(data: &ExportData) -> String {
         }
         let _ = writeln!(md);
     }
-    let duplicated: Vec<&AggregateRow> = data
+}
+
+/// Steps serving a later step's weights, when there are any.
+fn duplicates_section(md: &mut String, data: &ExportData) {
+    let duplicated = data
         .aggregates
         .iter()
         .filter(|a| a.duplicate_of.is_some())
-        .collect();
+        .count();
     let flagged: std::collections::BTreeSet<(String, u64, u64)> = data
         .tasks
         .iter()
         .filter_map(|t| t.duplicate_of.map(|d| (t.model.clone(), t.step, d)))
         .collect();
-    if !flagged.is_empty() {
+    if flagged.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Duplicated checkpoints\n\nThese steps serve the same weights as a later step (policy `{}`); {} aggregate rows are affected.\n",
+        serde_json::to_value(data.spec.duplicates)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        duplicated
+    );
+    let _ = writeln!(md, "| model | step | same weights as step |");
+    let _ = writeln!(md, "|---|---:|---:|");
+    for (model, step, original) in &flagged {
+        let _ = writeln!(md, "| {model} | {step} | {original} |");
+    }
+    let _ = writeln!(md);
+}
+
+/// What fetching cost per model, when anything was fetched.
+fn fetch_section(md: &mut String, data: &ExportData) {
+    if !data.fetch_by_model.iter().any(|f| f.tasks > 0) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Fetching\n\nWhat getting the weights of the finished tasks cost (`fetch_by_model.csv`; per task in `fetch.csv`).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| model | tasks | by ranges | whole files | downloaded | requests | fetch time |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for f in data.fetch_by_model.iter().filter(|f| f.tasks > 0) {
         let _ = writeln!(
             md,
-            "## Duplicated checkpoints\n\nThese steps serve the same weights as a later step (policy `{}`); {} aggregate rows are affected.\n",
-            serde_json::to_value(data.spec.duplicates)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            duplicated.len()
+            "| {} | {} | {} | {} | {:.1} MB | {} | {:.1} s |",
+            f.model,
+            f.tasks,
+            f.ranged_tasks,
+            f.full_tasks,
+            f.bytes_fetched as f64 / 1e6,
+            f.requests,
+            f.fetch_ms as f64 / 1000.0
         );
-        let _ = writeln!(md, "| model | step | same weights as step |");
-        let _ = writeln!(md, "|---|---:|---:|");
-        for (model, step, original) in &flagged {
-            let _ = writeln!(md, "| {model} | {step} | {original} |");
-        }
-        let _ = writeln!(md);
     }
-    if data.fetch_by_model.iter().any(|f| f.tasks > 0) {
+    let _ = writeln!(md);
+}
+
+fn failures_section(md: &mut String, failed: &[&TaskRow]) {
+    if failed.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Failed tasks\n");
+    let _ = writeln!(md, "| model | step | seed | attempts | error |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---|");
+    for t in failed {
         let _ = writeln!(
             md,
-            "## Fetching\n\nWhat getting the weights of the finished tasks cost (`fetch_by_model.csv`; per task in `fetch.csv`).\n"
+            "| {} | {} | {} | {} | {} |",
+            t.model,
+            t.step,
+            t.seed,
+            t.attempts,
+            t.last_error.replace('|', "\\|").replace('\n', " ")
         );
-        let _ = writeln!(
-            md,
-            "| model | tasks | by ranges | whole files | downloaded | requests | fetch time |"
-        );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
-        for f in data.fetch_by_model.iter().filter(|f| f.tasks > 0) {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {:.1} MB | {} | {:.1} s |",
-                f.model,
-                f.tasks,
-                f.ranged_tasks,
-                f.full_tasks,
-                f.bytes_fetched as f64 / 1e6,
-                f.requests,
-                f.fetch_ms as f64 / 1000.0
-            );
-        }
-        let _ = writeln!(md);
     }
-    if !failed.is_empty() {
-        let _ = writeln!(md, "## Failed tasks\n");
-        let _ = writeln!(md, "| model | step | seed | attempts | error |");
-        let _ = writeln!(md, "|---|---:|---:|---:|---|");
-        for t in failed {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} |",
-                t.model,
-                t.step,
-                t.seed,
-                t.attempts,
-                t.last_error.replace('|', "\\|").replace('\n', " ")
-            );
-        }
-    }
-    md
 }

@@ -1,11 +1,15 @@
 //! Steps that serve identical weights. Published suites do not always hold what their
 //! branch names say (pythia-2.8b reportedly serves final-era weights on most of its
 //! branches); computing "emergence" across identical weights draws a flat curve with no
-//! warning. Revisions of one model whose weights hash the same form a group.
+//! warning. Revisions of one model whose weights hash the same form a group; the
+//! [`Ledger`] keeps what every checkpoint of a grid serves and which duplicate which.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
+
+use crate::record::Change;
+use crate::spec::CheckpointKey;
 
 /// What a sweep does with a step whose weights duplicate another step's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -40,6 +44,121 @@ pub fn duplicate_of<'a>(
         }
     }
     duplicates
+}
+
+/// What each checkpoint of a grid serves, once resolved, and which checkpoints serve
+/// the same weights as a later step of their model. Checkpoints are referred to by their
+/// index in the grid, as the schedule refers to them.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    checkpoints: Vec<CheckpointKey>,
+    /// model → step → index in `checkpoints`.
+    slots: HashMap<String, HashMap<u64, usize>>,
+    /// Per checkpoint: the sha256 of its weights, once resolved.
+    weights: Vec<Option<String>>,
+    /// Duplicated checkpoint → the checkpoint whose weights it serves too.
+    original: HashMap<usize, usize>,
+}
+
+impl Ledger {
+    /// The ledger of `checkpoints` given the stored resolutions `(model, step, sha256)`
+    /// (those outside the grid are ignored), grouped.
+    pub fn new(
+        checkpoints: Vec<CheckpointKey>,
+        revisions: impl IntoIterator<Item = (String, u64, String)>,
+    ) -> Self {
+        let mut slots: HashMap<String, HashMap<u64, usize>> = HashMap::new();
+        for (i, k) in checkpoints.iter().enumerate() {
+            slots.entry(k.model.clone()).or_default().insert(k.step, i);
+        }
+        let mut ledger = Ledger {
+            weights: vec![None; checkpoints.len()],
+            checkpoints,
+            slots,
+            original: HashMap::new(),
+        };
+        for (model, step, hash) in revisions {
+            if let Some(slot) = ledger.slot(&model, step) {
+                ledger.weights[slot] = Some(hash);
+            }
+        }
+        ledger.regroup();
+        ledger
+    }
+
+    pub fn checkpoints(&self) -> &[CheckpointKey] {
+        &self.checkpoints
+    }
+
+    /// The index of `(model, step)` in the grid.
+    pub fn slot(&self, model: &str, step: u64) -> Option<usize> {
+        self.slots.get(model)?.get(&step).copied()
+    }
+
+    /// Checkpoints whose weights have not been resolved yet.
+    pub fn unresolved(&self) -> Vec<CheckpointKey> {
+        self.checkpoints
+            .iter()
+            .zip(&self.weights)
+            .filter(|(_, h)| h.is_none())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Records what a checkpoint's revision serves; groups change at the next
+    /// [`regroup`](Self::regroup). None when the checkpoint is not in the grid.
+    pub fn record(
+        &mut self,
+        model: &str,
+        step: u64,
+        commit: &str,
+        weights_sha256: &str,
+    ) -> Option<Change> {
+        let slot = self.slot(model, step)?;
+        self.weights[slot] = Some(weights_sha256.to_string());
+        Some(Change::RevisionResolved {
+            model: model.to_string(),
+            step,
+            commit: commit.to_string(),
+            weights_sha256: weights_sha256.to_string(),
+        })
+    }
+
+    /// Groups the checkpoints by the weights recorded so far.
+    pub fn regroup(&mut self) {
+        let groups = duplicate_of(
+            self.checkpoints
+                .iter()
+                .zip(&self.weights)
+                .filter_map(|(k, h)| h.as_deref().map(|h| (k.model.as_str(), k.step, h))),
+        );
+        self.original = groups
+            .into_iter()
+            .filter_map(|((model, step), original)| {
+                Some((self.slot(&model, step)?, self.slot(&model, original)?))
+            })
+            .collect();
+    }
+
+    /// The checkpoint whose weights `slot` serves too, when it is a duplicate.
+    pub fn original_of(&self, slot: usize) -> Option<usize> {
+        self.original.get(&slot).copied()
+    }
+
+    /// The sha256 of a checkpoint's weights, once resolved.
+    pub fn weights_of(&self, slot: usize) -> Option<&str> {
+        self.weights.get(slot)?.as_deref()
+    }
+
+    /// Every duplicated checkpoint and its original, by model and step.
+    pub fn duplicates(&self) -> Vec<(usize, usize)> {
+        let mut list: Vec<(usize, usize)> = self.original.iter().map(|(&d, &o)| (d, o)).collect();
+        list.sort_by(|a, b| {
+            let (x, y) = (&self.checkpoints[a.0], &self.checkpoints[b.0]);
+            (&x.model, x.step).cmp(&(&y.model, y.step))
+        });
+        list
+    }
 }
 
 /// Steps grouped by identical weights, for reports: `(hash, steps ascending)`, groups in

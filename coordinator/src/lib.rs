@@ -1,13 +1,33 @@
-//! The decisions of a neuromfa sweep: spec → task grid, durable state, leases and
-//! retries, scheduling, aggregation and export. No sockets: the transport in the
+//! The decisions of a neuromfa sweep: spec → task grid, scheduling, durable state,
+//! integrity of checkpoints, aggregation and export. No sockets: the transport in the
 //! `neuromfa` crate drives it, and tests drive it directly.
+//!
+//! - [`schedule`]: tasks, queues, leases and workers in memory; decisions return the
+//!   [`Change`]s they made and do no I/O.
+//! - [`store`]: the SQLite schema, migrations, loading, and writing changes in
+//!   transactions; the only module that speaks SQL.
+//! - [`integrity`]: the duplicate policy and the ledger of what each checkpoint serves.
+//! - [`aggregate`]: which results count for which step, and `E`'s reference step.
+//! - [`status`]: what `status` shows, built from the schedule.
+//! - [`state`]: [`SweepState`], the schedule, ledger and store composed so that nothing
+//!   is acknowledged before the transaction holding it is durable.
+//! - [`commit`]: the state thread that batches requests into one transaction each.
+//! - [`export`]: tables from a state directory, read through the store.
 
+pub mod aggregate;
+pub mod commit;
+mod error;
 pub mod export;
 pub mod integrity;
+pub mod record;
+pub mod schedule;
 pub mod spec;
 pub mod state;
+pub mod status;
+pub mod store;
 
+pub use record::{Change, TaskMetrics, TaskState};
+pub use schedule::{Completion, Lease, Schedule};
 pub use spec::SweepSpec;
-pub use state::{
-    Completion, FetchTotals, Lease, OpenMode, StatusReport, SweepState, TaskMetrics, TaskState,
-};
+pub use state::{OpenMode, StateError, SweepState};
+pub use status::{FetchTotals, StatusReport};

@@ -297,26 +297,33 @@ impl SweepSpec {
     }
 
     fn validate(&self, path: &Path) -> Result<(), SpecError> {
-        let invalid = |key: &str, message: String| SpecError::Invalid {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            message,
-        };
+        self.check_grid()
+            .and_then(|()| self.analysis.check())
+            .and_then(|()| self.coordinator.check())
+            .map_err(|Invalid(key, message)| SpecError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })
+    }
+
+    /// The grid is not empty and names every model, step and seed once.
+    fn check_grid(&self) -> Result<(), Invalid> {
         if self.name.trim().is_empty() {
-            return Err(invalid("name", "must not be empty".into()));
+            return Err(invalid("name", "must not be empty"));
         }
         if self.state_dir.as_os_str().is_empty() {
-            return Err(invalid("state_dir", "must not be empty".into()));
+            return Err(invalid("state_dir", "must not be empty"));
         }
         let seeds = self.seed_list();
         if seeds.is_empty() {
-            return Err(invalid("seeds", "no seeds: the grid is empty".into()));
+            return Err(invalid("seeds", "no seeds: the grid is empty"));
         }
         if seeds.iter().collect::<BTreeSet<_>>().len() != seeds.len() {
-            return Err(invalid("seeds", "a seed is listed twice".into()));
+            return Err(invalid("seeds", "a seed is listed twice"));
         }
         if self.models.is_empty() {
-            return Err(invalid("models", "no models: the grid is empty".into()));
+            return Err(invalid("models", "no models: the grid is empty"));
         }
         let mut repos = BTreeSet::new();
         for (i, model) in self.models.iter().enumerate() {
@@ -338,7 +345,7 @@ impl SweepSpec {
                 if !format.contains("{step}") {
                     return Err(invalid(
                         &format!("{key}.revision_format"),
-                        "must contain {step}".into(),
+                        "must contain {step}",
                     ));
                 }
             }
@@ -351,69 +358,6 @@ impl SweepSpec {
                     format!("no steps for {}: the grid is empty", model.repo),
                 ));
             }
-        }
-        let a = &self.analysis;
-        if a.layer_sample == 0 {
-            return Err(invalid(
-                "analysis.layer_sample",
-                "must be at least 1".into(),
-            ));
-        }
-        if !(a.threshold.is_finite() && a.threshold > 1.0) {
-            return Err(invalid(
-                "analysis.threshold",
-                format!("must be a finite number above 1 (got {})", a.threshold),
-            ));
-        }
-        q_grid(a.q_min, a.q_max, a.q_step).map_err(|e| invalid("analysis.q_*", e.to_string()))?;
-        if !(a.lambda.is_finite() && a.lambda >= 0.0) {
-            return Err(invalid(
-                "analysis.lambda",
-                format!("must be a finite number of at least 0 (got {})", a.lambda),
-            ));
-        }
-        if !(a.gamma.is_finite() && a.gamma > 0.0) {
-            return Err(invalid(
-                "analysis.gamma",
-                format!("must be a finite number above 0 (got {})", a.gamma),
-            ));
-        }
-        if a.distance == DistanceKind::ShortestPath && a.lambda >= a.threshold {
-            return Err(invalid(
-                "analysis.lambda",
-                format!(
-                    "{} is not below the threshold {}: no path could be within it",
-                    a.lambda, a.threshold
-                ),
-            ));
-        }
-        let c = &self.coordinator;
-        if !(c.lease_seconds.is_finite() && c.lease_seconds > 0.0) {
-            return Err(invalid(
-                "coordinator.lease_seconds",
-                format!("must be positive (got {})", c.lease_seconds),
-            ));
-        }
-        if c.max_attempts == 0 {
-            return Err(invalid(
-                "coordinator.max_attempts",
-                "must be at least 1".into(),
-            ));
-        }
-        match (&c.tls_cert, &c.tls_key) {
-            (Some(_), None) => {
-                return Err(invalid(
-                    "coordinator.tls_key",
-                    "missing: `tls_cert` needs the key it was issued for".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "coordinator.tls_cert",
-                    "missing: `tls_key` needs the certificate it belongs to".into(),
-                ))
-            }
-            _ => {}
         }
         Ok(())
     }
@@ -528,6 +472,81 @@ fn parse_env_value(value: &str) -> config::Value {
         return config::Value::from(f);
     }
     config::Value::from(value.to_string())
+}
+
+/// A spec key and why its value is refused.
+struct Invalid(String, String);
+
+fn invalid(key: &str, message: impl Into<String>) -> Invalid {
+    Invalid(key.to_string(), message.into())
+}
+
+impl AnalysisSpec {
+    /// Settings the method can run with.
+    fn check(&self) -> Result<(), Invalid> {
+        if self.layer_sample == 0 {
+            return Err(invalid("analysis.layer_sample", "must be at least 1"));
+        }
+        if !(self.threshold.is_finite() && self.threshold > 1.0) {
+            return Err(invalid(
+                "analysis.threshold",
+                format!("must be a finite number above 1 (got {})", self.threshold),
+            ));
+        }
+        q_grid(self.q_min, self.q_max, self.q_step)
+            .map_err(|e| invalid("analysis.q_*", e.to_string()))?;
+        if !(self.lambda.is_finite() && self.lambda >= 0.0) {
+            return Err(invalid(
+                "analysis.lambda",
+                format!(
+                    "must be a finite number of at least 0 (got {})",
+                    self.lambda
+                ),
+            ));
+        }
+        if !(self.gamma.is_finite() && self.gamma > 0.0) {
+            return Err(invalid(
+                "analysis.gamma",
+                format!("must be a finite number above 0 (got {})", self.gamma),
+            ));
+        }
+        if self.distance == DistanceKind::ShortestPath && self.lambda >= self.threshold {
+            return Err(invalid(
+                "analysis.lambda",
+                format!(
+                    "{} is not below the threshold {}: no path could be within it",
+                    self.lambda, self.threshold
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl CoordinatorSpec {
+    /// Leases that can lapse, attempts that can run, TLS files in pairs.
+    fn check(&self) -> Result<(), Invalid> {
+        if !(self.lease_seconds.is_finite() && self.lease_seconds > 0.0) {
+            return Err(invalid(
+                "coordinator.lease_seconds",
+                format!("must be positive (got {})", self.lease_seconds),
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid("coordinator.max_attempts", "must be at least 1"));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => Err(invalid(
+                "coordinator.tls_key",
+                "missing: `tls_cert` needs the key it was issued for",
+            )),
+            (None, Some(_)) => Err(invalid(
+                "coordinator.tls_cert",
+                "missing: `tls_key` needs the certificate it belongs to",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

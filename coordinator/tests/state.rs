@@ -1,67 +1,25 @@
-//! The coordinator's decisions without a socket: grid, leases, expiry, retries,
-//! affinity, exactly-once results, resume and export.
+//! The sweep's state on disk: every decision survives a reopen, a failed transaction
+//! leaves nothing behind, growth, refused settings, migrations, and exports. Scheduling
+//! itself is tested without storage in `schedule.rs`.
 
-use std::path::Path;
+mod support;
 
-use neuromfa_common::SeedResult;
 use neuromfa_coordinator::export;
 use neuromfa_coordinator::state::StateError;
-use neuromfa_coordinator::{Completion, Lease, OpenMode, SweepSpec, SweepState, TaskMetrics};
-
-fn spec(dir: &Path, steps: &str, seeds: u32, extra: &str) -> SweepSpec {
-    let text = format!(
-        r#"
-name = "test"
-state_dir = "{}"
-seeds = {seeds}
-steps = {steps}
-[[models]]
-repo = "org/a"
-[[models]]
-repo = "org/b"
-[coordinator]
-lease_seconds = 10
-max_attempts = 2
-{extra}
-"#,
-        dir.display()
-    );
-    SweepSpec::from_toml(&text, Path::new("spec.toml")).unwrap()
-}
-
-fn result(step: u64, seed: u32) -> SeedResult {
-    let alpha0 = 1.5 - step as f64 / 100.0 + seed as f64 / 1000.0;
-    SeedResult {
-        step,
-        seed,
-        alpha0,
-        width: 0.6,
-        tau: vec![0.0; 3],
-        alpha: vec![alpha0, alpha0 + 0.3],
-        f_alpha: vec![0.5, 1.0],
-        r2: vec![1.0; 3],
-        alpha0_peak: alpha0,
-        alpha0_central: None,
-        edges: 10,
-        source_nodes: 5,
-        kept_nodes: 5,
-        radii: 3,
-        node_dimension_mean: None,
-        parameters: 1000,
-    }
-}
+use neuromfa_coordinator::{Completion, Lease, OpenMode, SweepState, TaskMetrics};
+use support::{decide, result, two_models as spec};
 
 fn done(state: &mut SweepState, worker: &str, lease: &Lease, now: u64) -> Completion {
     let r = result(lease.step, lease.seed);
-    state
-        .transaction(|s| s.complete(worker, lease.task_id, &r, TaskMetrics::default(), now))
-        .unwrap()
+    decide(state, |d| {
+        d.complete(worker, lease.task_id, r, TaskMetrics::default(), now)
+    })
 }
 
 fn complete_all(state: &mut SweepState, worker: &str, now: u64) -> usize {
     let mut n = 0;
     loop {
-        let leases = state.transaction(|s| s.lease(worker, 4, now)).unwrap();
+        let leases = decide(state, |d| d.lease(worker, 4, now));
         if leases.is_empty() {
             return n;
         }
@@ -77,13 +35,11 @@ fn grid_leases_complete_and_resume() {
     let dir = tempfile::tempdir().unwrap();
     let s = spec(dir.path(), "[0, 10, 20]", 3, "");
     let mut state = SweepState::open(s.clone(), OpenMode::Resume).unwrap();
-    assert_eq!(state.counts()["pending"], 2 * 3 * 3);
-    let w = state
-        .transaction(|s| s.register_worker("host", 2, "0.1", 0))
-        .unwrap();
+    assert_eq!(state.schedule().counts()["pending"], 2 * 3 * 3);
+    let w = decide(&mut state, |d| Ok(d.register_worker("host", 2, "0.1", 0)));
 
     // One lease hands out the seeds of one checkpoint, first steps first.
-    let leases = state.transaction(|s| s.lease(&w, 10, 0)).unwrap();
+    let leases = decide(&mut state, |d| d.lease(&w, 10, 0));
     assert_eq!(leases.len(), 3);
     assert!(leases
         .iter()
@@ -93,14 +49,14 @@ fn grid_leases_complete_and_resume() {
 
     // Reopen: the done task stays done, the leased ones are still leased to w.
     let mut state = SweepState::open(s.clone(), OpenMode::Resume).unwrap();
-    let counts = state.counts();
+    let counts = state.schedule().counts();
     assert_eq!((counts["done"], counts["leased"]), (1, 2));
     assert_eq!(done(&mut state, &w, &leases[0], 2), Completion::Duplicate);
     for l in &leases[1..] {
         assert_eq!(done(&mut state, &w, l, 2), Completion::Accepted);
     }
     assert_eq!(complete_all(&mut state, &w, 3), 15);
-    assert!(state.finished());
+    assert!(state.schedule().finished());
     let status = state.status(4, false);
     assert_eq!((status.done, status.duplicates_ignored), (18, 1));
     assert!(status.models.iter().all(|m| m.latest_e.is_some()));
@@ -109,8 +65,8 @@ fn grid_leases_complete_and_resume() {
     let data = export::load(dir.path()).unwrap();
     assert_eq!(data.tasks.len(), 18);
     assert_eq!(data.aggregates.len(), 6);
-    assert_eq!(data.aggregates[0].e_from_means, Some(0.0));
-    assert!(data.aggregates[1].e_from_means.unwrap() > 0.0);
+    assert_eq!(data.aggregates[0].aggregate.e_from_means, Some(0.0));
+    assert!(data.aggregates[1].aggregate.e_from_means.unwrap() > 0.0);
     assert_eq!(data.spectra.len(), 6 * 2);
     let files = export::export(dir.path(), None).unwrap();
     assert_eq!(files.len(), export::EXPORT_FILES.len());
@@ -119,133 +75,94 @@ fn grid_leases_complete_and_resume() {
 }
 
 #[test]
-fn expired_leases_requeue_then_fail_with_reason() {
+fn every_kind_of_decision_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let mut state = SweepState::open(spec(dir.path(), "[0]", 1, ""), OpenMode::Resume).unwrap();
-    let w = state
-        .transaction(|s| s.register_worker("h", 1, "v", 0))
+    let s = spec(dir.path(), "[0, 10]", 2, "");
+    let mut state = SweepState::open(s.clone(), OpenMode::Resume).unwrap();
+    let w = decide(&mut state, |d| Ok(d.register_worker("h", 1, "v", 0)));
+    let leases = decide(&mut state, |d| d.lease(&w, 2, 0));
+    let (a, b) = (&leases[0], &leases[1]);
+    assert_eq!(done(&mut state, &w, a, 1), Completion::Accepted);
+    assert_eq!(done(&mut state, &w, a, 2), Completion::Duplicate);
+    decide(&mut state, |d| {
+        d.fail(&w, b.task_id, "corrupt header", true, 3)
+    });
+    let held = decide(&mut state, |d| d.lease(&w, 2, 4));
+    decide(&mut state, |d| d.heartbeat(&w, &[held[0].task_id], 5_000));
+    decide(&mut state, |d| Ok(d.release(&w, &[held[1].task_id])));
+    state
+        .transaction(|s| s.record_resolution("org/a", 0, "c0", "same"))
         .unwrap();
-    let lease = state.transaction(|s| s.lease(&w, 10, 0)).unwrap();
-    assert_eq!(lease.len(), 1);
-    let id = lease[0].task_id;
-    // Heartbeats keep it.
-    assert!(state
-        .transaction(|s| s.heartbeat(&w, &[id], 9_000))
-        .unwrap()
-        .is_empty());
-    assert_eq!(state.transaction(|s| s.expire_leases(15_000)).unwrap(), 0);
-    // Silence lapses it: attempt 1 of 2, back to pending.
-    assert_eq!(state.transaction(|s| s.expire_leases(20_000)).unwrap(), 1);
-    // Pending: this task and the other model's, never leased.
-    assert_eq!(state.counts()["pending"], 2);
-    let lost = state
-        .transaction(|s| s.heartbeat(&w, &[id], 20_001))
-        .unwrap();
-    assert_eq!(lost, vec![id]);
-    let again = state.transaction(|s| s.lease(&w, 10, 20_002)).unwrap();
-    assert_eq!(again[0].attempt, 2);
-    state.transaction(|s| s.expire_leases(40_000)).unwrap();
-    assert_eq!(state.counts()["failed"], 1);
-    let status = state.status(40_000, false);
-    assert!(
-        status.failures[0].error.contains("lease expired"),
-        "{:?}",
-        status.failures
-    );
-    // A late result for a lapsed lease is still a result.
+    let before = state.status(6_000, false);
+    drop(state);
+
+    let mut state = SweepState::open(s, OpenMode::Resume).unwrap();
+    let after = state.status(6_000, false);
     assert_eq!(
-        done(&mut state, &w, &lease[0], 41_000),
-        Completion::Accepted
+        (after.done, after.failed, after.leased, after.pending),
+        (before.done, before.failed, before.leased, before.pending)
     );
-    assert_eq!(state.counts()["done"], 1);
+    assert_eq!((after.done, after.failed, after.leased), (1, 1, 1));
+    assert_eq!(after.duplicates_ignored, 1);
+    assert_eq!(after.failures[0].error, "corrupt header");
+    assert_eq!(state.unresolved().len(), 3, "the resolution is stored");
+    // The extended deadline (15 s) was stored, not the first one (10 s).
+    assert_eq!(decide(&mut state, |d| Ok(d.expire(12_000))), 0);
+    // The worker is known and still holds its lease.
+    let lost = decide(&mut state, |d| d.heartbeat(&w, &[held[0].task_id], 14_000));
+    assert!(lost.is_empty());
+    // The released task went back without using an attempt.
+    let again = decide(&mut state, |d| d.lease(&w, 4, 14_001));
+    let released = again.iter().find(|l| l.task_id == held[1].task_id).unwrap();
+    assert_eq!(released.attempt, 1);
 }
 
 #[test]
-fn failures_retry_until_the_limit_and_retry_failed_requeues() {
+fn a_failed_transaction_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let mut state = SweepState::open(spec(dir.path(), "[0]", 2, ""), OpenMode::Resume).unwrap();
-    let w = state
-        .transaction(|s| s.register_worker("h", 1, "v", 0))
-        .unwrap();
-    let leases = state.transaction(|s| s.lease(&w, 10, 0)).unwrap();
-    let (a, b) = (leases[0].task_id, leases[1].task_id);
-    assert!(state
-        .transaction(|s| s.fail(&w, a, "network blip", false, 1))
-        .unwrap());
-    assert!(!state
-        .transaction(|s| s.fail(&w, b, "corrupt header", true, 1))
-        .unwrap());
-    let retry = state.transaction(|s| s.lease(&w, 10, 2)).unwrap();
-    assert_eq!(retry.iter().map(|l| l.task_id).collect::<Vec<_>>(), vec![a]);
-    assert!(!state
-        .transaction(|s| s.fail(&w, a, "network blip again", false, 3))
-        .unwrap());
-    assert_eq!(state.counts()["failed"], 2);
-    let errors: Vec<String> = state
-        .status(4, false)
-        .failures
-        .into_iter()
-        .map(|f| f.error)
-        .collect();
-    assert!(errors.contains(&"corrupt header".to_string()), "{errors:?}");
-    assert_eq!(state.transaction(|s| s.retry_failed()).unwrap(), 2);
-    // The two retried and the other model's two.
-    assert_eq!(state.counts()["pending"], 4);
-    assert_eq!(
-        state.transaction(|s| s.lease(&w, 10, 5)).unwrap()[0].attempt,
-        1
-    );
+    let s = spec(dir.path(), "[0]", 2, "");
+    let mut state = SweepState::open(s.clone(), OpenMode::Resume).unwrap();
+    let w = decide(&mut state, |d| Ok(d.register_worker("h", 1, "v", 0)));
+    let err = state
+        .transaction(|s| {
+            let leases = s.decide(|d| d.lease(&w, 2, 0))?;
+            assert_eq!(leases.len(), 2);
+            s.decide(|d| d.complete(&w, 999, result(0, 0), TaskMetrics::default(), 0))
+        })
+        .unwrap_err();
+    assert!(matches!(err, StateError::UnknownTask(999)), "{err}");
+    // Memory was rebuilt from disk: the leases of the failed transaction are gone.
+    assert_eq!(state.schedule().counts()["pending"], 4);
+    drop(state);
+    let state = SweepState::open(s, OpenMode::Resume).unwrap();
+    assert_eq!(state.schedule().counts()["pending"], 4);
 }
 
 #[test]
-fn released_leases_do_not_use_an_attempt() {
+fn a_state_directory_from_before_fetch_modes_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
-    let mut state = SweepState::open(spec(dir.path(), "[0]", 1, ""), OpenMode::Resume).unwrap();
-    let w = state
-        .transaction(|s| s.register_worker("h", 1, "v", 0))
+    let s = spec(dir.path(), "[0]", 1, "");
+    let mut state = SweepState::open(s.clone(), OpenMode::Resume).unwrap();
+    let w = decide(&mut state, |d| Ok(d.register_worker("h", 1, "v", 0)));
+    complete_all(&mut state, &w, 0);
+    drop(state);
+    let db =
+        rusqlite::Connection::open(dir.path().join(neuromfa_coordinator::state::DB_FILE)).unwrap();
+    db.execute_batch("ALTER TABLE results DROP COLUMN fetch_mode")
         .unwrap();
-    let l = state.transaction(|s| s.lease(&w, 1, 0)).unwrap();
-    assert_eq!(
-        state
-            .transaction(|s| s.release(&w, &[l[0].task_id]))
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        state.transaction(|s| s.lease(&w, 1, 1)).unwrap()[0].attempt,
-        1
-    );
-}
-
-#[test]
-fn a_checkpoints_seeds_stay_with_its_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut state = SweepState::open(spec(dir.path(), "[0, 10]", 4, ""), OpenMode::Resume).unwrap();
-    let w1 = state
-        .transaction(|s| s.register_worker("one", 1, "v", 0))
-        .unwrap();
-    let w2 = state
-        .transaction(|s| s.register_worker("two", 1, "v", 0))
-        .unwrap();
-    let a = state.transaction(|s| s.lease(&w1, 2, 0)).unwrap();
-    let b = state.transaction(|s| s.lease(&w2, 2, 0)).unwrap();
-    let key = |l: &Lease| (l.model.clone(), l.step);
-    assert_ne!(key(&a[0]), key(&b[0]), "w2 must not split w1's checkpoint");
-    let a2 = state.transaction(|s| s.lease(&w1, 2, 1)).unwrap();
-    assert_eq!(
-        key(&a2[0]),
-        key(&a[0]),
-        "w1 gets the rest of its checkpoint"
-    );
+    drop(db);
+    let state = SweepState::open(s, OpenMode::Resume).unwrap();
+    assert_eq!(state.schedule().counts()["done"], 2);
+    let data = export::load(dir.path()).unwrap();
+    assert!(data.fetches.iter().all(|f| f.fetch_mode.is_empty()));
+    assert_eq!(data.fetches.len(), 2);
 }
 
 #[test]
 fn changed_analysis_is_refused_and_growth_adds_only_new_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let mut state = SweepState::open(spec(dir.path(), "[0, 10]", 2, ""), OpenMode::Resume).unwrap();
-    let w = state
-        .transaction(|s| s.register_worker("h", 1, "v", 0))
-        .unwrap();
+    let w = decide(&mut state, |d| Ok(d.register_worker("h", 1, "v", 0)));
     assert_eq!(complete_all(&mut state, &w, 0), 8);
     drop(state);
 
@@ -258,12 +175,12 @@ fn changed_analysis_is_refused_and_growth_adds_only_new_tasks() {
 
     let grown = spec(dir.path(), "[0, 10, 20]", 3, "");
     let state = SweepState::open(grown, OpenMode::Resume).unwrap();
-    let counts = state.counts();
+    let counts = state.schedule().counts();
     assert_eq!((counts["done"], counts["pending"]), (8, 18 - 8));
     drop(state);
 
     let fresh = SweepState::open(changed, OpenMode::NewSweep).unwrap();
-    assert_eq!(fresh.counts()["done"], 0);
+    assert_eq!(fresh.schedule().counts()["done"], 0);
     assert!(std::fs::read_dir(dir.path()).unwrap().any(|e| e
         .unwrap()
         .file_name()

@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use neuromfa_coordinator::export::{self, AggregateRow, ExportData, SpectrumRow};
+use neuromfa_common::stats::StepAggregate;
+use neuromfa_coordinator::export::{self, ExportData, SpectrumRow};
 use plotters::style::{RGBColor, BLACK};
 
 use evals::Evals;
@@ -86,7 +87,9 @@ pub fn write(args: &ReportArgs) -> anyhow::Result<Vec<PathBuf>> {
 struct ModelRows<'a> {
     repo: &'a str,
     slug: String,
-    aggregates: Vec<&'a AggregateRow>,
+    aggregates: Vec<&'a StepAggregate>,
+    /// Non-embedding weight-matrix parameters (0 when unknown).
+    parameters: u64,
     /// step → rows in `q` order.
     spectra: BTreeMap<u64, Vec<&'a SpectrumRow>>,
 }
@@ -233,11 +236,8 @@ fn model_rows<'a>(data: &'a ExportData, warnings: &mut Vec<String>) -> Vec<Model
     let mut slugs = BTreeSet::new();
     let mut out = Vec::new();
     for model in &data.spec.models {
-        let aggregates: Vec<&AggregateRow> = data
-            .aggregates
-            .iter()
-            .filter(|a| a.model == model.repo)
-            .collect();
+        let rows = || data.aggregates.iter().filter(|a| a.model == model.repo);
+        let aggregates: Vec<&StepAggregate> = rows().map(|a| &a.aggregate).collect();
         if aggregates.is_empty() {
             warnings.push(format!(
                 "{}: no results yet; left out of the plots and tables",
@@ -261,6 +261,7 @@ fn model_rows<'a>(data: &'a ExportData, warnings: &mut Vec<String>) -> Vec<Model
             repo: &model.repo,
             slug: name,
             aggregates,
+            parameters: rows().map(|a| a.parameters).max().unwrap_or(0),
             spectra,
         });
     }
@@ -324,7 +325,7 @@ fn spectra_figure(m: &ModelRows) -> Figure {
 /// α0 and w against step, one line per model, ±1 sd (Fig. 19).
 fn alpha0_width_figure(models: &[ModelRows]) -> Figure {
     let panel =
-        |key: &str, title: &str, label: &str, pick: fn(&AggregateRow) -> (f64, f64)| Panel {
+        |key: &str, title: &str, label: &str, pick: fn(&StepAggregate) -> (f64, f64)| Panel {
             title: title.to_string(),
             key: key.to_string(),
             x: Axis::steps(),
@@ -476,7 +477,7 @@ fn emergence_vs_size_figure(
     warnings: &mut Vec<String>,
 ) -> Figure {
     for m in models {
-        if m.aggregates.iter().all(|a| a.parameters == 0) {
+        if m.parameters == 0 {
             warnings.push(format!(
                 "{}: model size unknown (no parameter count in its results); left out of emergence-vs-size",
                 m.repo
@@ -492,7 +493,7 @@ fn emergence_vs_size_figure(
                 .filter_map(|m| {
                     let a = m.aggregates.iter().find(|a| a.step == step)?;
                     let e = a.e_from_means.filter(|e| e.is_finite())?;
-                    (a.parameters > 0).then_some((a.parameters as f64, e))
+                    (m.parameters > 0).then_some((m.parameters as f64, e))
                 })
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));

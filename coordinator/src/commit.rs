@@ -1,0 +1,173 @@
+//! Group commit. One thread owns the sweep state and applies requests in batches: every
+//! request that arrived while the previous batch was being committed goes into the next
+//! transaction, so many workers share one fsync, and no reply leaves before its
+//! transaction is durable. Replies are callbacks, so any transport can wait on them
+//! (the gRPC server completes a future).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::StateError;
+use crate::state::SweepState;
+
+/// Requests taken into one transaction at most.
+const MAX_BATCH: usize = 8192;
+/// How often an idle state thread wakes to expire lapsed leases.
+const IDLE_WAKE: Duration = Duration::from_millis(200);
+
+/// Milliseconds since the Unix epoch: lease deadlines survive restarts.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What every request may read besides the state; the same for a whole batch.
+pub struct Context {
+    pub now_ms: u64,
+    pub draining: bool,
+    /// The Hub endpoint announced to workers (empty: theirs).
+    pub hub_endpoint: String,
+    /// How often workers should heartbeat: four times a lease.
+    pub heartbeat_ms: u64,
+}
+
+/// Why a request has no answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// The request itself was refused (unknown worker or task, mismatched result, …).
+    Refused(StateError),
+    /// Its batch could not be made durable, or the coordinator is stopping: retry.
+    Unavailable(String),
+}
+
+/// Called with the outcome of the batch's commit: Ok once it is durable.
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// A request applied inside the current transaction. It returns its reply and whether
+/// it hit a storage error (which rolls the whole batch back).
+type Job = Box<dyn FnOnce(&mut SweepState, &Context) -> (Reply, bool) + Send>;
+
+/// A handle to the state thread; cheap to clone. The thread stops when every handle
+/// is dropped, leaving the database checkpointed and closed.
+#[derive(Clone)]
+pub struct GroupCommit {
+    jobs: mpsc::Sender<Job>,
+    draining: Arc<AtomicBool>,
+}
+
+impl GroupCommit {
+    /// Starts the state thread, which owns `state` from now on.
+    pub fn spawn(
+        state: SweepState,
+        hub_endpoint: String,
+    ) -> std::io::Result<(Self, JoinHandle<()>)> {
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let draining = Arc::new(AtomicBool::new(false));
+        let flag = draining.clone();
+        let thread = std::thread::Builder::new()
+            .name("sweep-state".into())
+            .spawn(move || run(state, &inbox, &flag, hub_endpoint))?;
+        Ok((Self { jobs, draining }, thread))
+    }
+
+    /// Runs `f` on the state in the next batch; `reply` gets its result once the batch
+    /// is durable (or why it is not). Refused at once when the thread has stopped; a
+    /// thread stopping with the request queued drops `reply` uncalled.
+    pub fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut SweepState, &Context) -> Result<T, StateError> + Send + 'static,
+        reply: impl FnOnce(Result<T, CallError>) + Send + 'static,
+    ) -> Result<(), CallError> {
+        let job: Job = Box::new(move |state, context| {
+            let outcome = f(state, context);
+            let storage_error = outcome.as_ref().is_err_and(StateError::is_storage);
+            let reply: Reply = Box::new(move |committed| {
+                reply(match committed {
+                    Ok(()) => outcome.map_err(CallError::Refused),
+                    Err(why) => Err(CallError::Unavailable(why)),
+                })
+            });
+            (reply, storage_error)
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| CallError::Unavailable("the coordinator is shutting down".into()))
+    }
+
+    /// Stops leasing (requests see `Context::draining`).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// The state thread: batches until every handle is dropped.
+fn run(mut state: SweepState, inbox: &mpsc::Receiver<Job>, draining: &AtomicBool, hub: String) {
+    let heartbeat_ms = (state.schedule().lease_ms() / 4).clamp(50, 30_000);
+    loop {
+        // Wake regularly even when idle, to expire lapsed leases.
+        let first = match inbox.recv_timeout(IDLE_WAKE) {
+            Ok(job) => Some(job),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch: Vec<Job> = first.into_iter().collect();
+        while batch.len() < MAX_BATCH {
+            match inbox.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let context = Context {
+            now_ms: now_ms(),
+            draining: draining.load(Ordering::SeqCst),
+            hub_endpoint: hub.clone(),
+            heartbeat_ms,
+        };
+        apply_batch(&mut state, batch, &context);
+    }
+}
+
+/// Applies `batch` (and lease expiry) in one transaction, then replies to each job with
+/// the commit's outcome: every reply leaves after the commit, none before.
+fn apply_batch(state: &mut SweepState, batch: Vec<Job>, context: &Context) {
+    if let Err(e) = state.begin() {
+        tracing::error!(error = %e, "cannot start a transaction");
+        for job in batch {
+            let (reply, _) = job(state, context);
+            reply(Err(e.to_string()));
+        }
+        return;
+    }
+    let mut storage_error = false;
+    if let Err(e) = state.decide(|schedule| Ok(schedule.expire(context.now_ms))) {
+        tracing::error!(error = %e, "expiring leases");
+        storage_error = true;
+    }
+    let mut replies = Vec::with_capacity(batch.len());
+    for job in batch {
+        let (reply, failed) = job(state, context);
+        storage_error |= failed;
+        replies.push(reply);
+    }
+    let outcome = if storage_error {
+        if let Err(e) = state.rollback_and_reload() {
+            tracing::error!(error = %e, "reloading the state after a storage error");
+        }
+        Err("coordinator storage error; retry".to_string())
+    } else {
+        state.commit().map_err(|e| {
+            tracing::error!(error = %e, "commit failed");
+            format!("coordinator storage error: {e}")
+        })
+    };
+    for reply in replies {
+        reply(outcome.clone());
+    }
+}
