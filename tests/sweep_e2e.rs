@@ -208,11 +208,12 @@ fn a_killed_workers_task_is_leased_again_and_completes() {
     let tasks = csv_rows(&cluster.export_file("tasks.csv"));
     assert_eq!(tasks.len(), 18);
     assert!(tasks.iter().all(|t| t["state"] == "done"), "{tasks:?}");
+    let fetches = csv_rows(&cluster.export_file("fetch.csv"));
     assert!(
-        tasks
+        fetches
             .iter()
             .any(|t| t["attempts"].parse::<u32>().unwrap() >= 2),
-        "no task was leased twice: {tasks:?}"
+        "no task was leased twice: {fetches:?}"
     );
     assert!(cluster.workers[survivor].log_text().contains("task done"));
 }
@@ -386,8 +387,9 @@ fn sigterm_releases_a_workers_leases_and_stops_the_coordinator_cleanly() {
     coordinator.terminate();
     let exit = coordinator.wait_exit(Duration::from_secs(30));
     assert!(exit.is_some_and(|s| s.success()), "{}", cluster.logs());
-    let tasks = csv_rows(&cluster.export_file("tasks.csv"));
-    assert!(tasks.iter().all(|t| t["attempts"] == "1"), "{tasks:?}");
+    let fetches = csv_rows(&cluster.export_file("fetch.csv"));
+    assert_eq!(fetches.len(), 18);
+    assert!(fetches.iter().all(|t| t["attempts"] == "1"), "{fetches:?}");
 }
 
 #[test]
