@@ -95,4 +95,6 @@ fn convert(
         })
         .collect()
 }
+pub mod chaos;
 pub mod cluster;
+pub mod procfs;
