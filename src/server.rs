@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -47,6 +47,24 @@ pub struct Context {
 pub struct StateHandle {
     jobs: mpsc::Sender<Job>,
     draining: Arc<AtomicBool>,
+    /// Why the state thread stopped by itself, once it has: its disk is full.
+    halted: Arc<OnceLock<String>>,
+}
+
+/// Records that the state cannot be written for lack of space; the state thread then
+/// stops, since every later batch would fail too (and roll back lease renewals, so
+/// leases would seem to expire over and over).
+fn halt_if_disk_full(halted: &OnceLock<String>, error: &StateError, db: &std::path::Path) {
+    if error.is_disk_full() {
+        let dir = db.parent().unwrap_or(db);
+        let _ = halted.set(format!(
+            "the sweep's state directory {} is out of space ({error}); the coordinator stopped \
+             rather than acknowledge what it cannot store, and everything it acknowledged is on \
+             disk. Free space there and start it again to resume: workers wait for it (up to \
+             their --give-up-after) and deliver what they hold",
+            dir.display()
+        ));
+    }
 }
 
 fn to_status(error: StateError) -> Status {
@@ -68,6 +86,9 @@ impl StateHandle {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let draining = Arc::new(AtomicBool::new(false));
         let flag = draining.clone();
+        let halted = Arc::new(OnceLock::new());
+        let halt = halted.clone();
+        let db = state.db_path().to_path_buf();
         let heartbeat_ms = (state.lease_ms() / 4).clamp(50, 30_000);
         let thread = std::thread::Builder::new()
             .name("sweep-state".into())
@@ -103,6 +124,7 @@ impl StateHandle {
                     let mut storage_error = false;
                     if let Err(e) = state.expire_leases(context.now_ms) {
                         tracing::error!(error = %e, "expiring leases");
+                        halt_if_disk_full(&halt, &e, &db);
                         storage_error = true;
                     }
                     let mut replies = Vec::with_capacity(batch.len());
@@ -117,18 +139,33 @@ impl StateHandle {
                     } else {
                         state.commit().map_err(|e| {
                             tracing::error!(error = %e, "commit failed");
+                            halt_if_disk_full(&halt, &e, &db);
                             Status::unavailable(format!("coordinator storage error: {e}"))
                         })
                     };
                     for reply in replies {
                         reply(outcome.clone());
                     }
+                    if halt.get().is_some() {
+                        // Jobs still queued are dropped: their callers hear "shutting down".
+                        tracing::error!(
+                            "the state directory is out of space: state thread stopped"
+                        );
+                        break;
+                    }
                 }
                 // Leave the database checkpointed and closed.
                 drop(state);
             })
             .unwrap_or_else(|e| panic!("cannot start the state thread: {e}"));
-        (Self { jobs, draining }, thread)
+        (
+            Self {
+                jobs,
+                draining,
+                halted,
+            },
+            thread,
+        )
     }
 
     /// Runs `f` on the state in the next batch; resolves after the batch commits.
@@ -137,9 +174,13 @@ impl StateHandle {
         f: impl FnOnce(&mut SweepState, &Context) -> Result<T, StateError> + Send + 'static,
     ) -> Result<T, Status> {
         let (tx, rx) = oneshot::channel();
+        let halted = self.halted.clone();
         let job: Job = Box::new(move |state, context| {
             let outcome = f(state, context);
             let storage_error = matches!(outcome, Err(StateError::Db { .. }));
+            if let Err(e) = &outcome {
+                halt_if_disk_full(&halted, e, state.db_path());
+            }
             let reply: Reply = Box::new(move |committed| {
                 let _ = tx.send(committed.and_then(|()| outcome.map_err(to_status)));
             });
@@ -158,6 +199,11 @@ impl StateHandle {
 
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Why the state thread stopped by itself (its disk is full), once it has.
+    pub fn halted(&self) -> Option<String> {
+        self.halted.get().cloned()
     }
 
     pub async fn status(&self) -> Result<StatusReport, Status> {
@@ -382,6 +428,15 @@ impl RunningCoordinator {
             server,
             state_thread: Some(state_thread),
         })
+    }
+
+    /// The sweep's status; once the state thread has stopped by itself, the reason why.
+    pub async fn status(&self) -> anyhow::Result<StatusReport> {
+        let status = self.state.status().await;
+        match self.state.halted() {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => Ok(status?),
+        }
     }
 
     /// Stops leasing, waits up to `grace` for leased work to finish or lapse, then

@@ -190,7 +190,14 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
                 break;
             }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                let status = running.state.status().await?;
+                let status = match running.status().await {
+                    Ok(status) => status,
+                    Err(e) => {
+                        // Out of space: stop serving before saying why.
+                        running.stop().await;
+                        return Err(e);
+                    }
+                };
                 let finished = status.pending + status.leased == 0;
                 if finished && !exported {
                     let files = export::export(&state_dir, None)?;
@@ -387,7 +394,7 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     tokio::pin!(stop);
     let mut interrupted = false;
     loop {
-        let status = running.state.status().await?;
+        let status = running.status().await?;
         bar.set_length(status.total as u64);
         bar.set_position((status.done + status.failed) as u64);
         bar.set_message(format!("({} failed)", status.failed));

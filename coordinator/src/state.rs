@@ -56,6 +56,14 @@ pub enum StateError {
     Corrupt(String),
 }
 
+impl StateError {
+    /// SQLite found no room to write: the state's disk (or its quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StateError::Db { source: rusqlite::Error::SqliteFailure(e, _), .. }
+            if e.code == rusqlite::ErrorCode::DiskFull)
+    }
+}
+
 type Result<T> = std::result::Result<T, StateError>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -98,3 +98,4 @@ fn convert(
 pub mod chaos;
 pub mod cluster;
 pub mod procfs;
+pub mod tmpfs;
