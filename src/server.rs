@@ -3,9 +3,10 @@
 //! goes into the next transaction, so many workers share one fsync (group commit), and
 //! no reply leaves before its transaction is durable.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -49,6 +50,8 @@ pub struct StateHandle {
     draining: Arc<AtomicBool>,
     /// Why the state thread stopped by itself, once it has: its disk is full.
     halted: Arc<OnceLock<String>>,
+    /// Workers a lease reply has told that the sweep is finished.
+    told_finished: Arc<Mutex<HashSet<String>>>,
 }
 
 /// Records that the state cannot be written for lack of space; the state thread then
@@ -163,6 +166,7 @@ impl StateHandle {
                 jobs,
                 draining,
                 halted,
+                told_finished: Arc::default(),
             },
             thread,
         )
@@ -264,6 +268,7 @@ impl Coordinator for CoordinatorService {
         request: Request<proto::LeaseRequest>,
     ) -> Result<Response<proto::LeaseReply>, Status> {
         let r = request.into_inner();
+        let worker_id = r.worker_id.clone();
         let reply = self
             .state
             .call(move |s, c| {
@@ -303,6 +308,11 @@ impl Coordinator for CoordinatorService {
                 })
             })
             .await?;
+        if reply.sweep_finished {
+            if let Ok(mut told) = self.state.told_finished.lock() {
+                told.insert(worker_id);
+            }
+        }
         Ok(Response::new(reply))
     }
 
@@ -436,6 +446,35 @@ impl RunningCoordinator {
         match self.state.halted() {
             Some(why) => Err(anyhow::anyhow!(why)),
             None => Ok(status?),
+        }
+    }
+
+    /// Waits, up to `grace`, until every worker still around has been told by a lease reply
+    /// that the sweep is finished: workers learn it only so, and one that asks after the
+    /// coordinator is gone retries until it gives up, and fails.
+    pub async fn tell_workers_finished(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let Ok(status) = self.state.status().await else {
+                return;
+            };
+            let waiting: Vec<String> = match self.state.told_finished.lock() {
+                Ok(told) => status
+                    .workers
+                    .into_iter()
+                    .map(|w| w.id)
+                    .filter(|id| !told.contains(id))
+                    .collect(),
+                Err(_) => return,
+            };
+            if waiting.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(?waiting, "workers not told the sweep is finished");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

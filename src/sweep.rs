@@ -141,10 +141,12 @@ pub struct CoordinatorArgs {
     /// Start over: move the state directory's earlier sweep aside.
     #[arg(long)]
     pub new_sweep: bool,
-    /// Exit once every task is done or failed (after writing the exports).
+    /// Exit once every task is done or failed (after writing the exports, and once the
+    /// workers still around have heard, for up to --drain-seconds).
     #[arg(long)]
     pub exit_when_done: bool,
-    /// On SIGTERM, how long to wait for leased work before exiting.
+    /// On SIGTERM, how long to wait for leased work before exiting (and with
+    /// --exit-when-done, for workers to hear the sweep is finished).
     #[arg(long, default_value_t = 30)]
     pub drain_seconds: u64,
 }
@@ -208,6 +210,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
                     exported = false;
                 }
                 if finished && args.exit_when_done {
+                    running.tell_workers_finished(Duration::from_secs(args.drain_seconds)).await;
                     running.stop().await;
                     break;
                 }

@@ -392,6 +392,33 @@ fn sigterm_releases_a_workers_leases_and_stops_the_coordinator_cleanly() {
     assert!(fetches.iter().all(|t| t["attempts"] == "1"), "{fetches:?}");
 }
 
+/// Regression: with `--exit-when-done` the coordinator left as soon as it had exported, and
+/// workers idling between two lease polls never heard the sweep was over: they retried
+/// until `--give-up-after` and exited with an error.
+#[test]
+fn every_worker_hears_the_sweep_is_finished_before_the_coordinator_exits() {
+    let mut cluster = Cluster::new(
+        |hub| {
+            publish_two_models(hub);
+        },
+        "[[models]]\nrepo = \"test-org/tiny\"\nsteps = [0]\n",
+        1,
+        "",
+    );
+    cluster.start_coordinator();
+    // One task: one worker computes it, four wait for work that never comes.
+    for _ in 0..5 {
+        cluster.start_worker(TOKEN);
+    }
+    cluster.wait_finished(FINISH);
+    for worker in &mut cluster.workers {
+        let exit = worker.wait_exit(Duration::from_secs(20));
+        let log = worker.log_text();
+        assert!(exit.is_some_and(|s| s.success()), "{exit:?}\n{log}");
+        assert!(log.contains("sweep finished"), "{log}");
+    }
+}
+
 #[test]
 fn sweep_run_does_it_all_in_one_process() {
     let cluster = Cluster::new(
