@@ -8,6 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::chaos::{self, Phase, Settings, Sweep};
+use support::chaos_checks;
 use support::cluster::{publish_two_models, Cluster, TOKEN};
 use support::tmpfs::Tmpfs;
 
@@ -16,7 +17,7 @@ const SHORT_SEED: u64 = 20_251_201;
 
 fn check(settings: &Settings) {
     let report = chaos::run(settings);
-    assert_eq!(report.kills.len(), settings.kills);
+    assert!(report.kills.len() >= settings.kills, "{report}");
     assert!(
         report.count(Phase::Commit) >= 1,
         "no kill inside a commit\n{report}"
@@ -41,7 +42,7 @@ fn a_sweep_survives_ten_kills_with_exports_identical_to_a_clean_run() {
 /// (`NEUROMFA_CHAOS_SEED` repeats one).
 #[test]
 #[ignore = "long: run by scripts/chaos.sh"]
-fn a_sweep_survives_a_hundred_kills() {
+fn long_run_survives_random_kills() {
     check(&Settings::from_env(100, None));
 }
 
@@ -88,8 +89,8 @@ fn a_full_state_disk_stops_the_coordinator_cleanly_and_the_sweep_resumes() {
     std::fs::remove_file(disk.dir.join("filler")).unwrap();
     sweep.start_coordinator().unwrap();
     sweep.wait_finished(Duration::from_secs(300));
-    chaos::check_state(&sweep.state_dir);
-    chaos::assert_same_exports(clean, &sweep.state_dir.join("exports"));
+    chaos_checks::check_state(&sweep.state_dir);
+    chaos_checks::assert_same_exports(clean, &sweep.state_dir.join("exports"));
 }
 
 /// Regression: on a full disk every batch failed to commit, rolled back its lease renewals

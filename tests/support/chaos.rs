@@ -8,12 +8,12 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use super::chaos_checks::{acknowledged, assert_same_exports, check_state, StateFacts, COMPARED};
 use super::cluster::{free_port, log_tails, status_at, Proc, TOKEN};
 use super::procfs;
 
@@ -21,15 +21,6 @@ pub const MODELS: [&str; 2] = ["neuromfa-demo/gpt-neox-h64", "neuromfa-demo/gpt-
 pub const STEPS: [u64; 8] = [0, 16, 64, 256, 512, 1000, 2000, 3000];
 pub const SEEDS: u64 = 10;
 pub const TASKS: u64 = MODELS.len() as u64 * STEPS.len() as u64 * SEEDS;
-/// The exports that must not depend on how the sweep went (README "Exports").
-pub const COMPARED: [&str; 6] = [
-    "tasks.csv",
-    "tasks.json",
-    "aggregates.csv",
-    "aggregates.json",
-    "spectra.csv",
-    "spectra.json",
-];
 /// Short, so a killed worker's lease lapses and its tasks move on within seconds.
 const LEASE_SECONDS: u32 = 3;
 
@@ -88,11 +79,15 @@ impl Settings {
         });
         let workers = env("NEUROMFA_CHAOS_WORKERS").unwrap_or(3);
         assert!((2..=4).contains(&workers), "2 to 4 workers");
+        let kills = env("NEUROMFA_CHAOS_KILLS").unwrap_or(kills);
+        // A kill with its restart takes about a second, and at 1 MB/s a checkpoint is
+        // done every second or so: more kills need a slower Hub to land within the sweep.
+        let throttle = (25.0 / kills.max(1) as f64).clamp(0.1, 1.0);
         Settings {
             seed,
-            kills: env("NEUROMFA_CHAOS_KILLS").unwrap_or(kills),
+            kills,
             workers,
-            throttle_mbps: env("NEUROMFA_CHAOS_THROTTLE").unwrap_or(1.0),
+            throttle_mbps: env("NEUROMFA_CHAOS_THROTTLE").unwrap_or(throttle),
         }
     }
 }
@@ -102,6 +97,8 @@ impl Settings {
 pub enum Phase {
     /// The coordinator's state thread inside `fsync`/`fdatasync`.
     Commit,
+    /// A coordinator not listening yet: opening the state, adding the grid.
+    Starting,
     CoordinatorElsewhere,
     /// A worker's `ranged-reads` thread alive.
     RangedFetch,
@@ -201,15 +198,9 @@ impl Sweep {
     /// Starts the coordinator (`--exit-when-done`) and waits until it listens; if it exits
     /// instead, returns its log.
     pub fn start_coordinator(&mut self) -> Result<(), String> {
-        self.coordinator_starts += 1;
-        let log = self
-            .root
-            .path()
-            .join(format!("coordinator-{}.log", self.coordinator_starts));
-        let spec = self.spec.to_str().unwrap().to_string();
-        let mut proc = Proc::spawn(&["coordinator", &spec, "--exit-when-done"], &[], log);
+        let mut proc = self.spawn_coordinator();
         let deadline = Instant::now() + Duration::from_secs(120);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while !self.listening() {
             if let Ok(Some(status)) = proc.child.try_wait() {
                 return Err(format!(
                     "coordinator exited ({status}):\n{}",
@@ -221,6 +212,34 @@ impl Sweep {
         }
         self.coordinator = Some(proc);
         Ok(())
+    }
+
+    fn spawn_coordinator(&mut self) -> Proc {
+        self.coordinator_starts += 1;
+        let log = self
+            .root
+            .path()
+            .join(format!("coordinator-{}.log", self.coordinator_starts));
+        let spec = self.spec.to_str().unwrap().to_string();
+        Proc::spawn(&["coordinator", &spec, "--exit-when-done"], &[], log)
+    }
+
+    fn listening(&self) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+
+    /// Starts a coordinator and SIGKILLs it `after` that long, most likely while it opens
+    /// (and recovers) the state and adds the grid. Returns where it was.
+    fn kill_starting_coordinator(&mut self, after: Duration) -> Phase {
+        let mut proc = self.spawn_coordinator();
+        std::thread::sleep(after);
+        let phase = if self.listening() {
+            Phase::CoordinatorElsewhere
+        } else {
+            Phase::Starting
+        };
+        proc.kill();
+        phase
     }
 
     /// Adds a worker slot and starts its worker.
@@ -305,9 +324,10 @@ impl Sweep {
         }
     }
 
-    /// Waits until `done` tasks are done, keeping workers alive. Panics if the sweep
-    /// finishes first (it was meant to be killed more) or `deadline` passes.
-    fn wait_progress(&mut self, done: u64, deadline: Instant, why: &str) {
+    /// Waits until `done` tasks are done, keeping workers alive; returns how many are.
+    /// Panics if the sweep finishes first (it was meant to be killed more) or `deadline`
+    /// passes.
+    fn wait_progress(&mut self, done: u64, deadline: Instant, why: &str) -> u64 {
         loop {
             if let Some(status) = self.coordinator_exit() {
                 panic!(
@@ -319,7 +339,7 @@ impl Sweep {
             self.revive_workers();
             let now_done = self.status().and_then(|s| s["done"].as_u64()).unwrap_or(0);
             if now_done >= done {
-                return;
+                return now_done;
             }
             assert!(
                 Instant::now() < deadline,
@@ -348,19 +368,33 @@ impl Sweep {
         }
     }
 
-    /// SIGKILLs the coordinator; `aimed`, first waits (a while) for its state thread to
-    /// be inside the `fdatasync` of a commit. Returns where it was.
-    fn kill_coordinator(&mut self, aimed: bool) -> Phase {
+    /// Once the coordinator has finished: every worker still running must exit 0 within
+    /// `timeout`, having heard that the sweep is finished.
+    pub fn assert_workers_end_with_the_sweep(&mut self, timeout: Duration) {
+        for (slot, worker) in self.workers.iter_mut().enumerate() {
+            let Some(proc) = worker.proc.as_mut() else {
+                continue;
+            };
+            let exit = proc.wait_exit(timeout);
+            let log = proc.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            assert!(
+                exit.is_some_and(|s| s.success()) && log.contains("sweep finished"),
+                "worker {slot} did not end with the sweep ({exit:?}):\n{}",
+                tail.join("\n")
+            );
+        }
+    }
+
+    /// SIGKILLs the coordinator; `aim` set, first waits up to that long for its state
+    /// thread to be inside the `fdatasync` of a commit. Returns where it was.
+    fn kill_coordinator(&mut self, aim: Option<Duration>) -> Phase {
         let proc = self.coordinator.as_mut().unwrap();
         let pid = proc.child.id();
         let state_thread = procfs::thread_id(pid, "sweep-state");
         let committing = || state_thread.is_some_and(|tid| procfs::syncing(pid, tid));
-        if aimed {
-            procfs::poll(
-                Duration::from_secs(10),
-                Duration::from_micros(100),
-                committing,
-            );
+        if let Some(window) = aim {
+            procfs::poll(window, Duration::from_micros(100), committing);
         }
         let phase = if committing() {
             Phase::Commit
@@ -372,9 +406,9 @@ impl Sweep {
         phase
     }
 
-    /// SIGKILLs slot `slot`'s worker; `aimed`, first waits (a while) for it to be fetching
-    /// and then a random moment more. Returns where it was.
-    fn kill_worker(&mut self, slot: usize, aimed: bool, rng: &mut Rng) -> Phase {
+    /// SIGKILLs slot `slot`'s worker; `aim` set, first waits up to that long for it to be
+    /// fetching, and then a random moment more. Returns where it was.
+    fn kill_worker(&mut self, slot: usize, aim: Option<Duration>, rng: &mut Rng) -> Phase {
         let full = self.workers[slot].full;
         let proc = self.workers[slot].proc.as_mut().unwrap();
         let pid = proc.child.id();
@@ -385,8 +419,11 @@ impl Sweep {
                 procfs::thread_id(pid, "ranged-reads").is_some()
             }
         };
-        if aimed && procfs::poll(Duration::from_secs(10), Duration::from_millis(2), fetching) {
-            std::thread::sleep(rng.millis(400));
+        let into_the_fetch = rng.millis(400);
+        let caught =
+            aim.is_some_and(|window| procfs::poll(window, Duration::from_millis(2), fetching));
+        if caught {
+            std::thread::sleep(into_the_fetch);
         }
         let phase = match (fetching(), full) {
             (true, false) => Phase::RangedFetch,
@@ -399,99 +436,12 @@ impl Sweep {
     }
 }
 
-/// What the finished sweep's SQLite state says.
-#[derive(Debug, Clone, Default)]
-pub struct StateFacts {
-    /// Leases beyond each task's first: times a task was handed out again because the
-    /// worker holding it died (the work it had done was lost and redone).
-    pub extra_leases: u64,
-    /// Tasks leased more than once.
-    pub releases: u64,
-    /// Results that arrived for tasks already done, counted and ignored.
-    pub duplicates: u64,
-}
-
-/// Checks that the state holds every task of the grid done exactly once, with one result
-/// that is that task's, and nothing damaged; returns what it counts.
-pub fn check_state(state_dir: &Path) -> StateFacts {
-    use rusqlite::{Connection, OpenFlags};
-    let conn = Connection::open_with_flags(
-        state_dir.join("sweep.sqlite"),
-        OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(integrity, "ok");
-    assert_eq!(one("SELECT COUNT(*) FROM tasks") as u64, TASKS);
-    let states: BTreeMap<String, i64> = conn
-        .prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(states, BTreeMap::from([("done".to_string(), TASKS as i64)]));
-    assert_eq!(
-        one("SELECT COUNT(*) FROM tasks WHERE worker IS NOT NULL"),
-        0
-    );
-    assert_eq!(one("SELECT COUNT(*) FROM tasks WHERE attempts < 1"), 0);
-    assert_eq!(one("SELECT COUNT(*) FROM results") as u64, TASKS);
-    let mut stmt = conn
-        .prepare(
-            "SELECT c.step, t.seed, r.result_json FROM results r
-             JOIN tasks t ON t.id = r.task_id JOIN checkpoints c ON c.id = t.checkpoint_id",
-        )
-        .unwrap();
-    let rows: Vec<(i64, i64, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(rows.len() as u64, TASKS, "a result without its task");
-    for (step, seed, json) in rows {
-        let result: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(
-            (result["step"].as_i64(), result["seed"].as_i64()),
-            (Some(step), Some(seed))
-        );
-    }
-    StateFacts {
-        extra_leases: one("SELECT COALESCE(SUM(attempts - 1), 0) FROM tasks") as u64,
-        releases: one("SELECT COUNT(*) FROM tasks WHERE attempts > 1") as u64,
-        duplicates: conn
-            .query_row(
-                "SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'duplicates'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap() as u64,
-    }
-}
-
-/// Panics with the first differing line unless `ours` holds the same bytes as `clean` in
-/// every compared export.
-pub fn assert_same_exports(clean: &Path, ours: &Path) {
-    for name in COMPARED {
-        let read = |dir: &Path| {
-            std::fs::read_to_string(dir.join(name))
-                .unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()))
-        };
-        let (expected, got) = (read(clean), read(ours));
-        if expected != got {
-            let (line, (a, b)) = expected
-                .lines()
-                .zip(got.lines())
-                .enumerate()
-                .find(|(_, (a, b))| a != b)
-                .unwrap_or((0, ("(lengths differ)", "")));
-            panic!(
-                "{name} differs from the clean run's at line {}:\n  clean: {a}\n  ours:  {b}",
-                line + 1
-            );
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        // A failed run keeps its logs and state for a look.
+        if std::thread::panicking() {
+            self.root.disable_cleanup(true);
+            eprintln!("chaos: kept {}", self.root.path().display());
         }
     }
 }
@@ -506,7 +456,13 @@ pub fn clean_exports() -> &'static Path {
         sweep.add_worker(false);
         sweep.add_worker(true);
         sweep.wait_finished(Duration::from_secs(600));
-        check_state(&sweep.state_dir);
+        sweep.assert_workers_end_with_the_sweep(Duration::from_secs(60));
+        let state = check_state(&sweep.state_dir);
+        let (accepted, refused) = acknowledged(sweep.root.path());
+        assert_eq!(
+            (accepted.len() as u64, refused, state.duplicates),
+            (TASKS, 0, 0)
+        );
         let keep = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("chaos-clean-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&keep);
@@ -523,6 +479,8 @@ pub fn clean_exports() -> &'static Path {
 pub struct Report {
     pub settings: Settings,
     pub kills: Vec<Phase>,
+    /// Coordinator restarts after more than a lease's time down.
+    pub down_long: usize,
     pub state: StateFacts,
     pub unexpected_exits: Vec<String>,
     pub wall: Duration,
@@ -537,7 +495,7 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = |p| self.count(p);
-        let coordinator = c(Phase::Commit) + c(Phase::CoordinatorElsewhere);
+        let coordinator = c(Phase::Commit) + c(Phase::Starting) + c(Phase::CoordinatorElsewhere);
         writeln!(
             f,
             "chaos seed {}: {} kills survived, {} workers, Hub at {} MB/s",
@@ -548,9 +506,12 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  coordinator {coordinator}: {} inside a commit's fdatasync, {} elsewhere",
+            "  coordinator {coordinator}: {} inside a commit's fdatasync, {} while starting, {} \
+             elsewhere; {} times down longer than a lease",
             c(Phase::Commit),
-            c(Phase::CoordinatorElsewhere)
+            c(Phase::Starting),
+            c(Phase::CoordinatorElsewhere),
+            self.down_long
         )?;
         writeln!(
             f,
@@ -596,31 +557,51 @@ pub fn run(settings: &Settings) -> Report {
         sweep.add_worker(slot == 0 && settings.workers >= 3);
     }
     let mut kills = Vec::with_capacity(settings.kills);
+    let mut down_long = 0;
     for i in 0..settings.kills {
         // Kills are spread over the first 80 % of the sweep, so it cannot end before the
         // last one: kill i waits for i/kills of that share to be done.
-        let gate = i as u64 * TASKS * 4 / (5 * settings.kills as u64);
-        sweep.wait_progress(
-            gate,
-            deadline,
-            &format!("kill {} of {}", i + 1, settings.kills),
-        );
-        std::thread::sleep(rng.millis(800));
+        let gate = |i: usize| i as u64 * TASKS * 4 / (5 * settings.kills as u64);
+        let why = format!("kill {} of {}", i + 1, settings.kills);
+        let done = sweep.wait_progress(gate(i), deadline, &why);
+        // Behind the sweep (the next kill's share is already done): no pauses. They are
+        // drawn all the same, so a seed kills the same sequence whatever the timing.
+        let behind = done >= gate(i + 1);
+        let (pause, restart_pause) = (rng.millis(800), rng.millis(500));
+        if !behind {
+            std::thread::sleep(pause);
+        }
         // Target 0 is the coordinator, k the worker of slot k - 1. The first two kills are
         // aimed, at a commit and at a ranged fetch (the last slot's worker fetches by
-        // ranges), so that even a short run has both.
-        let (target, aimed) = match i {
-            0 => (0, true),
-            1 => (settings.workers, true),
-            _ => (rng.below(settings.workers as u64 + 1) as usize, rng.coin()),
+        // ranges), and wait longer for them, so that even a short run has both.
+        let (target, aim) = match i {
+            0 => (0, Some(Duration::from_secs(60))),
+            1 => (settings.workers, Some(Duration::from_secs(60))),
+            _ => {
+                let target = rng.below(settings.workers as u64 + 1) as usize;
+                (target, rng.coin().then_some(Duration::from_secs(10)))
+            }
         };
         let phase = if target == 0 {
-            sweep.kill_coordinator(aimed)
+            sweep.kill_coordinator(aim)
         } else {
-            sweep.kill_worker(target - 1, aimed, &mut rng)
+            sweep.kill_worker(target - 1, aim, &mut rng)
         };
         kills.push(phase);
-        std::thread::sleep(rng.millis(500));
+        if !behind {
+            std::thread::sleep(restart_pause);
+        }
+        // Now and then the coordinator stays down longer than a lease, so leases lapse while
+        // their workers compute, or its next start is killed too. Drawn for every kill.
+        let (long_down, kill_start, start_for) =
+            (rng.below(8) == 0, rng.below(8) == 0, rng.millis(25));
+        if target == 0 && long_down {
+            std::thread::sleep(Duration::from_secs(u64::from(LEASE_SECONDS) + 1));
+            down_long += 1;
+        }
+        if target == 0 && kill_start {
+            kills.push(sweep.kill_starting_coordinator(start_for));
+        }
         if target == 0 {
             if let Err(log) = sweep.start_coordinator() {
                 panic!(
@@ -634,10 +615,22 @@ pub fn run(settings: &Settings) -> Report {
     }
     sweep.wait_finished(deadline.saturating_duration_since(Instant::now()));
     let wall = started.elapsed();
+    sweep.assert_workers_end_with_the_sweep(Duration::from_secs(60));
     let state = check_state(&sweep.state_dir);
+    // A worker killed between the reply and its log line leaves no line, so these are
+    // bounds: no task accepted twice, no repeat the coordinator did not count.
+    let (accepted, refused) = acknowledged(sweep.root.path());
+    let twice: Vec<_> = accepted.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(twice.is_empty(), "results accepted twice: {twice:?}");
+    assert!(
+        refused <= state.duplicates,
+        "{refused} repeats refused, {} counted",
+        state.duplicates
+    );
     let report = Report {
         settings: settings.clone(),
         kills,
+        down_long,
         state,
         unexpected_exits: sweep.unexpected_exits.clone(),
         wall,

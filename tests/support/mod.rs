@@ -96,6 +96,7 @@ fn convert(
         .collect()
 }
 pub mod chaos;
+pub mod chaos_checks;
 pub mod cluster;
 pub mod procfs;
 pub mod tmpfs;
