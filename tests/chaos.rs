@@ -65,21 +65,22 @@ fn a_full_state_disk_stops_the_coordinator_cleanly_and_the_sweep_resumes() {
     sweep.add_worker(false);
     sweep.add_worker(false);
     let deadline = Instant::now() + Duration::from_secs(300);
-    while sweep.status().and_then(|s| s["done"].as_u64()).unwrap_or(0) < 30 {
-        assert!(Instant::now() < deadline, "{}", sweep.logs());
-        std::thread::sleep(Duration::from_millis(100));
+    let every = Duration::from_millis(100);
+    let thirty_done = || {
+        sweep
+            .status()
+            .and_then(|s| s["done"].as_u64())
+            .filter(|&n| n >= 30)
+    };
+    if chaos::poll(deadline, every, thirty_done).is_none() {
+        panic!("30 tasks never got done\n{}", sweep.logs());
     }
     let filled = disk.fill("filler");
-    let status = loop {
-        if let Some(status) = sweep.coordinator_exit() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
+    let Some(status) = chaos::poll(deadline, every, || sweep.coordinator_exit()) else {
+        panic!(
             "the coordinator kept running on a full disk ({filled} bytes of filler)\n{}",
             sweep.logs()
         );
-        std::thread::sleep(Duration::from_millis(100));
     };
     let log = sweep.coordinator_log();
     assert!(!status.success(), "{log}");

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::chaos_checks::{acknowledged, assert_same_exports, check_state, StateFacts, COMPARED};
-use super::cluster::{free_port, log_tails, status_at, Proc, TOKEN};
+use super::chaos_checks::{acknowledged, assert_same_exports, check_state, compared, StateFacts};
+use super::cluster::{free_port, log_tails, spawn_worker, status_at, Proc, TOKEN};
 use super::procfs;
 
 pub const MODELS: [&str; 2] = ["neuromfa-demo/gpt-neox-h64", "neuromfa-demo/gpt-neox-h128"];
@@ -50,6 +50,19 @@ impl Rng {
 
     pub fn millis(&mut self, max: u64) -> Duration {
         Duration::from_millis(self.below(max + 1))
+    }
+}
+
+/// Calls `f` every `every` until it gives a value, or `deadline` passes (`None`).
+pub fn poll<T>(deadline: Instant, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    loop {
+        if let Some(value) = f() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
     }
 }
 
@@ -264,20 +277,12 @@ impl Sweep {
             .root
             .path()
             .join(format!("worker{slot}-{}.log", worker.starts));
-        let url = format!("http://127.0.0.1:{}", self.port);
-        let mut args = vec![
-            "worker",
-            "--coordinator",
-            &url,
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--give-up-after",
-            "120",
-        ];
+        let mut flags = vec!["--give-up-after".to_string(), "120".to_string()];
         if worker.full {
-            args.extend(["--fetch-mode", "full"]);
+            flags.extend(["--fetch-mode".to_string(), "full".to_string()]);
         }
-        worker.proc = Some(Proc::spawn(&args, &[("NEUROMFA_TOKEN", TOKEN)], log));
+        let url = format!("http://127.0.0.1:{}", self.port);
+        worker.proc = Some(spawn_worker(&url, TOKEN, &cache, &flags, log));
     }
 
     pub fn status(&self) -> Option<serde_json::Value> {
@@ -328,43 +333,37 @@ impl Sweep {
     /// Panics if the sweep finishes first (it was meant to be killed more) or `deadline`
     /// passes.
     fn wait_progress(&mut self, done: u64, deadline: Instant, why: &str) -> u64 {
-        loop {
+        let reached = poll(deadline, Duration::from_millis(200), || {
             if let Some(status) = self.coordinator_exit() {
-                panic!(
-                    "the coordinator exited ({status}) before {why}: slow the Hub down \
-                     (NEUROMFA_CHAOS_THROTTLE) or kill less\n{}",
-                    self.logs()
-                );
+                return Some(Err(status));
             }
             self.revive_workers();
             let now_done = self.status().and_then(|s| s["done"].as_u64()).unwrap_or(0);
-            if now_done >= done {
-                return now_done;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no progress to {done} tasks done ({why})\n{}",
+            (now_done >= done).then_some(Ok(now_done))
+        });
+        match reached {
+            Some(Ok(now_done)) => now_done,
+            Some(Err(status)) => panic!(
+                "the coordinator exited ({status}) before {why}: slow the Hub down \
+                 (NEUROMFA_CHAOS_THROTTLE) or kill less\n{}",
                 self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
+            ),
+            None => panic!("no progress to {done} tasks done ({why})\n{}", self.logs()),
         }
     }
 
     /// Waits for the coordinator to finish the sweep and exit, keeping workers alive.
     pub fn wait_finished(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.coordinator_exit() {
-                assert!(status.success(), "coordinator failed:\n{}", self.logs());
-                return;
+        let exit = poll(Instant::now() + timeout, Duration::from_millis(100), || {
+            let exit = self.coordinator_exit();
+            if exit.is_none() {
+                self.revive_workers();
             }
-            self.revive_workers();
-            assert!(
-                Instant::now() < deadline,
-                "the sweep did not finish in {timeout:?}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+            exit
+        });
+        match exit {
+            Some(status) => assert!(status.success(), "coordinator failed:\n{}", self.logs()),
+            None => panic!("the sweep did not finish in {timeout:?}\n{}", self.logs()),
         }
     }
 
@@ -394,7 +393,9 @@ impl Sweep {
         let state_thread = procfs::thread_id(pid, "sweep-state");
         let committing = || state_thread.is_some_and(|tid| procfs::syncing(pid, tid));
         if let Some(window) = aim {
-            procfs::poll(window, Duration::from_micros(100), committing);
+            poll(Instant::now() + window, Duration::from_micros(100), || {
+                committing().then_some(())
+            });
         }
         let phase = if committing() {
             Phase::Commit
@@ -420,8 +421,12 @@ impl Sweep {
             }
         };
         let into_the_fetch = rng.millis(400);
-        let caught =
-            aim.is_some_and(|window| procfs::poll(window, Duration::from_millis(2), fetching));
+        let caught = aim.is_some_and(|window| {
+            poll(Instant::now() + window, Duration::from_millis(2), || {
+                fetching().then_some(())
+            })
+            .is_some()
+        });
         if caught {
             std::thread::sleep(into_the_fetch);
         }
@@ -467,7 +472,7 @@ pub fn clean_exports() -> &'static Path {
             .join(format!("chaos-clean-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&keep);
         std::fs::create_dir_all(&keep).unwrap();
-        for name in COMPARED {
+        for name in compared() {
             std::fs::copy(sweep.state_dir.join("exports").join(name), keep.join(name)).unwrap();
         }
         keep
@@ -637,6 +642,9 @@ pub fn run(settings: &Settings) -> Report {
     };
     eprintln!("{report}");
     assert_same_exports(clean, &sweep.state_dir.join("exports"));
-    eprintln!("  {} byte-identical to a clean run's", COMPARED.join(", "));
+    eprintln!(
+        "  {} byte-identical to a clean run's",
+        compared().join(", ")
+    );
     report
 }

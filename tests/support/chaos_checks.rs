@@ -9,15 +9,17 @@ use std::path::Path;
 
 use super::chaos::TASKS;
 
-/// The exports that must not depend on how the sweep went (README "Exports").
-pub const COMPARED: [&str; 6] = [
-    "tasks.csv",
-    "tasks.json",
-    "aggregates.csv",
-    "aggregates.json",
-    "spectra.csv",
-    "spectra.json",
-];
+/// The exports that must not depend on how the sweep went: all but the `fetch` files
+/// and the summary, which sums them (README "Exports").
+pub fn compared() -> Vec<&'static str> {
+    let compared: Vec<&str> = neuromfa_coordinator::export::EXPORT_FILES
+        .iter()
+        .copied()
+        .filter(|f| !f.starts_with("fetch") && *f != "summary.md")
+        .collect();
+    assert_eq!(compared.len(), 6, "{compared:?}");
+    compared
+}
 /// What the finished sweep's SQLite state says.
 #[derive(Debug, Clone, Default)]
 pub struct StateFacts {
@@ -132,7 +134,7 @@ pub fn acknowledged(dir: &Path) -> (BTreeMap<String, u64>, u64) {
 /// Panics with the first differing line unless `ours` holds the same bytes as `clean` in
 /// every compared export.
 pub fn assert_same_exports(clean: &Path, ours: &Path) {
-    for name in COMPARED {
+    for name in compared() {
         let read = |dir: &Path| {
             std::fs::read_to_string(dir.join(name))
                 .unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()))

@@ -270,19 +270,9 @@ max_attempts = 3
         let index = self.workers.len();
         let cache = self.root.path().join(format!("cache{index}"));
         let log = self.root.path().join(format!("worker{index}.log"));
-        let url = self.coordinator_url();
-        let mut args = vec![
-            "worker",
-            "--coordinator",
-            &url,
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--give-up-after",
-            "60",
-        ];
-        let tls_flags = self.tls_flags();
-        args.extend(tls_flags.iter().map(String::as_str));
-        let proc = Proc::spawn(&args, &[("NEUROMFA_TOKEN", token)], log);
+        let mut flags = vec!["--give-up-after".to_string(), "60".to_string()];
+        flags.extend(self.tls_flags());
+        let proc = spawn_worker(&self.coordinator_url(), token, &cache, &flags, log);
         self.workers.push(proc);
         index
     }
@@ -352,6 +342,19 @@ max_attempts = 3
         std::fs::read_to_string(self.state_dir.join("exports").join(name))
             .unwrap_or_else(|e| panic!("export {name}: {e}\n{}", self.logs()))
     }
+}
+
+/// `neuromfa worker` for the coordinator at `url`, caching in `cache`, with more `flags`.
+pub fn spawn_worker(url: &str, token: &str, cache: &Path, flags: &[String], log: PathBuf) -> Proc {
+    let mut args = vec![
+        "worker",
+        "--coordinator",
+        url,
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ];
+    args.extend(flags.iter().map(String::as_str));
+    Proc::spawn(&args, &[("NEUROMFA_TOKEN", token)], log)
 }
 
 /// `neuromfa status --json` against the coordinator at `url`, or `None` while it does not answer.

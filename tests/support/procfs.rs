@@ -7,7 +7,6 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 /// `fsync` and `fdatasync`: the syscalls that make an SQLite commit durable.
 #[cfg(target_arch = "x86_64")]
@@ -44,20 +43,6 @@ pub fn has_open_file(pid: u32, suffix: &str) -> bool {
     fds.flatten().any(|fd| {
         std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().ends_with(suffix))
     })
-}
-
-/// Polls `ready` until it holds (true) or `timeout` passes (false), `every` apart.
-pub fn poll(timeout: Duration, every: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if ready() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(every);
-    }
 }
 
 /// Whether `/proc` lets us see thread names and syscalls here (Linux).
