@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::chaos_checks::{acknowledged, assert_same_exports, check_state, compared, StateFacts};
+use super::chaos_checks::{
+    acknowledged, assert_same_exports, check_state, compared, read_exports, Exports, StateFacts,
+};
 use super::cluster::{free_port, log_tails, spawn_worker, status_at, Proc, TOKEN};
 use super::procfs;
 
@@ -452,9 +454,9 @@ impl Drop for Sweep {
 }
 
 /// The exports of a clean run of the same spec (no kills, no throttle, two workers, one
-/// fetching whole files), made once per test binary and kept under the target directory.
-pub fn clean_exports() -> &'static Path {
-    static CLEAN: OnceLock<PathBuf> = OnceLock::new();
+/// fetching whole files), made once per test binary and kept in memory.
+pub fn clean_exports() -> &'static Exports {
+    static CLEAN: OnceLock<Exports> = OnceLock::new();
     CLEAN.get_or_init(|| {
         let mut sweep = Sweep::new(None, None);
         sweep.start_coordinator().unwrap();
@@ -468,14 +470,7 @@ pub fn clean_exports() -> &'static Path {
             (accepted.len() as u64, refused, state.duplicates),
             (TASKS, 0, 0)
         );
-        let keep = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("chaos-clean-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&keep);
-        std::fs::create_dir_all(&keep).unwrap();
-        for name in compared() {
-            std::fs::copy(sweep.state_dir.join("exports").join(name), keep.join(name)).unwrap();
-        }
-        keep
+        read_exports(&sweep.state_dir.join("exports"))
     })
 }
 

@@ -131,16 +131,27 @@ pub fn acknowledged(dir: &Path) -> (BTreeMap<String, u64>, u64) {
     (accepted, refused)
 }
 
-/// Panics with the first differing line unless `ours` holds the same bytes as `clean` in
-/// every compared export.
-pub fn assert_same_exports(clean: &Path, ours: &Path) {
-    for name in compared() {
-        let read = |dir: &Path| {
-            std::fs::read_to_string(dir.join(name))
-                .unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()))
-        };
-        let (expected, got) = (read(clean), read(ours));
-        if expected != got {
+/// The compared exports in `dir`, by name.
+pub type Exports = BTreeMap<&'static str, String>;
+
+pub fn read_exports(dir: &Path) -> Exports {
+    compared()
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (name, text)
+        })
+        .collect()
+}
+
+/// Panics with the first differing line unless the exports in `ours` hold the same bytes
+/// as `clean`.
+pub fn assert_same_exports(clean: &Exports, ours: &Path) {
+    for (name, got) in read_exports(ours) {
+        let expected = &clean[name];
+        if *expected != got {
             let (line, (a, b)) = expected
                 .lines()
                 .zip(got.lines())
