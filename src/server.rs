@@ -2,7 +2,9 @@
 //! the coordinator's group commit (one state thread, one transaction and one fsync per
 //! batch; no reply before its batch is durable), and maps the outcome to gRPC.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,6 +26,8 @@ pub use neuromfa_coordinator::commit::now_ms;
 #[derive(Clone)]
 pub struct StateHandle {
     commit: GroupCommit,
+    /// Workers a lease reply has told that the sweep is finished.
+    told_finished: Arc<Mutex<HashSet<String>>>,
 }
 
 fn to_status(error: CallError) -> Status {
@@ -47,7 +51,13 @@ impl StateHandle {
     ) -> anyhow::Result<(Self, std::thread::JoinHandle<()>)> {
         let (commit, thread) =
             GroupCommit::spawn(state, hub_endpoint).context("cannot start the state thread")?;
-        Ok((Self { commit }, thread))
+        Ok((
+            Self {
+                commit,
+                told_finished: Arc::default(),
+            },
+            thread,
+        ))
     }
 
     /// Runs `f` on the state in the next batch; resolves after the batch commits.
@@ -72,6 +82,11 @@ impl StateHandle {
 
     pub fn draining(&self) -> bool {
         self.commit.draining()
+    }
+
+    /// Why the state thread stopped by itself (its disk is full), once it has.
+    pub fn halted(&self) -> Option<String> {
+        self.commit.halted()
     }
 
     pub async fn status(&self) -> Result<StatusReport, Status> {
@@ -133,6 +148,7 @@ impl Coordinator for CoordinatorService {
         request: Request<proto::LeaseRequest>,
     ) -> Result<Response<proto::LeaseReply>, Status> {
         let r = request.into_inner();
+        let worker_id = r.worker_id.clone();
         let reply = self
             .state
             .call(move |s, c| {
@@ -173,6 +189,11 @@ impl Coordinator for CoordinatorService {
                 })
             })
             .await?;
+        if reply.sweep_finished {
+            if let Ok(mut told) = self.state.told_finished.lock() {
+                told.insert(worker_id);
+            }
+        }
         Ok(Response::new(reply))
     }
 
@@ -302,6 +323,44 @@ impl RunningCoordinator {
             server,
             state_thread: Some(state_thread),
         })
+    }
+
+    /// The sweep's status; once the state thread has stopped by itself, the reason why.
+    pub async fn status(&self) -> anyhow::Result<StatusReport> {
+        let status = self.state.status().await;
+        match self.state.halted() {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => Ok(status?),
+        }
+    }
+
+    /// Waits, up to `grace`, until every worker still around has been told by a lease reply
+    /// that the sweep is finished: workers learn it only so, and one that asks after the
+    /// coordinator is gone retries until it gives up, and fails.
+    pub async fn tell_workers_finished(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let Ok(status) = self.state.status().await else {
+                return;
+            };
+            let waiting: Vec<String> = match self.state.told_finished.lock() {
+                Ok(told) => status
+                    .workers
+                    .into_iter()
+                    .map(|w| w.id)
+                    .filter(|id| !told.contains(id))
+                    .collect(),
+                Err(_) => return,
+            };
+            if waiting.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(?waiting, "workers not told the sweep is finished");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Stops leasing, waits up to `grace` for leased work to finish or lapse, then

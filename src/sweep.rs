@@ -141,10 +141,12 @@ pub struct CoordinatorArgs {
     /// Start over: move the state directory's earlier sweep aside.
     #[arg(long)]
     pub new_sweep: bool,
-    /// Exit once every task is done or failed (after writing the exports).
+    /// Exit once every task is done or failed (after writing the exports, and once the
+    /// workers still around have heard, for up to --drain-seconds).
     #[arg(long)]
     pub exit_when_done: bool,
-    /// On SIGTERM, how long to wait for leased work before exiting.
+    /// On SIGTERM, how long to wait for leased work before exiting (and with
+    /// --exit-when-done, for workers to hear the sweep is finished).
     #[arg(long, default_value_t = 30)]
     pub drain_seconds: u64,
 }
@@ -190,7 +192,14 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
                 break;
             }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                let status = running.state.status().await?;
+                let status = match running.status().await {
+                    Ok(status) => status,
+                    Err(e) => {
+                        // Out of space: stop serving before saying why.
+                        running.stop().await;
+                        return Err(e);
+                    }
+                };
                 let finished = status.pending + status.leased == 0;
                 if finished && !exported {
                     let files = export::export(&state_dir, None)?;
@@ -201,6 +210,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
                     exported = false;
                 }
                 if finished && args.exit_when_done {
+                    running.tell_workers_finished(Duration::from_secs(args.drain_seconds)).await;
                     running.stop().await;
                     break;
                 }
@@ -387,7 +397,7 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     tokio::pin!(stop);
     let mut interrupted = false;
     loop {
-        let status = running.state.status().await?;
+        let status = running.status().await?;
         bar.set_length(status.total as u64);
         bar.set_position((status.done + status.failed) as u64);
         bar.set_message(format!("({} failed)", status.failed));

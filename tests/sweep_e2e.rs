@@ -208,11 +208,12 @@ fn a_killed_workers_task_is_leased_again_and_completes() {
     let tasks = csv_rows(&cluster.export_file("tasks.csv"));
     assert_eq!(tasks.len(), 18);
     assert!(tasks.iter().all(|t| t["state"] == "done"), "{tasks:?}");
+    let fetches = csv_rows(&cluster.export_file("fetch.csv"));
     assert!(
-        tasks
+        fetches
             .iter()
             .any(|t| t["attempts"].parse::<u32>().unwrap() >= 2),
-        "no task was leased twice: {tasks:?}"
+        "no task was leased twice: {fetches:?}"
     );
     assert!(cluster.workers[survivor].log_text().contains("task done"));
 }
@@ -386,8 +387,36 @@ fn sigterm_releases_a_workers_leases_and_stops_the_coordinator_cleanly() {
     coordinator.terminate();
     let exit = coordinator.wait_exit(Duration::from_secs(30));
     assert!(exit.is_some_and(|s| s.success()), "{}", cluster.logs());
-    let tasks = csv_rows(&cluster.export_file("tasks.csv"));
-    assert!(tasks.iter().all(|t| t["attempts"] == "1"), "{tasks:?}");
+    let fetches = csv_rows(&cluster.export_file("fetch.csv"));
+    assert_eq!(fetches.len(), 18);
+    assert!(fetches.iter().all(|t| t["attempts"] == "1"), "{fetches:?}");
+}
+
+/// Regression: with `--exit-when-done` the coordinator left as soon as it had exported, and
+/// workers idling between two lease polls never heard the sweep was over: they retried
+/// until `--give-up-after` and exited with an error.
+#[test]
+fn every_worker_hears_the_sweep_is_finished_before_the_coordinator_exits() {
+    let mut cluster = Cluster::new(
+        |hub| {
+            publish_two_models(hub);
+        },
+        "[[models]]\nrepo = \"test-org/tiny\"\nsteps = [0]\n",
+        1,
+        "",
+    );
+    cluster.start_coordinator();
+    // One task: one worker computes it, four wait for work that never comes.
+    for _ in 0..5 {
+        cluster.start_worker(TOKEN);
+    }
+    cluster.wait_finished(FINISH);
+    for worker in &mut cluster.workers {
+        let exit = worker.wait_exit(Duration::from_secs(20));
+        let log = worker.log_text();
+        assert!(exit.is_some_and(|s| s.success()), "{exit:?}\n{log}");
+        assert!(log.contains("sweep finished"), "{log}");
+    }
 }
 
 #[test]

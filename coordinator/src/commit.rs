@@ -4,8 +4,9 @@
 //! transaction is durable. Replies are callbacks, so any transport can wait on them
 //! (the gRPC server completes a future).
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,16 +47,62 @@ pub enum CallError {
 
 /// Called with the outcome of the batch's commit: Ok once it is durable.
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// A request applied inside the current transaction. It returns its reply and whether
-/// it hit a storage error (which rolls the whole batch back).
-type Job = Box<dyn FnOnce(&mut SweepState, &Context) -> (Reply, bool) + Send>;
+/// A request applied inside the current transaction. It returns its reply and how it
+/// left the storage (a storage error rolls the whole batch back).
+type Job = Box<dyn FnOnce(&mut SweepState, &Context) -> (Reply, Storage) + Send>;
+
+/// How a step of a batch (a request, lease expiry, the commit) left the storage.
+#[derive(Debug)]
+enum Storage {
+    Fine,
+    /// A storage error: the batch is rolled back.
+    Failed,
+    /// No room to write (the error's message): every later batch would fail too, so the
+    /// thread stops.
+    Full(String),
+}
+
+impl Storage {
+    fn of<T>(outcome: &Result<T, StateError>) -> Self {
+        match outcome {
+            Err(e) if e.is_disk_full() => Storage::Full(e.to_string()),
+            Err(e) if e.is_storage() => Storage::Failed,
+            _ => Storage::Fine,
+        }
+    }
+}
+
+/// Why the state thread stopped by itself, once it has; shared by every handle.
+type Halted = Arc<OnceLock<String>>;
+
+/// Notes how a step left the storage: true on a storage error; on a full disk, also
+/// records why the thread stops, since every later batch would fail too (and roll back
+/// lease renewals, so leases would seem to expire over and over).
+fn note(storage: Storage, halted: &OnceLock<String>, db: &Path) -> bool {
+    let error = match storage {
+        Storage::Fine => return false,
+        Storage::Failed => return true,
+        Storage::Full(error) => error,
+    };
+    let dir = db.parent().unwrap_or(db);
+    let _ = halted.set(format!(
+        "the sweep's state directory {} is out of space ({error}); the coordinator stopped \
+         rather than acknowledge what it cannot store, and everything it acknowledged is on \
+         disk. Free space there and start it again to resume: workers wait for it (up to \
+         their --give-up-after) and deliver what they hold",
+        dir.display()
+    ));
+    true
+}
 
 /// A handle to the state thread; cheap to clone. The thread stops when every handle
-/// is dropped, leaving the database checkpointed and closed.
+/// is dropped, or by itself when the state's disk is full (see `halted`), leaving the
+/// database checkpointed and closed.
 #[derive(Clone)]
 pub struct GroupCommit {
     jobs: mpsc::Sender<Job>,
     draining: Arc<AtomicBool>,
+    halted: Halted,
 }
 
 impl GroupCommit {
@@ -66,11 +113,19 @@ impl GroupCommit {
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let draining = Arc::new(AtomicBool::new(false));
-        let flag = draining.clone();
+        let halted = Halted::default();
+        let (flag, halt) = (draining.clone(), halted.clone());
         let thread = std::thread::Builder::new()
             .name("sweep-state".into())
-            .spawn(move || run(state, &inbox, &flag, hub_endpoint))?;
-        Ok((Self { jobs, draining }, thread))
+            .spawn(move || run(state, &inbox, &flag, &halt, hub_endpoint))?;
+        Ok((
+            Self {
+                jobs,
+                draining,
+                halted,
+            },
+            thread,
+        ))
     }
 
     /// Runs `f` on the state in the next batch; `reply` gets its result once the batch
@@ -83,14 +138,14 @@ impl GroupCommit {
     ) -> Result<(), CallError> {
         let job: Job = Box::new(move |state, context| {
             let outcome = f(state, context);
-            let storage_error = outcome.as_ref().is_err_and(StateError::is_storage);
+            let storage = Storage::of(&outcome);
             let reply: Reply = Box::new(move |committed| {
                 reply(match committed {
                     Ok(()) => outcome.map_err(CallError::Refused),
                     Err(why) => Err(CallError::Unavailable(why)),
                 })
             });
-            (reply, storage_error)
+            (reply, storage)
         });
         self.jobs
             .send(job)
@@ -105,10 +160,23 @@ impl GroupCommit {
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
+
+    /// Why the state thread stopped by itself (its disk is full), once it has. It set
+    /// this before replying to the batch that found the disk full, and requests it had
+    /// not taken yet are refused as `Unavailable`.
+    pub fn halted(&self) -> Option<String> {
+        self.halted.get().cloned()
+    }
 }
 
-/// The state thread: batches until every handle is dropped.
-fn run(mut state: SweepState, inbox: &mpsc::Receiver<Job>, draining: &AtomicBool, hub: String) {
+/// The state thread: batches until every handle is dropped or the disk is full.
+fn run(
+    mut state: SweepState,
+    inbox: &mpsc::Receiver<Job>,
+    draining: &AtomicBool,
+    halted: &OnceLock<String>,
+    hub: String,
+) {
     let heartbeat_ms = (state.schedule().lease_ms() / 4).clamp(50, 30_000);
     loop {
         // Wake regularly even when idle, to expire lapsed leases.
@@ -130,30 +198,44 @@ fn run(mut state: SweepState, inbox: &mpsc::Receiver<Job>, draining: &AtomicBool
             hub_endpoint: hub.clone(),
             heartbeat_ms,
         };
-        apply_batch(&mut state, batch, &context);
+        apply_batch(&mut state, batch, &context, halted);
+        if halted.get().is_some() {
+            // Jobs still queued are dropped: their callers hear the coordinator stopped.
+            tracing::error!("the state directory is out of space: state thread stopped");
+            break;
+        }
     }
 }
 
 /// Applies `batch` (and lease expiry) in one transaction, then replies to each job with
-/// the commit's outcome: every reply leaves after the commit, none before.
-fn apply_batch(state: &mut SweepState, batch: Vec<Job>, context: &Context) {
-    if let Err(e) = state.begin() {
+/// the commit's outcome: every reply leaves after the commit, none before. A full disk
+/// sets `halted` before the replies leave.
+fn apply_batch(
+    state: &mut SweepState,
+    batch: Vec<Job>,
+    context: &Context,
+    halted: &OnceLock<String>,
+) {
+    let db = state.db_path().to_path_buf();
+    let begun = state.begin();
+    if let Err(e) = &begun {
         tracing::error!(error = %e, "cannot start a transaction");
+        note(Storage::of(&begun), halted, &db);
         for job in batch {
             let (reply, _) = job(state, context);
             reply(Err(e.to_string()));
         }
         return;
     }
-    let mut storage_error = false;
-    if let Err(e) = state.decide(|schedule| Ok(schedule.expire(context.now_ms))) {
+    let expired = state.decide(|schedule| Ok(schedule.expire(context.now_ms)));
+    if let Err(e) = &expired {
         tracing::error!(error = %e, "expiring leases");
-        storage_error = true;
     }
+    let mut storage_error = note(Storage::of(&expired), halted, &db);
     let mut replies = Vec::with_capacity(batch.len());
     for job in batch {
-        let (reply, failed) = job(state, context);
-        storage_error |= failed;
+        let (reply, storage) = job(state, context);
+        storage_error |= note(storage, halted, &db);
         replies.push(reply);
     }
     let outcome = if storage_error {
@@ -162,7 +244,9 @@ fn apply_batch(state: &mut SweepState, batch: Vec<Job>, context: &Context) {
         }
         Err("coordinator storage error; retry".to_string())
     } else {
-        state.commit().map_err(|e| {
+        let committed = state.commit();
+        note(Storage::of(&committed), halted, &db);
+        committed.map_err(|e| {
             tracing::error!(error = %e, "commit failed");
             format!("coordinator storage error: {e}")
         })

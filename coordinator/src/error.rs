@@ -50,4 +50,9 @@ impl StateError {
     pub fn is_storage(&self) -> bool {
         matches!(self, StateError::Db { .. })
     }
+
+    /// The storage found no room to write: the state's disk (or its quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StateError::Db { source, .. } if source.is_disk_full())
+    }
 }

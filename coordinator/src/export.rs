@@ -1,9 +1,10 @@
 //! Exports of a sweep's state directory: per-task rows, per-step aggregates, per-`q`
 //! spectra, as CSV and JSON, and a Markdown summary. Rows are ordered by model (spec
-//! order), step and seed, and hold nothing that depends on timing or on which worker
-//! ran a task, so an interrupted and resumed sweep exports the same files as one that ran
-//! straight through — except `fetch.*` and `fetch_by_model.*`, which record what getting
-//! the weights cost (bytes, requests, time), and that depends on caches and timing.
+//! order), step and seed, and hold nothing that depends on timing, on which worker ran a
+//! task or on how many leases it took, so an interrupted and resumed sweep exports the
+//! same files as one that ran straight through — except `fetch.*` and `fetch_by_model.*`,
+//! which record how each task went (attempts, bytes, requests, time), and that depends on
+//! crashes, caches and timing.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -39,6 +40,9 @@ pub struct TaskRow {
     pub step: u64,
     pub seed: u32,
     pub state: String,
+    /// Leases the task took. Not written to `tasks.*` (a lost lease would change them);
+    /// `fetch.*` has it for finished tasks, the summary for failed ones.
+    #[serde(skip_serializing)]
     pub attempts: u32,
     pub last_error: String,
     pub alpha0: Option<f64>,
@@ -113,6 +117,8 @@ pub struct FetchRow {
     pub step: u64,
     pub seed: u32,
     pub worker: String,
+    /// Leases the task took: more than 1 when a worker holding it died or failed.
+    pub attempts: u32,
     /// `full` or `ranges`.
     pub fetch_mode: String,
     pub bytes_fetched: u64,
@@ -250,6 +256,7 @@ fn fetch_row(task: &StoredTask) -> Option<FetchRow> {
         step: task.step,
         seed: task.seed,
         worker: r.worker.clone(),
+        attempts: task.progress.attempts,
         fetch_mode: r.metrics.fetch_mode.clone(),
         bytes_fetched: r.metrics.bytes_fetched,
         requests: u64::from(r.metrics.requests),

@@ -28,6 +28,14 @@ impl fmt::Display for DbError {
     }
 }
 
+impl DbError {
+    /// SQLite found no room to write: the disk (or its quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(&self.0, rusqlite::Error::SqliteFailure(e, _)
+            if e.code == rusqlite::ErrorCode::DiskFull)
+    }
+}
+
 impl std::error::Error for DbError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.0.source()

@@ -222,3 +222,47 @@ fn the_distance_mode_is_an_analysis_setting_and_old_records_read_as_one_hop() {
     let err = SweepState::open(changed, OpenMode::Resume).err().unwrap();
     assert!(matches!(err, StateError::AnalysisChanged { .. }), "{err}");
 }
+
+/// Regression: `tasks.csv` carried `attempts`, so a sweep that lost a lease (a worker or
+/// coordinator killed) never exported the same tasks as one that ran straight through.
+#[test]
+fn task_exports_do_not_depend_on_lost_leases_and_fetch_exports_count_attempts() {
+    let run = |lose_a_lease: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = SweepState::open(spec(dir.path(), "[0]", 1, ""), OpenMode::Resume).unwrap();
+        let w = decide(&mut state, |d| Ok(d.register_worker("h", 1, "v", 0)));
+        let mut leases = decide(&mut state, |d| d.lease(&w, 10, 0));
+        if lose_a_lease {
+            assert_eq!(decide(&mut state, |d| Ok(d.expire(20_000))), 1);
+            leases = decide(&mut state, |d| d.lease(&w, 10, 20_001));
+            assert_eq!(leases[0].attempt, 2);
+        }
+        for l in &leases {
+            assert_eq!(done(&mut state, &w, l, 30_000), Completion::Accepted);
+        }
+        complete_all(&mut state, &w, 30_001);
+        export::export(dir.path(), None).unwrap();
+        let read =
+            |name: &str| std::fs::read_to_string(dir.path().join("exports").join(name)).unwrap();
+        (read("tasks.csv"), read("tasks.json"), read("fetch.csv"))
+    };
+    let (straight, interrupted) = (run(false), run(true));
+    assert_eq!(straight.0, interrupted.0);
+    assert_eq!(straight.1, interrupted.1);
+    // How the run went is still exported, beside what fetching cost.
+    let attempts = |csv: &str| -> Vec<String> {
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        let column = reader
+            .headers()
+            .unwrap()
+            .iter()
+            .position(|h| h == "attempts")
+            .unwrap();
+        reader
+            .records()
+            .map(|r| r.unwrap()[column].to_string())
+            .collect()
+    };
+    assert_eq!(attempts(&straight.2), ["1", "1"]);
+    assert_eq!(attempts(&interrupted.2), ["2", "1"]);
+}

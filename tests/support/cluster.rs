@@ -270,35 +270,16 @@ max_attempts = 3
         let index = self.workers.len();
         let cache = self.root.path().join(format!("cache{index}"));
         let log = self.root.path().join(format!("worker{index}.log"));
-        let url = self.coordinator_url();
-        let mut args = vec![
-            "worker",
-            "--coordinator",
-            &url,
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--give-up-after",
-            "60",
-        ];
-        let tls_flags = self.tls_flags();
-        args.extend(tls_flags.iter().map(String::as_str));
-        let proc = Proc::spawn(&args, &[("NEUROMFA_TOKEN", token)], log);
+        let mut flags = vec!["--give-up-after".to_string(), "60".to_string()];
+        flags.extend(self.tls_flags());
+        let proc = spawn_worker(&self.coordinator_url(), token, &cache, &flags, log);
         self.workers.push(proc);
         index
     }
 
     /// `neuromfa status --json` against the coordinator.
     pub fn status(&self) -> Option<serde_json::Value> {
-        let out = Command::new(binary())
-            .args(["status", "--json", &self.coordinator_url()])
-            .args(self.tls_flags())
-            .env("NEUROMFA_TOKEN", TOKEN)
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
+        status_at(&self.coordinator_url(), &self.tls_flags())
     }
 
     /// Polls status until `ready` holds.
@@ -336,26 +317,7 @@ max_attempts = 3
 
     /// The last lines of every log in the cluster's directory and its state directory.
     pub fn logs(&self) -> String {
-        let mut text = String::new();
-        let mut paths: Vec<PathBuf> = [self.root.path(), self.state_dir.as_path()]
-            .into_iter()
-            .filter_map(|dir| std::fs::read_dir(dir).ok())
-            .flat_map(|entries| entries.flatten().map(|e| e.path()))
-            .collect();
-        paths.sort();
-        for p in paths
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        {
-            let body = std::fs::read_to_string(&p).unwrap_or_default();
-            let tail: Vec<&str> = body.lines().rev().take(30).collect();
-            text += &format!(
-                "--- {} ---\n{}\n",
-                p.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        text
+        log_tails(&[self.root.path(), self.state_dir.as_path()])
     }
 
     /// `neuromfa sweep run` on the spec with `workers` workers; its stdout, once it succeeded.
@@ -380,6 +342,58 @@ max_attempts = 3
         std::fs::read_to_string(self.state_dir.join("exports").join(name))
             .unwrap_or_else(|e| panic!("export {name}: {e}\n{}", self.logs()))
     }
+}
+
+/// `neuromfa worker` for the coordinator at `url`, caching in `cache`, with more `flags`.
+pub fn spawn_worker(url: &str, token: &str, cache: &Path, flags: &[String], log: PathBuf) -> Proc {
+    let mut args = vec![
+        "worker",
+        "--coordinator",
+        url,
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ];
+    args.extend(flags.iter().map(String::as_str));
+    Proc::spawn(&args, &[("NEUROMFA_TOKEN", token)], log)
+}
+
+/// `neuromfa status --json` against the coordinator at `url`, or `None` while it does not answer.
+pub fn status_at(url: &str, flags: &[String]) -> Option<serde_json::Value> {
+    let out = Command::new(binary())
+        .args(["status", "--json", url])
+        .args(flags)
+        .env("NEUROMFA_TOKEN", TOKEN)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// The last lines of every `*.log` file in `dirs`.
+pub fn log_tails(dirs: &[&Path]) -> String {
+    let mut text = String::new();
+    let mut paths: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|entries| entries.flatten().map(|e| e.path()))
+        .collect();
+    paths.sort();
+    for p in paths
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+    {
+        let body = std::fs::read_to_string(&p).unwrap_or_default();
+        let tail: Vec<&str> = body.lines().rev().take(30).collect();
+        text += &format!(
+            "--- {} ---\n{}\n",
+            p.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    text
 }
 
 pub fn wait_for_port(port: u16) {

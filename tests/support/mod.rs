@@ -95,4 +95,8 @@ fn convert(
         })
         .collect()
 }
+pub mod chaos;
+pub mod chaos_checks;
 pub mod cluster;
+pub mod procfs;
+pub mod tmpfs;
