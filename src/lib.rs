@@ -15,7 +15,5 @@ pub mod synth;
 pub mod tls;
 pub mod worker;
 
-/// Generated from `proto/neuromfa.proto`.
-pub mod proto {
-    tonic::include_proto!("neuromfa.v1");
-}
+/// The coordinator–worker protocol (`neuromfa-proto`), under the name the server uses.
+pub use neuromfa_proto as proto;
