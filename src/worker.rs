@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use neuromfa_common::checkpoint::FetchMode;
 use neuromfa_common::{analyze_seed, analyze_seeds, AnalysisParams, DistanceMode, SeedResult};
-use neuromfa_worker::cache::CheckpointCache;
-use neuromfa_worker::fetch::{Fetcher, HubSettings};
-use neuromfa_worker::ranges::{fetch_for_seeds_with, FetchedWeights, RangeOptions};
+use neuromfa_hub::cache::CheckpointCache;
+use neuromfa_hub::fetch::Fetcher;
+use neuromfa_hub::ranges::{fetch_for_seeds_with, FetchedWeights, RangeOptions};
+use neuromfa_hub::HubSettings;
 use rayon::prelude::*;
 use tokio::sync::{mpsc, watch};
 use tonic::service::interceptor::InterceptedService;
@@ -348,18 +349,9 @@ async fn run_checkpoint(
     let mut summary = WorkerSummary::default();
     let result = async {
         let seeds: Vec<u32> = tasks.iter().map(|t| t.seed).collect();
-        // Ranged plans cover one-hop samples; shortest paths read whole rows and columns
-        // (most of the file), so they fetch whole files.
-        let fetch_options = match params.distance {
-            DistanceMode::OneHop => *fetch_options,
-            DistanceMode::ShortestPath { .. } => RangeOptions {
-                mode: FetchMode::Full,
-                ..*fetch_options
-            },
-        };
         let fetched = tokio::select! {
             fetched = fetch_for_seeds_with(
-                fetcher, &model, &revision, params.layer_sample, &seeds, &fetch_options,
+                fetcher, &model, &revision, &params, &seeds, fetch_options,
             ) => fetched,
             _ = shutdown.changed() => {
                 return Ok::<_, anyhow::Error>(None);
@@ -420,7 +412,7 @@ async fn run_checkpoint(
             if params.distance == DistanceMode::OneHop {
                 compute_tasks.into_par_iter().for_each(|t| {
                     let started = Instant::now();
-                    let result = analyze_seed(&weights, &params, t.step, t.seed)
+                    let result = analyze_seed(weights.as_ref(), &params, t.step, t.seed)
                         .map(|a| a.result)
                         .map_err(|e| e.to_string());
                     let _ = done_tx.send((t, result, started.elapsed().as_millis() as u64));
@@ -431,7 +423,7 @@ async fn run_checkpoint(
             // their results come at once; compute time is split evenly between them.
             let started = Instant::now();
             let seeds: Vec<u32> = compute_tasks.iter().map(|t| t.seed).collect();
-            let analyses = analyze_seeds(&weights, &params, step, &seeds);
+            let analyses = analyze_seeds(weights.as_ref(), &params, step, &seeds);
             let share = started.elapsed().as_millis() as u64 / seeds.len().max(1) as u64;
             match analyses {
                 Ok(analyses) => {

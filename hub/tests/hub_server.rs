@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use common::*;
-use neuromfa_worker::hub_server::{spawn, HubServerConfig, RunningHub};
+use neuromfa_hub::hub_server::{spawn, HubServerConfig, RunningHub};
 use reqwest::StatusCode;
 
 const REPO: &str = "EleutherAI/tiny";

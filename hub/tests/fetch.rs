@@ -14,8 +14,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use common::*;
 use neuromfa_common::{BlockTensor, Checkpoint};
-use neuromfa_worker::fetch::{FetchError, Fetcher, HubSettings, MAX_ATTEMPTS};
-use neuromfa_worker::hub_server::{spawn, HubServer, HubServerConfig, RunningHub};
+use neuromfa_hub::fetch::{Fetcher, MAX_ATTEMPTS};
+use neuromfa_hub::hub_server::{spawn, HubServer, HubServerConfig, RunningHub};
+use neuromfa_hub::{FetchError, HubSettings};
 
 const REPO: &str = "EleutherAI/tiny";
 
