@@ -154,7 +154,7 @@ pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
 /// Refuses a loopback endpoint that hf-hub's internal client would send to a proxy. It uses
 /// the same matcher as reqwest, so the answer is the one reqwest will act on.
 pub(crate) fn check_no_proxy_for(endpoint: &str) -> Result<(), FetchError> {
-    let uri: axum::http::Uri = endpoint.parse().map_err(|e| FetchError::Setup {
+    let uri: http::Uri = endpoint.parse().map_err(|e| FetchError::Setup {
         detail: format!("endpoint {endpoint:?} is not a URI: {e}"),
     })?;
     let matcher = hyper_util::client::proxy::matcher::Matcher::from_system();

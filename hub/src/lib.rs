@@ -3,15 +3,14 @@
 //! [`fetch`] downloads one checkpoint from the Hub (or a mirror) into the standard HF cache
 //! and verifies every file; [`ranges`] fetches only the byte ranges an analysis reads;
 //! [`resolve`] resolves revisions to their weights' hashes without downloading them;
-//! [`cache`] keeps a worker's downloads under a size bound. [`hub_server`] serves
-//! checkpoints from a local directory over the same protocol, for tests and loopback mirrors.
+//! [`cache`] keeps a worker's downloads under a size bound. The mirror server that speaks the
+//! same protocol is `neuromfa-hub-server`.
 
 pub mod cache;
 mod client;
 mod error;
 pub mod fetch;
-mod hashing;
-pub mod hub_server;
+pub mod hashing;
 pub mod ranges;
 pub mod resolve;
 

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use neuromfa_hub::fetch::Fetcher;
-use neuromfa_hub::hub_server::{spawn, HubServerConfig};
 use neuromfa_hub::{FetchError, HubSettings};
+use neuromfa_hub_server::{spawn, HubServerConfig};
 
 #[test]
 fn loopback_fetches_never_go_through_a_proxy() {

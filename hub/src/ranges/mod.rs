@@ -333,19 +333,10 @@ async fn fetch_ranges(
         share = summary.share(),
         "ranged fetch planned"
     );
-    if auto {
-        let estimate = options.estimate(&summary, layout.request_time);
-        tracing::info!(
-            ranges_s = estimate.ranges.as_secs_f64(),
-            full_s = estimate.full.as_secs_f64(),
-            request_ms = layout.request_time.as_secs_f64() * 1e3,
-            "ranged fetch estimated"
-        );
-        if !estimate.favours_ranges(options.auto_max_share) {
-            return Ok(Attempt::Full(
-                "ranges would cost too much of a full download's time",
-            ));
-        }
+    if auto && !worth_ranges(options, &summary, layout.request_time) {
+        return Ok(Attempt::Full(
+            "ranges would cost too much of a full download's time",
+        ));
     }
     let mut cost = Cost::default();
     let remote = session.remote();
@@ -390,6 +381,19 @@ async fn fetch_ranges(
             file_bytes: summary.file_bytes,
         },
     })))
+}
+
+/// `Auto`'s choice: whether ranges are estimated to take less than the allowed share of a
+/// full download's time, with one small request taking `request_time`.
+fn worth_ranges(options: &RangeOptions, summary: &PlanSummary, request_time: Duration) -> bool {
+    let estimate = options.estimate(summary, request_time);
+    tracing::info!(
+        ranges_s = estimate.ranges.as_secs_f64(),
+        full_s = estimate.full.as_secs_f64(),
+        request_ms = request_time.as_secs_f64() * 1e3,
+        "ranged fetch estimated"
+    );
+    estimate.favours_ranges(options.auto_max_share)
 }
 
 fn too_fragmented(names: &Names, seeds: &[u32]) -> FetchError {
