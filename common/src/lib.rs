@@ -18,6 +18,7 @@ pub use checkpoint::Checkpoint;
 pub use error::Error;
 pub use layout::{BlockTensor, ModelShape};
 pub use pipeline::{
-    analyze_seed, analyze_seeds, AnalysisParams, DistanceMode, SeedAnalysis, SeedResult,
+    analyze_seed, analyze_seeds, analyze_seeds_as_ready, AnalysisParams, DistanceMode,
+    SeedAnalysis, SeedResult,
 };
 pub use read_plan::{read_plan, ReadPlan};
