@@ -281,7 +281,7 @@ pub fn analyze_seeds_as_ready(
     params: &AnalysisParams,
     step: u64,
     seeds: &[u32],
-    done: &(dyn Fn(usize, Result<SeedResult, &Error>, Duration) + Sync),
+    done: impl Fn(usize, Result<SeedResult, &Error>, Duration) + Sync,
 ) {
     if params.distance == DistanceMode::OneHop {
         seeds.par_iter().enumerate().for_each(|(i, &seed)| {

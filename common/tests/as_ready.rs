@@ -15,7 +15,7 @@ fn golden_step1000() -> PathBuf {
 /// Per seed index, its outcome as JSON (or the error message).
 fn as_ready(checkpoint: &Checkpoint, params: &AnalysisParams, seeds: &[u32]) -> Vec<String> {
     let outcomes = Mutex::new(vec![String::new(); seeds.len()]);
-    analyze_seeds_as_ready(checkpoint, params, 1000, seeds, &|i, result, _| {
+    analyze_seeds_as_ready(checkpoint, params, 1000, seeds, |i, result, _| {
         let text = match result {
             Ok(result) => serde_json::to_string(&result).unwrap(),
             Err(e) => e.to_string(),

@@ -51,7 +51,7 @@ pub(crate) fn start(
             &params,
             step,
             &seeds,
-            &|i, result, took| {
+            |i, result, took| {
                 let result = result.map_err(|e| e.to_string());
                 send(tasks[i], result, took.as_millis() as u64);
             },

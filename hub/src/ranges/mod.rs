@@ -217,7 +217,7 @@ pub async fn plan_for_seeds(
 enum Attempt {
     Ranged(Box<RangedCheckpoint>),
     /// The analysis reads whole files: the session goes on to download them.
-    Whole(Session),
+    Whole(Box<Session>),
     /// `Auto` decided on the whole checkpoint, for this reason.
     Full(&'static str),
 }
@@ -234,7 +234,7 @@ async fn try_ranges(
     let auto = options.mode == FetchMode::Auto;
     let prepared = prepare(&mut session, params, seeds, auto).await;
     let attempt = match prepared {
-        Ok(Prepared::WholeFiles) => return Ok(Attempt::Whole(session)),
+        Ok(Prepared::WholeFiles) => return Ok(Attempt::Whole(Box::new(session))),
         Ok(Prepared::Cached) => Ok(Attempt::Full("the weight files are already in the cache")),
         Ok(Prepared::Ready(ready)) => {
             fetch_ranges(&mut session, ready, params, seeds, options).await
@@ -352,7 +352,7 @@ async fn fetch_ranges(
         revision: names.revision().to_string(),
         commit: session.commit().to_string(),
         shape,
-        sites: layout.sites,
+        sites: layout.sites.by_tensor,
         files: layout
             .files
             .into_iter()

@@ -2,6 +2,7 @@
 //! mapped checkpoint gives for the seeds the fetch was planned for, and an error for any
 //! other element.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 use neuromfa_common::network::WeightReader;
 use neuromfa_common::{BlockTensor, Error, ModelShape};
 
-use super::plan::{ByteRun, PlanSummary, Site, Sites};
+use super::plan::{ByteRun, PlanSummary, Site};
 use super::FetchMetrics;
 
 /// The needed bytes of one file: its runs, and their bytes back to back.
@@ -43,7 +44,7 @@ pub struct RangedCheckpoint {
     pub(super) revision: String,
     pub(super) commit: String,
     pub(super) shape: ModelShape,
-    pub(super) sites: Sites,
+    pub(super) sites: HashMap<(usize, BlockTensor), Site>,
     pub(super) files: Vec<HeldFile>,
     pub(super) seeds: Vec<u32>,
     pub(super) layer_sample: usize,
@@ -152,7 +153,7 @@ impl WeightReader for RangedCheckpoint {
 impl RangedCheckpoint {
     fn site(&self, block: usize, tensor: BlockTensor) -> Result<&Site, Error> {
         self.sites
-            .get(block, tensor)
+            .get(&(block, tensor))
             .ok_or_else(|| Error::MissingTensor {
                 dir: PathBuf::from(format!("{}@{}", self.repo, self.revision)),
                 tensor: tensor.name(block),
