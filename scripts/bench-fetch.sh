@@ -5,7 +5,7 @@
 #   scripts/bench-fetch.sh [MBPS] [MODEL]      default: 100 MB/s, pythia-1b (1.9 GiB, f16)
 #
 # Synthesises MODEL under target/bench-data/hub (reused if present), serves it with
-# `neuromfa hub serve --throttle MBPS`, then measures with the worker's fetch_bench example:
+# `neuromfa hub serve --throttle MBPS`, then measures with the hub crate's fetch_bench example:
 # ranges and full, for 1 seed and for 10 seeds (layer_sample 32), each full download into a
 # fresh HF cache, each REPEAT times (default 3; the median is compared). Prints bytes
 # downloaded against the file size, requests and wall time.
@@ -26,7 +26,7 @@ repo=EleutherAI/$model
 ckpt=$hub_dir/$repo/step0
 
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p neuromfa-worker --example fetch_bench
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p neuromfa-hub --example fetch_bench
 bin=$root/target/release/neuromfa
 bench=$root/target/release/examples/fetch_bench
 

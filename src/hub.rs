@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use neuromfa_worker::hub_server::{self, HubServerConfig};
+use neuromfa_hub_server::{self as hub_server, HubServerConfig};
 
 /// Serves `root` on `listen`; with `throttle_mbps`, file bodies leave at no more than that
 /// many megabytes (10^6 bytes) per second in total, to stand in for a real network.

@@ -8,8 +8,8 @@ use clap::Args;
 use neuromfa_coordinator::integrity::groups;
 use neuromfa_coordinator::spec::{pythia_paper_steps, pythia_steps};
 use neuromfa_coordinator::SweepState;
-use neuromfa_worker::fetch::HubSettings;
-use neuromfa_worker::resolve::{ResolvedRevision, Resolver};
+use neuromfa_hub::resolve::{ResolvedRevision, Resolver};
+use neuromfa_hub::HubSettings;
 use serde::Serialize;
 use tokio::task::JoinSet;
 

@@ -1,7 +1,8 @@
 //! neuromfa: distributed Neuron-based Multifractal Analysis of language-model checkpoint
-//! suites. This crate holds the command-line commands and the gRPC transport; the science
-//! is in `neuromfa-common`, the sweep decisions in `neuromfa-coordinator`, fetching and
-//! running tasks in `neuromfa-worker`.
+//! suites. This crate holds the command-line commands and the coordinator's gRPC server;
+//! the science is in `neuromfa-common`, the sweep decisions in `neuromfa-coordinator`, the
+//! protocol in `neuromfa-proto`, the Hub client and mirror in `neuromfa-hub` and
+//! `neuromfa-hub-server`, the worker loop in `neuromfa-worker`.
 
 pub mod analyze;
 pub mod auth;
@@ -12,10 +13,10 @@ pub mod server;
 pub mod slurm;
 pub mod sweep;
 pub mod synth;
-pub mod tls;
-pub mod worker;
 
-/// Generated from `proto/neuromfa.proto`.
-pub mod proto {
-    tonic::include_proto!("neuromfa.v1");
-}
+/// The coordinator–worker protocol (`neuromfa-proto`), under the name the server uses.
+pub use neuromfa_proto as proto;
+/// TLS on the coordinator's channel, the protocol's (`neuromfa_proto::tls`).
+pub use neuromfa_proto::tls;
+/// The worker (`neuromfa-worker`): `neuromfa worker` and `sweep run` start it.
+pub use neuromfa_worker as worker;

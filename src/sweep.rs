@@ -12,8 +12,8 @@ use neuromfa_coordinator::{export, OpenMode, StatusReport, SweepSpec, SweepState
 use tokio::sync::watch;
 
 use neuromfa_common::checkpoint::FetchMode;
-use neuromfa_worker::fetch::HubSettings;
-use neuromfa_worker::hub_server::{self, HubServerConfig};
+use neuromfa_hub::HubSettings;
+use neuromfa_hub_server::{self as hub_server, HubServerConfig};
 
 use crate::auth::generate_token;
 use crate::integrity::resolve_grid;

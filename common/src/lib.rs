@@ -1,12 +1,13 @@
 //! The science of neuromfa: Neuron-based Multifractal Analysis of GPT-NeoX checkpoints.
 //! Pure computation, no networking: checkpoint reading, network layout, sampling,
-//! box growing, spectra, emergence and statistics.
+//! box growing, spectra, emergence and statistics, and what an analysis reads (for fetchers).
 
 pub mod checkpoint;
 pub mod error;
 pub mod layout;
 pub mod network;
 pub mod pipeline;
+pub mod read_plan;
 pub mod sampler;
 pub mod shortest_path;
 pub mod spectrum;
@@ -18,5 +19,7 @@ pub use checkpoint::{Checkpoint, TensorLayout, WeightFiles, WeightFormat};
 pub use error::Error;
 pub use layout::{BlockTensor, ModelShape};
 pub use pipeline::{
-    analyze_seed, analyze_seeds, AnalysisParams, DistanceMode, SeedAnalysis, SeedResult,
+    analyze_seed, analyze_seeds, analyze_seeds_as_ready, AnalysisParams, DistanceMode,
+    SeedAnalysis, SeedResult,
 };
+pub use read_plan::{read_plan, ReadPlan};

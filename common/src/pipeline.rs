@@ -1,5 +1,7 @@
 //! One (checkpoint, seed) task end to end: draw, build the SNIN, grow boxes, spectrum.
 
+use std::time::{Duration, Instant};
+
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -267,6 +269,44 @@ pub fn analyze_seeds_with(
             )
         })
         .collect())
+}
+
+/// Runs `seeds` on one checkpoint at `step` and hands each seed's outcome to `done` as soon
+/// as it is ready, with its index in `seeds` and the compute time it took: one-hop seeds one
+/// by one in parallel; shortest-path seeds together, since they share every weight read, so
+/// their outcomes come at once and the compute time is split evenly between them. An error
+/// of the shared work (an unreadable weight) is every seed's outcome.
+pub fn analyze_seeds_as_ready(
+    reader: &dyn WeightReader,
+    params: &AnalysisParams,
+    step: u64,
+    seeds: &[u32],
+    done: impl Fn(usize, Result<SeedResult, &Error>, Duration) + Sync,
+) {
+    if params.distance == DistanceMode::OneHop {
+        seeds.par_iter().enumerate().for_each(|(i, &seed)| {
+            let started = Instant::now();
+            match analyze_seed(reader, params, step, seed) {
+                Ok(analysis) => done(i, Ok(analysis.result), started.elapsed()),
+                Err(e) => done(i, Err(&e), started.elapsed()),
+            }
+        });
+        return;
+    }
+    let started = Instant::now();
+    let analyses = analyze_seeds(reader, params, step, seeds);
+    let share = started.elapsed() / seeds.len().max(1) as u32;
+    match analyses {
+        Ok(analyses) => {
+            for (i, analysis) in analyses.into_iter().enumerate() {
+                match analysis {
+                    Ok(analysis) => done(i, Ok(analysis.result), share),
+                    Err(e) => done(i, Err(&e), share),
+                }
+            }
+        }
+        Err(e) => (0..seeds.len()).for_each(|i| done(i, Err(&e), share)),
+    }
 }
 
 /// Boxes, spectrum and the result of one seed from its nodes' distances.

@@ -8,10 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::fetch::HubSettings;
+use neuromfa_common::checkpoint::{INDEX_FILE, SINGLE_FILE};
 
-const SINGLE_FILE: &str = "model.safetensors";
-const INDEX_FILE: &str = "model.safetensors.index.json";
+use crate::client::{hub_base_url, is_loopback, resolve_url, HubSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -48,8 +47,8 @@ impl Resolver {
     pub fn new(settings: &HubSettings) -> Result<Self, ResolveError> {
         let endpoint = settings.resolved_endpoint();
         let token = settings.resolved_token();
-        let base_url = crate::fetch::hub_base_url(&endpoint).map_err(ResolveError::Setup)?;
-        let loopback = crate::fetch::is_loopback(&base_url);
+        let base_url = hub_base_url(&endpoint).map_err(ResolveError::Setup)?;
+        let loopback = is_loopback(&base_url);
         let mut http = reqwest::Client::builder()
             // The Hub answers LFS files with a redirect whose headers carry the hash;
             // following it would lose them.
@@ -76,7 +75,7 @@ impl Resolver {
         revision: &str,
         file: &str,
     ) -> reqwest::RequestBuilder {
-        let url = crate::fetch::resolve_url(&self.base_url, repo, revision, file);
+        let url = resolve_url(&self.base_url, repo, revision, file);
         let mut request = self.http.request(method, url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);

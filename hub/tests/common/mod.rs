@@ -1,7 +1,10 @@
-//! Shared helpers for the worker's integration tests: checkpoint trees on disk and hashing.
+//! Shared helpers for the Hub client's and the Hub server's integration tests: checkpoint
+//! trees on disk, hashing, a served tree.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
+
+use neuromfa_hub_server::{spawn, HubServerConfig, RunningHub};
 
 use sha2::{Digest, Sha256};
 
@@ -53,4 +56,18 @@ pub fn direct_client() -> reqwest::Client {
 
 pub fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Serves `root` on a loopback port, requiring `token` when given.
+pub async fn start(root: &Path, token: Option<&str>) -> RunningHub {
+    spawn(
+        HubServerConfig {
+            root: root.to_path_buf(),
+            token: token.map(str::to_string),
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
 }

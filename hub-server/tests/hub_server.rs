@@ -1,13 +1,15 @@
 //! The loopback Hub server over real sockets: headers, ranges, errors, tokens, API routes,
 //! and hf-hub's own client reading from it.
 
+#[path = "../../hub/tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::*;
-use neuromfa_worker::hub_server::{spawn, HubServerConfig, RunningHub};
+use neuromfa_hub_server::{spawn, HubServerConfig, RunningHub};
 use reqwest::StatusCode;
 
 const REPO: &str = "EleutherAI/tiny";
@@ -27,21 +29,13 @@ fn fake_tree(root: &Path) -> (Vec<u8>, Vec<u8>) {
     (config, model)
 }
 
-async fn start(root: &Path, token: Option<&str>) -> RunningHub {
-    spawn(
-        HubServerConfig {
-            root: root.to_path_buf(),
-            token: token.map(str::to_string),
-            ..Default::default()
-        },
-        any_port(),
-    )
-    .await
-    .unwrap()
-}
-
 fn url(hub: &RunningHub, path: &str) -> String {
     format!("{}/{path}", hub.endpoint())
+}
+
+/// The JSON answer to a GET of `url`.
+async fn get_json<T: serde::de::DeserializeOwned>(c: &reqwest::Client, url: String) -> T {
+    c.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 async fn head_commit(hub: &RunningHub, path: &str) -> String {
@@ -302,14 +296,8 @@ async fn api_routes_describe_revisions() {
     let c = direct_client();
     let commit = head_commit(&hub, "EleutherAI/tiny/resolve/step0/config.json").await;
 
-    let info: serde_json::Value = c
-        .get(url(&hub, "api/models/EleutherAI/tiny/revision/step0"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: serde_json::Value =
+        get_json(&c, url(&hub, "api/models/EleutherAI/tiny/revision/step0")).await;
     assert_eq!(info["id"], REPO);
     assert_eq!(info["sha"], commit.as_str());
     let names: Vec<&str> = info["siblings"]
@@ -329,14 +317,8 @@ async fn api_routes_describe_revisions() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["id"], REPO);
 
-    let tree: Vec<serde_json::Value> = c
-        .get(url(&hub, "api/models/EleutherAI/tiny/tree/step0"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tree: Vec<serde_json::Value> =
+        get_json(&c, url(&hub, "api/models/EleutherAI/tiny/tree/step0")).await;
     let find = |p: &str| tree.iter().find(|e| e["path"] == p).cloned();
     let m = find("model.safetensors").unwrap();
     assert_eq!(m["type"], "file");
@@ -488,4 +470,71 @@ async fn ranged_reads_by_commit_never_serve_bytes_the_commit_did_not_have() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.bytes().await.unwrap().as_ref(), &changed[100..200]);
+}
+
+/// The body of a GET of `url` (of `range`, when given).
+async fn body(client: &reqwest::Client, url: &str, range: Option<&str>) -> Vec<u8> {
+    let mut request = client.get(url);
+    if let Some(range) = range {
+        request = request.header(reqwest::header::RANGE, range);
+    }
+    request
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn throttled_bodies_take_at_least_size_over_rate() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 1_000_000usize;
+    write(
+        root.path(),
+        "org/big/main/blob.bin",
+        &pseudo_random(size, 3),
+    );
+    let rate = 4_000_000u64; // 4 MB/s: 1 MB takes at least 0.25 s.
+    let hub = spawn(
+        HubServerConfig {
+            root: root.path().to_path_buf(),
+            throttle_bytes_per_sec: Some(rate),
+            ..Default::default()
+        },
+        any_port(),
+    )
+    .await
+    .unwrap();
+    let client = direct_client();
+    let url = format!("{}/org/big/resolve/main/blob.bin", hub.endpoint());
+    // Warm the server's hash cache so only the transfer is timed.
+    client.head(&url).send().await.unwrap();
+
+    let started = Instant::now();
+    let one_body = body(&client, &url, None).await;
+    let one = started.elapsed();
+    assert_eq!(one_body.len(), size);
+    let floor = Duration::from_secs_f64(size as f64 / rate as f64);
+    assert!(one >= floor, "{one:?} < {floor:?}");
+    assert!(one < floor * 20, "{one:?}");
+
+    // The budget is shared: two bodies at once take twice as long. (After a pause, so the
+    // link is idle and the measurement starts from an empty budget.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let (a, b) = tokio::join!(body(&client, &url, None), body(&client, &url, None));
+    let two = started.elapsed();
+    assert_eq!(a.len() + b.len(), 2 * size);
+    assert!(two >= floor * 2, "{two:?} < {:?}", floor * 2);
+
+    // Ranges are throttled by their own length.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let part = body(&client, &url, Some("bytes=0-199999")).await;
+    assert_eq!(part.len(), 200_000);
+    assert!(started.elapsed() >= floor / 5);
+    assert!(started.elapsed() < floor, "{:?}", started.elapsed());
 }

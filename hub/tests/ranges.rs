@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -16,12 +16,13 @@ use common::*;
 use neuromfa_common::network::WeightReader;
 use neuromfa_common::synth::{write_checkpoint, Preset};
 use neuromfa_common::{analyze_seed, AnalysisParams, Checkpoint, Error};
-use neuromfa_worker::fetch::{FetchError, Fetcher, HubSettings};
-use neuromfa_worker::hub_server::{spawn, HubServer, HubServerConfig, RunningHub};
-use neuromfa_worker::ranges::{
+use neuromfa_hub::fetch::Fetcher;
+use neuromfa_hub::ranges::{
     fetch_for_seeds, fetch_for_seeds_with, plan_for_seeds, FetchMode, FetchedWeights, RangeOptions,
     RangedCheckpoint, DEFAULT_MERGE_GAP,
 };
+use neuromfa_hub::{FetchError, HubSettings};
+use neuromfa_hub_server::{HubServer, HubServerConfig, RunningHub};
 
 const REPO: &str = "EleutherAI/tiny";
 const REV: &str = "step1000";
@@ -38,18 +39,6 @@ fn install(root: &Path, repo: &str, revision: &str, src: &Path) {
         let bytes = std::fs::read(entry.path()).unwrap();
         write(root, &format!("{repo}/{revision}/{name}"), &bytes);
     }
-}
-
-async fn start(root: &Path) -> RunningHub {
-    spawn(
-        HubServerConfig {
-            root: root.to_path_buf(),
-            ..Default::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
 }
 
 /// Serves `root` through `layer` (a middleware that misbehaves) on a loopback port.
@@ -141,9 +130,17 @@ async fn ranges_give_bit_identical_results_to_the_full_checkpoint() {
     let seeds = [0, 1, 2, 3, 7];
 
     for (layer_sample, gap) in [(32, DEFAULT_MERGE_GAP), (32, 0), (16, 0), (16, 1 << 20)] {
-        let weights = fetch_for_seeds(f, REPO, REV, layer_sample, &seeds, FetchMode::Ranges, gap)
-            .await
-            .unwrap();
+        let weights = fetch_for_seeds(
+            f,
+            REPO,
+            REV,
+            &params(layer_sample),
+            &seeds,
+            FetchMode::Ranges,
+            gap,
+        )
+        .await
+        .unwrap();
         let r = ranged(weights);
         assert_eq!(r.seeds(), seeds);
         assert_identical(&r, &mapped, &params(layer_sample), &seeds);
@@ -169,18 +166,18 @@ async fn ranges_give_bit_identical_results_to_the_full_checkpoint() {
     }
 
     // The full download through the Hub agrees too.
-    let full = fetch_for_seeds(f, REPO, REV, 32, &seeds, FetchMode::Full, 0)
+    let full = fetch_for_seeds(f, REPO, REV, &params(32), &seeds, FetchMode::Full, 0)
         .await
         .unwrap();
     assert!(matches!(full, FetchedWeights::Full(_)));
     assert_eq!(full.metrics().mode, FetchMode::Full);
     let full = full.open().unwrap();
     let r = ranged(
-        fetch_for_seeds(f, REPO, REV, 32, &seeds, FetchMode::Ranges, 4096)
+        fetch_for_seeds(f, REPO, REV, &params(32), &seeds, FetchMode::Ranges, 4096)
             .await
             .unwrap(),
     );
-    assert_identical(&r, &full, &params(32), &seeds);
+    assert_identical(&r, &*full, &params(32), &seeds);
 }
 
 #[tokio::test]
@@ -188,7 +185,7 @@ async fn metrics_count_what_the_server_saw() {
     let served = serve_golden().await;
     let (hub, f) = (&served.hub, &served.fetcher);
     let r = ranged(
-        fetch_for_seeds(f, REPO, REV, 8, &[0, 1], FetchMode::Ranges, 256)
+        fetch_for_seeds(f, REPO, REV, &params(8), &[0, 1], FetchMode::Ranges, 256)
             .await
             .unwrap(),
     );
@@ -205,6 +202,35 @@ async fn metrics_count_what_the_server_saw() {
     );
     assert!(stats.head_requests <= 2, "{stats:?}");
     assert_eq!(r.commit().len(), 40);
+}
+
+/// Shortest paths read most of every matrix: whatever the mode, the whole checkpoint comes,
+/// with exactly the requests a plain full download makes.
+#[tokio::test]
+async fn shortest_path_analyses_fetch_whole_files() {
+    let shortest = AnalysisParams {
+        layer_sample: 8,
+        distance: neuromfa_common::DistanceMode::shortest_path(),
+        ..AnalysisParams::default()
+    };
+    let plain = serve_golden().await;
+    let full = plain.fetcher.fetch_checkpoint(REPO, REV).await.unwrap();
+    for mode in [FetchMode::Ranges, FetchMode::Auto] {
+        let served = serve_golden().await;
+        let fetched = fetch_for_seeds(&served.fetcher, REPO, REV, &shortest, &[0, 1], mode, 4096)
+            .await
+            .unwrap();
+        let FetchedWeights::Full(whole) = &fetched else {
+            panic!("{mode}: expected the whole checkpoint, got {fetched:?}");
+        };
+        assert_eq!(whole.files, full.files, "{mode}");
+        assert_eq!(whole.requests, full.requests, "{mode}");
+        assert_eq!(
+            u64::from(whole.requests),
+            served.hub.stats().requests,
+            "{mode}"
+        );
+    }
 }
 
 /// The golden checkpoint split into two shards with an index.
@@ -245,13 +271,13 @@ async fn sharded_checkpoints_are_read_across_shards() {
     let dir = root.path().join(REPO).join(REV);
     std::fs::create_dir_all(&dir).unwrap();
     write_sharded(&dir);
-    let hub = start(root.path()).await;
+    let hub = start(root.path(), None).await;
     let cache = tempfile::tempdir().unwrap();
     let f = &fetcher(&hub.endpoint(), cache.path());
     let seeds = [0, 4, 5];
 
     let r = ranged(
-        fetch_for_seeds(f, REPO, REV, 32, &seeds, FetchMode::Ranges, 512)
+        fetch_for_seeds(f, REPO, REV, &params(32), &seeds, FetchMode::Ranges, 512)
             .await
             .unwrap(),
     );
@@ -272,7 +298,7 @@ async fn elements_outside_the_plan_are_errors_not_zeros() {
     let served = serve_golden().await;
     let f = &served.fetcher;
     let r = ranged(
-        fetch_for_seeds(f, REPO, REV, 8, &[0], FetchMode::Ranges, 0)
+        fetch_for_seeds(f, REPO, REV, &params(8), &[0], FetchMode::Ranges, 0)
             .await
             .unwrap(),
     );
@@ -325,11 +351,11 @@ async fn non_finite_weights_give_the_same_error_as_the_mapped_file() {
 
     let root = tempfile::tempdir().unwrap();
     install(root.path(), REPO, REV, local.path());
-    let hub = start(root.path()).await;
+    let hub = start(root.path(), None).await;
     let cache = tempfile::tempdir().unwrap();
     let f = &fetcher(&hub.endpoint(), cache.path());
     let r = ranged(
-        fetch_for_seeds(f, REPO, REV, 32, &[3], FetchMode::Ranges, 4096)
+        fetch_for_seeds(f, REPO, REV, &params(32), &[3], FetchMode::Ranges, 4096)
             .await
             .unwrap(),
     );
@@ -393,11 +419,11 @@ async fn corrupt_headers_are_clear_permanent_errors() {
             bytes,
         );
     }
-    let hub = start(root.path()).await;
+    let hub = start(root.path(), None).await;
     let cache = tempfile::tempdir().unwrap();
     let f = &fetcher(&hub.endpoint(), cache.path());
     for (rev, _, expected) in cases {
-        let err = fetch_for_seeds(f, REPO, rev, 8, &[0], FetchMode::Ranges, 4096)
+        let err = fetch_for_seeds(f, REPO, rev, &params(8), &[0], FetchMode::Ranges, 4096)
             .await
             .err()
             .unwrap();
@@ -424,7 +450,7 @@ struct GoldenHub {
 async fn serve_golden() -> GoldenHub {
     let root = tempfile::tempdir().unwrap();
     install(root.path(), REPO, REV, &golden_step1000());
-    let hub = start(root.path()).await;
+    let hub = start(root.path(), None).await;
     let cache = tempfile::tempdir().unwrap();
     let fetcher = fetcher(&hub.endpoint(), cache.path());
     GoldenHub {
@@ -453,10 +479,18 @@ where
     let endpoint = start_with_layer(root.path(), layer).await;
     let cache = tempfile::tempdir().unwrap();
     let fetcher = fetcher(&endpoint, cache.path());
-    let err = fetch_for_seeds(&fetcher, REPO, REV, 8, &[0], FetchMode::Ranges, 4096)
-        .await
-        .err()
-        .unwrap();
+    let err = fetch_for_seeds(
+        &fetcher,
+        REPO,
+        REV,
+        &params(8),
+        &[0],
+        FetchMode::Ranges,
+        4096,
+    )
+    .await
+    .err()
+    .unwrap();
     let served = Served {
         _root: root,
         _cache: cache,
@@ -537,13 +571,13 @@ async fn a_server_that_ignores_range_is_detected_and_auto_falls_back() {
         auto_max_share: 1.0,
         ..RangeOptions::default()
     };
-    let auto = fetch_for_seeds_with(f, REPO, REV, 8, &[0], &options)
+    let auto = fetch_for_seeds_with(f, REPO, REV, &params(8), &[0], &options)
         .await
         .unwrap();
     assert!(matches!(auto, FetchedWeights::Full(_)), "{auto:?}");
     let full = auto.open().unwrap();
     let mapped = Checkpoint::open(&golden_step1000()).unwrap();
-    assert_identical(&full, &mapped, &params(8), &[0]);
+    assert_identical(&*full, &mapped, &params(8), &[0]);
 }
 
 #[tokio::test]
@@ -571,7 +605,7 @@ async fn auto_picks_ranges_for_sparse_samples_and_full_for_dense_ones() {
     };
     write_checkpoint(&wide, &root.path().join("EleutherAI/wide/step0"), 5).unwrap();
     install(root.path(), REPO, REV, &golden_step1000());
-    let hub = start(root.path()).await;
+    let hub = start(root.path(), None).await;
     let cache = tempfile::tempdir().unwrap();
     let f = &fetcher(&hub.endpoint(), cache.path());
 
@@ -579,7 +613,7 @@ async fn auto_picks_ranges_for_sparse_samples_and_full_for_dense_ones() {
         f,
         "EleutherAI/wide",
         "step0",
-        4,
+        &params(4),
         &[0, 1],
         FetchMode::Auto,
         4096,
@@ -589,20 +623,20 @@ async fn auto_picks_ranges_for_sparse_samples_and_full_for_dense_ones() {
     let m = sparse.metrics();
     assert_eq!(m.mode, FetchMode::Ranges, "{m:?}");
     assert!(m.share() < 0.25, "{m:?}");
-    let plan = plan_for_seeds(f, "EleutherAI/wide", "step0", 4, &[0, 1], 4096)
+    let plan = plan_for_seeds(f, "EleutherAI/wide", "step0", &params(4), &[0, 1], 4096)
         .await
         .unwrap();
     assert!(plan.share() < 0.25, "{plan:?}");
     let mapped = Checkpoint::open(&root.path().join("EleutherAI/wide/step0")).unwrap();
     let sparse = sparse.open().unwrap();
-    assert_identical(&sparse, &mapped, &params(4), &[0, 1]);
+    assert_identical(&*sparse, &mapped, &params(4), &[0, 1]);
 
     // Half of every layer of the tiny model, merged by 4 KB gaps: most of the file.
-    let plan = plan_for_seeds(f, REPO, REV, 32, &[0, 1, 2], 4096)
+    let plan = plan_for_seeds(f, REPO, REV, &params(32), &[0, 1, 2], 4096)
         .await
         .unwrap();
     assert!(plan.share() >= 0.25, "{plan:?}");
-    let dense = fetch_for_seeds(f, REPO, REV, 32, &[0, 1, 2], FetchMode::Auto, 4096)
+    let dense = fetch_for_seeds(f, REPO, REV, &params(32), &[0, 1, 2], FetchMode::Auto, 4096)
         .await
         .unwrap();
     let m = dense.metrics();
@@ -616,7 +650,7 @@ async fn auto_picks_ranges_for_sparse_samples_and_full_for_dense_ones() {
         f,
         "EleutherAI/wide",
         "step0",
-        4,
+        &params(4),
         &[0],
         FetchMode::Auto,
         4096,
@@ -624,99 +658,12 @@ async fn auto_picks_ranges_for_sparse_samples_and_full_for_dense_ones() {
     .await
     .unwrap();
     assert_eq!(again.metrics().mode, FetchMode::Ranges);
-    let cached = fetch_for_seeds(f, REPO, REV, 4, &[0], FetchMode::Auto, 4096)
+    let cached = fetch_for_seeds(f, REPO, REV, &params(4), &[0], FetchMode::Auto, 4096)
         .await
         .unwrap();
     let m = cached.metrics();
     assert_eq!(m.mode, FetchMode::Full, "{m:?}");
     assert_eq!(m.bytes_downloaded, 0, "{m:?}");
-}
-
-#[tokio::test]
-async fn throttled_bodies_take_at_least_size_over_rate() {
-    let root = tempfile::tempdir().unwrap();
-    let size = 1_000_000usize;
-    write(
-        root.path(),
-        "org/big/main/blob.bin",
-        &pseudo_random(size, 3),
-    );
-    let rate = 4_000_000u64; // 4 MB/s: 1 MB takes at least 0.25 s.
-    let hub = spawn(
-        HubServerConfig {
-            root: root.path().to_path_buf(),
-            throttle_bytes_per_sec: Some(rate),
-            ..Default::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let client = direct_client();
-    let url = format!("{}/org/big/resolve/main/blob.bin", hub.endpoint());
-    // Warm the server's hash cache so only the transfer is timed.
-    client.head(&url).send().await.unwrap();
-
-    let started = Instant::now();
-    let body = client
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let one = started.elapsed();
-    assert_eq!(body.len(), size);
-    let floor = Duration::from_secs_f64(size as f64 / rate as f64);
-    assert!(one >= floor, "{one:?} < {floor:?}");
-    assert!(one < floor * 20, "{one:?}");
-
-    // The budget is shared: two bodies at once take twice as long. (After a pause, so the
-    // link is idle and the measurement starts from an empty budget.)
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = Instant::now();
-    let (a, b) = tokio::join!(
-        async {
-            client
-                .get(&url)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap()
-        },
-        async {
-            client
-                .get(&url)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap()
-        },
-    );
-    let two = started.elapsed();
-    assert_eq!(a.len() + b.len(), 2 * size);
-    assert!(two >= floor * 2, "{two:?} < {:?}", floor * 2);
-
-    // Ranges are throttled by their own length.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = Instant::now();
-    let part = client
-        .get(&url)
-        .header(header::RANGE, "bytes=0-199999")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(part.len(), 200_000);
-    assert!(started.elapsed() >= floor / 5);
-    assert!(started.elapsed() < floor, "{:?}", started.elapsed());
 }
 
 /// Ranged GETs that reached [`slow_ranges`].
@@ -740,7 +687,8 @@ async fn an_abandoned_ranged_fetch_stops_reading() {
     let f = fetcher(&endpoint, cache.path());
     // Merge gap 0: thousands of requests, 20 ms each, 64 at a time: seconds of reads.
     let seeds = [0, 1, 2, 3];
-    let fetch = fetch_for_seeds(&f, REPO, REV, 8, &seeds, FetchMode::Ranges, 0);
+    let p = params(8);
+    let fetch = fetch_for_seeds(&f, REPO, REV, &p, &seeds, FetchMode::Ranges, 0);
     let abandoned = tokio::time::timeout(Duration::from_millis(500), fetch).await;
     assert!(
         abandoned.is_err(),

@@ -17,11 +17,12 @@ use std::time::Instant;
 
 use neuromfa_common::network::WeightReader;
 use neuromfa_common::{analyze_seed, AnalysisParams};
-use neuromfa_worker::fetch::{Fetcher, HubSettings};
-use neuromfa_worker::ranges::{
+use neuromfa_hub::fetch::Fetcher;
+use neuromfa_hub::ranges::{
     fetch_for_seeds_with, plan_for_seeds, FetchMode, RangeOptions, DEFAULT_CONCURRENCY,
     DEFAULT_MERGE_GAP,
 };
+use neuromfa_hub::HubSettings;
 
 struct Args {
     endpoint: String,
@@ -102,35 +103,18 @@ async fn run(args: Args) -> Result<(), String> {
         cache_dir: Some(cache),
     })
     .map_err(|e| e.to_string())?;
+    let params = AnalysisParams {
+        layer_sample: args.layer_sample,
+        ..AnalysisParams::default()
+    };
     let seeds = format!(
         "{}..{}",
         args.seeds.first().copied().unwrap_or(0),
         args.seeds.last().map_or(0, |s| s + 1)
     );
 
-    for &gap in &args.plan_gaps {
-        let plan = plan_for_seeds(
-            &fetcher,
-            &args.repo,
-            &args.revision,
-            args.layer_sample,
-            &args.seeds,
-            gap,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        println!(
-            "plan seeds={seeds} merge_gap={gap} requests={} planned_bytes={} needed_bytes={} \
-             file_bytes={} share={:.4}",
-            plan.requests,
-            plan.planned_bytes,
-            plan.needed_bytes,
-            plan.file_bytes,
-            plan.share()
-        );
-    }
     if !args.plan_gaps.is_empty() {
-        return Ok(());
+        return print_plans(&fetcher, &args, &params, &seeds).await;
     }
 
     let options = RangeOptions {
@@ -144,7 +128,7 @@ async fn run(args: Args) -> Result<(), String> {
         &fetcher,
         &args.repo,
         &args.revision,
-        args.layer_sample,
+        &params,
         &args.seeds,
         &options,
     )
@@ -164,15 +148,11 @@ async fn run(args: Args) -> Result<(), String> {
         wall.as_secs_f64()
     );
     if args.analyze {
-        let params = AnalysisParams {
-            layer_sample: args.layer_sample,
-            ..AnalysisParams::default()
-        };
         let seeds_list = args.seeds.clone();
         let started = Instant::now();
         let alpha0 = tokio::task::spawn_blocking(move || -> Result<Vec<f64>, String> {
             let weights = fetched.open().map_err(|e| e.to_string())?;
-            let reader: &dyn WeightReader = &weights;
+            let reader: &dyn WeightReader = weights.as_ref();
             seeds_list
                 .iter()
                 .map(|&s| {
@@ -188,6 +168,37 @@ async fn run(args: Args) -> Result<(), String> {
             "analyze seeds={seeds} wall_s={:.2} alpha0_first={:.6}",
             started.elapsed().as_secs_f64(),
             alpha0.first().copied().unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}
+
+/// Prints what a ranged fetch would download with each of `--plan-gaps`.
+async fn print_plans(
+    fetcher: &Fetcher,
+    args: &Args,
+    params: &AnalysisParams,
+    seeds: &str,
+) -> Result<(), String> {
+    for &gap in &args.plan_gaps {
+        let plan = plan_for_seeds(
+            fetcher,
+            &args.repo,
+            &args.revision,
+            params,
+            &args.seeds,
+            gap,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        println!(
+            "plan seeds={seeds} merge_gap={gap} requests={} planned_bytes={} needed_bytes={} \
+             file_bytes={} share={:.4}",
+            plan.requests,
+            plan.planned_bytes,
+            plan.needed_bytes,
+            plan.file_bytes,
+            plan.share()
         );
     }
     Ok(())

@@ -14,23 +14,11 @@ use axum::middleware::Next;
 use axum::response::Response;
 use common::*;
 use neuromfa_common::{BlockTensor, Checkpoint};
-use neuromfa_worker::fetch::{FetchError, Fetcher, HubSettings, MAX_ATTEMPTS};
-use neuromfa_worker::hub_server::{spawn, HubServer, HubServerConfig, RunningHub};
+use neuromfa_hub::fetch::{Fetcher, MAX_ATTEMPTS};
+use neuromfa_hub::{FetchError, HubSettings};
+use neuromfa_hub_server::{HubServer, HubServerConfig, RunningHub};
 
 const REPO: &str = "EleutherAI/tiny";
-
-async fn start(root: &Path, token: Option<&str>) -> RunningHub {
-    spawn(
-        HubServerConfig {
-            root: root.to_path_buf(),
-            token: token.map(str::to_string),
-            ..Default::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
-}
 
 fn fetcher(endpoint: &str, cache: &Path, token: Option<&str>) -> Fetcher {
     Fetcher::new(HubSettings {

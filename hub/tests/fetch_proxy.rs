@@ -4,8 +4,9 @@
 mod common;
 
 use common::*;
-use neuromfa_worker::fetch::{FetchError, Fetcher, HubSettings};
-use neuromfa_worker::hub_server::{spawn, HubServerConfig};
+use neuromfa_hub::fetch::Fetcher;
+use neuromfa_hub::{FetchError, HubSettings};
+use neuromfa_hub_server::{spawn, HubServerConfig};
 
 #[test]
 fn loopback_fetches_never_go_through_a_proxy() {

@@ -1,4 +1,5 @@
-//! SHA-256 helpers shared by the Hub server (ETags) and the fetcher (verification).
+//! SHA-256 helpers shared by the fetcher (verification) and the Hub mirror server (ETags, commit
+//! ids).
 
 use std::io::{self, Read};
 use std::path::Path;
@@ -6,7 +7,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 /// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {
@@ -18,7 +19,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// SHA-256 of a file's content as lower-case hex, read in 1 MiB blocks so that
 /// multi-GB checkpoints never sit in memory. Blocking: call from `spawn_blocking`.
-pub(crate) fn sha256_file(path: &Path) -> io::Result<String> {
+pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -35,12 +36,12 @@ pub(crate) fn sha256_file(path: &Path) -> io::Result<String> {
 }
 
 /// True for a 64-character hex string, the form of a sha256 (an LFS file's ETag on the Hub).
-pub(crate) fn is_sha256_hex(s: &str) -> bool {
+pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// True for a 40-character hex string, the form of a git commit id.
-pub(crate) fn is_commit_hex(s: &str) -> bool {
+pub fn is_commit_hex(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 

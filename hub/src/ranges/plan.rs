@@ -1,0 +1,486 @@
+//! Planning a ranged fetch, with no I/O: which byte runs of which files hold the elements
+//! an analysis reads ([`neuromfa_common::read_plan`]), given where each weight matrix lies;
+//! runs closer than the merge gap joined into requests; and what fetching them is expected
+//! to cost against a whole download.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use neuromfa_common::checkpoint::{ElementType, FetchMode};
+use neuromfa_common::network::Gather;
+use neuromfa_common::{BlockTensor, Error};
+use serde::Serialize;
+
+/// Ranges closer than this many bytes are fetched as one request. A sample reads a few dozen
+/// scattered elements of each drawn row, so at 4 KiB a drawn row is one request and rows
+/// farther apart than that are not joined. pythia-1b, 10 seeds (`scripts/bench-fetch.sh`):
+/// 29.5 k requests for 9.3 % of the file; 1 KiB: 34.5 k for 9.0 %; 256 B: 241 k for 4.8 %;
+/// 64 KiB: 7 k for 36 %. A gap is worth joining when its bytes take less time than a request
+/// costs: 4 KiB is 41 µs at 100 MB/s, about what a request costs the client in CPU. On the
+/// loopback benchmark 1 KiB is slightly faster, but a distant Hub makes requests dearer.
+pub const DEFAULT_MERGE_GAP: u64 = 4096;
+/// Ranged reads in flight at once. They hide the Hub's latency (Little's law: 64 in flight at
+/// 20 ms each are 3,200 requests a second, 16 only 800); over HTTP/2, which the Hub speaks
+/// over https, they share one connection. The loopback Hub at 100 MB/s with 20 ms added to
+/// every request: ten pythia-1b seeds in 10.9 s at 64, 43.0 s at 16 (one seed: 1.4 s, 5.2 s).
+/// Without added latency 16 and 64 take the same time.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+/// [`FetchMode::Auto`] fetches ranges when they are estimated to take less than this share
+/// of a full download's time.
+pub const DEFAULT_AUTO_MAX_SHARE: f64 = 0.25;
+/// The link speed [`FetchMode::Auto`] assumes when it weighs bytes against requests: a
+/// cluster's typical share of a path to the Hub.
+pub const DEFAULT_ASSUMED_BYTES_PER_SEC: f64 = 100e6;
+/// Separate byte runs a plan may hold (16 bytes each while planning). A sample that dense
+/// reads most of the files anyway: `Auto` fetches them whole, `Ranges` refuses.
+pub(crate) const MAX_RUNS: usize = 16 << 20;
+
+/// Settings of a ranged fetch ([`super::fetch_for_seeds_with`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RangeOptions {
+    pub mode: FetchMode,
+    /// Ranges separated by at most this many bytes are merged into one request.
+    pub merge_gap: u64,
+    /// Ranged requests in flight at once (at least 1).
+    pub concurrency: usize,
+    /// `Auto` picks ranges when they are estimated to take less than this share of a full
+    /// download's time.
+    pub auto_max_share: f64,
+    /// The bandwidth `Auto`'s estimate assumes.
+    pub assumed_bytes_per_sec: f64,
+}
+
+/// What `Auto` expects each way of fetching to take.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FetchEstimate {
+    pub ranges: Duration,
+    pub full: Duration,
+}
+
+impl FetchEstimate {
+    pub fn favours_ranges(&self, max_share: f64) -> bool {
+        self.ranges.as_secs_f64() < max_share * self.full.as_secs_f64()
+    }
+}
+
+impl RangeOptions {
+    /// Ranges cost their bytes plus, per request, one small request's time (measured on
+    /// the header reads) spread over the requests in flight; a full download costs its
+    /// bytes. On a loopback or LAN mirror requests are nearly free; across the internet a
+    /// plan of many thousand requests can take longer than the whole file.
+    pub fn estimate(&self, plan: &PlanSummary, request_time: Duration) -> FetchEstimate {
+        let rate = self.assumed_bytes_per_sec.max(1.0);
+        let per_request = request_time.as_secs_f64() / self.concurrency.max(1) as f64;
+        FetchEstimate {
+            ranges: Duration::from_secs_f64(
+                plan.planned_bytes as f64 / rate + plan.requests as f64 * per_request,
+            ),
+            full: Duration::from_secs_f64(plan.file_bytes as f64 / rate),
+        }
+    }
+}
+
+impl Default for RangeOptions {
+    fn default() -> Self {
+        RangeOptions {
+            mode: FetchMode::Auto,
+            merge_gap: DEFAULT_MERGE_GAP,
+            concurrency: DEFAULT_CONCURRENCY,
+            auto_max_share: DEFAULT_AUTO_MAX_SHARE,
+            assumed_bytes_per_sec: DEFAULT_ASSUMED_BYTES_PER_SEC,
+        }
+    }
+}
+
+/// What a set of seeds reads from a checkpoint, and what fetching it by ranges costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PlanSummary {
+    /// Seeds planned for.
+    pub seeds: usize,
+    /// Element reads the samples make (an element read by two seeds counts twice).
+    pub elements: u64,
+    /// Distinct bytes those elements occupy.
+    pub needed_bytes: u64,
+    /// Bytes the merged requests cover: what a ranged fetch downloads.
+    pub planned_bytes: u64,
+    /// Ranged requests after merging.
+    pub requests: usize,
+    /// Total size of the checkpoint's weight files.
+    pub file_bytes: u64,
+    /// The merge gap used.
+    pub merge_gap: u64,
+}
+
+impl PlanSummary {
+    /// Planned bytes as a share of the weight files.
+    pub fn share(&self) -> f64 {
+        self.planned_bytes as f64 / self.file_bytes.max(1) as f64
+    }
+}
+
+/// Where one weight matrix lives.
+#[derive(Debug, Clone)]
+pub(crate) struct Site {
+    pub(crate) name: String,
+    /// Index of its file.
+    pub(crate) file: usize,
+    /// Absolute byte offset of element `[0, 0]` in the file.
+    pub(crate) start: u64,
+    pub(crate) element: ElementType,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+}
+
+/// Where a checkpoint's weight matrices lie: the size of each weight file, and the site of
+/// each block's tensors.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sites {
+    pub(crate) file_sizes: Vec<u64>,
+    pub(crate) by_tensor: HashMap<(usize, BlockTensor), Site>,
+}
+
+impl Sites {
+    pub(crate) fn get(&self, block: usize, tensor: BlockTensor) -> Option<&Site> {
+        self.by_tensor.get(&(block, tensor))
+    }
+}
+
+/// A contiguous run of needed bytes, and where its copy lives in the file's arena.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ByteRun {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    /// Position of `start`'s byte in the arena that holds the file's needed bytes.
+    pub(crate) at: usize,
+}
+
+/// One ranged request: bytes `[start, end)` of a file, covering `runs` of its run list.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub(crate) file: usize,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) runs: std::ops::Range<usize>,
+}
+
+/// The byte runs to keep and the requests that fetch them.
+pub(crate) struct Plan {
+    /// Per file, sorted and disjoint.
+    pub(crate) runs: Vec<Vec<ByteRun>>,
+    /// Per file, the arena size (needed bytes).
+    pub(crate) arena_len: Vec<usize>,
+    pub(crate) requests: Vec<Request>,
+    pub(crate) summary: PlanSummary,
+}
+
+/// Every byte range of `reads` (the element reads of `seeds` seeds' samples), merged into
+/// requests where closer than `merge_gap`. `None` when the samples are too fragmented to
+/// plan (more than `max_runs` runs).
+pub(crate) fn make_plan(
+    sites: &Sites,
+    reads: &[Gather],
+    seeds: usize,
+    merge_gap: u64,
+    max_runs: usize,
+) -> Result<Option<Plan>, Error> {
+    let Some(rows) = NeededRows::of(sites, reads, max_runs)? else {
+        return Ok(None);
+    };
+    let (runs, arena_len) = rows.into_runs(sites.file_sizes.len());
+    let requests = merge(&runs, merge_gap);
+    let summary = PlanSummary {
+        seeds,
+        elements: reads
+            .iter()
+            .map(|read| (read.rows.len() * read.cols.len()) as u64)
+            .sum(),
+        needed_bytes: arena_len.iter().map(|&n| n as u64).sum(),
+        planned_bytes: requests.iter().map(|q| q.end - q.start).sum(),
+        requests: requests.len(),
+        file_bytes: sites.file_sizes.iter().sum(),
+        merge_gap,
+    };
+    Ok(Some(Plan {
+        runs,
+        arena_len,
+        requests,
+        summary,
+    }))
+}
+
+/// The rows the reads touch, each with the columns it needs: a read's columns are the same
+/// in every row it reads, so they are kept once per read as consecutive stretches.
+struct NeededRows {
+    /// Per read: its columns as consecutive stretches `[first, last + 1)`.
+    col_runs: Vec<Vec<(u64, u64)>>,
+    /// Per needed row: (file, byte offset of the row, element size, index into `col_runs`).
+    rows: Vec<(usize, u64, u64, usize)>,
+}
+
+impl NeededRows {
+    /// `None` when the reads make more than `max_runs` separate runs.
+    fn of(sites: &Sites, reads: &[Gather], max_runs: usize) -> Result<Option<Self>, Error> {
+        let mut needed = NeededRows {
+            col_runs: Vec::with_capacity(reads.len()),
+            rows: Vec::new(),
+        };
+        let mut count = 0usize;
+        for read in reads {
+            let site = sites.get(read.block, read.tensor).ok_or_else(|| {
+                Error::InvalidParameter(format!(
+                    "no tensor {} in the layout",
+                    read.tensor.name(read.block)
+                ))
+            })?;
+            let size = site.element.size() as u64;
+            let mut cols = read.cols.clone();
+            cols.sort_unstable();
+            cols.dedup();
+            let mut stretches: Vec<(u64, u64)> = Vec::new();
+            for &c in &cols {
+                let c = c as u64;
+                match stretches.last_mut() {
+                    Some(last) if last.1 == c => last.1 = c + 1,
+                    _ => stretches.push((c, c + 1)),
+                }
+            }
+            count = count.saturating_add(read.rows.len().saturating_mul(stretches.len()));
+            if count > max_runs {
+                return Ok(None);
+            }
+            let at = needed.col_runs.len();
+            needed.col_runs.push(stretches);
+            needed.rows.extend(read.rows.iter().map(|&row| {
+                let offset = site.start + (row as u64) * (site.cols as u64) * size;
+                (site.file, offset, size, at)
+            }));
+        }
+        Ok(Some(needed))
+    }
+
+    /// Per file, the sorted disjoint runs of needed bytes with their arena positions, and
+    /// the arena's size.
+    fn into_runs(mut self, files: usize) -> (Vec<Vec<ByteRun>>, Vec<usize>) {
+        // Rows never overlap one another, so rows in file order give pieces in file order:
+        // only the rows are sorted (tens of thousands), not the pieces (a million for ten
+        // seeds).
+        self.rows.sort_unstable();
+        let mut runs: Vec<Vec<ByteRun>> = vec![Vec::new(); files];
+        // Per file, the needed bytes so far: where the next run goes in the file's arena.
+        let mut arena_len = vec![0usize; files];
+        let mut shared_row: Vec<(u64, u64)> = Vec::new();
+        for group in self.rows.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let (file, offset, size, _) = group[0];
+            let bytes = |&(c0, c1): &(u64, u64)| (offset + c0 * size, offset + c1 * size);
+            let (file_runs, at) = (&mut runs[file], &mut arena_len[file]);
+            if let [(.., only)] = group {
+                self.col_runs[*only]
+                    .iter()
+                    .for_each(|piece| add_piece(file_runs, at, bytes(piece)));
+            } else {
+                // A row several reads need (seeds drawing the same neuron): their stretches
+                // interleave.
+                shared_row.clear();
+                shared_row.extend(
+                    group
+                        .iter()
+                        .flat_map(|&(.., i)| self.col_runs[i].iter().map(bytes)),
+                );
+                shared_row.sort_unstable();
+                shared_row
+                    .iter()
+                    .for_each(|&piece| add_piece(file_runs, at, piece));
+            }
+        }
+        (runs, arena_len)
+    }
+}
+
+/// Appends the byte range `(start, end)`, which starts no earlier than the last run, to
+/// `runs`: touching or overlapping ranges (an element two seeds read) extend the last run.
+/// `at` is the arena position of the next new byte.
+fn add_piece(runs: &mut Vec<ByteRun>, at: &mut usize, (start, end): (u64, u64)) {
+    match runs.last_mut() {
+        Some(last) if start <= last.end => {
+            if end > last.end {
+                *at += (end - last.end) as usize;
+                last.end = end;
+            }
+        }
+        _ => {
+            runs.push(ByteRun {
+                start,
+                end,
+                at: *at,
+            });
+            *at += (end - start) as usize;
+        }
+    }
+}
+
+/// Per file, runs closer than `merge_gap` share a request.
+fn merge(runs: &[Vec<ByteRun>], merge_gap: u64) -> Vec<Request> {
+    let mut requests = Vec::new();
+    for (file, file_runs) in runs.iter().enumerate() {
+        let mut first = 0;
+        for i in 0..file_runs.len() {
+            let last_of_request =
+                i + 1 == file_runs.len() || file_runs[i + 1].start - file_runs[i].end > merge_gap;
+            if last_of_request {
+                requests.push(Request {
+                    file,
+                    start: file_runs[first].start,
+                    end: file_runs[i].end,
+                    runs: first..i + 1,
+                });
+                first = i + 1;
+            }
+        }
+    }
+    requests
+}
+
+#[cfg(test)]
+mod tests {
+    use neuromfa_common::network::gathers;
+    use neuromfa_common::sampler::draw_snin;
+    use neuromfa_common::{read_plan, AnalysisParams, ModelShape, ReadPlan};
+
+    use super::*;
+
+    #[test]
+    fn fetch_mode_parses_and_prints_lowercase() {
+        for mode in [FetchMode::Full, FetchMode::Ranges, FetchMode::Auto] {
+            assert_eq!(mode.to_string().parse::<FetchMode>(), Ok(mode));
+            let json = serde_json::to_string(&mode).unwrap();
+            assert_eq!(json, format!("\"{mode}\""));
+            assert_eq!(serde_json::from_str::<FetchMode>(&json).unwrap(), mode);
+        }
+        assert!("Ranges".parse::<FetchMode>().is_err());
+    }
+
+    fn shape(hidden: usize, blocks: usize) -> ModelShape {
+        ModelShape {
+            hidden_size: hidden,
+            num_blocks: blocks,
+            intermediate_size: 4 * hidden,
+        }
+    }
+
+    /// One f16 file holding every matrix of `shape`, back to back after a 1000-byte header.
+    fn sites(shape: &ModelShape) -> Sites {
+        let mut by_tensor = HashMap::new();
+        let mut start = 1000u64;
+        for block in 0..shape.num_blocks {
+            for tensor in BlockTensor::ALL {
+                let [rows, cols] = tensor.expected_shape(shape);
+                by_tensor.insert(
+                    (block, tensor),
+                    Site {
+                        name: tensor.name(block),
+                        file: 0,
+                        start,
+                        element: ElementType::F16,
+                        rows,
+                        cols,
+                    },
+                );
+                start += (rows * cols * 2) as u64;
+            }
+        }
+        Sites {
+            file_sizes: vec![start],
+            by_tensor,
+        }
+    }
+
+    /// What one-hop analyses of `seeds` at `layer_sample` read.
+    fn reads(shape: &ModelShape, layer_sample: usize, seeds: &[u32]) -> Vec<Gather> {
+        let params = AnalysisParams {
+            layer_sample,
+            ..AnalysisParams::default()
+        };
+        match read_plan(&params, shape, seeds).unwrap() {
+            ReadPlan::Elements(reads) => reads,
+            ReadPlan::WholeFiles => panic!("one-hop reads elements"),
+        }
+    }
+
+    #[test]
+    fn plan_covers_every_element_and_merges_by_gap() {
+        let shape = shape(64, 2);
+        let sites = sites(&shape);
+        let reads = reads(&shape, 4, &[0, 1]);
+        let exact = make_plan(&sites, &reads, 2, 0, MAX_RUNS).unwrap().unwrap();
+        let merged = make_plan(&sites, &reads, 2, 4096, MAX_RUNS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(exact.summary.needed_bytes, merged.summary.needed_bytes);
+        assert!(merged.summary.requests < exact.summary.requests);
+        assert!(merged.summary.planned_bytes >= exact.summary.planned_bytes);
+        assert!(exact.summary.planned_bytes == exact.summary.needed_bytes);
+        // Every element of every read lies inside a run and a request.
+        for seed in [0, 1] {
+            let draw = draw_snin(seed, &shape, 4).unwrap();
+            for read in gathers(&draw, 64) {
+                let site = &sites.by_tensor[&(read.block, read.tensor)];
+                for &r in &read.rows {
+                    for &c in &read.cols {
+                        let o = site.start + ((r * site.cols + c) * 2) as u64;
+                        for plan in [&exact, &merged] {
+                            assert!(plan.runs[0]
+                                .iter()
+                                .any(|run| run.start <= o && o + 2 <= run.end));
+                            assert!(plan.requests.iter().any(|q| q.start <= o && o + 2 <= q.end));
+                        }
+                    }
+                }
+            }
+        }
+        // Runs and requests are sorted and disjoint.
+        for w in merged.runs[0].windows(2) {
+            assert!(w[0].end < w[1].start);
+        }
+        for w in merged.requests.windows(2) {
+            assert!(w[0].end + 4096 < w[1].start);
+        }
+    }
+
+    #[test]
+    fn too_fragmented_samples_are_not_planned() {
+        let shape = shape(64, 2);
+        let sites = sites(&shape);
+        let one = reads(&shape, 4, &[0]);
+        let runs = |plan: Option<Plan>| plan.unwrap().runs[0].len();
+        let needed = runs(make_plan(&sites, &one, 1, 0, MAX_RUNS).unwrap());
+        assert!(make_plan(&sites, &one, 1, 0, needed / 2).unwrap().is_none());
+        // Consecutive columns and rows coalesce: a dense sample has far fewer runs than reads.
+        let dense = make_plan(&sites, &reads(&shape, 64, &[0]), 1, 0, MAX_RUNS)
+            .unwrap()
+            .unwrap();
+        assert!((dense.runs[0].len() as u64) < dense.summary.elements / 4);
+    }
+
+    #[test]
+    fn auto_weighs_requests_by_their_measured_time() {
+        // pythia-1b, 10 seeds, gap 4096 (scripts/bench-fetch.sh).
+        let plan = PlanSummary {
+            seeds: 10,
+            elements: 0,
+            needed_bytes: 2_619_466,
+            planned_bytes: 189_069_500,
+            requests: 29_544,
+            file_bytes: 2_023_586_192,
+            merge_gap: 4096,
+        };
+        let options = RangeOptions::default();
+        // A loopback mirror: requests are nearly free and the bytes decide.
+        let near = options.estimate(&plan, Duration::from_micros(300));
+        assert!(near.favours_ranges(options.auto_max_share), "{near:?}");
+        assert!((near.full.as_secs_f64() - 20.2).abs() < 0.1, "{near:?}");
+        // 60 ms per request: 29.5 k requests at 64 in flight take longer than the file.
+        let far = options.estimate(&plan, Duration::from_millis(60));
+        assert!(!far.favours_ranges(options.auto_max_share), "{far:?}");
+        assert!(far.ranges > far.full, "{far:?}");
+    }
+}
