@@ -16,10 +16,12 @@ fn spec(dir: &Path, policy: &str) -> SweepSpec {
 
 /// `(step, seeds, α0 mean, w mean, E from means, E per seed)` of one aggregate row.
 type Row = (u64, usize, f64, f64, Option<f64>, Option<f64>);
+/// What `status` shows last: the latest step and its `E`.
+type Latest = (Option<u64>, Option<f64>);
 
 /// A sweep under `policy` run to the end; its live rows, its status's latest step and
 /// `E`, and the rows of its `aggregates.csv`.
-fn run(policy: &str) -> (Vec<Row>, (Option<u64>, Option<f64>), Vec<Row>) {
+fn run(policy: &str) -> (Vec<Row>, Latest, Vec<Row>) {
     let dir = tempfile::tempdir().unwrap();
     let mut state = SweepState::open(spec(dir.path(), policy), OpenMode::Resume).unwrap();
     state
