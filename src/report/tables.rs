@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::Context;
+use neuromfa_common::stats::StepAggregate;
 use neuromfa_coordinator::export::ExportData;
 
 use super::evals::Evals;
@@ -189,6 +190,28 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| sum / n as f64)
 }
 
+/// One section per model and in it a row per step: the step, its seeds, then `cells`.
+fn per_step_sections(
+    models: &[ModelRows],
+    cells: impl Fn(&ModelRows, &StepAggregate) -> Vec<Cell>,
+) -> Vec<(String, Vec<Vec<Cell>>)> {
+    models
+        .iter()
+        .map(|m| {
+            let rows = m
+                .aggregates
+                .iter()
+                .map(|a| {
+                    let mut row = vec![Cell::Int(a.step), Cell::Int(a.seeds as u64)];
+                    row.extend(cells(m, a));
+                    row
+                })
+                .collect();
+            (m.repo.to_string(), rows)
+        })
+        .collect()
+}
+
 /// Tables 3–4: spread over seeds of the spectrum, per model and step.
 pub(super) fn spectrum_variance_table(models: &[ModelRows], data: &ExportData) -> Table {
     // The q values the spectra rows actually hold (α has one value fewer than the q grid).
@@ -212,26 +235,14 @@ pub(super) fn spectrum_variance_table(models: &[ModelRows], data: &ExportData) -
         columns: ["step", "seeds", "q_values", "var_alpha_mean_over_q", "var_f_alpha_mean_over_q"]
             .map(String::from)
             .to_vec(),
-        sections: models
-            .iter()
-            .map(|m| {
-                let rows = m
-                    .aggregates
-                    .iter()
-                    .map(|a| {
-                        let rows = m.spectra.get(&a.step).map_or(&[][..], Vec::as_slice);
-                        vec![
-                            Cell::Int(a.step),
-                            Cell::Int(a.seeds as u64),
-                            Cell::Int(rows.len() as u64),
-                            Cell::Num(mean(rows.iter().map(|r| r.alpha_var))),
-                            Cell::Num(mean(rows.iter().map(|r| r.f_alpha_var))),
-                        ]
-                    })
-                    .collect();
-                (m.repo.to_string(), rows)
-            })
-            .collect(),
+        sections: per_step_sections(models, |m, a| {
+            let rows = m.spectra.get(&a.step).map_or(&[][..], Vec::as_slice);
+            vec![
+                Cell::Int(rows.len() as u64),
+                Cell::Num(mean(rows.iter().map(|r| r.alpha_var))),
+                Cell::Num(mean(rows.iter().map(|r| r.f_alpha_var))),
+            ]
+        }),
     }
 }
 
@@ -255,28 +266,18 @@ pub(super) fn alpha0_width_table(models: &[ModelRows]) -> Table {
         ]
         .map(String::from)
         .to_vec(),
-        sections: models
-            .iter()
-            .map(|m| {
-                let rows = m
-                    .aggregates
-                    .iter()
-                    .map(|a| {
-                        vec![
-                            Cell::Int(a.step),
-                            Cell::Int(a.seeds as u64),
-                            Cell::Num(Some(a.alpha0_mean)),
-                            Cell::Num(Some(a.alpha0_var)),
-                            Cell::Num(Some(a.alpha0_var_ddof1)),
-                            Cell::Num(Some(a.width_mean)),
-                            Cell::Num(Some(a.width_var)),
-                            Cell::Num(Some(a.width_var_ddof1)),
-                        ]
-                    })
-                    .collect();
-                (m.repo.to_string(), rows)
-            })
-            .collect(),
+        sections: per_step_sections(models, |_, a| {
+            [
+                a.alpha0_mean,
+                a.alpha0_var,
+                a.alpha0_var_ddof1,
+                a.width_mean,
+                a.width_var,
+                a.width_var_ddof1,
+            ]
+            .map(|v| Cell::Num(Some(v)))
+            .to_vec()
+        }),
     }
 }
 
@@ -305,30 +306,20 @@ pub(super) fn emergence_table(models: &[ModelRows], evals: &Evals, chosen: &[Str
         title: "Degree of emergence and benchmarks (paper Tables 7–8)".to_string(),
         notes,
         columns,
-        sections: models
-            .iter()
-            .map(|m| {
-                let acc = evals.accuracy.get(m.repo);
-                let rows = m
-                    .aggregates
+        sections: per_step_sections(models, |m, a| {
+            let acc = evals.accuracy.get(m.repo);
+            let mut row = vec![
+                Cell::Num(a.e_from_means),
+                Cell::Num(a.e_per_seed_mean),
+                Cell::Num(a.e_per_seed_var),
+            ];
+            row.extend(
+                chosen
                     .iter()
-                    .map(|a| {
-                        let mut row = vec![
-                            Cell::Int(a.step),
-                            Cell::Int(a.seeds as u64),
-                            Cell::Num(a.e_from_means),
-                            Cell::Num(a.e_per_seed_mean),
-                            Cell::Num(a.e_per_seed_var),
-                        ];
-                        row.extend(chosen.iter().map(|b| {
-                            Cell::Num(acc.and_then(|acc| acc.get(b)?.get(&a.step).copied()))
-                        }));
-                        row
-                    })
-                    .collect();
-                (m.repo.to_string(), rows)
-            })
-            .collect(),
+                    .map(|b| Cell::Num(acc.and_then(|acc| acc.get(b)?.get(&a.step).copied()))),
+            );
+            row
+        }),
     }
 }
 
