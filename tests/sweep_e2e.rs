@@ -190,8 +190,13 @@ steps = [0, 16, 64, 256, 512, 1000, 2000, 3000]
 fn a_killed_workers_task_is_leased_again_and_completes() {
     let mut cluster = two_model_cluster(3);
     cluster.start_coordinator();
-    let victim = cluster.start_worker(TOKEN);
-    cluster.wait_status(FINISH, |s| s["leased"].as_u64().unwrap_or(0) > 0);
+    // The victim downloads from a Hub that never answers, so it cannot finish what it
+    // leases: once it holds a lease it still holds it when it is killed, however long the
+    // kill takes to follow.
+    let silent_hub = SilentHub::start();
+    let victim = cluster.start_worker_with(TOKEN, &["--hub-endpoint", &silent_hub.url()]);
+    let status = cluster.wait_status(FINISH, |s| s["leased"].as_u64().unwrap_or(0) > 0);
+    let held = status["leased"].as_u64().unwrap();
     cluster.workers[victim].kill();
     let survivor = cluster.start_worker(TOKEN);
     cluster.wait_finished(FINISH);
@@ -199,12 +204,15 @@ fn a_killed_workers_task_is_leased_again_and_completes() {
     assert_eq!(tasks.len(), 18);
     assert!(tasks.iter().all(|t| t["state"] == "done"), "{tasks:?}");
     let fetches = csv_rows(&cluster.export_file("fetch.csv"));
+    let leased_again = fetches
+        .iter()
+        .filter(|t| t["attempts"].parse::<u32>().unwrap() >= 2)
+        .count();
     assert!(
-        fetches
-            .iter()
-            .any(|t| t["attempts"].parse::<u32>().unwrap() >= 2),
-        "no task was leased twice: {fetches:?}"
+        leased_again as u64 >= held,
+        "the victim held {held} task(s) but {leased_again} were leased twice: {fetches:?}"
     );
+    assert!(!cluster.workers[victim].log_text().contains("task done"));
     assert!(cluster.workers[survivor].log_text().contains("task done"));
 }
 
