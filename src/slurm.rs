@@ -184,41 +184,34 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 }
 
 fn submit(args: SubmitArgs) -> Result<()> {
-    let Submission {
-        spec_path,
-        spec,
-        state_dir,
-        address,
-        tls_ca,
-        script,
-    } = Submission::plan(&args)?;
-    let text = script.render();
+    let plan = Submission::plan(&args)?;
+    let (address, tls_ca) = (&plan.address, plan.tls_ca.as_deref());
+    let text = plan.script.render();
     if args.dry_run {
         print!("{text}");
         eprintln!(
             "(dry run: nothing submitted; sbatch would run with NEUROMFA_COORDINATOR={address}{} and the sweep token in NEUROMFA_TOKEN)",
             tls_ca
-                .as_ref()
                 .map(|ca| format!(", NEUROMFA_TLS_CA={}", ca.display()))
                 .unwrap_or_default()
         );
         return Ok(());
     }
-    if let Some(ca) = tls_ca.as_ref().filter(|ca| !ca.is_file()) {
+    if let Some(ca) = tls_ca.filter(|ca| !ca.is_file()) {
         bail!("--tls-ca {} is not a file", ca.display());
     }
-    if is_loopback(&address) {
+    if is_loopback(address) {
         eprintln!("note: workers dial {address}, reachable only from this machine; set coordinator.listen (e.g. 0.0.0.0:50051) or coordinator.address for compute nodes elsewhere");
     }
 
     // The token is settled before a coordinator starts, so both sides use the same one.
     let token = match &args.coordinator {
-        Some(url) => recorded_token(&spec).ok_or_else(|| {
+        Some(url) => recorded_token(&plan.spec).ok_or_else(|| {
             anyhow!("no sweep token for the coordinator at {url}: set NEUROMFA_TOKEN, the spec's `token`, or run this where the coordinator's STATE_DIR/token is")
         })?,
-        None => sweep_token(&spec)?,
+        None => sweep_token(&plan.spec)?,
     };
-    let log_dir = &script.log_dir;
+    let log_dir = &plan.script.log_dir;
     std::fs::create_dir_all(log_dir)
         .with_context(|| format!("creating the log directory {}", log_dir.display()))?;
     let script_path = log_dir.join("worker-array.sh");
@@ -227,9 +220,13 @@ fn submit(args: SubmitArgs) -> Result<()> {
 
     let mut started = match &args.coordinator {
         Some(_) => None,
-        None => Some(start_coordinator(&spec_path, &spec, &state_dir)?),
+        None => Some(start_coordinator(
+            &plan.spec_path,
+            &plan.spec,
+            &plan.state_dir,
+        )?),
     };
-    let job_id = match sbatch(&script_path, &address, &token, tls_ca.as_deref()) {
+    let job_id = match sbatch(&script_path, address, &token, tls_ca) {
         Ok(job_id) => job_id,
         Err(error) => {
             // Nothing will connect to a coordinator started for this submission.

@@ -267,16 +267,14 @@ pub(super) fn alpha0_width_table(models: &[ModelRows]) -> Table {
         .map(String::from)
         .to_vec(),
         sections: per_step_sections(models, |_, a| {
-            [
-                a.alpha0_mean,
-                a.alpha0_var,
-                a.alpha0_var_ddof1,
-                a.width_mean,
-                a.width_var,
-                a.width_var_ddof1,
+            vec![
+                Cell::Num(Some(a.alpha0_mean)),
+                Cell::Num(Some(a.alpha0_var)),
+                Cell::Num(Some(a.alpha0_var_ddof1)),
+                Cell::Num(Some(a.width_mean)),
+                Cell::Num(Some(a.width_var)),
+                Cell::Num(Some(a.width_var_ddof1)),
             ]
-            .map(|v| Cell::Num(Some(v)))
-            .to_vec()
         }),
     }
 }
