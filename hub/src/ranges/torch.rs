@@ -48,16 +48,13 @@ pub(super) async fn layouts(
     needed: &[Needed],
     cost: &mut Cost,
 ) -> Result<Layouts, FetchError> {
-    let reads = files.iter().enumerate().map(|(index, file)| async move {
-        let mine: Vec<(usize, &Needed)> = needed
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.file == index)
-            .collect();
-        let mut cost = Cost::default();
-        let read = read_file(remote, file, &mine, &mut cost).await;
-        (read, cost)
-    });
+    // Futures collected before they run: a closure making them, kept in the combinator's
+    // type, would make the worker's future not `Send` (rust-lang/rust#102211).
+    let reads: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(index, file)| read_file_costed(remote, file, needed, index))
+        .collect();
     let mut placed: Vec<Option<TensorLayout>> = vec![None; needed.len()];
     let mut first_stop: Option<Stopped> = None;
     let mut request_time = Duration::MAX;
@@ -79,13 +76,36 @@ pub(super) async fn layouts(
     if let Some((_, e)) = first_stop {
         return Err(e);
     }
-    let layouts = placed.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
-        remote.names().invalid(
-            files.first().map_or("", |f| f.name.as_str()),
-            "a needed tensor was not placed".to_string(),
-        )
-    })?;
+    let layouts = placed
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            remote.names().invalid(
+                files.first().map_or("", |f| f.name.as_str()),
+                "a needed tensor was not placed".to_string(),
+            )
+        })?;
     Ok((layouts, request_time))
+}
+
+/// [`read_file`] for the `index`th file, with what it cost.
+async fn read_file_costed(
+    remote: &Remote,
+    file: &RemoteFile,
+    needed: &[Needed],
+    index: usize,
+) -> (
+    Result<(Vec<(usize, TensorLayout)>, Duration), Stopped>,
+    Cost,
+) {
+    let mine: Vec<(usize, &Needed)> = needed
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.file == index)
+        .collect();
+    let mut cost = Cost::default();
+    let read = read_file(remote, file, &mine, &mut cost).await;
+    (read, cost)
 }
 
 /// The layouts of one file's needed tensors (`mine`: index among all needed tensors, and
@@ -130,10 +150,9 @@ async fn read_file(
                 Ok(start)
             }
             Some(Err(e)) => Err(e),
-            None => Err(remote.names().invalid(
-                &file.name,
-                format!("storage `{}` was not read", entry.name),
-            )),
+            None => Err(remote
+                .names()
+                .invalid(&file.name, format!("storage `{}` was not read", entry.name))),
         };
         let placed = start.and_then(|start| {
             let layout = tensor_layout(tensor, entry, start, &file.name)
@@ -184,19 +203,29 @@ async fn read_data_starts(
     let mut entries: Vec<&Entry> = found.iter().map(|f| f.3).collect();
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     entries.dedup_by(|a, b| a.name == b.name);
-    let mut reads = futures_util::stream::iter(entries)
-        .map(|entry| async move {
-            let mut cost = Cost::default();
-            let start = data_start(remote, file, directory, entry, &mut cost).await;
-            (entry.name.clone(), start, cost)
-        })
-        .buffer_unordered(DEFAULT_CONCURRENCY);
+    let reads: Vec<_> = entries
+        .into_iter()
+        .map(|entry| data_start_costed(remote, file, directory, entry))
+        .collect();
+    let mut reads = futures_util::stream::iter(reads).buffer_unordered(DEFAULT_CONCURRENCY);
     let mut starts = HashMap::new();
     while let Some((name, start, spent)) = reads.next().await {
         *cost += spent;
         starts.insert(name, start);
     }
     starts
+}
+
+/// [`data_start`] by entry name, with what it cost.
+async fn data_start_costed(
+    remote: &Remote,
+    file: &RemoteFile,
+    directory: &CentralDirectory,
+    entry: &Entry,
+) -> (String, Result<u64, FetchError>, Cost) {
+    let mut cost = Cost::default();
+    let start = data_start(remote, file, directory, entry, &mut cost).await;
+    (entry.name.clone(), start, cost)
 }
 
 /// Where `entry`'s data starts, from its local header (a longer header than torch writes
@@ -291,8 +320,8 @@ async fn read_state_dict(
                 &own[..]
             }
         };
-        let record = record_bytes(remote, file, &archive.directory, entry, from_order, cost)
-            .await?;
+        let record =
+            record_bytes(remote, file, &archive.directory, entry, from_order, cost).await?;
         check_byteorder(&record).map_err(|problem| invalid(remote, file, problem))?;
     }
     let entry = archive
