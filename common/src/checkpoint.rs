@@ -148,7 +148,10 @@ pub fn weight_file_names() -> String {
 
 /// Says that a directory holds no weight file [`choose_weight_files`] knows.
 fn no_weight_files() -> String {
-    format!("no weight file in this directory: none of {}", weight_file_names())
+    format!(
+        "no weight file in this directory: none of {}",
+        weight_file_names()
+    )
 }
 
 /// The `weight_map` of a shard index (`model.safetensors.index.json` or
@@ -166,7 +169,9 @@ pub fn parse_shard_index(text: &str) -> Result<BTreeMap<String, String>, String>
             .split('/')
             .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains(['\\', '\0']));
         if !safe {
-            return Err(format!("the weight_map names an unsafe shard path {shard:?}"));
+            return Err(format!(
+                "the weight_map names an unsafe shard path {shard:?}"
+            ));
         }
     }
     Ok(index.weight_map)
@@ -559,11 +564,9 @@ fn map_file(dir: &Path, name: &str, format: WeightFormat) -> Result<MappedFile, 
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Random);
     let contents = match format {
-        WeightFormat::PytorchBin => {
-            TorchFile::parse(&map)
-                .map(Contents::Torch)
-                .map_err(|problem| Error::torch(&path, problem))?
-        }
+        WeightFormat::PytorchBin => TorchFile::parse(&map)
+            .map(Contents::Torch)
+            .map_err(|problem| Error::torch(&path, problem))?,
         WeightFormat::Safetensors => {
             // Parsing validates the header, every tensor's offsets, and the file length.
             let (header_len, metadata) =

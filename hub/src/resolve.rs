@@ -188,7 +188,10 @@ impl Resolver {
             .collect();
         choose_weight_files(&names).ok_or_else(|| {
             failed(
-                format!("no weight files: the revision has none of {}", weight_file_names()),
+                format!(
+                    "no weight files: the revision has none of {}",
+                    weight_file_names()
+                ),
                 false,
             )
         })

@@ -394,7 +394,11 @@ impl Session {
             at: self.names().at(&weight_file_names()),
         })?;
         if is_commit_hex(&self.remote.pinned) {
-            let absent = self.downloads.folder.join(".no_exist").join(&self.remote.pinned);
+            let absent = self
+                .downloads
+                .folder
+                .join(".no_exist")
+                .join(&self.remote.pinned);
             for name in candidates.iter().filter(|c| !names.contains(&c.as_str())) {
                 // Only saves a request next time: a marker that cannot be written is no error.
                 let _ = std::fs::create_dir_all(&absent)

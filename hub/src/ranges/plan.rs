@@ -77,9 +77,7 @@ impl RangeOptions {
         let requests = plan.requests + plan.layout_requests;
         let bytes = plan.planned_bytes + plan.layout_bytes;
         FetchEstimate {
-            ranges: Duration::from_secs_f64(
-                bytes as f64 / rate + requests as f64 * per_request,
-            ),
+            ranges: Duration::from_secs_f64(bytes as f64 / rate + requests as f64 * per_request),
             full: Duration::from_secs_f64(plan.file_bytes as f64 / rate),
         }
     }
@@ -276,7 +274,10 @@ impl NeededLines {
             };
             let (stretches, lines) = match line_step {
                 Some(_) => (stretches_of(along), across.len()),
-                None => (vec![(0, 1)], read.rows.len().saturating_mul(read.cols.len())),
+                None => (
+                    vec![(0, 1)],
+                    read.rows.len().saturating_mul(read.cols.len()),
+                ),
             };
             count = count.saturating_add(lines.saturating_mul(stretches.len()));
             if count > max_runs {
@@ -291,7 +292,9 @@ impl NeededLines {
                 // Neither dimension is adjacent: every element is a line of its own.
                 None => needed.lines.extend(read.rows.iter().flat_map(|&r| {
                     let row = r as u64 * row_step;
-                    read.cols.iter().map(move |&c| line(row + c as u64 * col_step))
+                    read.cols
+                        .iter()
+                        .map(move |&c| line(row + c as u64 * col_step))
                 })),
             }
         }
@@ -648,7 +651,9 @@ mod tests {
         let sites = sites(&shape);
         // Block 1's attention dense matrix views block 0's bytes from its second element,
         // transposed: its lines straddle block 0's rows.
-        let block0 = sites.by_tensor[&(0, BlockTensor::AttentionDense)].layout.clone();
+        let block0 = sites.by_tensor[&(0, BlockTensor::AttentionDense)]
+            .layout
+            .clone();
         let mut aliased = sites.clone();
         if let Some(site) = aliased.by_tensor.get_mut(&(1, BlockTensor::AttentionDense)) {
             site.layout = TensorLayout {
@@ -657,7 +662,9 @@ mod tests {
                 ..block0
             };
         }
-        let mut lines = NeededLines::of(&aliased, &reads, MAX_RUNS).unwrap().unwrap();
+        let mut lines = NeededLines::of(&aliased, &reads, MAX_RUNS)
+            .unwrap()
+            .unwrap();
         lines.lines.sort_unstable();
         assert!(
             lines.runs_in_line_order(1).is_none(),
