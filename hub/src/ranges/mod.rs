@@ -77,6 +77,8 @@ impl FetchMetrics {
 
 /// A checkpoint's weights as fetched by [`fetch_for_seeds`].
 #[derive(Debug)]
+// One per fetch, moved a few times: boxing the larger variant would save nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum FetchedWeights {
     /// Every file is in the HF cache, at `dir`: open it with [`Checkpoint::open`] (or
     /// [`FetchedWeights::open`]).
