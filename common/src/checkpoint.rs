@@ -148,10 +148,7 @@ pub fn weight_file_names() -> String {
 
 /// Says that a directory holds no weight file [`choose_weight_files`] knows.
 fn no_weight_files() -> String {
-    format!(
-        "no weight file in this directory: none of {}",
-        weight_file_names()
-    )
+    format!("no {} in this directory", weight_file_names())
 }
 
 /// The `weight_map` of a shard index (`model.safetensors.index.json` or

@@ -24,16 +24,16 @@ use ranged::*;
 
 const REPO: &str = "EleutherAI/tiny";
 
-fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data")
-}
-
+/// The `.bin` fixture `variant` (e.g. `single/step1000`) of `tests/data/bin`.
 fn bin_dir(variant: &str) -> PathBuf {
-    data_dir().join("bin").join(variant)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data/bin")
+        .join(variant)
 }
 
+/// The golden safetensors checkpoint at `step`, every `.bin` fixture's twin.
 fn golden(step: u64) -> PathBuf {
-    data_dir().join(format!("golden/tiny-neox/step{step}"))
+    golden_step0().with_file_name(format!("step{step}"))
 }
 
 /// Each `.bin` fixture, its revision, and its safetensors twin.

@@ -297,10 +297,12 @@ async fn read_state_dict(
         .pickle_span()
         .map_err(|problem| invalid(remote, file, problem))?;
     let byteorder = archive.byteorder_span();
-    let shared = byteorder
-        .as_ref()
-        .filter(|b| b.start >= pickle.end && b.start - pickle.end <= BYTEORDER_REACH);
-    let span = pickle.start..shared.map_or(pickle.end, |b| b.end);
+    // The spans reach past their records (they allow for the longest local header torch
+    // writes), so they may overlap: only the distance between them matters.
+    let shared = byteorder.as_ref().filter(|b| {
+        b.start >= pickle.start && b.start.saturating_sub(pickle.end) <= BYTEORDER_REACH
+    });
+    let span = pickle.start..shared.map_or(pickle.end, |b| b.end.max(pickle.end));
     if span.end - span.start > MAX_RECORD {
         return Err(remote.names().invalid(
             &file.name,
@@ -314,7 +316,9 @@ async fn read_state_dict(
     if let (Some(order), Some(entry)) = (&byteorder, archive.record(BYTEORDER_RECORD)) {
         let own;
         let from_order = match shared {
-            Some(_) => &bytes[(order.start - span.start) as usize..],
+            Some(_) => bytes
+                .get((order.start - span.start) as usize..)
+                .unwrap_or(&[]),
             None => {
                 own = read_clamped(remote, file, order.clone(), cost).await?;
                 &own[..]
