@@ -4,13 +4,15 @@
 #
 #   scripts/bench-fetch.sh [MBPS] [MODEL]      default: 100 MB/s, pythia-1b (1.9 GiB, f16)
 #
-# Synthesises MODEL under target/bench-data/hub (reused if present), serves it with
-# `neuromfa hub serve --throttle MBPS`, then measures with the hub crate's fetch_bench example:
-# ranges and full, for 1 seed and for 10 seeds (layer_sample 32), each full download into a
-# fresh HF cache, each REPEAT times (default 3; the median is compared). Prints bytes
-# downloaded against the file size, requests and wall time.
+# Synthesises MODEL under target/bench-data/hub (reused if present) and a copy of it written
+# as PyTorch's pytorch_model.bin (repo EleutherAI/MODEL-bin, by scripts/make-bin-fixtures.py
+# --convert), serves both with `neuromfa hub serve --throttle MBPS`, then measures with the hub
+# crate's fetch_bench example: safetensors by ranges and full, the .bin by ranges, for 1 seed
+# and for 10 seeds (layer_sample 32), each full download into a fresh HF cache, each REPEAT
+# times (default 3; the median is compared). Prints bytes downloaded against the file size,
+# requests and wall time.
 # Targets: ranges <= 2 % of the file for one seed, <= 10 % for ten, >= 10x faster than full
-# at ten seeds.
+# at ten seeds; the .bin's ranged share and time within 10 % of the safetensors case.
 #
 # With taskset and two or more CPUs, the Hub runs on CPU 1 and the fetches on CPU 0: a real
 # Hub does not take the worker's CPU, and tens of thousands of small requests cost the server as
@@ -33,8 +35,13 @@ bench=$root/target/release/examples/fetch_bench
 if [ ! -f "$ckpt/model.safetensors" ]; then
   "$bin" synth --like "$model" "$ckpt"
 fi
-# Both paths read the served file from page cache, so disk speed does not decide.
-cat "$ckpt/model.safetensors" > /dev/null
+bin_repo=$repo-bin
+bin_ckpt=$hub_dir/$bin_repo/step0
+if [ ! -f "$bin_ckpt/pytorch_model.bin" ]; then
+  python3 "$root/scripts/make-bin-fixtures.py" --convert "$ckpt" "$bin_ckpt"
+fi
+# Every path reads the served files from page cache, so disk speed does not decide.
+cat "$ckpt/model.safetensors" "$bin_ckpt/pytorch_model.bin" > /dev/null
 
 # The fetcher refuses a loopback endpoint that proxy settings would capture.
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
@@ -59,22 +66,25 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-common=(--endpoint "$endpoint" --repo "$repo" --revision step0 --layer-sample 32)
+common=(--endpoint "$endpoint" --revision step0 --layer-sample 32)
 # The first request makes the server hash the file (seconds); the plans are worth seeing anyway.
 echo "== plans (no weights downloaded)"
 for seeds in 0..1 0..10; do
-  "$bench" "${common[@]}" --seeds "$seeds" --cache "$work/plan" \
+  "$bench" "${common[@]}" --repo "$repo" --seeds "$seeds" --cache "$work/plan" \
     --plan-gaps 0,256,1024,4096,16384,65536
+  "$bench" "${common[@]}" --repo "$bin_repo" --seeds "$seeds" --cache "$work/plan-bin" \
+    --plan-gaps 4096
 done
 
 echo "== fetches through the Hub at $mbps MB/s"
 results=$work/results.txt
 for seeds in 0..1 0..10; do
-  for mode in ranges full; do
+  for run in "safetensors ranges $repo" "pytorch-bin ranges $bin_repo" "safetensors full $repo"; do
+    read -r format mode name <<< "$run"
     for _ in $(seq "$repeat"); do
       cache=$work/cache-$mode-$seeds
-      "${worker_cpu[@]}" "$bench" "${common[@]}" --seeds "$seeds" --mode "$mode" --cache "$cache" \
-        --analyze | tee -a "$results"
+      "${worker_cpu[@]}" "$bench" "${common[@]}" --repo "$name" --seeds "$seeds" --mode "$mode" \
+        --cache "$cache" --analyze | sed "s/^fetch /fetch format=$format /" | tee -a "$results"
       rm -rf "$cache"
     done
   done
@@ -89,30 +99,37 @@ for line in open(sys.argv[1]):
     kv = dict(f.split("=", 1) for f in fields)
     if kind == "fetch":
         n = len(range(*map(int, kv["seeds"].split(".."))))
-        runs.setdefault((kv["mode"], n), []).append(kv)
+        runs.setdefault((kv["format"], kv["mode"], n), []).append(kv)
     elif kind == "analyze":
         alphas.setdefault(kv["seeds"], set()).add(kv["alpha0_first"])
 mbps = float(sys.argv[2])
-print(f"\n{'mode':7} {'seeds':6} {'downloaded':>12} {'of file':>8} {'requests':>9} "
+print(f"\n{'format':12} {'mode':7} {'seeds':6} {'downloaded':>12} {'of file':>8} {'requests':>9} "
       f"{'wall (median)':>14}  runs")
 wall, share = {}, {}
-for (mode, n), rs in runs.items():
+for key, rs in sorted(runs.items()):
+    fmt, mode, n = key
     walls = sorted(float(r["wall_s"]) for r in rs)
-    wall[(mode, n)] = statistics.median(walls)
-    share[(mode, n)] = 100 * float(rs[0]["share"])
-    print(f"{mode:7} {n:<6} {int(rs[0]['bytes']) / 1e6:>9.1f} MB {share[(mode, n)]:>7.2f}% "
-          f"{rs[0]['requests']:>9} {wall[(mode, n)]:>13.2f}s  "
-          + " ".join(f"{w:.2f}" for w in walls))
-file_bytes = int(next(iter(runs.values()))[0]["file_bytes"])
+    wall[key] = statistics.median(walls)
+    share[key] = 100 * float(rs[0]["share"])
+    print(f"{fmt:12} {mode:7} {n:<6} {int(rs[0]['bytes']) / 1e6:>9.1f} MB {share[key]:>7.2f}% "
+          f"{rs[0]['requests']:>9} {wall[key]:>13.2f}s  " + " ".join(f"{w:.2f}" for w in walls))
+file_bytes = int(runs[("safetensors", "full", 1)][0]["file_bytes"])
 print(f"file: {file_bytes / 1e6:.1f} MB; its transfer alone at {mbps:g} MB/s takes "
       f"{file_bytes / (mbps * 1e6):.1f} s")
-speedup = wall[("full", 10)] / wall[("ranges", 10)]
+st = lambda n: ("safetensors", "ranges", n)
+speedup = wall[("safetensors", "full", 10)] / wall[st(10)]
 ok = lambda good: "met" if good else "MISSED"
-one, ten = share[("ranges", 1)], share[("ranges", 10)]
+one, ten = share[st(1)], share[st(10)]
 print(f"target ranges, 1 seed  <= 2 %:   {one:.2f} % {ok(one <= 2)}")
 print(f"target ranges, 10 seeds <= 10 %: {ten:.2f} % {ok(ten <= 10)}")
 print(f"target full/ranges at 10 seeds >= 10x (medians): {speedup:.1f}x {ok(speedup >= 10)}")
+for n in (1, 10):
+    b = ("pytorch-bin", "ranges", n)
+    share_ratio, wall_ratio = share[b] / share[st(n)], wall[b] / wall[st(n)]
+    print(f"target .bin against safetensors, {n} seed(s), within 10 %: share {share[b]:.2f} % "
+          f"({share_ratio:.3f}x) {ok(share_ratio <= 1.1)}, time {wall[b]:.2f} s "
+          f"({wall_ratio:.3f}x) {ok(wall_ratio <= 1.1)}")
 same = all(len(v) == 1 for v in alphas.values())
-print(f"alpha0 of the first seed, every run: {'identical' if same else 'DIFFERENT'} "
+print(f"alpha0 of the first seed, every run and format: {'identical' if same else 'DIFFERENT'} "
       f"{ {k: sorted(v) for k, v in alphas.items()} }")
 PY

@@ -2,6 +2,12 @@
 """Writes PyTorch `.bin` twins of the golden tiny GPT-NeoX checkpoints, without torch.
 
     python3 scripts/make-bin-fixtures.py [--golden tests/data/golden/tiny-neox] [--out tests/data/bin]
+    python3 scripts/make-bin-fixtures.py --convert SRC OUT
+
+With `--convert` it writes any safetensors checkpoint SRC (`config.json`, `model.safetensors`)
+as a torch-style OUT/pytorch_model.bin, one storage per tensor, streaming the tensors' bytes
+(for benchmarks at real scale: `scripts/bench-fetch.sh` converts a pythia-1b-shaped
+checkpoint).
 
 The archives are laid out as torch.save writes them (PyTorchStreamWriter over miniz): every
 record under one folder named after the file's stem, stored uncompressed, general-purpose
@@ -79,11 +85,23 @@ def torch_global(module, name):
 
 
 class Storage:
-    """A storage: its key in the archive, its type, and its bytes."""
+    """A storage: its key in the archive, its type, and its bytes (or, for a conversion,
+    where they are: `source` = (path, offset, length), read in chunks when written)."""
 
-    def __init__(self, key, dtype, data):
-        self.key, self.dtype, self.data = key, dtype, data
-        self.numel = len(data) // ELEMENT_SIZE[dtype]
+    def __init__(self, key, dtype, data, source=None):
+        self.key, self.dtype, self.data, self.source = key, dtype, data, source
+        length = len(data) if source is None else source[2]
+        self.numel = length // ELEMENT_SIZE[dtype]
+
+    def chunks(self, size=16 << 20):
+        path, offset, length = self.source
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while length > 0:
+                chunk = f.read(min(size, length))
+                assert chunk, f"{path} ends early"
+                length -= len(chunk)
+                yield chunk
 
 
 class Tensor:
@@ -122,37 +140,50 @@ def pickle_state(state):
 # --- the zip container, as PyTorchStreamWriter and miniz write it ------------------------
 
 class TorchZipWriter:
-    def __init__(self, prefix, zip64=False):
+    """Writes to `out` (a binary stream; in memory by default), record by record."""
+
+    def __init__(self, prefix, zip64=False, out=None):
         self.prefix, self.zip64 = prefix, zip64
-        self.out = bytearray()
+        self.out = out if out is not None else io.BytesIO()
         self.entries = []
 
     def record(self, name, data, method=0, flags=FLAGS):
         if isinstance(data, str):
             data = data.encode()
-        name = f"{self.prefix}/{name}".encode()
-        offset = len(self.out)
-        crc = zlib.crc32(data)
         stored = data
         if method == 8:
             compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
             stored = compressor.compress(data) + compressor.flush()
+        self.record_stream(name, len(data), len(stored), [stored], zlib.crc32(data), method, flags)
+
+    def record_stream(self, name, size, stored_len, chunks, crc=None, method=0, flags=FLAGS):
+        """A record whose stored bytes come in `chunks` (`stored_len` bytes, `size`
+        unpacked); the CRC is computed on the way when not given (stored records only)."""
+        name = f"{self.prefix}/{name}".encode()
+        offset = self.out.tell()
         zip64_extra = b""
         if self.zip64:
-            zip64_extra = struct.pack("<HHQQQ", 1, 24, len(data), len(stored), offset)
+            zip64_extra = struct.pack("<HHQQQ", 1, 24, size, stored_len, offset)
         # getPadding: data starts at the next multiple of 64 after header, name and extras.
         start = offset + 30 + len(name) + len(zip64_extra) + 4
         padding = -start % ALIGNMENT
         extra = zip64_extra + b"FB" + struct.pack("<H", padding) + b"Z" * padding
         version = 45 if self.zip64 else 0
-        self.out += struct.pack("<IHHHHHIIIHH", 0x04034B50, version, flags, method, 0, 0,
-                                0, 0, 0, len(name), len(extra))
-        self.out += name + extra + stored
+        self.out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, version, flags, method, 0, 0,
+                                   0, 0, 0, len(name), len(extra)))
+        self.out.write(name + extra)
+        running, written = 0, 0
+        for chunk in chunks:
+            self.out.write(chunk)
+            running = zlib.crc32(chunk, running)
+            written += len(chunk)
+        assert written == stored_len, (name, written, stored_len)
+        crc = running if crc is None else crc
         if self.zip64:
-            self.out += struct.pack("<IIQQ", 0x08074B50, crc, len(stored), len(data))
+            self.out.write(struct.pack("<IIQQ", 0x08074B50, crc, stored_len, size))
         else:
-            self.out += struct.pack("<IIII", 0x08074B50, crc, len(stored), len(data))
-        self.entries.append((name, offset, crc, len(stored), len(data), method, flags))
+            self.out.write(struct.pack("<IIII", 0x08074B50, crc, stored_len, size))
+        self.entries.append((name, offset, crc, stored_len, size, method, flags))
 
     def finish(self):
         directory = bytearray()
@@ -166,20 +197,20 @@ class TorchZipWriter:
                                      flags, method, 0, 0, crc, fields[0], fields[1],
                                      len(name), len(extra), 0, 0, 0, 0, fields[2])
             directory += name + extra
-        directory_at = len(self.out)
-        self.out += directory
+        directory_at = self.out.tell()
+        self.out.write(directory)
         count = len(self.entries)
         if self.zip64:
-            record_at = len(self.out)
-            self.out += struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count,
-                                    len(directory), directory_at)
-            self.out += struct.pack("<IIQI", 0x07064B50, 0, record_at, 1)
-            self.out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF,
-                                    ZIP64_MARK, ZIP64_MARK, 0)
+            record_at = self.out.tell()
+            self.out.write(struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count,
+                                       count, len(directory), directory_at))
+            self.out.write(struct.pack("<IIQI", 0x07064B50, 0, record_at, 1))
+            self.out.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF,
+                                       ZIP64_MARK, ZIP64_MARK, 0))
         else:
-            self.out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count,
-                                    len(directory), directory_at, 0)
-        return bytes(self.out)
+            self.out.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count,
+                                       len(directory), directory_at, 0))
+        return self.out.getvalue() if isinstance(self.out, io.BytesIO) else None
 
 
 def serialization_id(records):
@@ -188,10 +219,10 @@ def serialization_id(records):
     return str(int.from_bytes(digest[:16], "little"))[:40].rjust(40, "0")
 
 
-def torch_save(state, storages, prefix, modern=True, zip64=False, tamper=None):
-    """The bytes torch.save(state) writes. `tamper(name, data)` may return
-    (data, method, flags) to damage one record."""
-    writer = TorchZipWriter(prefix, zip64)
+def torch_save(state, storages, prefix, modern=True, zip64=False, tamper=None, out=None):
+    """The bytes torch.save(state) writes (into `out` instead when given). `tamper(name,
+    data)` may return (data, method, flags) to damage one record."""
+    writer = TorchZipWriter(prefix, zip64, out)
     tamper = tamper or (lambda name, data: (data, 0, FLAGS))
     names = []
 
@@ -207,7 +238,13 @@ def torch_save(state, storages, prefix, modern=True, zip64=False, tamper=None):
         record(".storage_alignment", "64")
         record("byteorder", "little")
     for key in sorted(storages):  # torch sorts keys as strings: 0, 1, 10, 11, …, 2
-        record(f"data/{key}", storages[key].data)
+        storage = storages[key]
+        if storage.source is None:
+            record(f"data/{key}", storage.data)
+        else:
+            names.append(f"data/{key}")
+            length = storage.source[2]
+            writer.record_stream(f"data/{key}", length, length, storage.chunks())
     if modern:
         record("version", "3\n")
         record(".data/serialization_id", serialization_id(names))
@@ -487,13 +524,55 @@ def write_bad(golden_root, out):
         write_checkpoint(directory, golden_dir, {"pytorch_model.bin": bad_archive(case)})
 
 
+def read_safetensors_header(path):
+    """name -> (dtype, shape, absolute offset, length), in file order, reading the header
+    only."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    header.pop("__metadata__", None)
+    ordered = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
+    return collections.OrderedDict(
+        (name, (info["dtype"], info["shape"], 8 + header_len + info["data_offsets"][0],
+                info["data_offsets"][1] - info["data_offsets"][0]))
+        for name, info in ordered)
+
+
+def convert(source, out):
+    """Writes `source`'s model.safetensors as `out`/pytorch_model.bin, as torch.save writes
+    a state dict (one storage per tensor, in file order), streaming the tensors' bytes: a
+    multi-gigabyte checkpoint is never held in memory. config.json is copied."""
+    path = os.path.join(source, "model.safetensors")
+    builder, state = StateBuilder(), collections.OrderedDict()
+    for name, (dtype, shape, offset, length) in read_safetensors_header(path).items():
+        storage = Storage(str(len(builder.storages)), dtype, None, source=(path, offset, length))
+        builder.storages[storage.key] = storage
+        state[name] = Tensor(storage, 0, shape, contiguous_strides(shape))
+    state._metadata = collections.OrderedDict([("", {"version": 1})])
+    os.makedirs(out, exist_ok=True)
+    shutil.copyfile(os.path.join(source, "config.json"), os.path.join(out, "config.json"))
+    # torch writes ZIP64 records once offsets or sizes no longer fit 32 bits.
+    zip64 = os.path.getsize(path) > 0xFFFF0000
+    target = os.path.join(out, "pytorch_model.bin")
+    with open(target + ".partial", "wb") as f:
+        torch_save(state, builder.storages, "pytorch_model", zip64=zip64, out=f)
+    os.replace(target + ".partial", target)
+    return target
+
+
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--golden", default=os.path.join(root, "tests/data/golden/tiny-neox"))
     parser.add_argument("--out", default=os.path.join(root, "tests/data/bin"))
+    parser.add_argument("--convert", nargs=2, metavar=("SRC", "OUT"),
+                        help="write SRC/model.safetensors as OUT/pytorch_model.bin (streaming) "
+                             "instead of writing the fixtures")
     args = parser.parse_args()
     install_torch_stand_ins()
+    if args.convert:
+        print(f"wrote {convert(*args.convert)}")
+        return
     write_single(args.golden, args.out)
     write_sharded(args.golden, args.out)
     write_bad(args.golden, args.out)

@@ -48,9 +48,10 @@ async fn resolve_all(
     out
 }
 
-/// Resolves every checkpoint of the grid not resolved yet, groups identical weights and
-/// applies the spec's duplicate policy. A revision that cannot be resolved is left as
-/// unique (its tasks still run, and fail with the reason if it does not exist).
+/// Resolves every checkpoint of the grid not resolved yet (or resolved before weight formats
+/// were recorded), groups identical weights and applies the spec's duplicate policy. A
+/// revision that cannot be resolved is left as unique (its tasks still run, and fail with
+/// the reason if it does not exist).
 pub async fn resolve_grid(state: &mut SweepState, settings: &HubSettings) -> Result<()> {
     let unresolved = state.unresolved();
     if !unresolved.is_empty() {
@@ -63,7 +64,13 @@ pub async fn resolve_grid(state: &mut SweepState, settings: &HubSettings) -> Res
         state.transaction(|s| {
             for (repo, step, result) in &resolved {
                 match result {
-                    Ok(r) => s.record_resolution(repo, *step, &r.commit, &r.weights_sha256)?,
+                    Ok(r) => s.record_resolution(
+                        repo,
+                        *step,
+                        &r.commit,
+                        &r.weights_sha256,
+                        r.format,
+                    )?,
                     Err(e) => tracing::warn!(model = %repo, step, error = %e, "cannot check this checkpoint's weights"),
                 }
             }
@@ -115,6 +122,8 @@ struct AuditRow {
     step: u64,
     revision: String,
     commit: Option<String>,
+    /// `safetensors` or `pytorch-bin`: the files read.
+    format: Option<String>,
     weights_sha256: Option<String>,
     duplicate_of: Option<u64>,
     error: Option<String>,
@@ -168,6 +177,7 @@ pub async fn audit(args: AuditArgs) -> Result<()> {
             step: *step,
             revision: args.revision_format.replace("{step}", &step.to_string()),
             commit: r.as_ref().ok().map(|r| r.commit.clone()),
+            format: r.as_ref().ok().map(|r| r.format.to_string()),
             weights_sha256: r.as_ref().ok().map(|r| r.weights_sha256.clone()),
             duplicate_of: duplicates.get(&(args.repo.clone(), *step)).copied(),
             error: r.as_ref().err().cloned(),
@@ -211,8 +221,8 @@ fn print_audit_json(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>)
 fn print_audit_table(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>)]) {
     println!("{repo}: {} steps checked", rows.len());
     println!(
-        "{:>8}  {:<12} {:<16} note",
-        "step", "commit", "weights sha256"
+        "{:>8}  {:<12} {:<11} {:<16} note",
+        "step", "commit", "format", "weights sha256"
     );
     for r in rows {
         let note = match (&r.duplicate_of, &r.error) {
@@ -221,9 +231,10 @@ fn print_audit_table(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>
             (None, None) => String::new(),
         };
         println!(
-            "{:>8}  {:<12} {:<16} {note}",
+            "{:>8}  {:<12} {:<11} {:<16} {note}",
             r.step,
             r.commit.as_deref().map_or("-", |c| &c[..c.len().min(12)]),
+            r.format.as_deref().unwrap_or("-"),
             r.weights_sha256
                 .as_deref()
                 .map_or("-", |h| &h[..h.len().min(16)]),

@@ -581,8 +581,17 @@ fn print_status(s: &StatusReport) {
     for m in &s.models {
         let e = m.latest_e.map_or("-".into(), |e| format!("{e:.4}"));
         let step = m.latest_step.map_or("-".into(), |v| v.to_string());
+        let formats: Vec<String> = m
+            .weights_formats
+            .iter()
+            .map(|(format, steps)| format!("{format} ({steps} steps)"))
+            .collect();
+        let formats = match formats.is_empty() {
+            true => "not resolved yet".to_string(),
+            false => formats.join(", "),
+        };
         println!(
-            "  {:<40} {:>6}/{:<6} latest step {step:>7}  E {e}  fetched {:.1} MB in {} requests, {:.1} s",
+            "  {:<40} {:>6}/{:<6} latest step {step:>7}  E {e}  fetched {:.1} MB in {} requests, {:.1} s  weights: {formats}",
             m.model,
             m.done,
             m.total,

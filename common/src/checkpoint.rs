@@ -18,7 +18,7 @@ use memmap2::{Mmap, MmapOptions};
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, TorchError};
+use crate::error::Error;
 use crate::layout::{BlockTensor, ModelShape};
 use crate::torch::TorchFile;
 
@@ -95,6 +95,33 @@ pub struct WeightFiles {
 }
 
 impl WeightFiles {
+    /// Every way a checkpoint may keep its weights, in the order [`choose_weight_files`]
+    /// prefers them.
+    pub const ALL: [WeightFiles; 4] = [
+        WeightFiles {
+            format: WeightFormat::Safetensors,
+            sharded: false,
+        },
+        WeightFiles {
+            format: WeightFormat::Safetensors,
+            sharded: true,
+        },
+        WeightFiles {
+            format: WeightFormat::PytorchBin,
+            sharded: false,
+        },
+        WeightFiles {
+            format: WeightFormat::PytorchBin,
+            sharded: true,
+        },
+    ];
+
+    /// The names [`choose_weight_files`] looks for in a listing, in its order: all a
+    /// listing needs to hold for the choice.
+    pub fn candidates() -> [&'static str; 4] {
+        WeightFiles::ALL.map(WeightFiles::entry_file)
+    }
+
     /// The file that names the weights: the single file, or the index of the shards.
     pub fn entry_file(self) -> &'static str {
         match self.sharded {
@@ -109,18 +136,42 @@ impl WeightFiles {
 /// then `pytorch_model.bin`, then `pytorch_model.bin.index.json`. `None` when there is none.
 pub fn choose_weight_files<S: AsRef<str>>(listing: &[S]) -> Option<WeightFiles> {
     let has = |name: &str| listing.iter().any(|f| f.as_ref() == name);
-    WeightFormat::ALL
+    WeightFiles::ALL
         .into_iter()
-        .flat_map(|format| [false, true].map(|sharded| WeightFiles { format, sharded }))
         .find(|files| has(files.entry_file()))
+}
+
+/// Names what [`choose_weight_files`] looks for, for messages saying none was found.
+pub fn weight_file_names() -> String {
+    format!("{SINGLE_FILE}, {INDEX_FILE}, {TORCH_SINGLE_FILE} or {TORCH_INDEX_FILE}")
 }
 
 /// Says that a directory holds no weight file [`choose_weight_files`] knows.
 fn no_weight_files() -> String {
-    format!(
-        "no {SINGLE_FILE} and no {INDEX_FILE} in this directory, nor {TORCH_SINGLE_FILE} or \
-         {TORCH_INDEX_FILE}"
-    )
+    format!("no {} in this directory", weight_file_names())
+}
+
+/// The `weight_map` of a shard index (`model.safetensors.index.json` or
+/// `pytorch_model.bin.index.json`): tensor name → shard file. Refuses text that is not such
+/// an index, an empty map, and shard names that could climb out of the checkpoint's folder
+/// (they become paths).
+pub fn parse_shard_index(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let index: ShardIndex =
+        serde_json::from_str(text).map_err(|e| format!("not a valid index of shards: {e}"))?;
+    if index.weight_map.is_empty() {
+        return Err("the weight_map is empty".to_string());
+    }
+    for shard in index.weight_map.values() {
+        let safe = shard
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains(['\\', '\0']));
+        if !safe {
+            return Err(format!(
+                "the weight_map names an unsafe shard path {shard:?}"
+            ));
+        }
+    }
+    Ok(index.weight_map)
 }
 
 /// Element types a checkpoint may store weights in; all are widened to f64.
@@ -410,11 +461,11 @@ fn files_of(
     }
     let index_path = dir.join(files.format.index_file());
     let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-    let index: ShardIndex = serde_json::from_str(&text).map_err(|e| Error::Config {
+    let weight_map = parse_shard_index(&text).map_err(|message| Error::Config {
         path: index_path.clone(),
-        message: format!("not a valid index of shards: {e}"),
+        message,
     })?;
-    Ok((files.format, index.weight_map.into_iter().collect()))
+    Ok((files.format, weight_map.into_iter().collect()))
 }
 
 /// Refuses a layout that is not the expected matrix or runs past its file.
@@ -470,17 +521,7 @@ impl MappedFile {
             }
             Contents::Torch(torch) => match torch.layout(&self.map, name, &self.name) {
                 Ok(layout) => layout.ok_or_else(missing),
-                Err(TorchError::UnsupportedStorage { tensor, storage }) => {
-                    Err(Error::UnsupportedDtype {
-                        path: self.path.clone(),
-                        tensor,
-                        dtype: storage,
-                    })
-                }
-                Err(problem) => Err(Error::Torch {
-                    path: self.path.clone(),
-                    problem,
-                }),
+                Err(problem) => Err(Error::torch(&self.path, problem)),
             },
         }
     }
@@ -520,14 +561,9 @@ fn map_file(dir: &Path, name: &str, format: WeightFormat) -> Result<MappedFile, 
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Random);
     let contents = match format {
-        WeightFormat::PytorchBin => {
-            TorchFile::parse(&map)
-                .map(Contents::Torch)
-                .map_err(|problem| Error::Torch {
-                    path: path.clone(),
-                    problem,
-                })?
-        }
+        WeightFormat::PytorchBin => TorchFile::parse(&map)
+            .map(Contents::Torch)
+            .map_err(|problem| Error::torch(&path, problem))?,
         WeightFormat::Safetensors => {
             // Parsing validates the header, every tensor's offsets, and the file length.
             let (header_len, metadata) =

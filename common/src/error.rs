@@ -97,6 +97,23 @@ pub enum TorchError {
 }
 
 impl Error {
+    /// The error for a `.bin` file that `problem` makes unreadable: a storage type weights
+    /// cannot have is an unsupported dtype, as in a safetensors file; anything else a
+    /// corrupt archive.
+    pub fn torch(path: impl Into<PathBuf>, problem: TorchError) -> Self {
+        match problem {
+            TorchError::UnsupportedStorage { tensor, storage } => Error::UnsupportedDtype {
+                path: path.into(),
+                tensor,
+                dtype: storage,
+            },
+            problem => Error::Torch {
+                path: path.into(),
+                problem,
+            },
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

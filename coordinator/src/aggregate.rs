@@ -93,6 +93,7 @@ impl<'a> Selection<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::StoredRevision;
     use crate::spec::CheckpointKey;
 
     fn ledger() -> Ledger {
@@ -104,11 +105,12 @@ mod tests {
         // Step 0 serves step 20's weights.
         Ledger::new(
             vec![key(0), key(10), key(20)],
-            [
-                ("m".to_string(), 0, "late".to_string()),
-                ("m".to_string(), 10, "mid".to_string()),
-                ("m".to_string(), 20, "late".to_string()),
-            ],
+            [(0, "late"), (10, "mid"), (20, "late")].map(|(step, hash)| StoredRevision {
+                model: "m".to_string(),
+                step,
+                weights_sha256: hash.to_string(),
+                format: None,
+            }),
         )
     }
 

@@ -51,6 +51,9 @@ pub struct TaskRow {
     pub kept_nodes: Option<usize>,
     /// sha256 of the checkpoint's weights, as the Hub reports it.
     pub weights_sha256: String,
+    /// `safetensors` or `pytorch-bin`: the files the weights were read from (empty while
+    /// not resolved).
+    pub weights_format: String,
     /// The later step of the same model that serves identical weights.
     pub duplicate_of: Option<u64>,
 }
@@ -64,6 +67,8 @@ pub struct AggregateRow {
     pub parameters: u64,
     pub aggregate: StepAggregate,
     pub weights_sha256: String,
+    /// `safetensors` or `pytorch-bin` (empty while not resolved).
+    pub weights_format: String,
     /// Set when this step serves the same weights as the later step named here.
     pub duplicate_of: Option<u64>,
 }
@@ -74,7 +79,7 @@ pub struct AggregateRow {
 impl Serialize for AggregateRow {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let a = &self.aggregate;
-        let mut row = serializer.serialize_struct("AggregateRow", 16)?;
+        let mut row = serializer.serialize_struct("AggregateRow", 17)?;
         row.serialize_field("model", &self.model)?;
         row.serialize_field("parameters", &self.parameters)?;
         row.serialize_field("step", &a.step)?;
@@ -90,6 +95,7 @@ impl Serialize for AggregateRow {
         row.serialize_field("E_per_seed_var", &a.e_per_seed_var)?;
         row.serialize_field("E_per_seed_var_ddof1", &a.e_per_seed_var_ddof1)?;
         row.serialize_field("weights_sha256", &self.weights_sha256)?;
+        row.serialize_field("weights_format", &self.weights_format)?;
         row.serialize_field("duplicate_of", &self.duplicate_of)?;
         row.end()
     }
@@ -180,6 +186,7 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
             edges: result.as_ref().map(|r| r.edges),
             kept_nodes: result.as_ref().map(|r| r.kept_nodes),
             weights_sha256: ledger.weights_of(slot).unwrap_or_default().to_string(),
+            weights_format: ledger.format_name(slot).to_string(),
             duplicate_of: ledger
                 .original_of(slot)
                 .map(|o| ledger.checkpoints()[o].step),
@@ -218,6 +225,7 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
                     .and_then(|s| ledger.weights_of(s))
                     .unwrap_or_default()
                     .to_string(),
+                weights_format: slot.map_or("", |s| ledger.format_name(s)).to_string(),
                 duplicate_of: slot
                     .and_then(|s| ledger.original_of(s))
                     .map(|o| ledger.checkpoints()[o].step),
@@ -410,11 +418,10 @@ fn summary_markdown(data: &ExportData) -> String {
 /// Per model, its aggregates by step.
 fn model_tables(md: &mut String, data: &ExportData) {
     for model in &data.spec.models {
-        let rows: Vec<&StepAggregate> = data
+        let rows: Vec<&AggregateRow> = data
             .aggregates
             .iter()
             .filter(|a| a.model == model.repo)
-            .map(|a| &a.aggregate)
             .collect();
         if rows.is_empty() {
             continue;
@@ -422,14 +429,15 @@ fn model_tables(md: &mut String, data: &ExportData) {
         let _ = writeln!(md, "## {}\n", model.repo);
         let _ = writeln!(
             md,
-            "| step | seeds | α0 mean | α0 sd | w mean | w sd | E (means) | E (per seed) |"
+            "| step | seeds | α0 mean | α0 sd | w mean | w sd | E (means) | E (per seed) | weights |"
         );
-        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         let fmt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.4}"));
-        for a in rows {
+        for row in rows {
+            let a = &row.aggregate;
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} |",
+                "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} | {} |",
                 a.step,
                 a.seeds,
                 a.alpha0_mean,
@@ -437,7 +445,8 @@ fn model_tables(md: &mut String, data: &ExportData) {
                 a.width_mean,
                 a.width_var.sqrt(),
                 fmt(a.e_from_means),
-                fmt(a.e_per_seed_mean)
+                fmt(a.e_per_seed_mean),
+                row.weights_format
             );
         }
         let _ = writeln!(md);

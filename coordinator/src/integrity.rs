@@ -6,9 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use neuromfa_common::WeightFormat;
 use serde::{Deserialize, Serialize};
 
-use crate::record::Change;
+use crate::record::{Change, StoredRevision};
 use crate::spec::CheckpointKey;
 
 /// What a sweep does with a step whose weights duplicate another step's.
@@ -56,16 +57,19 @@ pub struct Ledger {
     slots: HashMap<String, HashMap<u64, usize>>,
     /// Per checkpoint: the sha256 of its weights, once resolved.
     weights: Vec<Option<String>>,
+    /// Per checkpoint: the format of its weight files, once resolved (not known for
+    /// resolutions stored before formats were).
+    formats: Vec<Option<WeightFormat>>,
     /// Duplicated checkpoint → the checkpoint whose weights it serves too.
     original: HashMap<usize, usize>,
 }
 
 impl Ledger {
-    /// The ledger of `checkpoints` given the stored resolutions `(model, step, sha256)`
-    /// (those outside the grid are ignored), grouped.
+    /// The ledger of `checkpoints` given the stored resolutions (those outside the grid
+    /// are ignored), grouped.
     pub fn new(
         checkpoints: Vec<CheckpointKey>,
-        revisions: impl IntoIterator<Item = (String, u64, String)>,
+        revisions: impl IntoIterator<Item = StoredRevision>,
     ) -> Self {
         let mut slots: HashMap<String, HashMap<u64, usize>> = HashMap::new();
         for (i, k) in checkpoints.iter().enumerate() {
@@ -73,13 +77,15 @@ impl Ledger {
         }
         let mut ledger = Ledger {
             weights: vec![None; checkpoints.len()],
+            formats: vec![None; checkpoints.len()],
             checkpoints,
             slots,
             original: HashMap::new(),
         };
-        for (model, step, hash) in revisions {
-            if let Some(slot) = ledger.slot(&model, step) {
-                ledger.weights[slot] = Some(hash);
+        for r in revisions {
+            if let Some(slot) = ledger.slot(&r.model, r.step) {
+                ledger.weights[slot] = Some(r.weights_sha256);
+                ledger.formats[slot] = r.format;
             }
         }
         ledger.regroup();
@@ -95,12 +101,13 @@ impl Ledger {
         self.slots.get(model)?.get(&step).copied()
     }
 
-    /// Checkpoints whose weights have not been resolved yet.
+    /// Checkpoints whose weights have not been resolved yet, or whose format is not
+    /// known (resolved before formats were recorded).
     pub fn unresolved(&self) -> Vec<CheckpointKey> {
         self.checkpoints
             .iter()
-            .zip(&self.weights)
-            .filter(|(_, h)| h.is_none())
+            .zip(self.weights.iter().zip(&self.formats))
+            .filter(|(_, (h, f))| h.is_none() || f.is_none())
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -113,14 +120,17 @@ impl Ledger {
         step: u64,
         commit: &str,
         weights_sha256: &str,
+        format: WeightFormat,
     ) -> Option<Change> {
         let slot = self.slot(model, step)?;
         self.weights[slot] = Some(weights_sha256.to_string());
+        self.formats[slot] = Some(format);
         Some(Change::RevisionResolved {
             model: model.to_string(),
             step,
             commit: commit.to_string(),
             weights_sha256: weights_sha256.to_string(),
+            format,
         })
     }
 
@@ -148,6 +158,16 @@ impl Ledger {
     /// The sha256 of a checkpoint's weights, once resolved.
     pub fn weights_of(&self, slot: usize) -> Option<&str> {
         self.weights.get(slot)?.as_deref()
+    }
+
+    /// The format of a checkpoint's weight files, once resolved.
+    pub fn format_of(&self, slot: usize) -> Option<WeightFormat> {
+        self.formats.get(slot).copied().flatten()
+    }
+
+    /// The name of that format, empty while not known (for tables).
+    pub fn format_name(&self, slot: usize) -> &'static str {
+        self.format_of(slot).map_or("", WeightFormat::as_str)
     }
 
     /// Every duplicated checkpoint and its original, by model and step.

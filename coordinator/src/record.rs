@@ -2,7 +2,7 @@
 //! the store holds (`Stored…`, read back on open) and what a decision changed (`Change`,
 //! written by the store before the decision is acknowledged). Data, not decisions.
 
-use neuromfa_common::SeedResult;
+use neuromfa_common::{SeedResult, WeightFormat};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -141,5 +141,16 @@ pub enum Change {
         step: u64,
         commit: String,
         weights_sha256: String,
+        format: WeightFormat,
     },
+}
+
+/// A checkpoint's resolution as stored: the hash of its weights and their format (`None`
+/// for resolutions stored before formats were recorded, until resolved again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRevision {
+    pub model: String,
+    pub step: u64,
+    pub weights_sha256: String,
+    pub format: Option<WeightFormat>,
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use neuromfa_common::stats::StepAggregate;
-use neuromfa_common::AnalysisParams;
+use neuromfa_common::{AnalysisParams, WeightFormat};
 
 pub use crate::error::StateError;
 use crate::integrity::{DuplicatePolicy, Ledger};
@@ -177,8 +177,12 @@ impl SweepState {
         step: u64,
         commit: &str,
         weights_sha256: &str,
+        format: WeightFormat,
     ) -> Result<()> {
-        match self.ledger.record(model, step, commit, weights_sha256) {
+        match self
+            .ledger
+            .record(model, step, commit, weights_sha256, format)
+        {
             Some(change) => self.store.apply(&[change]),
             None => Ok(()),
         }

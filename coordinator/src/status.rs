@@ -53,6 +53,9 @@ pub struct ModelProgress {
     /// What fetching this model's finished tasks cost.
     #[serde(default)]
     pub fetch: FetchTotals,
+    /// Which weight formats its steps serve: format → steps (resolved steps only).
+    #[serde(default)]
+    pub weights_formats: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -223,6 +226,13 @@ fn models(spec: &SweepSpec, schedule: &Schedule, ledger: &Ledger) -> Vec<ModelPr
             fetch.fetch_ms += r.fetch_ms;
         }
     }
+    let mut formats: HashMap<&str, BTreeMap<String, usize>> = HashMap::new();
+    for (slot, key) in ledger.checkpoints().iter().enumerate() {
+        if let Some(format) = ledger.format_of(slot) {
+            let counts = formats.entry(key.model.as_str()).or_default();
+            *counts.entry(format.to_string()).or_default() += 1;
+        }
+    }
     let aggregates = live_aggregates(schedule, ledger, spec.duplicates);
     spec.models
         .iter()
@@ -236,6 +246,7 @@ fn models(spec: &SweepSpec, schedule: &Schedule, ledger: &Ledger) -> Vec<ModelPr
                 latest_step: latest.map(|a| a.step),
                 latest_e: latest.and_then(|a| a.e_from_means),
                 fetch,
+                weights_formats: formats.remove(m.repo.as_str()).unwrap_or_default(),
             }
         })
         .collect()

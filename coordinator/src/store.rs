@@ -10,7 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::error::StateError;
 use crate::record::{
-    Change, StoredResult, StoredTask, StoredWorker, TaskMetrics, TaskProgress, TaskState,
+    Change, StoredResult, StoredRevision, StoredTask, StoredWorker, TaskMetrics, TaskProgress,
+    TaskState,
 };
 use crate::spec::SweepSpec;
 
@@ -95,17 +96,28 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS revisions (
     checkpoint_id INTEGER PRIMARY KEY REFERENCES checkpoints(id),
     revision_commit TEXT NOT NULL,
-    weights_sha256 TEXT NOT NULL
+    weights_sha256 TEXT NOT NULL,
+    weights_format TEXT NOT NULL DEFAULT ''
 );
 ";
 
-/// Columns added since the first schema, for state directories made before them.
+/// Columns added since the first schema, for state directories made before them: each
+/// `(table, column, definition)`. Rows stored before read the default (`''`: not known).
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    ("results", "fetch_mode", "TEXT NOT NULL DEFAULT ''"),
+    ("revisions", "weights_format", "TEXT NOT NULL DEFAULT ''"),
+];
+
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
-    let has_fetch_mode = conn
-        .prepare("SELECT 1 FROM pragma_table_info('results') WHERE name = 'fetch_mode'")?
-        .exists([])?;
-    if !has_fetch_mode {
-        conn.execute_batch("ALTER TABLE results ADD COLUMN fetch_mode TEXT NOT NULL DEFAULT ''")?;
+    for (table, column, definition) in ADDED_COLUMNS {
+        let present = conn
+            .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+            .exists(params![table, column])?;
+        if !present {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
     }
     Ok(())
 }
@@ -332,22 +344,24 @@ impl Store {
         Ok(value.unwrap_or(0).max(0) as u64)
     }
 
-    /// Every resolved checkpoint: `(model, step, weights sha256)`.
-    pub fn revisions(&self) -> Result<Vec<(String, u64, String)>> {
+    /// Every resolved checkpoint. A format this build does not know reads as not known
+    /// (resolved again on the next start).
+    pub fn revisions(&self) -> Result<Vec<StoredRevision>> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT c.model, c.step, r.weights_sha256 FROM revisions r
+                "SELECT c.model, c.step, r.weights_sha256, r.weights_format FROM revisions r
                  JOIN checkpoints c ON c.id = r.checkpoint_id",
             )
             .map_err(self.db())?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?.max(0) as u64,
-                    r.get::<_, String>(2)?,
-                ))
+                Ok(StoredRevision {
+                    model: r.get(0)?,
+                    step: r.get::<_, i64>(1)?.max(0) as u64,
+                    weights_sha256: r.get(2)?,
+                    format: r.get::<_, String>(3)?.parse().ok(),
+                })
             })
             .map_err(self.db())?;
         rows.collect::<rusqlite::Result<_>>().map_err(self.db())
@@ -464,12 +478,22 @@ impl Store {
                 step,
                 commit,
                 weights_sha256,
+                format,
             } => conn
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO revisions (checkpoint_id, revision_commit, weights_sha256)
-                     SELECT id, ?3, ?4 FROM checkpoints WHERE model = ?1 AND step = ?2",
+                    "INSERT OR REPLACE INTO revisions
+                         (checkpoint_id, revision_commit, weights_sha256, weights_format)
+                     SELECT id, ?3, ?4, ?5 FROM checkpoints WHERE model = ?1 AND step = ?2",
                 )
-                .and_then(|mut s| s.execute(params![model, *step as i64, commit, weights_sha256])),
+                .and_then(|mut s| {
+                    s.execute(params![
+                        model,
+                        *step as i64,
+                        commit,
+                        weights_sha256,
+                        format.as_str()
+                    ])
+                }),
         };
         written.map(drop).map_err(self.db())
     }

@@ -5,6 +5,7 @@ mod support;
 
 use std::path::Path;
 
+use neuromfa_common::WeightFormat;
 use neuromfa_coordinator::{export, OpenMode, SweepSpec, SweepState, TaskMetrics};
 use support::{decide, result};
 
@@ -26,9 +27,9 @@ fn run(policy: &str) -> (Vec<Row>, Latest, Vec<Row>) {
     let mut state = SweepState::open(spec(dir.path(), policy), OpenMode::Resume).unwrap();
     state
         .transaction(|s| {
-            s.record_resolution("org/a", 0, "c0", "late")?;
-            s.record_resolution("org/a", 10, "c10", "mid")?;
-            s.record_resolution("org/a", 20, "c20", "late")?;
+            s.record_resolution("org/a", 0, "c0", "late", WeightFormat::Safetensors)?;
+            s.record_resolution("org/a", 10, "c10", "mid", WeightFormat::Safetensors)?;
+            s.record_resolution("org/a", 20, "c20", "late", WeightFormat::Safetensors)?;
             s.apply_duplicate_policy()
         })
         .unwrap();

@@ -4,6 +4,7 @@
 
 mod support;
 
+use neuromfa_common::WeightFormat;
 use neuromfa_coordinator::export;
 use neuromfa_coordinator::state::StateError;
 use neuromfa_coordinator::{Completion, Lease, OpenMode, SweepState, TaskMetrics};
@@ -91,7 +92,7 @@ fn every_kind_of_decision_survives_a_reopen() {
     decide(&mut state, |d| d.heartbeat(&w, &[held[0].task_id], 5_000));
     decide(&mut state, |d| Ok(d.release(&w, &[held[1].task_id])));
     state
-        .transaction(|s| s.record_resolution("org/a", 0, "c0", "same"))
+        .transaction(|s| s.record_resolution("org/a", 0, "c0", "same", WeightFormat::Safetensors))
         .unwrap();
     let before = state.status(6_000, false);
     drop(state);
@@ -265,4 +266,58 @@ fn task_exports_do_not_depend_on_lost_leases_and_fetch_exports_count_attempts() 
     };
     assert_eq!(attempts(&straight.2), ["1", "1"]);
     assert_eq!(attempts(&interrupted.2), ["2", "1"]);
+}
+
+#[test]
+fn resolutions_from_before_weight_formats_are_resolved_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(dir.path(), "[0, 10]", 1, "");
+    let mut state = SweepState::open(s.clone(), OpenMode::Resume).unwrap();
+    state
+        .transaction(|st| {
+            st.record_resolution("org/a", 0, "c0", "h0", WeightFormat::PytorchBin)?;
+            st.record_resolution("org/a", 10, "c10", "h10", WeightFormat::Safetensors)
+        })
+        .unwrap();
+    assert_eq!(state.unresolved().len(), 2, "org/b is not resolved");
+    let formats = &state.status(0, false).models[0].weights_formats;
+    assert_eq!(formats.get("pytorch-bin"), Some(&1));
+    assert_eq!(formats.get("safetensors"), Some(&1));
+    drop(state);
+    let data = export::load(dir.path()).unwrap();
+    let row = data
+        .tasks
+        .iter()
+        .find(|t| t.model == "org/a" && t.step == 0);
+    assert_eq!(row.map(|t| t.weights_format.as_str()), Some("pytorch-bin"));
+
+    // A state directory from before formats: the hashes stay, the formats are not known,
+    // and those checkpoints are resolved again.
+    let db =
+        rusqlite::Connection::open(dir.path().join(neuromfa_coordinator::state::DB_FILE)).unwrap();
+    db.execute_batch("ALTER TABLE revisions DROP COLUMN weights_format")
+        .unwrap();
+    drop(db);
+    let mut state = SweepState::open(s, OpenMode::Resume).unwrap();
+    assert_eq!(state.unresolved().len(), 4);
+    let data = export::load(dir.path()).unwrap();
+    let row = data
+        .tasks
+        .iter()
+        .find(|t| t.model == "org/a" && t.step == 0);
+    assert_eq!(
+        row.map(|t| (t.weights_sha256.as_str(), t.weights_format.as_str())),
+        Some(("h0", ""))
+    );
+    state
+        .transaction(|st| st.record_resolution("org/a", 0, "c0", "h0", WeightFormat::PytorchBin))
+        .unwrap();
+    assert_eq!(state.unresolved().len(), 3);
+    let data = export::load(dir.path()).unwrap();
+    assert_eq!(data.aggregates.len(), 0);
+    let row = data
+        .tasks
+        .iter()
+        .find(|t| t.model == "org/a" && t.step == 0);
+    assert_eq!(row.map(|t| t.weights_format.as_str()), Some("pytorch-bin"));
 }

@@ -192,13 +192,16 @@ async fn print_plans(
         .await
         .map_err(|e| e.to_string())?;
         println!(
-            "plan seeds={seeds} merge_gap={gap} requests={} planned_bytes={} needed_bytes={} \
-             file_bytes={} share={:.4}",
+            "plan repo={} seeds={seeds} merge_gap={gap} requests={} planned_bytes={} \
+             needed_bytes={} file_bytes={} share={:.4} layout_requests={} layout_bytes={}",
+            args.repo,
             plan.requests,
             plan.planned_bytes,
             plan.needed_bytes,
             plan.file_bytes,
-            plan.share()
+            plan.share(),
+            plan.layout_requests,
+            plan.layout_bytes
         );
     }
     Ok(())

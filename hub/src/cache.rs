@@ -150,6 +150,7 @@ mod tests {
         FetchedCheckpoint {
             dir,
             commit: commit.into(),
+            weights: neuromfa_common::WeightFiles::ALL[0],
             files: vec![FetchedFile {
                 name: "model.safetensors".into(),
                 size: model_bytes as u64,

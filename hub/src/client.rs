@@ -105,6 +105,21 @@ pub(crate) fn resolve_url(
     url
 }
 
+/// `{base}/api/models/{repo}/paths-info/{revision}`, the revision escaped as one segment:
+/// the files among a list of names that a revision has.
+pub(crate) fn paths_info_url(base: &reqwest::Url, repo: &str, revision: &str) -> reqwest::Url {
+    let mut url = base.clone();
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments
+            .pop_if_empty()
+            .extend(["api", "models"])
+            .extend(repo.split('/'))
+            .push("paths-info")
+            .push(revision);
+    }
+    url
+}
+
 /// `org/name` → `("org", "name")`.
 pub(crate) fn parse_repo_id(repo: &str) -> Result<(&str, &str), String> {
     let valid = |s: &str| {

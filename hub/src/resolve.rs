@@ -1,16 +1,23 @@
-//! What a revision of a checkpoint really serves, without downloading its weights: the
-//! commit it points at and the content hash of its weight files, as the Hub reports them
-//! (the LFS sha256 in `X-Linked-Etag`, or `ETag` where the Hub does not redirect). Branch
-//! names are not always what they say: revisions serving identical weights share a hash.
+//! What a revision of a checkpoint really serves, without downloading its weights: which
+//! weight files it offers (its listing of the names [`choose_weight_files`] looks at, one
+//! paths-info call), the commit it points at and the content hash of those files, as the
+//! Hub reports them (the LFS sha256 in `X-Linked-Etag`, or `ETag` where the Hub does not
+//! redirect). Branch names are not always what they say: revisions serving identical weights
+//! share a hash. Both formats are hashed alike, so a `.bin` step and a safetensors step never
+//! share one.
 
 use std::time::Duration;
+
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use neuromfa_common::checkpoint::{INDEX_FILE, SINGLE_FILE};
+use neuromfa_common::checkpoint::{
+    choose_weight_files, parse_shard_index, weight_file_names, WeightFiles, WeightFormat,
+};
 
-use crate::client::{hub_base_url, is_loopback, resolve_url, HubSettings};
+use crate::client::{hub_base_url, is_loopback, paths_info_url, resolve_url, HubSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -30,8 +37,10 @@ pub enum ResolveError {
 pub struct ResolvedRevision {
     pub revision: String,
     pub commit: String,
+    /// The format of the weight files chosen from the revision's listing.
+    pub format: WeightFormat,
     /// sha256 of the weights: the single file's own LFS sha256, or for a sharded
-    /// checkpoint the sha256 of its sorted `name:sha256` lines.
+    /// checkpoint the sha256 of its sorted `name:sha256` lines (either format).
     pub weights_sha256: String,
     pub files: Vec<(String, String)>,
 }
@@ -129,7 +138,66 @@ impl Resolver {
         )))
     }
 
-    /// Resolves `repo` at `revision` to its commit and weights hash.
+    /// Which weight files `revision` offers: the listing of the names
+    /// [`choose_weight_files`] looks at, and its choice.
+    async fn weight_files(&self, repo: &str, revision: &str) -> Result<WeightFiles, ResolveError> {
+        let failed = |detail: String, transient: bool| ResolveError::Failed {
+            repo: repo.to_string(),
+            revision: revision.to_string(),
+            detail,
+            transient,
+        };
+        let mut request = self
+            .http
+            .post(paths_info_url(&self.base_url, repo, revision))
+            .json(&serde_json::json!({ "paths": WeightFiles::candidates() }));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| failed(format!("listing the weight files: {e}"), true))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(failed(
+                "the revision (or the repository) does not exist".to_string(),
+                false,
+            ));
+        }
+        if !status.is_success() {
+            return Err(failed(
+                format!("listing the weight files: HTTP {status}"),
+                status.is_server_error(),
+            ));
+        }
+        #[derive(Deserialize)]
+        struct Listed {
+            #[serde(rename = "type")]
+            kind: String,
+            path: String,
+        }
+        let listed: Vec<Listed> = response
+            .json()
+            .await
+            .map_err(|e| failed(format!("the listing is not JSON: {e}"), false))?;
+        let names: Vec<&str> = listed
+            .iter()
+            .filter(|l| l.kind == "file")
+            .map(|l| l.path.as_str())
+            .collect();
+        choose_weight_files(&names).ok_or_else(|| {
+            failed(
+                format!(
+                    "no weight files: the revision has none of {}",
+                    weight_file_names()
+                ),
+                false,
+            )
+        })
+    }
+
+    /// Resolves `repo` at `revision` to its weights' format, commit and hash.
     pub async fn resolve(
         &self,
         repo: &str,
@@ -141,37 +209,32 @@ impl Resolver {
             detail,
             transient: false,
         };
-        if let Some((commit, sha)) = self.head(repo, revision, SINGLE_FILE).await? {
+        let weights = self.weight_files(repo, revision).await?;
+        let entry = weights.entry_file();
+        let Some((commit, sha)) = self.head(repo, revision, entry).await? else {
+            return Err(failed(format!("{entry} is listed but cannot be found")));
+        };
+        if !weights.sharded {
             return Ok(ResolvedRevision {
                 revision: revision.to_string(),
                 commit,
+                format: weights.format,
                 weights_sha256: sha.clone(),
-                files: vec![(SINGLE_FILE.to_string(), sha)],
+                files: vec![(entry.to_string(), sha)],
             });
         }
-        let Some((commit, _)) = self.head(repo, revision, INDEX_FILE).await? else {
-            return Err(failed(format!(
-                "neither {SINGLE_FILE} nor {INDEX_FILE} exists (or the revision does not)"
-            )));
-        };
         // Pin the shards to the index's commit so a moving branch cannot mix commits.
-        let index: serde_json::Value = self
-            .request(reqwest::Method::GET, repo, &commit, INDEX_FILE)
+        let index = self
+            .request(reqwest::Method::GET, repo, &commit, entry)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| failed(format!("GET {INDEX_FILE}: {e}")))?
-            .json()
+            .map_err(|e| failed(format!("GET {entry}: {e}")))?
+            .text()
             .await
-            .map_err(|e| failed(format!("{INDEX_FILE} is not JSON: {e}")))?;
-        let mut shards: Vec<String> = index["weight_map"]
-            .as_object()
-            .ok_or_else(|| failed(format!("{INDEX_FILE} has no weight_map")))?
-            .values()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect();
-        shards.sort();
-        shards.dedup();
+            .map_err(|e| failed(format!("GET {entry}: {e}")))?;
+        let weight_map = parse_shard_index(&index).map_err(|e| failed(format!("{entry}: {e}")))?;
+        let shards: BTreeSet<String> = weight_map.into_values().collect();
         let mut files = Vec::with_capacity(shards.len());
         for shard in shards {
             let (_, sha) = self
@@ -180,22 +243,27 @@ impl Resolver {
                 .ok_or_else(|| failed(format!("shard {shard} named by the index is missing")))?;
             files.push((shard, sha));
         }
-        let mut hasher = Sha256::new();
-        for (name, sha) in &files {
-            hasher.update(format!("{name}:{sha}\n").as_bytes());
-        }
-        let weights_sha256 = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         Ok(ResolvedRevision {
             revision: revision.to_string(),
             commit,
-            weights_sha256,
+            format: weights.format,
+            weights_sha256: shards_sha256(&files),
             files,
         })
     }
+}
+
+/// The hash of a sharded checkpoint: sha256 of its sorted `name:sha256` lines.
+fn shards_sha256(files: &[(String, String)]) -> String {
+    let mut hasher = Sha256::new();
+    for (name, sha) in files {
+        hasher.update(format!("{name}:{sha}\n").as_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl ResolveError {

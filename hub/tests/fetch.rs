@@ -80,7 +80,7 @@ async fn fetches_a_single_file_checkpoint_into_the_hf_cache() {
     }
     let total: u64 = got.files.iter().map(|f| f.size).sum();
     assert_eq!(got.bytes_downloaded, total);
-    // HEAD+GET config.json, HEAD the index (404), HEAD+GET model.safetensors.
+    // HEAD+GET config.json, the listing of the weight files, HEAD+GET model.safetensors.
     assert_eq!(got.requests, 5);
     let stats = hub.stats();
     assert_eq!(stats.requests, 5 + 1, "the fetch plus server_commit's HEAD");
@@ -98,7 +98,7 @@ async fn fetches_a_single_file_checkpoint_into_the_hf_cache() {
     let step1 = f.fetch_checkpoint(REPO, "step1").await.unwrap();
     assert_ne!(step1.commit, got.commit);
     assert_eq!(step1.bytes_downloaded, 0);
-    assert_eq!(step1.requests, 3, "three HEADs, no GET");
+    assert_eq!(step1.requests, 3, "two HEADs and the listing, no GET");
     assert_eq!(hub.stats().file_bodies, 2);
     assert_eq!(
         std::fs::read(step1.dir.join("model.safetensors")).unwrap(),
@@ -129,8 +129,8 @@ async fn a_cached_checkpoint_is_not_downloaded_again() {
     assert_eq!(again.dir, first.dir);
     assert_eq!(again.commit, first.commit);
     assert_eq!(again.files, first.files);
-    // Only the branch has to be resolved: one HEAD on config.json. The index's absence and
-    // the model at that commit are answered from the cache.
+    // Only the branch has to be resolved: one HEAD on config.json. The choice of weight
+    // files and the model at that commit are answered from the cache.
     assert_eq!(again.requests, 1);
     let after = hub.stats();
     assert_eq!(after.requests - before.requests, 1);

@@ -113,6 +113,17 @@ pub fn publish(hub: &Path, repo: &str, revision: &str, source: &Path) {
     }
 }
 
+/// Copies every file of a checkpoint directory (any format) into the Hub tree as
+/// `org/name/revision`.
+pub fn publish_all(hub: &Path, repo: &str, revision: &str, source: &Path) {
+    let dest = hub.join(repo).join(revision);
+    std::fs::create_dir_all(&dest).unwrap();
+    for entry in std::fs::read_dir(source).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dest.join(entry.file_name())).unwrap();
+    }
+}
+
 /// Two models × three steps, from the golden tiny GPT-NeoX and the trained history.
 pub fn publish_two_models(hub: &Path) -> Vec<(String, u64, PathBuf)> {
     let mut published = Vec::new();
@@ -362,6 +373,13 @@ max_attempts = 3
             String::from_utf8_lossy(&out.stderr)
         );
         stdout
+    }
+
+    /// Sets `[hub] fetch_mode` in the spec.
+    pub fn set_fetch_mode(&self, mode: &str) {
+        let spec = std::fs::read_to_string(&self.spec).unwrap();
+        let spec = spec.replace("[hub]\n", &format!("[hub]\nfetch_mode = \"{mode}\"\n"));
+        std::fs::write(&self.spec, spec).unwrap();
     }
 
     pub fn export_file(&self, name: &str) -> String {

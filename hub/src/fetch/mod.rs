@@ -1,9 +1,16 @@
 //! Fetching one checkpoint from the Hugging Face Hub into the standard HF cache.
 //!
-//! [`Fetcher::fetch_checkpoint`] downloads `config.json`, then `model.safetensors.index.json`
-//! and every shard it names, or `model.safetensors` when there is no index, through `hf-hub`
-//! 1.0. The result is the snapshot directory of the HF cache
+//! [`Fetcher::fetch_checkpoint`] downloads `config.json`, then the weights in the format the
+//! revision's listing offers first ([`choose_weight_files`]: `model.safetensors`, its index and
+//! shards, `pytorch_model.bin`, its index and shards), through `hf-hub` 1.0: the index and
+//! every shard it names, or the single file. Only the chosen format's files are downloaded.
+//! The result is the snapshot directory of the HF cache
 //! (`<cache>/models--<org>--<name>/snapshots/<commit>`), which the analysis reads directly.
+//!
+//! The listing is one paths-info call for the four names the choice looks at, at the pinned
+//! commit. Names it lacks are recorded as absent at that commit (`.no_exist` markers, as
+//! `hf-hub` records a 404), so a checkpoint already in the cache is chosen again without a
+//! request.
 //!
 //! `hf-hub` writes whatever the file GET returns, without checking its status, length or
 //! hash. So every file downloaded here is checked against the size the Hub announced in its
@@ -27,7 +34,7 @@
 
 mod download;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -36,9 +43,10 @@ use std::time::{Duration, Instant};
 use hf_hub::repository::download::HFByteStream;
 use hf_hub::repository::RepoTreeEntry;
 use hf_hub::{HFClient, HFError, HFRepository, RepoTypeModel};
-use neuromfa_common::checkpoint::{CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
+use neuromfa_common::checkpoint::{
+    choose_weight_files, parse_shard_index, weight_file_names, WeightFiles, CONFIG_FILE,
+};
 use neuromfa_common::ModelShape;
-use serde::Deserialize;
 
 use crate::client::{
     check_no_proxy_for, http_client, hub_base_url, is_loopback, parse_repo_id, resolve_url,
@@ -56,10 +64,13 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// A checkpoint in the HF cache, ready to be opened by the analysis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchedCheckpoint {
-    /// The snapshot directory: `config.json` and `model.safetensors` (or the index and shards).
+    /// The snapshot directory: `config.json` and the weights (a single file, or an index and
+    /// its shards).
     pub dir: PathBuf,
     /// The commit the revision resolved to.
     pub commit: String,
+    /// Which weight files the revision offered first, and were downloaded.
+    pub weights: WeightFiles,
     /// Every file of the checkpoint, in download order.
     pub files: Vec<FetchedFile>,
     /// Bytes received in file bodies by this call (0 when everything was cached).
@@ -69,6 +80,18 @@ pub struct FetchedCheckpoint {
     pub requests: u32,
     /// Wall time of the call.
     pub elapsed: Duration,
+}
+
+impl FetchedCheckpoint {
+    /// Total size of the weight files: every file but `config.json` and the shard index.
+    pub fn weight_bytes(&self) -> u64 {
+        let index = self.weights.format.index_file();
+        self.files
+            .iter()
+            .filter(|f| f.name != CONFIG_FILE && f.name != index)
+            .map(|f| f.size)
+            .sum()
+    }
 }
 
 /// One file of a fetched checkpoint.
@@ -243,6 +266,8 @@ impl Fetcher {
             config_path,
             config,
             cache_lock: Some(cache_lock),
+            weights: None,
+            listed: Vec::new(),
         })
     }
 
@@ -270,13 +295,18 @@ pub(crate) struct Session {
     config: FetchedFile,
     /// Held while this fetch may write to the repository's cache folder.
     cache_lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// The weight files chosen, once [`Session::weight_files`] has chosen.
+    weights: Option<WeightFiles>,
+    /// What the listing found of the names it asked for: sizes and storage, so that a
+    /// single file needs no second call.
+    listed: Vec<RemoteFile>,
 }
 
 /// A sharded checkpoint's index, in the cache.
 pub(crate) struct ShardIndex {
     file: FetchedFile,
     /// Tensor name → shard file name.
-    weight_map: HashMap<String, String>,
+    weight_map: BTreeMap<String, String>,
 }
 
 impl ShardIndex {
@@ -320,59 +350,88 @@ impl Session {
         ModelShape::from_config_json(&text).map_err(|m| self.names().invalid(CONFIG_FILE, m))
     }
 
-    /// The shard index (into the cache) if the checkpoint is sharded, `None` if it is a
-    /// single file. Shard names are checked: none may climb out of the snapshot.
-    pub(crate) async fn shard_index(&mut self) -> Result<Option<ShardIndex>, FetchError> {
-        let pinned = self.remote.pinned.clone();
-        // hf-hub records a 404 that named a commit; at a commit the absence is final, so a
-        // cached single-file checkpoint needs no request for the index.
-        let known_absent = is_commit_hex(&pinned)
-            && self
+    /// Which weight files to read: the choice [`choose_weight_files`] makes from the
+    /// revision's listing, made once per session. Answered from the cache when the chosen
+    /// entry file is there and every name preferred to it is known absent at this commit;
+    /// otherwise one paths-info call lists the candidates.
+    pub(crate) async fn weight_files(&mut self) -> Result<WeightFiles, FetchError> {
+        if let Some(files) = self.weights {
+            return Ok(files);
+        }
+        let files = match self.weights_from_cache() {
+            Some(files) => files,
+            None => self.list_weight_files().await?,
+        };
+        self.weights = Some(files);
+        Ok(files)
+    }
+
+    /// The choice the cache answers without a request, if it does.
+    fn weights_from_cache(&self) -> Option<WeightFiles> {
+        let pinned = &self.remote.pinned;
+        if !is_commit_hex(pinned) {
+            return None;
+        }
+        let absent = self.downloads.folder.join(".no_exist").join(pinned);
+        for files in WeightFiles::ALL {
+            let name = files.entry_file();
+            if self.dir.join(name).is_file() {
+                return Some(files);
+            }
+            if !absent.join(name).exists() {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Lists the candidates at the pinned revision and chooses; records the absent ones.
+    async fn list_weight_files(&mut self) -> Result<WeightFiles, FetchError> {
+        let candidates = WeightFiles::candidates().map(str::to_string).to_vec();
+        self.listed = self.paths_info(candidates.clone()).await?;
+        let names: Vec<&str> = self.listed.iter().map(|f| f.name.as_str()).collect();
+        let files = choose_weight_files(&names).ok_or_else(|| FetchError::FileNotFound {
+            at: self.names().at(&weight_file_names()),
+        })?;
+        if is_commit_hex(&self.remote.pinned) {
+            let absent = self
                 .downloads
                 .folder
                 .join(".no_exist")
-                .join(&pinned)
-                .join(INDEX_FILE)
-                .exists();
-        if known_absent {
+                .join(&self.remote.pinned);
+            for name in candidates.iter().filter(|c| !names.contains(&c.as_str())) {
+                // Only saves a request next time: a marker that cannot be written is no error.
+                let _ = std::fs::create_dir_all(&absent)
+                    .and_then(|()| std::fs::write(absent.join(name), b""));
+            }
+        }
+        tracing::debug!(
+            repo = self.names().repo(),
+            revision = self.names().revision(),
+            format = %files.format,
+            sharded = files.sharded,
+            "weight files chosen"
+        );
+        Ok(files)
+    }
+
+    /// The shard index (into the cache) if the chosen weights are sharded, `None` if they
+    /// are a single file. Shard names are checked: none may climb out of the snapshot.
+    pub(crate) async fn shard_index(&mut self) -> Result<Option<ShardIndex>, FetchError> {
+        let files = self.weight_files().await?;
+        if !files.sharded {
             return Ok(None);
         }
-        let (path, file) = match self.downloads.fetch_file(INDEX_FILE, &pinned).await {
-            Ok(found) => found,
-            Err(FetchError::FileNotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        #[derive(Deserialize)]
-        struct Index {
-            weight_map: HashMap<String, String>,
-        }
+        let pinned = self.remote.pinned.clone();
+        let index_name = files.entry_file();
+        let (path, file) = self.downloads.fetch_file(index_name, &pinned).await?;
         let names = self.names();
         let text = tokio::fs::read_to_string(&path)
             .await
-            .map_err(|e| names.cache(INDEX_FILE, &path, &e))?;
-        let index: Index = serde_json::from_str(&text)
-            .map_err(|e| names.invalid(INDEX_FILE, format!("not a safetensors index: {e}")))?;
-        let index = ShardIndex {
-            file,
-            weight_map: index.weight_map,
-        };
-        let shards = index.shards();
-        if shards.is_empty() {
-            return Err(names.invalid(INDEX_FILE, "the weight_map is empty".to_string()));
-        }
-        for shard in &shards {
-            // Shard names become cache paths; none may climb out of the snapshot.
-            let safe = shard
-                .split('/')
-                .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains(['\\', '\0']));
-            if !safe {
-                return Err(names.invalid(
-                    INDEX_FILE,
-                    format!("the weight_map names an unsafe shard path {shard:?}"),
-                ));
-            }
-        }
-        Ok(Some(index))
+            .map_err(|e| names.cache(index_name, &path, &e))?;
+        let weight_map =
+            parse_shard_index(&text).map_err(|detail| names.invalid(index_name, detail))?;
+        Ok(Some(ShardIndex { file, weight_map }))
     }
 
     /// Lets other fetches of the repository go on: this one writes nothing more to the
@@ -386,52 +445,63 @@ impl Session {
         self.dir.join(file).is_file()
     }
 
-    /// Size and storage of each of `files` at the pinned revision, from one paths-info call.
-    /// (`hf-hub`'s metadata HEAD follows redirects and then insists on `X-Repo-Commit`,
-    /// which a CDN's final answer lacks.)
+    /// Size and storage of each of `files` at the pinned revision: from the listing when it
+    /// has them all, else from one paths-info call. A file that is not there is an error.
     pub(crate) async fn remote_files(
         &mut self,
         files: Vec<String>,
     ) -> Result<Vec<RemoteFile>, FetchError> {
-        let first = files
-            .first()
-            .cloned()
-            .unwrap_or_else(|| SINGLE_FILE.to_string());
+        let listed = |name: &String| self.listed.iter().find(|f| &f.name == name).cloned();
+        let found: Vec<RemoteFile> = match files.iter().map(listed).collect::<Option<Vec<_>>>() {
+            Some(all) => all,
+            None => self.paths_info(files.clone()).await?,
+        };
+        files
+            .into_iter()
+            .map(|name| {
+                found
+                    .iter()
+                    .find(|f| f.name == name)
+                    .cloned()
+                    .ok_or_else(|| FetchError::FileNotFound {
+                        at: self.names().at(&name),
+                    })
+            })
+            .collect()
+    }
+
+    /// Those of `files` that exist at the pinned revision, with size and storage, from one
+    /// paths-info call. (`hf-hub`'s metadata HEAD follows redirects and then insists on
+    /// `X-Repo-Commit`, which a CDN's final answer lacks.)
+    async fn paths_info(&mut self, files: Vec<String>) -> Result<Vec<RemoteFile>, FetchError> {
+        let first = files.first().cloned().unwrap_or_default();
         self.downloads.spent.requests += 1;
         let entries = self
             .downloads
             .handle
             .get_paths_info()
-            .paths(files.clone())
+            .paths(files)
             .revision(&self.remote.pinned)
             .send()
             .await
             .map_err(|e| self.names().classify(&first, e))?;
-        files
+        Ok(entries
             .into_iter()
-            .map(|name| {
-                let found = entries.iter().find_map(|e| match e {
-                    RepoTreeEntry::File {
-                        path,
-                        size,
-                        xet_hash,
-                        ..
-                    } if *path == name => Some((*size, xet_hash.is_some())),
-                    _ => None,
-                });
-                let Some((size, xet)) = found else {
-                    return Err(FetchError::FileNotFound {
-                        at: self.names().at(&name),
-                    });
-                };
-                Ok(RemoteFile {
-                    url: self.remote.url(&name),
-                    name,
+            .filter_map(|entry| match entry {
+                RepoTreeEntry::File {
+                    path,
                     size,
-                    xet,
-                })
+                    xet_hash,
+                    ..
+                } => Some(RemoteFile {
+                    url: self.remote.url(&path),
+                    name: path,
+                    size,
+                    xet: xet_hash.is_some(),
+                }),
+                RepoTreeEntry::Directory { .. } => None,
             })
-            .collect()
+            .collect())
     }
 
     /// The repository at the pinned revision, for ranged reads.
@@ -439,10 +509,11 @@ impl Session {
         self.remote.clone()
     }
 
-    /// The rest of the checkpoint, whole, into the cache: the index and every shard it
-    /// names, or the single file.
+    /// The rest of the checkpoint, whole, into the cache: the chosen format's index and
+    /// every shard it names, or its single file.
     pub(crate) async fn download_whole(mut self) -> Result<FetchedCheckpoint, FetchError> {
         let pinned = self.remote.pinned.clone();
+        let weights = self.weight_files().await?;
         let mut files = vec![self.config.clone()];
         match self.shard_index().await? {
             Some(index) => {
@@ -454,7 +525,8 @@ impl Session {
                 }
             }
             None => {
-                let (_, f) = self.downloads.fetch_file(SINGLE_FILE, &pinned).await?;
+                let single = weights.format.single_file();
+                let (_, f) = self.downloads.fetch_file(single, &pinned).await?;
                 files.push(f);
             }
         }
@@ -462,6 +534,7 @@ impl Session {
         let fetched = FetchedCheckpoint {
             dir: self.dir,
             commit: self.commit,
+            weights,
             files,
             bytes_downloaded: spent.bytes,
             requests: spent.requests,

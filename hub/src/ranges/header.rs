@@ -1,15 +1,18 @@
 //! A checkpoint's layout for a ranged fetch: which weight file holds each block tensor (from
-//! the shard index), the files' sizes, and where each tensor's data starts (from each file's
-//! safetensors header, read with byte ranges: the 8-byte length, then the JSON).
+//! the shard index of the format the revision offers), the files' sizes, and where each
+//! tensor's elements are, as a [`TensorLayout`]: from each safetensors file's header, read
+//! with byte ranges (the 8-byte length, then the JSON), or from each `.bin` archive's records
+//! ([`super::torch`]).
 
 use std::time::{Duration, Instant};
 
-use neuromfa_common::checkpoint::{ElementType, INDEX_FILE, SINGLE_FILE};
+use neuromfa_common::checkpoint::{ElementType, TensorLayout, WeightFiles, WeightFormat};
 use neuromfa_common::{BlockTensor, ModelShape};
 use safetensors::tensor::Metadata;
 
 use super::http::read_to_vec;
 use super::plan::{Site, Sites};
+use super::torch;
 use crate::error::FetchError;
 use crate::fetch::{Cost, Remote, RemoteFile, Session};
 
@@ -22,9 +25,25 @@ const MAX_HEADER_LEN: u64 = 100_000_000;
 pub(super) struct Layout {
     pub(super) files: Vec<RemoteFile>,
     pub(super) sites: Sites,
-    /// The quickest header read: what one small ranged request costs on this link.
+    /// The quickest first read of a file: what one small ranged request costs on this link.
     pub(super) request_time: Duration,
+    /// What reading the layout cost.
+    pub(super) cost: Cost,
 }
+
+/// A block tensor the analysis needs.
+pub(super) struct Needed {
+    pub(super) block: usize,
+    pub(super) tensor: BlockTensor,
+    pub(super) name: String,
+    /// Index of its file.
+    pub(super) file: usize,
+    pub(super) expected: [usize; 2],
+}
+
+/// Every needed tensor's layout, in the order of the needed tensors, and the quickest first
+/// read of a file.
+pub(super) type Layouts = (Vec<TensorLayout>, Duration);
 
 /// Which weight file holds each block tensor of `shape`: the shard index's answer, read into
 /// the cache as full fetches do, or the single file. Lets go of the repository's cache lock
@@ -32,21 +51,22 @@ pub(super) struct Layout {
 async fn tensor_files(
     session: &mut Session,
     shape: &ModelShape,
-) -> Result<(Vec<String>, Vec<(usize, BlockTensor, String, usize)>), FetchError> {
+    weights: WeightFiles,
+) -> Result<(Vec<String>, Vec<Needed>), FetchError> {
     let index = session.shard_index().await?;
     session.release_cache();
     let mut files: Vec<String> = Vec::new();
-    // Per needed tensor: its block, kind, name and file (an index into `files`).
     let mut needed = Vec::with_capacity(shape.num_blocks * BlockTensor::ALL.len());
     for block in 0..shape.num_blocks {
         for tensor in BlockTensor::ALL {
             let name = tensor.name(block);
             let file_name = match &index {
-                None => SINGLE_FILE,
+                None => weights.format.single_file(),
                 Some(index) => index.shard_of(&name).ok_or_else(|| {
-                    session
-                        .names()
-                        .invalid(INDEX_FILE, format!("the weight_map has no tensor `{name}`"))
+                    session.names().invalid(
+                        weights.entry_file(),
+                        format!("the weight_map has no tensor `{name}`"),
+                    )
                 })?,
             };
             let file = match files.iter().position(|f| f == file_name) {
@@ -56,92 +76,134 @@ async fn tensor_files(
                     files.len() - 1
                 }
             };
-            needed.push((block, tensor, name, file));
+            let expected = tensor.expected_shape(shape);
+            needed.push(Needed {
+                block,
+                tensor,
+                name,
+                file,
+                expected,
+            });
         }
     }
     Ok((files, needed))
 }
 
-/// Reads the shard index, then every weight file's size and header, and checks every block
-/// tensor of `shape` (dtype and shape). `None` when `stop_if_cached` and the weight files are
-/// already in the cache.
+/// Chooses the weight files, reads the shard index, then every weight file's size and
+/// layout, and checks every block tensor of `shape` (element type and shape). `None` when
+/// `stop_if_cached` and the weight files are already in the cache.
 pub(super) async fn read_layout(
     session: &mut Session,
     shape: &ModelShape,
     stop_if_cached: bool,
 ) -> Result<Option<Layout>, FetchError> {
-    let (names, needed) = tensor_files(session, shape).await?;
+    let weights = session.weight_files().await?;
+    let (names, needed) = tensor_files(session, shape, weights).await?;
     if stop_if_cached && names.iter().all(|f| session.is_cached(f)) {
         return Ok(None);
     }
     let files = session.remote_files(names).await?;
     let remote = session.remote();
-    let mut headers = Vec::with_capacity(files.len());
-    let mut request_time = Duration::MAX;
-    for file in &files {
-        let started = Instant::now();
-        let mut cost = Cost::default();
-        let header = read_header(&remote, file, &mut cost).await;
-        session.add_spent(cost);
-        headers.push(header?);
-        request_time = request_time.min(started.elapsed());
-    }
+    let mut cost = Cost::default();
+    let read = match weights.format {
+        WeightFormat::Safetensors => safetensors_layouts(&remote, &files, &needed, &mut cost).await,
+        WeightFormat::PytorchBin => torch::layouts(&remote, &files, &needed, &mut cost).await,
+    };
+    session.add_spent(cost);
+    let (layouts, request_time) = read?;
     let mut sites = Sites {
         file_sizes: files.iter().map(|f| f.size).collect(),
         ..Sites::default()
     };
-    for (block, tensor, name, file) in needed {
-        let (data_start, metadata) = &headers[file];
-        let expected = tensor.expected_shape(shape);
-        let site = site(
-            &remote,
-            (file, &files[file]),
-            name,
-            expected,
-            (*data_start, metadata),
-        )?;
-        sites.by_tensor.insert((block, tensor), site);
+    for (needed, layout) in needed.into_iter().zip(layouts) {
+        let site = Site {
+            name: needed.name,
+            file: needed.file,
+            layout,
+        };
+        sites.by_tensor.insert((needed.block, needed.tensor), site);
     }
     Ok(Some(Layout {
         files,
         sites,
         request_time,
+        cost,
     }))
 }
 
-/// Where tensor `name` lies in `file` (the `index`th weight file), whose data starts at
-/// `data_start`; checks its dtype and that its shape is `expected`.
-fn site(
+/// Refuses a tensor whose shape is not the matrix the model's config makes it.
+pub(super) fn check_shape(
     remote: &Remote,
-    (index, file): (usize, &RemoteFile),
-    name: String,
-    expected: [usize; 2],
-    (data_start, metadata): (u64, &Metadata),
-) -> Result<Site, FetchError> {
+    file: &RemoteFile,
+    needed: &Needed,
+    layout: &TensorLayout,
+) -> Result<(), FetchError> {
+    if layout.shape != needed.expected {
+        return Err(remote.names().invalid(
+            &file.name,
+            format!(
+                "tensor `{}` has shape {:?}, expected {:?}",
+                needed.name, layout.shape, needed.expected
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Says that a tensor is stored in an element type weights cannot have.
+pub(super) fn unsupported_dtype(tensor: &str, dtype: &str) -> String {
+    format!("tensor `{tensor}` has dtype {dtype}; supported are F32, F16 and BF16")
+}
+
+/// Reads every safetensors file's header, one file after another, and places the needed
+/// tensors.
+async fn safetensors_layouts(
+    remote: &Remote,
+    files: &[RemoteFile],
+    needed: &[Needed],
+    cost: &mut Cost,
+) -> Result<Layouts, FetchError> {
+    let mut headers = Vec::with_capacity(files.len());
+    let mut request_time = Duration::MAX;
+    for file in files {
+        let started = Instant::now();
+        headers.push(read_header(remote, file, cost).await?);
+        request_time = request_time.min(started.elapsed());
+    }
+    let layouts = needed
+        .iter()
+        .map(|needed| {
+            let file = &files[needed.file];
+            let (data_start, metadata) = &headers[needed.file];
+            let layout = safetensors_layout(remote, file, &needed.name, *data_start, metadata)?;
+            check_shape(remote, file, needed, &layout)?;
+            Ok(layout)
+        })
+        .collect::<Result<_, FetchError>>()?;
+    Ok((layouts, request_time))
+}
+
+/// Where tensor `name` lies in `file`, whose data starts at `data_start`; checks its dtype.
+fn safetensors_layout(
+    remote: &Remote,
+    file: &RemoteFile,
+    name: &str,
+    data_start: u64,
+    metadata: &Metadata,
+) -> Result<TensorLayout, FetchError> {
     let invalid = |detail: String| remote.names().invalid(&file.name, detail);
     let info = metadata
-        .info(&name)
+        .info(name)
         .ok_or_else(|| invalid(format!("the header has no tensor `{name}`")))?;
-    let element = ElementType::from_dtype(info.dtype).ok_or_else(|| {
-        invalid(format!(
-            "tensor `{name}` has dtype {:?}; supported are F32, F16 and BF16",
-            info.dtype
-        ))
-    })?;
-    if info.shape != expected {
-        return Err(invalid(format!(
-            "tensor `{name}` has shape {:?}, expected {expected:?}",
-            info.shape
-        )));
-    }
-    Ok(Site {
-        name,
-        file: index,
-        start: data_start + info.data_offsets.0 as u64,
+    let element = ElementType::from_dtype(info.dtype)
+        .ok_or_else(|| invalid(unsupported_dtype(name, &format!("{:?}", info.dtype))))?;
+    let offset = data_start + info.data_offsets.0 as u64;
+    Ok(TensorLayout::contiguous(
+        &file.name,
+        offset,
         element,
-        rows: expected[0],
-        cols: expected[1],
-    })
+        &info.shape,
+    ))
 }
 
 /// Reads and validates one file's header: returns where its data starts and the metadata.

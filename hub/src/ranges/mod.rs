@@ -3,12 +3,16 @@
 //! A sample (one seed) reads a few thousand scattered elements of each weight matrix, so the
 //! seeds queued for a checkpoint touch a few percent of its files. [`fetch_for_seeds`] asks
 //! the science what the analysis reads ([`neuromfa_common::read_plan`]): exact elements, or
-//! whole files, which it then downloads whole. For elements it reads each safetensors file's
-//! header with ranged downloads ([`header`]), works out the absolute byte range of every
-//! element, merges ranges closer than a gap into requests ([`plan`]), and downloads those
-//! concurrently at the commit the revision resolved to ([`http`]). The result, a
-//! [`RangedCheckpoint`] ([`reader`]), is a [`WeightReader`] that gives exactly the values the
-//! memory-mapped full checkpoint would.
+//! whole files, which it then downloads whole. For elements it reads the layout of the
+//! weight files the revision offers first ([`header`]: each safetensors file's header; for
+//! `.bin` files, [`torch`]: each zip's tail, `data.pkl` and the needed storages' local
+//! headers) with ranged downloads, works out the absolute byte range of every element from
+//! its [`TensorLayout`] (strides honoured), merges ranges closer than a gap into requests
+//! ([`plan`]), and downloads those concurrently at the commit the revision resolved to
+//! ([`http`]). The result, a [`RangedCheckpoint`] ([`reader`]), is a [`WeightReader`] that
+//! gives exactly the values the memory-mapped full checkpoint would, in either format.
+//!
+//! [`TensorLayout`]: neuromfa_common::TensorLayout
 //!
 //! Only a `206` whose `Content-Range` is exactly the range asked for is accepted, and its
 //! body must be exactly that long: a server that ignores `Range` (announcing the whole file,
@@ -24,12 +28,13 @@ mod header;
 mod http;
 mod plan;
 mod reader;
+mod torch;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use neuromfa_common::checkpoint::FetchMode;
-use neuromfa_common::checkpoint::{CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
+use neuromfa_common::checkpoint::CONFIG_FILE;
 use neuromfa_common::network::{Gather, WeightReader};
 use neuromfa_common::{read_plan, AnalysisParams, Checkpoint, Error, ModelShape, ReadPlan};
 
@@ -44,6 +49,9 @@ pub use plan::{
 use reader::HeldFile;
 pub use reader::RangedCheckpoint;
 
+/// What errors about the weights as a whole name as their file.
+const WEIGHTS: &str = "the weights";
+
 /// What getting a checkpoint's weights cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchMetrics {
@@ -56,7 +64,7 @@ pub struct FetchMetrics {
     pub requests: u32,
     /// Wall time of the fetch.
     pub elapsed: Duration,
-    /// Total size of the weight files (safetensors), the denominator of [`Self::share`].
+    /// Total size of the weight files, the denominator of [`Self::share`].
     pub file_bytes: u64,
 }
 
@@ -69,6 +77,8 @@ impl FetchMetrics {
 
 /// A checkpoint's weights as fetched by [`fetch_for_seeds`].
 #[derive(Debug)]
+// One per fetch, moved a few times: boxing the larger variant would save nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum FetchedWeights {
     /// Every file is in the HF cache, at `dir`: open it with [`Checkpoint::open`] (or
     /// [`FetchedWeights::open`]).
@@ -93,12 +103,7 @@ impl FetchedWeights {
                 bytes_downloaded: c.bytes_downloaded,
                 requests: c.requests,
                 elapsed: c.elapsed,
-                file_bytes: c
-                    .files
-                    .iter()
-                    .filter(|f| f.name != CONFIG_FILE && f.name != INDEX_FILE)
-                    .map(|f| f.size)
-                    .sum(),
+                file_bytes: c.weight_bytes(),
             },
             FetchedWeights::Ranged(r) => r.metrics,
         }
@@ -202,13 +207,14 @@ pub async fn plan_for_seeds(
         Prepared::Ready(Ready { reads, layout, .. }) => (reads, layout),
         Prepared::WholeFiles | Prepared::Cached => {
             return Err(session.names().invalid_request(
-                SINGLE_FILE,
+                WEIGHTS,
                 "the analysis reads whole files: there are no ranges to plan".to_string(),
             ))
         }
     };
+    let cost = layout.cost;
     match plan_off_thread(session.names(), layout.sites, reads, seeds.len(), merge_gap).await? {
-        Some(plan) => Ok(plan.summary),
+        Some(plan) => Ok(with_layout_cost(plan.summary, cost)),
         None => Err(too_fragmented(session.names(), seeds)),
     }
 }
@@ -278,7 +284,7 @@ async fn prepare(
     if seeds.is_empty() {
         return Err(session
             .names()
-            .invalid_request(SINGLE_FILE, "no seeds to fetch ranges for".to_string()));
+            .invalid_request(WEIGHTS, "no seeds to fetch ranges for".to_string()));
     }
     match read_layout(session, &shape, stop_if_cached).await? {
         None => Ok(Prepared::Cached),
@@ -320,7 +326,7 @@ async fn fetch_ranges(
         }
         return Err(too_fragmented(session.names(), seeds));
     };
-    let summary = plan.summary;
+    let summary = with_layout_cost(plan.summary, layout.cost);
     tracing::info!(
         repo = session.names().repo(),
         revision = session.names().revision(),
@@ -329,6 +335,8 @@ async fn fetch_ranges(
         needed_bytes = summary.needed_bytes,
         planned_bytes = summary.planned_bytes,
         requests = summary.requests,
+        layout_requests = summary.layout_requests,
+        layout_bytes = summary.layout_bytes,
         file_bytes = summary.file_bytes,
         share = summary.share(),
         "ranged fetch planned"
@@ -383,6 +391,15 @@ async fn fetch_ranges(
     })))
 }
 
+/// `summary` with what reading the layout cost.
+fn with_layout_cost(summary: PlanSummary, cost: Cost) -> PlanSummary {
+    PlanSummary {
+        layout_requests: cost.requests as usize,
+        layout_bytes: cost.bytes,
+        ..summary
+    }
+}
+
 /// `Auto`'s choice: whether ranges are estimated to take less than the allowed share of a
 /// full download's time, with one small request taking `request_time`.
 fn worth_ranges(options: &RangeOptions, summary: &PlanSummary, request_time: Duration) -> bool {
@@ -398,7 +415,7 @@ fn worth_ranges(options: &RangeOptions, summary: &PlanSummary, request_time: Dur
 
 fn too_fragmented(names: &Names, seeds: &[u32]) -> FetchError {
     names.invalid_request(
-        SINGLE_FILE,
+        WEIGHTS,
         format!(
             "the samples of {} seeds read more than {MAX_RUNS} separate byte runs; \
              fetch this checkpoint in full",
@@ -441,6 +458,6 @@ async fn off_thread<T: Send + 'static>(
 ) -> Result<T, FetchError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| names.invalid(SINGLE_FILE, format!("planning failed: {e}")))?
+        .map_err(|e| names.invalid(WEIGHTS, format!("planning failed: {e}")))?
         .map_err(|e| names.invalid_request(CONFIG_FILE, e.to_string()))
 }

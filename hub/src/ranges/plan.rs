@@ -1,12 +1,13 @@
 //! Planning a ranged fetch, with no I/O: which byte runs of which files hold the elements
-//! an analysis reads ([`neuromfa_common::read_plan`]), given where each weight matrix lies;
-//! runs closer than the merge gap joined into requests; and what fetching them is expected
-//! to cost against a whole download.
+//! an analysis reads ([`neuromfa_common::read_plan`]), given where each weight matrix lies
+//! (its [`TensorLayout`]: offset, element type, shape and strides, whatever the file
+//! format); runs closer than the merge gap joined into requests; and what fetching them is
+//! expected to cost against a whole download.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use neuromfa_common::checkpoint::{ElementType, FetchMode};
+use neuromfa_common::checkpoint::{FetchMode, TensorLayout};
 use neuromfa_common::network::Gather;
 use neuromfa_common::{BlockTensor, Error};
 use serde::Serialize;
@@ -65,16 +66,18 @@ impl FetchEstimate {
 
 impl RangeOptions {
     /// Ranges cost their bytes plus, per request, one small request's time (measured on
-    /// the header reads) spread over the requests in flight; a full download costs its
-    /// bytes. On a loopback or LAN mirror requests are nearly free; across the internet a
-    /// plan of many thousand requests can take longer than the whole file.
+    /// the header reads) spread over the requests in flight, and what reading the layout
+    /// took (for a `.bin`, the zip's tail, `data.pkl` and the storages' headers); a full
+    /// download costs its bytes. On a loopback or LAN mirror requests are nearly free;
+    /// across the internet a plan of many thousand requests can take longer than the whole
+    /// file.
     pub fn estimate(&self, plan: &PlanSummary, request_time: Duration) -> FetchEstimate {
         let rate = self.assumed_bytes_per_sec.max(1.0);
         let per_request = request_time.as_secs_f64() / self.concurrency.max(1) as f64;
+        let requests = plan.requests + plan.layout_requests;
+        let bytes = plan.planned_bytes + plan.layout_bytes;
         FetchEstimate {
-            ranges: Duration::from_secs_f64(
-                plan.planned_bytes as f64 / rate + plan.requests as f64 * per_request,
-            ),
+            ranges: Duration::from_secs_f64(bytes as f64 / rate + requests as f64 * per_request),
             full: Duration::from_secs_f64(plan.file_bytes as f64 / rate),
         }
     }
@@ -109,6 +112,11 @@ pub struct PlanSummary {
     pub file_bytes: u64,
     /// The merge gap used.
     pub merge_gap: u64,
+    /// Requests that reading the layout took before planning: safetensors headers; for
+    /// `.bin` files each zip's tail, `data.pkl` and the needed storages' local headers.
+    pub layout_requests: usize,
+    /// Bytes those requests read.
+    pub layout_bytes: u64,
 }
 
 impl PlanSummary {
@@ -124,11 +132,8 @@ pub(crate) struct Site {
     pub(crate) name: String,
     /// Index of its file.
     pub(crate) file: usize,
-    /// Absolute byte offset of element `[0, 0]` in the file.
-    pub(crate) start: u64,
-    pub(crate) element: ElementType,
-    pub(crate) rows: usize,
-    pub(crate) cols: usize,
+    /// Its elements in that file: two dimensions, each stride in elements.
+    pub(crate) layout: TensorLayout,
 }
 
 /// Where a checkpoint's weight matrices lie: the size of each weight file, and the site of
@@ -183,10 +188,10 @@ pub(crate) fn make_plan(
     merge_gap: u64,
     max_runs: usize,
 ) -> Result<Option<Plan>, Error> {
-    let Some(rows) = NeededRows::of(sites, reads, max_runs)? else {
+    let Some(lines) = NeededLines::of(sites, reads, max_runs)? else {
         return Ok(None);
     };
-    let (runs, arena_len) = rows.into_runs(sites.file_sizes.len());
+    let (runs, arena_len) = lines.into_runs(sites.file_sizes.len());
     let requests = merge(&runs, merge_gap);
     let summary = PlanSummary {
         seeds,
@@ -199,6 +204,8 @@ pub(crate) fn make_plan(
         requests: requests.len(),
         file_bytes: sites.file_sizes.iter().sum(),
         merge_gap,
+        layout_requests: 0,
+        layout_bytes: 0,
     };
     Ok(Some(Plan {
         runs,
@@ -208,21 +215,42 @@ pub(crate) fn make_plan(
     }))
 }
 
-/// The rows the reads touch, each with the columns it needs: a read's columns are the same
-/// in every row it reads, so they are kept once per read as consecutive stretches.
-struct NeededRows {
-    /// Per read: its columns as consecutive stretches `[first, last + 1)`.
-    col_runs: Vec<Vec<(u64, u64)>>,
-    /// Per needed row: (file, byte offset of the row, element size, index into `col_runs`).
-    rows: Vec<(usize, u64, u64, usize)>,
+/// The lines the reads touch, each with the stretches of elements it needs. A line is a
+/// row when a matrix's columns are adjacent in its file (every safetensors matrix, and
+/// `.bin` tensors stored row-major), a column when its rows are (a transposed view), and a
+/// single element otherwise. A read's stretches are the same along every line it reads, so
+/// they are kept once per read.
+struct NeededLines {
+    /// Per read: the element indices along its lines, as consecutive stretches
+    /// `[first, last + 1)`.
+    stretches: Vec<Vec<(u64, u64)>>,
+    /// Per needed line: (file, byte offset of its element 0, element size, index into
+    /// `stretches`).
+    lines: Vec<(usize, u64, u64, usize)>,
 }
 
-impl NeededRows {
+/// Indices as consecutive stretches `[first, last + 1)`.
+fn stretches_of(indices: &[usize]) -> Vec<(u64, u64)> {
+    let mut sorted = indices.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut stretches: Vec<(u64, u64)> = Vec::new();
+    for &i in &sorted {
+        let i = i as u64;
+        match stretches.last_mut() {
+            Some(last) if last.1 == i => last.1 = i + 1,
+            _ => stretches.push((i, i + 1)),
+        }
+    }
+    stretches
+}
+
+impl NeededLines {
     /// `None` when the reads make more than `max_runs` separate runs.
     fn of(sites: &Sites, reads: &[Gather], max_runs: usize) -> Result<Option<Self>, Error> {
-        let mut needed = NeededRows {
-            col_runs: Vec::with_capacity(reads.len()),
-            rows: Vec::new(),
+        let mut needed = NeededLines {
+            stretches: Vec::with_capacity(reads.len()),
+            lines: Vec::new(),
         };
         let mut count = 0usize;
         for read in reads {
@@ -232,28 +260,43 @@ impl NeededRows {
                     read.tensor.name(read.block)
                 ))
             })?;
-            let size = site.element.size() as u64;
-            let mut cols = read.cols.clone();
-            cols.sort_unstable();
-            cols.dedup();
-            let mut stretches: Vec<(u64, u64)> = Vec::new();
-            for &c in &cols {
-                let c = c as u64;
-                match stretches.last_mut() {
-                    Some(last) if last.1 == c => last.1 = c + 1,
-                    _ => stretches.push((c, c + 1)),
-                }
-            }
-            count = count.saturating_add(read.rows.len().saturating_mul(stretches.len()));
+            let layout = &site.layout;
+            let size = layout.element.size() as u64;
+            let [row_step, col_step] = [0, 1].map(|d| layout.strides[d] as u64 * size);
+            let at = needed.stretches.len();
+            // Lines along which elements are adjacent, and the stretches along them.
+            let (along, across, line_step) = if col_step == size {
+                (&read.cols, &read.rows, Some(row_step))
+            } else if row_step == size {
+                (&read.rows, &read.cols, Some(col_step))
+            } else {
+                (&read.cols, &read.rows, None)
+            };
+            let (stretches, lines) = match line_step {
+                Some(_) => (stretches_of(along), across.len()),
+                None => (
+                    vec![(0, 1)],
+                    read.rows.len().saturating_mul(read.cols.len()),
+                ),
+            };
+            count = count.saturating_add(lines.saturating_mul(stretches.len()));
             if count > max_runs {
                 return Ok(None);
             }
-            let at = needed.col_runs.len();
-            needed.col_runs.push(stretches);
-            needed.rows.extend(read.rows.iter().map(|&row| {
-                let offset = site.start + (row as u64) * (site.cols as u64) * size;
-                (site.file, offset, size, at)
-            }));
+            needed.stretches.push(stretches);
+            let line = |offset: u64| (site.file, layout.offset + offset, size, at);
+            match line_step {
+                Some(step) => needed
+                    .lines
+                    .extend(across.iter().map(|&i| line(i as u64 * step))),
+                // Neither dimension is adjacent: every element is a line of its own.
+                None => needed.lines.extend(read.rows.iter().flat_map(|&r| {
+                    let row = r as u64 * row_step;
+                    read.cols
+                        .iter()
+                        .map(move |&c| line(row + c as u64 * col_step))
+                })),
+            }
         }
         Ok(Some(needed))
     }
@@ -261,46 +304,81 @@ impl NeededRows {
     /// Per file, the sorted disjoint runs of needed bytes with their arena positions, and
     /// the arena's size.
     fn into_runs(mut self, files: usize) -> (Vec<Vec<ByteRun>>, Vec<usize>) {
-        // Rows never overlap one another, so rows in file order give pieces in file order:
-        // only the rows are sorted (tens of thousands), not the pieces (a million for ten
-        // seeds).
-        self.rows.sort_unstable();
+        // Lines of one matrix never overlap one another, so lines in file order give pieces
+        // in file order: only the lines are sorted (tens of thousands), not the pieces (a
+        // million for ten seeds). Lines that do overlap (tensors viewing the same bytes)
+        // are noticed and planned piece by piece instead.
+        self.lines.sort_unstable();
+        match self.runs_in_line_order(files) {
+            Some(runs) => runs,
+            None => self.runs_piece_by_piece(files),
+        }
+    }
+
+    /// Runs from the pieces of the sorted lines, `None` if a piece comes out of order.
+    fn runs_in_line_order(&self, files: usize) -> Option<(Vec<Vec<ByteRun>>, Vec<usize>)> {
         let mut runs: Vec<Vec<ByteRun>> = vec![Vec::new(); files];
         // Per file, the needed bytes so far: where the next run goes in the file's arena.
         let mut arena_len = vec![0usize; files];
-        let mut shared_row: Vec<(u64, u64)> = Vec::new();
-        for group in self.rows.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+        let mut shared_line: Vec<(u64, u64)> = Vec::new();
+        for group in self.lines.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
             let (file, offset, size, _) = group[0];
             let bytes = |&(c0, c1): &(u64, u64)| (offset + c0 * size, offset + c1 * size);
             let (file_runs, at) = (&mut runs[file], &mut arena_len[file]);
-            if let [(.., only)] = group {
-                self.col_runs[*only]
+            let in_order = if let [(.., only)] = group {
+                self.stretches[*only]
                     .iter()
-                    .for_each(|piece| add_piece(file_runs, at, bytes(piece)));
+                    .all(|piece| add_piece(file_runs, at, bytes(piece)))
             } else {
-                // A row several reads need (seeds drawing the same neuron): their stretches
-                // interleave.
-                shared_row.clear();
-                shared_row.extend(
+                // A line several reads need (seeds drawing the same neuron): their
+                // stretches interleave.
+                shared_line.clear();
+                shared_line.extend(
                     group
                         .iter()
-                        .flat_map(|&(.., i)| self.col_runs[i].iter().map(bytes)),
+                        .flat_map(|&(.., i)| self.stretches[i].iter().map(bytes)),
                 );
-                shared_row.sort_unstable();
-                shared_row
+                shared_line.sort_unstable();
+                shared_line
                     .iter()
-                    .for_each(|&piece| add_piece(file_runs, at, piece));
+                    .all(|&piece| add_piece(file_runs, at, piece))
+            };
+            if !in_order {
+                return None;
             }
+        }
+        Some((runs, arena_len))
+    }
+
+    /// Runs from every piece, sorted: for lines that overlap.
+    fn runs_piece_by_piece(&self, files: usize) -> (Vec<Vec<ByteRun>>, Vec<usize>) {
+        let mut pieces: Vec<(usize, u64, u64)> = self
+            .lines
+            .iter()
+            .flat_map(|&(file, offset, size, i)| {
+                self.stretches[i]
+                    .iter()
+                    .map(move |&(c0, c1)| (file, offset + c0 * size, offset + c1 * size))
+            })
+            .collect();
+        pieces.sort_unstable();
+        let mut runs: Vec<Vec<ByteRun>> = vec![Vec::new(); files];
+        let mut arena_len = vec![0usize; files];
+        for (file, start, end) in pieces {
+            // Sorted: always in order.
+            add_piece(&mut runs[file], &mut arena_len[file], (start, end));
         }
         (runs, arena_len)
     }
 }
 
-/// Appends the byte range `(start, end)`, which starts no earlier than the last run, to
-/// `runs`: touching or overlapping ranges (an element two seeds read) extend the last run.
-/// `at` is the arena position of the next new byte.
-fn add_piece(runs: &mut Vec<ByteRun>, at: &mut usize, (start, end): (u64, u64)) {
+/// Appends the byte range `(start, end)` to `runs`: touching or overlapping ranges (an
+/// element two seeds read) extend the last run. `at` is the arena position of the next new
+/// byte. `false`, and nothing added, when the range starts before the last run: ranges
+/// must come in order.
+fn add_piece(runs: &mut Vec<ByteRun>, at: &mut usize, (start, end): (u64, u64)) -> bool {
     match runs.last_mut() {
+        Some(last) if start < last.start => return false,
         Some(last) if start <= last.end => {
             if end > last.end {
                 *at += (end - last.end) as usize;
@@ -316,6 +394,7 @@ fn add_piece(runs: &mut Vec<ByteRun>, at: &mut usize, (start, end): (u64, u64)) 
             *at += (end - start) as usize;
         }
     }
+    true
 }
 
 /// Per file, runs closer than `merge_gap` share a request.
@@ -346,6 +425,8 @@ mod tests {
     use neuromfa_common::sampler::draw_snin;
     use neuromfa_common::{read_plan, AnalysisParams, ModelShape, ReadPlan};
 
+    use neuromfa_common::checkpoint::ElementType;
+
     use super::*;
 
     #[test]
@@ -374,15 +455,13 @@ mod tests {
         for block in 0..shape.num_blocks {
             for tensor in BlockTensor::ALL {
                 let [rows, cols] = tensor.expected_shape(shape);
+                let layout = TensorLayout::contiguous("f", start, ElementType::F16, &[rows, cols]);
                 by_tensor.insert(
                     (block, tensor),
                     Site {
                         name: tensor.name(block),
                         file: 0,
-                        start,
-                        element: ElementType::F16,
-                        rows,
-                        cols,
+                        layout,
                     },
                 );
                 start += (rows * cols * 2) as u64;
@@ -426,7 +505,7 @@ mod tests {
                 let site = &sites.by_tensor[&(read.block, read.tensor)];
                 for &r in &read.rows {
                     for &c in &read.cols {
-                        let o = site.start + ((r * site.cols + c) * 2) as u64;
+                        let o = site.layout.element_offset(&[r, c]);
                         for plan in [&exact, &merged] {
                             assert!(plan.runs[0]
                                 .iter()
@@ -472,6 +551,8 @@ mod tests {
             requests: 29_544,
             file_bytes: 2_023_586_192,
             merge_gap: 4096,
+            layout_requests: 1,
+            layout_bytes: 65_536,
         };
         let options = RangeOptions::default();
         // A loopback mirror: requests are nearly free and the bytes decide.
@@ -482,5 +563,113 @@ mod tests {
         let far = options.estimate(&plan, Duration::from_millis(60));
         assert!(!far.favours_ranges(options.auto_max_share), "{far:?}");
         assert!(far.ranges > far.full, "{far:?}");
+    }
+
+    /// The needed bytes of `reads`, element by element, merged where they touch: what a plan
+    /// with no merge gap must hold, in file 0.
+    fn brute_force_runs(sites: &Sites, reads: &[Gather]) -> Vec<(u64, u64)> {
+        let mut pieces: Vec<(u64, u64)> = Vec::new();
+        for read in reads {
+            let layout = &sites.by_tensor[&(read.block, read.tensor)].layout;
+            let size = layout.element.size() as u64;
+            for &r in &read.rows {
+                for &c in &read.cols {
+                    let o = layout.element_offset(&[r, c]);
+                    pieces.push((o, o + size));
+                }
+            }
+        }
+        pieces.sort_unstable();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (start, end) in pieces {
+            match runs.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => runs.push((start, end)),
+            }
+        }
+        runs
+    }
+
+    /// `sites` with `tensor`'s layout in every block replaced by `relayout` of it.
+    fn relaid(
+        mut sites: Sites,
+        tensor: BlockTensor,
+        relayout: impl Fn(&TensorLayout) -> TensorLayout,
+    ) -> Sites {
+        for ((_, t), site) in sites.by_tensor.iter_mut() {
+            if *t == tensor {
+                site.layout = relayout(&site.layout);
+            }
+        }
+        sites
+    }
+
+    /// Plans `reads` with no merge gap and checks the runs against the brute force, their
+    /// arena positions against their lengths, and the requests against the runs.
+    fn assert_exact(sites: &Sites, reads: &[Gather]) -> Plan {
+        let plan = make_plan(sites, reads, 1, 0, MAX_RUNS).unwrap().unwrap();
+        let runs: Vec<(u64, u64)> = plan.runs[0].iter().map(|r| (r.start, r.end)).collect();
+        assert_eq!(runs, brute_force_runs(sites, reads));
+        let mut at = 0;
+        for run in &plan.runs[0] {
+            assert_eq!(run.at, at);
+            at += (run.end - run.start) as usize;
+        }
+        assert_eq!(plan.arena_len[0], at);
+        assert_eq!(plan.summary.planned_bytes, at as u64);
+        plan
+    }
+
+    #[test]
+    fn strided_tensors_are_planned_element_by_element_exactly() {
+        let shape = shape(64, 2);
+        let reads = reads(&shape, 8, &[0, 1, 2]);
+        // Row-major: the plan of every safetensors file.
+        let row_major = sites(&shape);
+        let contiguous = assert_exact(&row_major, &reads);
+        // MLP-down stored transposed, as a `.bin` view with strides (1, rows) may be: its
+        // columns are the adjacent elements now, in the same bytes.
+        let transposed = relaid(row_major.clone(), BlockTensor::MlpDown, |l| TensorLayout {
+            strides: vec![1, l.shape[0]],
+            ..l.clone()
+        });
+        let plan = assert_exact(&transposed, &reads);
+        assert_eq!(plan.summary.elements, contiguous.summary.elements);
+        assert_ne!(plan.summary.requests, contiguous.summary.requests);
+        // Every other element of a twice-as-long storage: no dimension is adjacent.
+        let spread = relaid(row_major.clone(), BlockTensor::Qkv, |l| TensorLayout {
+            strides: vec![2 * l.shape[1], 2],
+            ..l.clone()
+        });
+        assert_exact(&spread, &reads);
+    }
+
+    #[test]
+    fn tensors_viewing_the_same_bytes_are_planned_in_file_order() {
+        let shape = shape(64, 2);
+        let reads = reads(&shape, 8, &[0, 1]);
+        let sites = sites(&shape);
+        // Block 1's attention dense matrix views block 0's bytes from its second element,
+        // transposed: its lines straddle block 0's rows.
+        let block0 = sites.by_tensor[&(0, BlockTensor::AttentionDense)]
+            .layout
+            .clone();
+        let mut aliased = sites.clone();
+        if let Some(site) = aliased.by_tensor.get_mut(&(1, BlockTensor::AttentionDense)) {
+            site.layout = TensorLayout {
+                offset: block0.offset + 2,
+                strides: vec![1, 64],
+                ..block0
+            };
+        }
+        let mut lines = NeededLines::of(&aliased, &reads, MAX_RUNS)
+            .unwrap()
+            .unwrap();
+        lines.lines.sort_unstable();
+        assert!(
+            lines.runs_in_line_order(1).is_none(),
+            "the lines overlap, so their pieces come out of order"
+        );
+        assert_exact(&aliased, &reads);
     }
 }

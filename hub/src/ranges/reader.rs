@@ -162,15 +162,16 @@ impl RangedCheckpoint {
 
     /// `W[row, col]` of the tensor at `site`, if it was fetched and is finite.
     fn element(&self, site: &Site, row: usize, col: usize) -> Result<f64, Error> {
-        if row >= site.rows || col >= site.cols {
+        let layout = &site.layout;
+        if row >= layout.shape[0] || col >= layout.shape[1] {
             return Err(Error::InvalidParameter(format!(
-                "[{row}, {col}] is outside tensor `{}` of shape [{}, {}]",
-                site.name, site.rows, site.cols
+                "[{row}, {col}] is outside tensor `{}` of shape {:?}",
+                site.name, layout.shape
             )));
         }
         let file = &self.files[site.file];
-        let size = site.element.size();
-        let offset = site.start + ((row * site.cols + col) * size) as u64;
+        let size = layout.element.size();
+        let offset = layout.element_offset(&[row, col]);
         let bytes = file.held.bytes(offset, size).ok_or_else(|| {
             Error::io(
                 file.path.clone(),
@@ -184,7 +185,7 @@ impl RangedCheckpoint {
                 ),
             )
         })?;
-        let value = site.element.decode(bytes);
+        let value = layout.element.decode(bytes);
         if !value.is_finite() {
             return Err(Error::NonFiniteWeight {
                 path: file.path.clone(),

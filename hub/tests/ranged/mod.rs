@@ -1,0 +1,114 @@
+//! Helpers shared by the ranged-fetch tests: checkpoints laid out for the loopback Hub, a
+//! Hub behind a misbehaving layer, a fetcher, and bit-for-bit comparison of two readers.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::Path;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use neuromfa_common::network::WeightReader;
+use neuromfa_common::{analyze_seed, AnalysisParams};
+use neuromfa_hub::fetch::Fetcher;
+use neuromfa_hub::ranges::{FetchedWeights, RangedCheckpoint};
+use neuromfa_hub::HubSettings;
+use neuromfa_hub_server::{HubServer, HubServerConfig};
+
+use crate::common::write;
+
+/// Copies every file of `src` to `root/<repo>/<revision>/`.
+pub fn install(root: &Path, repo: &str, revision: &str, src: &Path) {
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let bytes = std::fs::read(entry.path()).unwrap();
+        write(root, &format!("{repo}/{revision}/{name}"), &bytes);
+    }
+}
+
+/// Serves `root` through `layer` (a middleware that misbehaves) on a loopback port.
+pub async fn start_with_layer<F, Fut>(root: &Path, layer: F) -> String
+where
+    F: Fn(Request, Next) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response> + Send + 'static,
+{
+    let server = HubServer::new(HubServerConfig {
+        root: root.to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    let router: Router = server.router().layer(axum::middleware::from_fn(layer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}")
+}
+
+pub fn fetcher(endpoint: &str, cache: &Path) -> Fetcher {
+    Fetcher::new(HubSettings {
+        endpoint: Some(endpoint.to_string()),
+        token: None,
+        cache_dir: Some(cache.to_path_buf()),
+    })
+    .unwrap()
+}
+
+pub fn params(layer_sample: usize) -> AnalysisParams {
+    AnalysisParams {
+        layer_sample,
+        ..AnalysisParams::default()
+    }
+}
+
+pub fn ranged(weights: FetchedWeights) -> RangedCheckpoint {
+    match weights {
+        FetchedWeights::Ranged(r) => r,
+        FetchedWeights::Full(f) => panic!("expected a ranged fetch, got a full one: {f:?}"),
+    }
+}
+
+/// `analyze_seed` gives the same result, bit for bit, on both readers (or the same error).
+pub fn assert_identical(
+    a: &dyn WeightReader,
+    b: &dyn WeightReader,
+    p: &AnalysisParams,
+    seeds: &[u32],
+) {
+    for &seed in seeds {
+        match (
+            analyze_seed(a, p, 1000, seed),
+            analyze_seed(b, p, 1000, seed),
+        ) {
+            (Ok(x), Ok(y)) => {
+                assert_eq!(
+                    x.result.alpha0.to_bits(),
+                    y.result.alpha0.to_bits(),
+                    "seed {seed}"
+                );
+                assert_eq!(
+                    x.result.width.to_bits(),
+                    y.result.width.to_bits(),
+                    "seed {seed}"
+                );
+                assert_eq!(
+                    serde_json::to_value(&x.result).unwrap(),
+                    serde_json::to_value(&y.result).unwrap(),
+                    "seed {seed}"
+                );
+                let edges = |s: &neuromfa_common::network::Snin| {
+                    s.edges()
+                        .map(|(from, to, w)| (from, to, w.to_bits()))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(edges(&x.snin), edges(&y.snin), "seed {seed}");
+            }
+            (Err(x), Err(y)) => assert_eq!(x.to_string(), y.to_string(), "seed {seed}"),
+            (x, y) => panic!(
+                "seed {seed}: {:?} vs {:?}",
+                x.map(|a| a.result.alpha0),
+                y.map(|a| a.result.alpha0)
+            ),
+        }
+    }
+}
