@@ -6,7 +6,8 @@
 //!
 //! Targets: at least 5,000 completions/s and under 300 MiB.
 
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,120 +56,34 @@ fn main() {
         .collect();
     let workers: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(100);
     let tasks: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    if let Err(e) = run(workers, tasks) {
+        eprintln!("{e}");
+    }
+}
+
+fn run(workers: usize, tasks: u64) -> Result<(), String> {
     let seeds = 100u64;
     let steps = tasks.div_ceil(seeds);
-
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => return eprintln!("no temp dir: {e}"),
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(50_951);
-    // The coordinator checks every revision before it serves: against a port nobody
-    // listens on that fails at once, instead of waiting on the real Hub (or on no network).
-    let hub_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(9);
-    let spec = dir.path().join("load.toml");
-    let step_list: Vec<String> = (0..steps).map(|s| s.to_string()).collect();
-    let text = format!(
-        "name = \"load\"\nstate_dir = \"{}\"\nseeds = {seeds}\nsteps = [{}]\ntoken = \"{TOKEN}\"\n\
-         [coordinator]\nlisten = \"127.0.0.1:{port}\"\nlease_seconds = 60\n\
-         [hub]\nendpoint = \"http://127.0.0.1:{hub_port}\"\n\
-         [[models]]\nrepo = \"load/noop\"\n",
-        dir.path().join("state").display(),
-        step_list.join(", ")
-    );
-    if let Err(e) = std::fs::write(&spec, text) {
-        return eprintln!("cannot write spec: {e}");
-    }
+    let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
+    let port = free_port(50_951);
+    let spec = write_spec(dir.path(), seeds, steps, port)?;
 
     let started = Instant::now();
-    let mut coordinator = match Command::new(env!("CARGO_BIN_EXE_neuromfa"))
-        .args(["coordinator", spec.to_str().unwrap_or_default()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return eprintln!("cannot start the coordinator: {e}"),
-    };
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if started.elapsed() > Duration::from_secs(120) {
-            let _ = coordinator.kill();
-            return eprintln!("the coordinator did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut coordinator = start_coordinator(&spec, port)?;
     println!(
         "coordinator up with {} tasks in {:.1} s",
         steps * seeds,
         started.elapsed().as_secs_f64()
     );
 
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => return eprintln!("no runtime: {e}"),
-    };
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("no runtime: {e}"))?;
     let completed = Arc::new(AtomicU64::new(0));
     let url = format!("http://127.0.0.1:{port}");
     let run_started = Instant::now();
     runtime.block_on(async {
-        let mut handles = Vec::new();
-        for w in 0..workers {
-            let url = url.clone();
-            let completed = completed.clone();
-            handles.push(tokio::spawn(async move {
-                let Ok(mut client) = neuromfa::worker::connect(&url, TOKEN, None) else {
-                    return;
-                };
-                let Ok(reply) = client
-                    .register(proto::RegisterRequest {
-                        host: format!("sim{w}"),
-                        cores: 1,
-                        version: "bench".into(),
-                    })
-                    .await
-                else {
-                    return;
-                };
-                let worker_id = reply.into_inner().worker_id;
-                loop {
-                    let Ok(lease) = client
-                        .lease(proto::LeaseRequest {
-                            worker_id: worker_id.clone(),
-                            max_tasks: 10,
-                        })
-                        .await
-                    else {
-                        return;
-                    };
-                    let lease = lease.into_inner();
-                    if lease.tasks.is_empty() {
-                        if lease.sweep_finished {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(lease.retry_after_ms)).await;
-                        continue;
-                    }
-                    for task in lease.tasks {
-                        let request = proto::CompleteRequest {
-                            worker_id: worker_id.clone(),
-                            task_id: task.task_id,
-                            attempt: task.attempt,
-                            result_json: fake_result(task.step, task.seed),
-                            ..Default::default()
-                        };
-                        if client.complete(request).await.is_ok() {
-                            completed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }));
-        }
+        let handles: Vec<_> = (0..workers)
+            .map(|w| tokio::spawn(simulated_worker(url.clone(), w, completed.clone())))
+            .collect();
         for h in handles {
             let _ = h.await;
         }
@@ -187,5 +102,102 @@ fn main() {
     match rss {
         Some(kib) => println!("coordinator peak RSS: {:.0} MiB", kib as f64 / 1024.0),
         None => println!("coordinator peak RSS: unavailable"),
+    }
+    Ok(())
+}
+
+/// A port free right now on loopback, or `fallback`.
+fn free_port(fallback: u16) -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(fallback)
+}
+
+/// The load sweep's spec in `dir`: one no-op model, `steps` × `seeds` tasks.
+fn write_spec(dir: &Path, seeds: u64, steps: u64, port: u16) -> Result<PathBuf, String> {
+    // The coordinator checks every revision before it serves: against a port nobody
+    // listens on that fails at once, instead of waiting on the real Hub (or on no network).
+    let hub_port = free_port(9);
+    let spec = dir.join("load.toml");
+    let step_list: Vec<String> = (0..steps).map(|s| s.to_string()).collect();
+    let text = format!(
+        "name = \"load\"\nstate_dir = \"{}\"\nseeds = {seeds}\nsteps = [{}]\ntoken = \"{TOKEN}\"\n\
+         [coordinator]\nlisten = \"127.0.0.1:{port}\"\nlease_seconds = 60\n\
+         [hub]\nendpoint = \"http://127.0.0.1:{hub_port}\"\n\
+         [[models]]\nrepo = \"load/noop\"\n",
+        dir.join("state").display(),
+        step_list.join(", ")
+    );
+    std::fs::write(&spec, text).map_err(|e| format!("cannot write spec: {e}"))?;
+    Ok(spec)
+}
+
+/// `neuromfa coordinator SPEC`, once it listens on `port`.
+fn start_coordinator(spec: &Path, port: u16) -> Result<Child, String> {
+    let started = Instant::now();
+    let mut coordinator = Command::new(env!("CARGO_BIN_EXE_neuromfa"))
+        .args(["coordinator", spec.to_str().unwrap_or_default()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the coordinator: {e}"))?;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = coordinator.kill();
+            return Err("the coordinator did not start".to_string());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(coordinator)
+}
+
+/// A worker that registers, then leases and completes (with a fake result) until the
+/// sweep is finished, counting its accepted completions in `completed`.
+async fn simulated_worker(url: String, w: usize, completed: Arc<AtomicU64>) {
+    let Ok(mut client) = neuromfa::worker::connect(&url, TOKEN, None) else {
+        return;
+    };
+    let Ok(reply) = client
+        .register(proto::RegisterRequest {
+            host: format!("sim{w}"),
+            cores: 1,
+            version: "bench".into(),
+        })
+        .await
+    else {
+        return;
+    };
+    let worker_id = reply.into_inner().worker_id;
+    loop {
+        let Ok(lease) = client
+            .lease(proto::LeaseRequest {
+                worker_id: worker_id.clone(),
+                max_tasks: 10,
+            })
+            .await
+        else {
+            return;
+        };
+        let lease = lease.into_inner();
+        if lease.tasks.is_empty() {
+            if lease.sweep_finished {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(lease.retry_after_ms)).await;
+            continue;
+        }
+        for task in lease.tasks {
+            let request = proto::CompleteRequest {
+                worker_id: worker_id.clone(),
+                task_id: task.task_id,
+                attempt: task.attempt,
+                result_json: fake_result(task.step, task.seed),
+                ..Default::default()
+            };
+            if client.complete(request).await.is_ok() {
+                completed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }

@@ -158,91 +158,24 @@ struct JsonReport<'a> {
 }
 
 pub fn run(args: AnalyzeArgs) -> Result<()> {
-    let seeds = if args.seed.is_empty() {
-        parse_seed_range(&args.seeds)?
-    } else {
-        args.seed.clone()
-    };
-    let mut dirs = args
-        .dirs
-        .iter()
-        .map(|d| parse_step_dir(d))
-        .collect::<Result<Vec<_>>>()?;
-    dirs.sort_by_key(|d| d.step);
-    if let Some(w) = dirs.windows(2).find(|w| w[0].step == w[1].step) {
-        bail!(
-            "step {} is given twice ({} and {})",
-            w[0].step,
-            w[0].path.display(),
-            w[1].path.display()
-        );
-    }
-    let params = AnalysisParams {
-        layer_sample: args.layer_sample,
-        threshold: args.threshold,
-        q: q_grid(args.q_min, args.q_max, args.q_step)?,
-        alpha0_method: args.alpha0.into(),
-        distance: match args.distance {
-            DistanceChoice::OneHop => DistanceMode::OneHop,
-            DistanceChoice::ShortestPath => DistanceMode::ShortestPath {
-                lambda: args.lambda,
-                gamma: args.gamma,
-            },
-        },
-    };
-    params.validate()?;
-    if args.distance == DistanceChoice::OneHop
-        && (args.lambda != DEFAULT_LAMBDA || args.gamma != DEFAULT_GAMMA || args.dijkstra)
-    {
-        bail!("--lambda, --gamma and --dijkstra apply to --distance shortest-path only");
-    }
-    let engine = if args.dijkstra {
-        PathEngine::Dijkstra
-    } else {
-        PathEngine::MinPlus
-    };
+    let seeds = args.seed_list()?;
+    let dirs = args.step_dirs()?;
+    let (params, engine) = args.analysis()?;
 
     let started = Instant::now();
-    let checkpoints = dirs
-        .iter()
-        .map(|d| {
-            Checkpoint::open(&d.path)
-                .with_context(|| format!("opening checkpoint {}", d.path.display()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    for (dir, checkpoint) in dirs.iter().zip(&checkpoints) {
-        check_layer_sample(checkpoint.shape(), params.layer_sample)
-            .with_context(|| format!("checkpoint {}", dir.path.display()))?;
-    }
+    let checkpoints = open_checkpoints(&dirs, &params)?;
     if let Some(out) = &args.export_snin {
         std::fs::create_dir_all(out)
             .with_context(|| format!("creating export directory {}", out.display()))?;
     }
-
-    // Checkpoint by checkpoint, the seeds of each together: in shortest-path mode they
-    // share every weight read.
-    let progress = progress_bar((dirs.len() * seeds.len()) as u64);
-    let mut results = Vec::with_capacity(dirs.len() * seeds.len());
-    for (dir, checkpoint) in dirs.iter().zip(&checkpoints) {
-        let context = |seed: Option<u32>| match seed {
-            Some(seed) => format!("{} (step {}), seed {seed}", dir.path.display(), dir.step),
-            None => format!("{} (step {})", dir.path.display(), dir.step),
-        };
-        let analyses = analyze_seeds_with(checkpoint, &params, dir.step, &seeds, engine)
-            .with_context(|| context(None))?;
-        for (analysis, &seed) in analyses.into_iter().zip(&seeds) {
-            let analysis = analysis.with_context(|| context(Some(seed)))?;
-            if let Some(out) = &args.export_snin {
-                export_snin(out, &analysis).with_context(|| {
-                    format!("exporting the network of step {} seed {seed}", dir.step)
-                })?;
-            }
-            progress.inc(1);
-            results.push(analysis.result);
-        }
-    }
-    progress.finish_and_clear();
-
+    let results = analyze_checkpoints(
+        &dirs,
+        &checkpoints,
+        &params,
+        &seeds,
+        engine,
+        args.export_snin.as_deref(),
+    )?;
     let first_step = dirs[0].step;
     let points: Vec<_> = results.iter().map(SeedResult::point).collect();
     let aggregates = aggregate(&points, first_step);
@@ -276,6 +209,116 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
         eprintln!("networks written to {}", out.display());
     }
     Ok(())
+}
+
+impl AnalyzeArgs {
+    /// `--seed`s when given, else the `--seeds` range.
+    fn seed_list(&self) -> Result<Vec<u32>> {
+        if self.seed.is_empty() {
+            parse_seed_range(&self.seeds)
+        } else {
+            Ok(self.seed.clone())
+        }
+    }
+
+    /// The checkpoint directories in step order; a step given twice is refused.
+    fn step_dirs(&self) -> Result<Vec<StepDir>> {
+        let mut dirs = self
+            .dirs
+            .iter()
+            .map(|d| parse_step_dir(d))
+            .collect::<Result<Vec<_>>>()?;
+        dirs.sort_by_key(|d| d.step);
+        if let Some(w) = dirs.windows(2).find(|w| w[0].step == w[1].step) {
+            bail!(
+                "step {} is given twice ({} and {})",
+                w[0].step,
+                w[0].path.display(),
+                w[1].path.display()
+            );
+        }
+        Ok(dirs)
+    }
+
+    /// The analysis settings, validated, and how shortest paths are computed.
+    fn analysis(&self) -> Result<(AnalysisParams, PathEngine)> {
+        let params = AnalysisParams {
+            layer_sample: self.layer_sample,
+            threshold: self.threshold,
+            q: q_grid(self.q_min, self.q_max, self.q_step)?,
+            alpha0_method: self.alpha0.into(),
+            distance: match self.distance {
+                DistanceChoice::OneHop => DistanceMode::OneHop,
+                DistanceChoice::ShortestPath => DistanceMode::ShortestPath {
+                    lambda: self.lambda,
+                    gamma: self.gamma,
+                },
+            },
+        };
+        params.validate()?;
+        if self.distance == DistanceChoice::OneHop
+            && (self.lambda != DEFAULT_LAMBDA || self.gamma != DEFAULT_GAMMA || self.dijkstra)
+        {
+            bail!("--lambda, --gamma and --dijkstra apply to --distance shortest-path only");
+        }
+        let engine = if self.dijkstra {
+            PathEngine::Dijkstra
+        } else {
+            PathEngine::MinPlus
+        };
+        Ok((params, engine))
+    }
+}
+
+/// Every checkpoint, opened and checked against the settings before any is analysed.
+fn open_checkpoints(dirs: &[StepDir], params: &AnalysisParams) -> Result<Vec<Checkpoint>> {
+    let checkpoints = dirs
+        .iter()
+        .map(|d| {
+            Checkpoint::open(&d.path)
+                .with_context(|| format!("opening checkpoint {}", d.path.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (dir, checkpoint) in dirs.iter().zip(&checkpoints) {
+        check_layer_sample(checkpoint.shape(), params.layer_sample)
+            .with_context(|| format!("checkpoint {}", dir.path.display()))?;
+    }
+    Ok(checkpoints)
+}
+
+/// Every seed of every checkpoint, in step then seed order, each network exported under
+/// `snin_out` when given. Checkpoint by checkpoint, the seeds of each together: in
+/// shortest-path mode they share every weight read.
+fn analyze_checkpoints(
+    dirs: &[StepDir],
+    checkpoints: &[Checkpoint],
+    params: &AnalysisParams,
+    seeds: &[u32],
+    engine: PathEngine,
+    snin_out: Option<&Path>,
+) -> Result<Vec<SeedResult>> {
+    let progress = progress_bar((dirs.len() * seeds.len()) as u64);
+    let mut results = Vec::with_capacity(dirs.len() * seeds.len());
+    for (dir, checkpoint) in dirs.iter().zip(checkpoints) {
+        let context = |seed: Option<u32>| match seed {
+            Some(seed) => format!("{} (step {}), seed {seed}", dir.path.display(), dir.step),
+            None => format!("{} (step {})", dir.path.display(), dir.step),
+        };
+        let analyses = analyze_seeds_with(checkpoint, params, dir.step, seeds, engine)
+            .with_context(|| context(None))?;
+        for (analysis, &seed) in analyses.into_iter().zip(seeds) {
+            let analysis = analysis.with_context(|| context(Some(seed)))?;
+            if let Some(out) = snin_out {
+                export_snin(out, &analysis).with_context(|| {
+                    format!("exporting the network of step {} seed {seed}", dir.step)
+                })?;
+            }
+            progress.inc(1);
+            results.push(analysis.result);
+        }
+    }
+    progress.finish_and_clear();
+    Ok(results)
 }
 
 fn progress_bar(len: u64) -> ProgressBar {

@@ -185,47 +185,9 @@ pub async fn audit(args: AuditArgs) -> Result<()> {
         .collect();
     let grouped = groups(hashes.iter().map(|(s, h)| (*s, h.as_str())));
     if args.json {
-        let doc = serde_json::json!({
-            "repo": args.repo,
-            "steps": rows,
-            "groups": grouped
-                .iter()
-                .map(|(hash, steps)| serde_json::json!({"weights_sha256": hash, "steps": steps}))
-                .collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        print_audit_json(&args.repo, &rows, &grouped)?;
     } else {
-        println!("{}: {} steps checked", args.repo, rows.len());
-        println!(
-            "{:>8}  {:<12} {:<11} {:<16} note",
-            "step", "commit", "format", "weights sha256"
-        );
-        for r in &rows {
-            let note = match (&r.duplicate_of, &r.error) {
-                (_, Some(e)) => format!("unresolved: {e}"),
-                (Some(d), None) => format!("DUPLICATE of step {d}"),
-                (None, None) => String::new(),
-            };
-            println!(
-                "{:>8}  {:<12} {:<11} {:<16} {note}",
-                r.step,
-                r.commit.as_deref().map_or("-", |c| &c[..c.len().min(12)]),
-                r.format.as_deref().unwrap_or("-"),
-                r.weights_sha256
-                    .as_deref()
-                    .map_or("-", |h| &h[..h.len().min(16)]),
-            );
-        }
-        println!("groups of identical weights:");
-        for (hash, steps) in &grouped {
-            let list: Vec<String> = steps.iter().map(u64::to_string).collect();
-            println!(
-                "  {} : {} step(s): {}",
-                &hash[..hash.len().min(16)],
-                steps.len(),
-                list.join(", ")
-            );
-        }
+        print_audit_table(&args.repo, &rows, &grouped);
     }
     let unresolved = rows.iter().filter(|r| r.error.is_some()).count();
     if unresolved > 0 {
@@ -239,4 +201,53 @@ pub async fn audit(args: AuditArgs) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// The audit as one JSON document: every step, and the groups of identical weights.
+fn print_audit_json(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>)]) -> Result<()> {
+    let doc = serde_json::json!({
+        "repo": repo,
+        "steps": rows,
+        "groups": grouped
+            .iter()
+            .map(|(hash, steps)| serde_json::json!({"weights_sha256": hash, "steps": steps}))
+            .collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+/// The audit as a table of steps, then the groups of identical weights.
+fn print_audit_table(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>)]) {
+    println!("{repo}: {} steps checked", rows.len());
+    println!(
+        "{:>8}  {:<12} {:<11} {:<16} note",
+        "step", "commit", "format", "weights sha256"
+    );
+    for r in rows {
+        let note = match (&r.duplicate_of, &r.error) {
+            (_, Some(e)) => format!("unresolved: {e}"),
+            (Some(d), None) => format!("DUPLICATE of step {d}"),
+            (None, None) => String::new(),
+        };
+        println!(
+            "{:>8}  {:<12} {:<11} {:<16} {note}",
+            r.step,
+            r.commit.as_deref().map_or("-", |c| &c[..c.len().min(12)]),
+            r.format.as_deref().unwrap_or("-"),
+            r.weights_sha256
+                .as_deref()
+                .map_or("-", |h| &h[..h.len().min(16)]),
+        );
+    }
+    println!("groups of identical weights:");
+    for (hash, steps) in grouped {
+        let list: Vec<String> = steps.iter().map(u64::to_string).collect();
+        println!(
+            "  {} : {} step(s): {}",
+            &hash[..hash.len().min(16)],
+            steps.len(),
+            list.join(", ")
+        );
+    }
 }

@@ -184,69 +184,35 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 }
 
 fn submit(args: SubmitArgs) -> Result<()> {
-    check_worker_options(&args.worker_options)?;
-    let spec_path = absolute(&args.spec)?;
-    let spec = load_spec(&spec_path)?;
-    let state_dir = absolute(&spec.state_dir)?;
-    let address = args
-        .coordinator
-        .clone()
-        .unwrap_or_else(|| dial_address(&spec));
-    let tls_ca = args.tls_ca.as_deref().map(absolute).transpose()?;
-    if tls_ca.is_some() && !address.starts_with("https://") {
-        bail!("--tls-ca is given but the workers would dial {address}, not an https:// URL");
-    }
-    let binary = match &args.binary {
-        Some(binary) => absolute(binary)?,
-        None => std::env::current_exe().context("finding this neuromfa binary")?,
-    };
-    let mut environment = vec!["NEUROMFA_COORDINATOR", "NEUROMFA_TOKEN"];
-    if tls_ca.is_some() {
-        environment.push("NEUROMFA_TLS_CA");
-    }
-    let log_dir = match &args.log_dir {
-        Some(dir) => absolute(dir)?,
-        None => state_dir.join("slurm"),
-    };
-    let script = BatchScript {
-        job_name: format!("neuromfa-{}", job_name_part(&spec.name)),
-        workers: args.workers,
-        partition: args.partition.clone(),
-        time: args.time.clone(),
-        cpus_per_task: args.cpus_per_task,
-        sbatch_options: args.sbatch_options.clone(),
-        log_dir: log_dir.clone(),
-        binary,
-        worker_options: args.worker_options.clone(),
-        environment,
-    };
-    let text = script.render();
+    let plan = Submission::plan(&args)?;
+    let (address, tls_ca) = (&plan.address, plan.tls_ca.as_deref());
+    let text = plan.script.render();
     if args.dry_run {
         print!("{text}");
         eprintln!(
             "(dry run: nothing submitted; sbatch would run with NEUROMFA_COORDINATOR={address}{} and the sweep token in NEUROMFA_TOKEN)",
             tls_ca
-                .as_ref()
                 .map(|ca| format!(", NEUROMFA_TLS_CA={}", ca.display()))
                 .unwrap_or_default()
         );
         return Ok(());
     }
-    if let Some(ca) = tls_ca.as_ref().filter(|ca| !ca.is_file()) {
+    if let Some(ca) = tls_ca.filter(|ca| !ca.is_file()) {
         bail!("--tls-ca {} is not a file", ca.display());
     }
-    if is_loopback(&address) {
+    if is_loopback(address) {
         eprintln!("note: workers dial {address}, reachable only from this machine; set coordinator.listen (e.g. 0.0.0.0:50051) or coordinator.address for compute nodes elsewhere");
     }
 
     // The token is settled before a coordinator starts, so both sides use the same one.
     let token = match &args.coordinator {
-        Some(url) => recorded_token(&spec).ok_or_else(|| {
+        Some(url) => recorded_token(&plan.spec).ok_or_else(|| {
             anyhow!("no sweep token for the coordinator at {url}: set NEUROMFA_TOKEN, the spec's `token`, or run this where the coordinator's STATE_DIR/token is")
         })?,
-        None => sweep_token(&spec)?,
+        None => sweep_token(&plan.spec)?,
     };
-    std::fs::create_dir_all(&log_dir)
+    let log_dir = &plan.script.log_dir;
+    std::fs::create_dir_all(log_dir)
         .with_context(|| format!("creating the log directory {}", log_dir.display()))?;
     let script_path = log_dir.join("worker-array.sh");
     std::fs::write(&script_path, &text)
@@ -254,35 +220,14 @@ fn submit(args: SubmitArgs) -> Result<()> {
 
     let mut started = match &args.coordinator {
         Some(_) => None,
-        None => Some(start_coordinator(&spec_path, &spec, &state_dir)?),
+        None => Some(start_coordinator(
+            &plan.spec_path,
+            &plan.spec,
+            &plan.state_dir,
+        )?),
     };
-    let mut sbatch = Command::new("sbatch");
-    sbatch
-        .arg("--parsable")
-        .arg(&script_path)
-        .env("NEUROMFA_COORDINATOR", &address)
-        .env("NEUROMFA_TOKEN", &token);
-    match &tls_ca {
-        Some(ca) => sbatch.env("NEUROMFA_TLS_CA", ca),
-        None => sbatch.env_remove("NEUROMFA_TLS_CA"),
-    };
-    let submitted = sbatch
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| anyhow!("cannot run sbatch ({e}): is this a Slurm login node? (--dry-run prints the batch script without Slurm)"))
-        .and_then(|out| {
-            if out.status.success() {
-                Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-            } else {
-                Err(anyhow!(
-                    "sbatch refused the job array ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-            }
-        });
-    let job = match submitted {
-        Ok(job) => job,
+    let job_id = match sbatch(&script_path, address, &token, tls_ca) {
+        Ok(job_id) => job_id,
         Err(error) => {
             // Nothing will connect to a coordinator started for this submission.
             if let Some(coordinator) = started.as_mut() {
@@ -292,8 +237,6 @@ fn submit(args: SubmitArgs) -> Result<()> {
             return Err(error.context(format!("batch script: {}", script_path.display())));
         }
     };
-    // `--parsable` prints `JOBID` or `JOBID;CLUSTER`.
-    let job_id = job.split(';').next().unwrap_or(&job).to_string();
     if let Some(coordinator) = &started {
         println!(
             "coordinator: {address} (pid {}, log {}; stop it with `kill $(cat {})`)",
@@ -312,6 +255,96 @@ fn submit(args: SubmitArgs) -> Result<()> {
     );
     println!("watch: neuromfa status {address}    cancel: scancel {job_id}");
     Ok(())
+}
+
+/// What a submission settles before anything runs or is written: the paths, made
+/// absolute (batch scripts run elsewhere), the address the workers dial, and the script.
+struct Submission {
+    spec_path: PathBuf,
+    spec: SweepSpec,
+    state_dir: PathBuf,
+    /// The coordinator's URL, as the workers dial it.
+    address: String,
+    tls_ca: Option<PathBuf>,
+    script: BatchScript,
+}
+
+impl Submission {
+    fn plan(args: &SubmitArgs) -> Result<Self> {
+        check_worker_options(&args.worker_options)?;
+        let spec_path = absolute(&args.spec)?;
+        let spec = load_spec(&spec_path)?;
+        let state_dir = absolute(&spec.state_dir)?;
+        let address = args
+            .coordinator
+            .clone()
+            .unwrap_or_else(|| dial_address(&spec));
+        let tls_ca = args.tls_ca.as_deref().map(absolute).transpose()?;
+        if tls_ca.is_some() && !address.starts_with("https://") {
+            bail!("--tls-ca is given but the workers would dial {address}, not an https:// URL");
+        }
+        let binary = match &args.binary {
+            Some(binary) => absolute(binary)?,
+            None => std::env::current_exe().context("finding this neuromfa binary")?,
+        };
+        let mut environment = vec!["NEUROMFA_COORDINATOR", "NEUROMFA_TOKEN"];
+        if tls_ca.is_some() {
+            environment.push("NEUROMFA_TLS_CA");
+        }
+        let log_dir = match &args.log_dir {
+            Some(dir) => absolute(dir)?,
+            None => state_dir.join("slurm"),
+        };
+        let script = BatchScript {
+            job_name: format!("neuromfa-{}", job_name_part(&spec.name)),
+            workers: args.workers,
+            partition: args.partition.clone(),
+            time: args.time.clone(),
+            cpus_per_task: args.cpus_per_task,
+            sbatch_options: args.sbatch_options.clone(),
+            log_dir,
+            binary,
+            worker_options: args.worker_options.clone(),
+            environment,
+        };
+        Ok(Submission {
+            spec_path,
+            spec,
+            state_dir,
+            address,
+            tls_ca,
+            script,
+        })
+    }
+}
+
+/// Submits the batch script and returns the job id. The address, the token and the CA go
+/// into sbatch's environment, which the array tasks inherit (`--export=ALL`).
+fn sbatch(script_path: &Path, address: &str, token: &str, tls_ca: Option<&Path>) -> Result<String> {
+    let mut sbatch = Command::new("sbatch");
+    sbatch
+        .arg("--parsable")
+        .arg(script_path)
+        .env("NEUROMFA_COORDINATOR", address)
+        .env("NEUROMFA_TOKEN", token);
+    match tls_ca {
+        Some(ca) => sbatch.env("NEUROMFA_TLS_CA", ca),
+        None => sbatch.env_remove("NEUROMFA_TLS_CA"),
+    };
+    let out = sbatch
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| anyhow!("cannot run sbatch ({e}): is this a Slurm login node? (--dry-run prints the batch script without Slurm)"))?;
+    if !out.status.success() {
+        bail!(
+            "sbatch refused the job array ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // `--parsable` prints `JOBID` or `JOBID;CLUSTER`.
+    Ok(job.split(';').next().unwrap_or(&job).to_string())
 }
 
 /// A coordinator started in the background for a submission.

@@ -10,16 +10,17 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use neuromfa_coordinator::{export, OpenMode, StatusReport, SweepSpec, SweepState};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use neuromfa_common::checkpoint::FetchMode;
 use neuromfa_hub::HubSettings;
-use neuromfa_hub_server::{self as hub_server, HubServerConfig};
+use neuromfa_hub_server::{self as hub_server, HubServerConfig, RunningHub};
 
 use crate::auth::generate_token;
 use crate::integrity::resolve_grid;
 use crate::proto;
 use crate::server::RunningCoordinator;
-use crate::worker::{self, WorkerOptions};
+use crate::worker::{self, WorkerOptions, WorkerSummary};
 
 const TOKEN_FILE: &str = "token";
 
@@ -337,30 +338,10 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     let token = sweep_token(&spec)?;
     let state_dir = spec.state_dir.clone();
     let mut state = SweepState::open(spec.clone(), open_mode(args.new_sweep))?;
-    // A local checkpoint tree is served over a loopback Hub, downloaded into a cache
-    // inside the state directory: the same path real downloads take, with no network.
-    let local_hub = match &spec.hub.serve_dir {
-        Some(dir) => {
-            if !dir.is_dir() {
-                bail!("hub.serve_dir {} is not a directory", dir.display());
-            }
-            let config = HubServerConfig {
-                root: dir.clone(),
-                ..HubServerConfig::default()
-            };
-            let hub = hub_server::spawn(config, ([127, 0, 0, 1], 0).into())
-                .await
-                .with_context(|| format!("serving {}", dir.display()))?;
-            tracing::info!(dir = %dir.display(), endpoint = %hub.endpoint(), "serving local checkpoints");
-            Some(hub)
-        }
-        None => None,
-    };
+    let local_hub = serve_local_checkpoints(&spec).await?;
+    let local_endpoint = local_hub.as_ref().map(RunningHub::endpoint);
     let hub = HubSettings {
-        endpoint: local_hub
-            .as_ref()
-            .map(|h| h.endpoint())
-            .or_else(|| spec.hub.endpoint.clone()),
+        endpoint: local_endpoint.clone().or_else(|| spec.hub.endpoint.clone()),
         token: spec.hub.token.clone(),
         cache_dir: None,
     };
@@ -371,22 +352,84 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     // Loopback only, inside this process: no TLS needed.
     let running =
         RunningCoordinator::start(state, listener, token.clone(), announced_hub(&spec), None)?;
-    let url = format!("http://{}", running.addr);
-    let cache_dir = args
+    let mut options = WorkerOptions::new(format!("http://{}", running.addr), token);
+    options.cache_dir = args
         .cache_dir
         .clone()
         .or_else(|| local_hub.as_ref().map(|_| state_dir.join("hf-cache")));
+    options.hub_endpoint = local_endpoint;
+    options.give_up_after = Duration::from_secs(30);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut workers = Vec::new();
-    for i in 0..args.workers {
-        let mut options = WorkerOptions::new(url.clone(), token.clone());
-        options.cache_dir = cache_dir.clone();
-        options.hub_endpoint = local_hub.as_ref().map(|h| h.endpoint());
-        options.host = format!("{}-local{i}", worker::hostname());
-        options.give_up_after = Duration::from_secs(30);
-        workers.push(tokio::spawn(worker::run(options, stop_rx.clone())));
-    }
+    let workers = start_local_workers(args.workers, &options, &stop_rx);
 
+    let interrupted = follow_progress(&running, &workers).await?;
+    let _ = stop_tx.send(true);
+    let worker_error = join_workers(workers).await;
+    let status = running.state.status().await?;
+    running.stop().await;
+    if let Some(hub) = local_hub {
+        let _ = hub.shutdown().await;
+    }
+    write_outputs(&state_dir, &status)?;
+    if interrupted {
+        println!("interrupted: run the same command again to resume");
+    } else if status.failed > 0 {
+        println!(
+            "{} task(s) failed; `neuromfa sweep retry-failed {}` re-queues them",
+            status.failed,
+            state_dir.display()
+        );
+    }
+    if let Some(e) = worker_error {
+        if status.pending + status.leased > 0 {
+            return Err(e.context("workers stopped before the sweep finished"));
+        }
+    }
+    Ok(())
+}
+
+/// A loopback Hub serving the spec's local checkpoint tree (`hub.serve_dir`), if it names
+/// one: workers download from it into a cache inside the state directory, the same path
+/// real downloads take, with no network.
+async fn serve_local_checkpoints(spec: &SweepSpec) -> Result<Option<RunningHub>> {
+    let Some(dir) = &spec.hub.serve_dir else {
+        return Ok(None);
+    };
+    if !dir.is_dir() {
+        bail!("hub.serve_dir {} is not a directory", dir.display());
+    }
+    let config = HubServerConfig {
+        root: dir.clone(),
+        ..HubServerConfig::default()
+    };
+    let hub = hub_server::spawn(config, ([127, 0, 0, 1], 0).into())
+        .await
+        .with_context(|| format!("serving {}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), endpoint = %hub.endpoint(), "serving local checkpoints");
+    Ok(Some(hub))
+}
+
+/// `count` workers in this process, each with `options` and a host name of its own.
+fn start_local_workers(
+    count: usize,
+    options: &WorkerOptions,
+    stop: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<Result<WorkerSummary>>> {
+    (0..count)
+        .map(|i| {
+            let mut options = options.clone();
+            options.host = format!("{}-local{i}", worker::hostname());
+            tokio::spawn(worker::run(options, stop.clone()))
+        })
+        .collect()
+}
+
+/// Shows progress until the sweep is finished, every worker has stopped, or the user
+/// interrupts; returns whether the user did.
+async fn follow_progress(
+    running: &RunningCoordinator,
+    workers: &[JoinHandle<Result<WorkerSummary>>],
+) -> Result<bool> {
     let bar = ProgressBar::new(0);
     if let Ok(style) =
         ProgressStyle::with_template("{bar:30} {pos}/{len} tasks {msg} [{elapsed}, eta {eta}]")
@@ -413,7 +456,11 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
-    let _ = stop_tx.send(true);
+    Ok(interrupted)
+}
+
+/// Waits for every worker; the last error any of them ended with.
+async fn join_workers(workers: Vec<JoinHandle<Result<WorkerSummary>>>) -> Option<anyhow::Error> {
     let mut worker_error = None;
     for w in workers {
         match w.await {
@@ -422,13 +469,13 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
             Err(e) => worker_error = Some(anyhow::anyhow!("worker task: {e}")),
         }
     }
-    let status = running.state.status().await?;
-    running.stop().await;
-    if let Some(hub) = local_hub {
-        let _ = hub.shutdown().await;
-    }
-    let files = export::export(&state_dir, None)?;
-    print_status(&status);
+    worker_error
+}
+
+/// The exports, the final status and, once anything is done, the report.
+fn write_outputs(state_dir: &Path, status: &StatusReport) -> Result<()> {
+    let files = export::export(state_dir, None)?;
+    print_status(status);
     println!(
         "exports: {} ({} files)",
         state_dir.join("exports").display(),
@@ -436,7 +483,7 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     );
     if status.done > 0 {
         let report = crate::report::ReportArgs {
-            state_dir: state_dir.clone(),
+            state_dir: state_dir.to_path_buf(),
             out: None,
             evals: Vec::new(),
             steps: Vec::new(),
@@ -448,20 +495,6 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
             state_dir.join("report/report.html").display(),
             written.len()
         );
-    }
-    if interrupted {
-        println!("interrupted: run the same command again to resume");
-    } else if status.failed > 0 {
-        println!(
-            "{} task(s) failed; `neuromfa sweep retry-failed {}` re-queues them",
-            status.failed,
-            state_dir.display()
-        );
-    }
-    if let Some(e) = worker_error {
-        if status.pending + status.leased > 0 {
-            return Err(e.context("workers stopped before the sweep finished"));
-        }
     }
     Ok(())
 }

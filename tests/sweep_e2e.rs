@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use support::cluster::*;
-use support::{data_dir, demo_step};
+use support::{data_dir, demo_step, AGGREGATE_FIELDS};
 
 const FINISH: Duration = Duration::from_secs(240);
 
@@ -23,14 +23,14 @@ steps = [0, 64, 512]
 "#
 }
 
-/// Both models of `two_model_specs` on a loopback Hub, 3 seeds, default settings.
-fn two_model_cluster() -> Cluster {
+/// Both models of `two_model_specs` on a loopback Hub, `seeds` seeds, default settings.
+fn two_model_cluster(seeds: u32) -> Cluster {
     Cluster::new(
         |hub| {
             publish_two_models(hub);
         },
         two_model_specs(),
-        3,
+        seeds,
         "",
     )
 }
@@ -83,17 +83,7 @@ fn assert_matches_analyze(cluster: &Cluster) {
                 row["step"].parse::<u64>().unwrap(),
                 reference["step"].as_u64().unwrap()
             );
-            for field in [
-                "alpha0_mean",
-                "alpha0_var",
-                "alpha0_var_ddof1",
-                "width_mean",
-                "width_var",
-                "width_var_ddof1",
-                "E_from_means",
-                "E_per_seed_mean",
-                "E_per_seed_var",
-            ] {
+            for field in AGGREGATE_FIELDS {
                 assert_eq!(
                     number(&row[field]),
                     reference[field].as_f64(),
@@ -107,7 +97,7 @@ fn assert_matches_analyze(cluster: &Cluster) {
 
 #[test]
 fn two_workers_reproduce_analyze_and_a_repeated_result_is_ignored() {
-    let mut cluster = two_model_cluster();
+    let mut cluster = two_model_cluster(3);
     cluster.start_coordinator();
     cluster.start_worker(TOKEN);
     cluster.start_worker(TOKEN);
@@ -198,10 +188,15 @@ steps = [0, 16, 64, 256, 512, 1000, 2000, 3000]
 
 #[test]
 fn a_killed_workers_task_is_leased_again_and_completes() {
-    let mut cluster = two_model_cluster();
+    let mut cluster = two_model_cluster(3);
     cluster.start_coordinator();
-    let victim = cluster.start_worker(TOKEN);
-    cluster.wait_status(FINISH, |s| s["leased"].as_u64().unwrap_or(0) > 0);
+    // The victim downloads from a Hub that never answers, so it cannot finish what it
+    // leases: once it holds a lease it still holds it when it is killed, however long the
+    // kill takes to follow.
+    let silent_hub = SilentHub::start();
+    let victim = cluster.start_worker_with(TOKEN, &["--hub-endpoint", &silent_hub.url()]);
+    let status = cluster.wait_status(FINISH, |s| s["leased"].as_u64().unwrap_or(0) > 0);
+    let held = status["leased"].as_u64().unwrap();
     cluster.workers[victim].kill();
     let survivor = cluster.start_worker(TOKEN);
     cluster.wait_finished(FINISH);
@@ -209,12 +204,15 @@ fn a_killed_workers_task_is_leased_again_and_completes() {
     assert_eq!(tasks.len(), 18);
     assert!(tasks.iter().all(|t| t["state"] == "done"), "{tasks:?}");
     let fetches = csv_rows(&cluster.export_file("fetch.csv"));
+    let leased_again = fetches
+        .iter()
+        .filter(|t| t["attempts"].parse::<u32>().unwrap() >= 2)
+        .count();
     assert!(
-        fetches
-            .iter()
-            .any(|t| t["attempts"].parse::<u32>().unwrap() >= 2),
-        "no task was leased twice: {fetches:?}"
+        leased_again as u64 >= held,
+        "the victim held {held} task(s) but {leased_again} were leased twice: {fetches:?}"
     );
+    assert!(!cluster.workers[victim].log_text().contains("task done"));
     assert!(cluster.workers[survivor].log_text().contains("task done"));
 }
 
@@ -269,14 +267,7 @@ fn a_corrupt_checkpoint_fails_its_tasks_with_the_reason_and_the_rest_complete() 
 
 #[test]
 fn a_wrong_token_is_refused() {
-    let mut cluster = Cluster::new(
-        |hub| {
-            publish_two_models(hub);
-        },
-        two_model_specs(),
-        1,
-        "",
-    );
+    let mut cluster = two_model_cluster(1);
     cluster.start_coordinator();
     let impostor = cluster.start_worker("not-the-token");
     let status = cluster.workers[impostor]
@@ -300,14 +291,7 @@ fn a_wrong_token_is_refused() {
 
 #[test]
 fn a_repeated_result_is_counted_and_ignored() {
-    let mut cluster = Cluster::new(
-        |hub| {
-            publish_two_models(hub);
-        },
-        two_model_specs(),
-        1,
-        "",
-    );
+    let mut cluster = two_model_cluster(1);
     cluster.start_coordinator();
     let url = cluster.coordinator_url();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -370,17 +354,21 @@ fn sigterm_releases_a_workers_leases_and_stops_the_coordinator_cleanly() {
         120,
     );
     cluster.start_coordinator_with(&["--drain-seconds", "5"]);
-    let worker = cluster.start_worker(TOKEN);
+    // Its Hub never answers: it still holds what it leased when SIGTERM comes, however
+    // late that is, and must give it back.
+    let silent_hub = SilentHub::start();
+    let worker = cluster.start_worker_with(TOKEN, &["--hub-endpoint", &silent_hub.url()]);
     cluster.wait_status(FINISH, |s| s["leased"].as_u64().unwrap_or(0) > 0);
     cluster.workers[worker].terminate();
     let exit = cluster.workers[worker].wait_exit(Duration::from_secs(20));
     assert!(exit.is_some_and(|s| s.success()), "{}", cluster.logs());
     let status = cluster.wait_status(Duration::from_secs(5), |s| s["leased"] == 0);
-    let done = status["done"].as_u64().unwrap();
-    assert!(done < 18, "the worker should have stopped mid-sweep");
+    assert_eq!(
+        status["done"], 0,
+        "the worker should have stopped mid-sweep"
+    );
 
-    // A released lease costs no attempt: the next worker's attempts are all first ones
-    // for the tasks it had not finished.
+    // A released lease costs no attempt: the next worker's attempts are all first ones.
     cluster.start_worker(TOKEN);
     cluster.wait_status(FINISH, |s| s["done"] == 18);
     let coordinator = cluster.coordinator.as_mut().unwrap();
@@ -421,14 +409,7 @@ fn every_worker_hears_the_sweep_is_finished_before_the_coordinator_exits() {
 
 #[test]
 fn sweep_run_does_it_all_in_one_process() {
-    let cluster = Cluster::new(
-        |hub| {
-            publish_two_models(hub);
-        },
-        two_model_specs(),
-        2,
-        "",
-    );
+    let cluster = two_model_cluster(2);
     let stdout = cluster.sweep_run(2);
     assert!(stdout.contains("12/12 done"), "{stdout}");
     assert!(stdout.contains("exports:"), "{stdout}");
@@ -439,7 +420,7 @@ fn sweep_run_does_it_all_in_one_process() {
 
 #[test]
 fn ranged_fetching_gives_the_same_aggregates_and_its_costs_are_summed_per_model() {
-    let mut cluster = two_model_cluster();
+    let mut cluster = two_model_cluster(3);
     let spec = std::fs::read_to_string(&cluster.spec).unwrap();
     std::fs::write(
         &cluster.spec,

@@ -211,50 +211,16 @@ pub fn spectrum(boxes: &Boxes, q: &[f64], method: Alpha0Method) -> Result<Spectr
     }
     let radii = &boxes.radii;
     let r_max = *radii.last().unwrap_or(&1);
-
-    // N_i(r) and N_i(r_max) are small integers, so p_i(r) = a/b takes few distinct values:
-    // histogram the (a, b) pairs per radius and raise each distinct pair to each q once.
-    let mut pair_counts: Vec<BTreeMap<(u32, u32), u32>> = vec![BTreeMap::new(); radii.len()];
-    for node in &boxes.node_radii {
-        let total = node.len() as u32 + 1;
-        let mut below = 0usize;
-        for (k, &r) in radii.iter().enumerate() {
-            while below < node.len() && node[below] <= r {
-                below += 1;
-            }
-            *pair_counts[k].entry((below as u32 + 1, total)).or_insert(0) += 1;
-        }
-    }
-    let mut powers: BTreeMap<(u32, u32), Vec<f64>> = BTreeMap::new();
-    for counts in &pair_counts {
-        for &(a, b) in counts.keys() {
-            powers.entry((a, b)).or_insert_with(|| {
-                let p = f64::from(a) / f64::from(b);
-                q.iter().map(|&qj| p.powf(qj)).collect()
-            });
-        }
-    }
     let log_r: Vec<f64> = radii
         .iter()
         .map(|&r| (f64::from(r) / f64::from(r_max)).ln())
         .collect();
+    let (tau, r_value): (Vec<f64>, Vec<f64>) = log_partition_sums(boxes, q)
+        .iter()
+        .map(|y| linear_fit(&log_r, y))
+        .unzip();
 
-    // ln Z_q(r), one row per q.
-    let mut log_z = vec![vec![0.0; radii.len()]; q.len()];
-    let mut z = vec![0.0; q.len()];
-    for (k, counts) in pair_counts.iter().enumerate() {
-        z.fill(0.0);
-        for (pair, &count) in counts {
-            for (zj, power) in z.iter_mut().zip(&powers[pair]) {
-                *zj += f64::from(count) * power;
-            }
-        }
-        for (row, zj) in log_z.iter_mut().zip(&z) {
-            row[k] = zj.ln();
-        }
-    }
-    let (tau, r_value): (Vec<f64>, Vec<f64>) = log_z.iter().map(|y| linear_fit(&log_r, y)).unzip();
-
+    // The Legendre transform, by forward differences of τ.
     let k_last = q.len() - 1;
     let mut alpha = Vec::with_capacity(k_last);
     let mut f_alpha = Vec::with_capacity(k_last);
@@ -263,16 +229,7 @@ pub fn spectrum(boxes: &Boxes, q: &[f64], method: Alpha0Method) -> Result<Spectr
         alpha.push(a);
         f_alpha.push(q[k] * a - tau[k]);
     }
-    let max_f = f_alpha.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let tolerance = 1e-12 * max_f.abs().max(1.0);
-    let peak = f_alpha
-        .iter()
-        .position(|&f| f >= max_f - tolerance)
-        .unwrap_or(0);
-    let alpha0_peak = alpha[peak];
-    let alpha0_central = q.iter().position(|&v| v == 0.0).and_then(|z| {
-        (z > 0 && z + 1 < q.len()).then(|| (tau[z + 1] - tau[z - 1]) / (q[z + 1] - q[z - 1]))
-    });
+    let (alpha0_peak, alpha0_central) = alpha0_estimates(q, &tau, &alpha, &f_alpha);
     let alpha0 = match method {
         Alpha0Method::Peak => alpha0_peak,
         Alpha0Method::CentralDifference => alpha0_central.ok_or_else(|| {
@@ -299,6 +256,63 @@ pub fn spectrum(boxes: &Boxes, q: &[f64], method: Alpha0Method) -> Result<Spectr
         radii: radii.clone(),
         node_dimensions: boxes.node_radii.iter().map(|r| node_dimension(r)).collect(),
     })
+}
+
+/// `ln Z_q(r)`, one row per `q` and a column per radius of `boxes.radii`, where `Z_q(r)` sums
+/// `p_i(r)^q = (N_i(r)/N_i(r_max))^q` over the kept nodes.
+fn log_partition_sums(boxes: &Boxes, q: &[f64]) -> Vec<Vec<f64>> {
+    let radii = &boxes.radii;
+    // N_i(r) and N_i(r_max) are small integers, so p_i(r) = a/b takes few distinct values:
+    // histogram the (a, b) pairs per radius and raise each distinct pair to each q once.
+    let mut pair_counts: Vec<BTreeMap<(u32, u32), u32>> = vec![BTreeMap::new(); radii.len()];
+    for node in &boxes.node_radii {
+        let total = node.len() as u32 + 1;
+        let mut below = 0usize;
+        for (k, &r) in radii.iter().enumerate() {
+            while below < node.len() && node[below] <= r {
+                below += 1;
+            }
+            *pair_counts[k].entry((below as u32 + 1, total)).or_insert(0) += 1;
+        }
+    }
+    let mut powers: BTreeMap<(u32, u32), Vec<f64>> = BTreeMap::new();
+    for counts in &pair_counts {
+        for &(a, b) in counts.keys() {
+            powers.entry((a, b)).or_insert_with(|| {
+                let p = f64::from(a) / f64::from(b);
+                q.iter().map(|&qj| p.powf(qj)).collect()
+            });
+        }
+    }
+    let mut log_z = vec![vec![0.0; radii.len()]; q.len()];
+    let mut z = vec![0.0; q.len()];
+    for (k, counts) in pair_counts.iter().enumerate() {
+        z.fill(0.0);
+        for (pair, &count) in counts {
+            for (zj, power) in z.iter_mut().zip(&powers[pair]) {
+                *zj += f64::from(count) * power;
+            }
+        }
+        for (row, zj) in log_z.iter_mut().zip(&z) {
+            row[k] = zj.ln();
+        }
+    }
+    log_z
+}
+
+/// `α0` both ways: the `α` at the (first) maximum of `f(α)`, and `τ'(0)` by central
+/// difference when the grid has `q = 0` with a value either side.
+fn alpha0_estimates(q: &[f64], tau: &[f64], alpha: &[f64], f_alpha: &[f64]) -> (f64, Option<f64>) {
+    let max_f = f_alpha.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let tolerance = 1e-12 * max_f.abs().max(1.0);
+    let peak = f_alpha
+        .iter()
+        .position(|&f| f >= max_f - tolerance)
+        .unwrap_or(0);
+    let central = q.iter().position(|&v| v == 0.0).and_then(|z| {
+        (z > 0 && z + 1 < q.len()).then(|| (tau[z + 1] - tau[z - 1]) / (q[z + 1] - q[z - 1]))
+    });
+    (alpha[peak], central)
 }
 
 /// Paper Def. A.1: slope of `ln N(r)` against `ln r` over the node's own distinct radii.

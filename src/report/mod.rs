@@ -2,6 +2,7 @@
 //! sweep's state directory, optionally with benchmark accuracies set beside `E`.
 
 pub mod evals;
+mod figures;
 mod html;
 pub mod plots;
 mod png;
@@ -14,11 +15,16 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use neuromfa_common::stats::StepAggregate;
 use neuromfa_coordinator::export::{self, ExportData, SpectrumRow};
-use plotters::style::{RGBColor, BLACK};
 
 use evals::Evals;
-use plots::{categorical, slug, step_color, Axis, ColorKey, Figure, Panel, Series};
-use tables::{pearson, spearman, Cell, Table};
+use figures::{
+    alpha0_width_figure, emergence_figure, emergence_vs_size_figure, evals_figure, size_steps,
+    spectra_figure,
+};
+use plots::{slug, Figure};
+use tables::{
+    alpha0_width_table, correlation_table, emergence_table, spectrum_variance_table, Table,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
@@ -92,6 +98,20 @@ struct ModelRows<'a> {
     parameters: u64,
     /// step → rows in `q` order.
     spectra: BTreeMap<u64, Vec<&'a SpectrumRow>>,
+}
+
+impl ModelRows<'_> {
+    /// `(step, E from means)` at every step where `E` is finite.
+    fn e_points(&self) -> Vec<(f64, f64)> {
+        self.aggregates
+            .iter()
+            .filter_map(|a| {
+                a.e_from_means
+                    .filter(|e| e.is_finite())
+                    .map(|e| (a.step as f64, e))
+            })
+            .collect()
+    }
 }
 
 struct Report {
@@ -268,260 +288,6 @@ fn model_rows<'a>(data: &'a ExportData, warnings: &mut Vec<String>) -> Vec<Model
     out
 }
 
-fn sd(var: f64) -> f64 {
-    var.max(0.0).sqrt()
-}
-
-/// f(α) against α, one curve per step, ±1 sd of f over seeds (Figs. 5 and 18).
-fn spectra_figure(m: &ModelRows) -> Figure {
-    let n = m.spectra.len();
-    let mut series = Vec::new();
-    let mut entries = Vec::new();
-    for (rank, (step, rows)) in m.spectra.iter().enumerate() {
-        let color = step_color(rank, n);
-        let mut s = Series::line(
-            format!("step {step}"),
-            color,
-            rows.iter()
-                .map(|r| (r.alpha_mean, r.f_alpha_mean))
-                .collect(),
-        );
-        s.markers = false;
-        s.band = rows
-            .iter()
-            .map(|r| {
-                let d = sd(r.f_alpha_var);
-                (r.alpha_mean, r.f_alpha_mean - d, r.f_alpha_mean + d)
-            })
-            .collect();
-        series.push(s);
-        entries.push((step.to_string(), color));
-    }
-    let seeds = m.aggregates.iter().map(|a| a.seeds).max().unwrap_or(0);
-    Figure {
-        stem: format!("spectra-{}", m.slug),
-        title: format!("Multifractal spectrum, {}", m.repo),
-        caption: format!(
-            "f(α) against α for {}: mean over seeds (up to {seeds}) at each q, one curve per step from blue (earliest) to red (latest); band: f(α) ± 1 sd over seeds (population variance).",
-            m.repo
-        ),
-        size: (960, 620),
-        panels: vec![Panel {
-            title: String::new(),
-            key: String::new(),
-            x: Axis::linear("α (Lipschitz–Hölder exponent)"),
-            y: Axis::linear("f(α)"),
-            y2: None,
-            series,
-            legend: false,
-        }],
-        color_key: Some(ColorKey {
-            title: "step".to_string(),
-            entries,
-        }),
-    }
-}
-
-/// α0 and w against step, one line per model, ±1 sd (Fig. 19).
-fn alpha0_width_figure(models: &[ModelRows]) -> Figure {
-    let panel =
-        |key: &str, title: &str, label: &str, pick: fn(&StepAggregate) -> (f64, f64)| Panel {
-            title: title.to_string(),
-            key: key.to_string(),
-            x: Axis::steps(),
-            y: Axis::linear(label),
-            y2: None,
-            series: models
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    let mut s = Series::line(
-                        m.repo,
-                        categorical(i),
-                        m.aggregates
-                            .iter()
-                            .map(|a| (a.step as f64, pick(a).0))
-                            .collect(),
-                    );
-                    s.band = m
-                        .aggregates
-                        .iter()
-                        .map(|a| {
-                            let (mean, var) = pick(a);
-                            (a.step as f64, mean - sd(var), mean + sd(var))
-                        })
-                        .collect();
-                    s
-                })
-                .collect(),
-            legend: true,
-        };
-    Figure {
-        stem: "alpha0-width".to_string(),
-        title: "Irregularity α0 and heterogeneity w over training".to_string(),
-        caption: "Mean over seeds of α0 (left) and of the spectrum width w (right) per step, one line per model; band ± 1 sd over seeds (population variance); steps drawn at step + 1 on a log axis.".to_string(),
-        size: (1440, 600),
-        panels: vec![
-            panel("alpha0", "α0 (irregularity)", "α0 mean", |a| {
-                (a.alpha0_mean, a.alpha0_var)
-            }),
-            panel("width", "w (heterogeneity)", "w mean", |a| {
-                (a.width_mean, a.width_var)
-            }),
-        ],
-        color_key: None,
-    }
-}
-
-fn e_points(m: &ModelRows) -> Vec<(f64, f64)> {
-    m.aggregates
-        .iter()
-        .filter_map(|a| {
-            a.e_from_means
-                .filter(|e| e.is_finite())
-                .map(|e| (a.step as f64, e))
-        })
-        .collect()
-}
-
-/// E (from means) against step per model (Fig. 6).
-fn emergence_figure(models: &[ModelRows]) -> Figure {
-    Figure {
-        stem: "emergence".to_string(),
-        title: "Degree of emergence E over training".to_string(),
-        caption: "E = (w/w0)·ln(α0,0/α0) from the per-step means over seeds, relative to each model's first step; steps drawn at step + 1 on a log axis.".to_string(),
-        size: (960, 620),
-        panels: vec![Panel {
-            title: String::new(),
-            key: String::new(),
-            x: Axis::steps(),
-            y: Axis::linear("E (from means)"),
-            y2: None,
-            series: models
-                .iter()
-                .enumerate()
-                .map(|(i, m)| Series::line(m.repo, categorical(i), e_points(m)))
-                .collect(),
-            legend: true,
-        }],
-        color_key: None,
-    }
-}
-
-/// The steps at which to compare E across sizes: the user's, or the last step every model
-/// has E at and up to three earlier common steps (the first step, where E is 0 by
-/// definition, left out).
-fn size_steps(
-    models: &[ModelRows],
-    requested: &[u64],
-    warnings: &mut Vec<String>,
-    notes: &mut Vec<String>,
-) -> Vec<u64> {
-    let with_e =
-        |m: &ModelRows| -> BTreeSet<u64> { e_points(m).iter().map(|&(s, _)| s as u64).collect() };
-    if !requested.is_empty() {
-        let mut steps: Vec<u64> = requested.to_vec();
-        steps.sort_unstable();
-        steps.dedup();
-        for &step in &steps {
-            if !models.iter().any(|m| with_e(m).contains(&step)) {
-                warnings.push(format!(
-                    "--steps {step}: no model has E at this step; left out of emergence-vs-size"
-                ));
-            }
-        }
-        return steps;
-    }
-    let mut common: Option<BTreeSet<u64>> = None;
-    for m in models {
-        let steps = with_e(m);
-        common = Some(match common {
-            None => steps,
-            Some(c) => c.intersection(&steps).copied().collect(),
-        });
-    }
-    let common: Vec<u64> = common.unwrap_or_default().into_iter().collect();
-    let candidates: Vec<u64> = common.iter().skip(1).copied().collect();
-    let chosen: Vec<u64> = if candidates.len() <= 4 {
-        candidates
-    } else {
-        // Four steps spread over the common ones by index, the last included.
-        let last = candidates.len() - 1;
-        let mut picked: Vec<u64> = (0..4).map(|i| candidates[(i * last + 1) / 3]).collect();
-        picked.dedup();
-        picked
-    };
-    if chosen.is_empty() {
-        if models.len() > 1 {
-            warnings.push(
-                "no step after the first has E for every model; emergence-vs-size is empty (choose steps with --steps)".to_string(),
-            );
-        }
-    } else {
-        notes.push(format!(
-            "emergence-vs-size at steps {} (common to every model; change with --steps)",
-            chosen
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        ));
-    }
-    chosen
-}
-
-/// E against model size at chosen steps, one line per step (Fig. 8).
-fn emergence_vs_size_figure(
-    models: &[ModelRows],
-    steps: &[u64],
-    warnings: &mut Vec<String>,
-) -> Figure {
-    for m in models {
-        if m.parameters == 0 {
-            warnings.push(format!(
-                "{}: model size unknown (no parameter count in its results); left out of emergence-vs-size",
-                m.repo
-            ));
-        }
-    }
-    let series = steps
-        .iter()
-        .enumerate()
-        .map(|(rank, &step)| {
-            let mut points: Vec<(f64, f64)> = models
-                .iter()
-                .filter_map(|m| {
-                    let a = m.aggregates.iter().find(|a| a.step == step)?;
-                    let e = a.e_from_means.filter(|e| e.is_finite())?;
-                    (m.parameters > 0).then_some((m.parameters as f64, e))
-                })
-                .collect();
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Series::line(
-                format!("step {step}"),
-                step_color(rank, steps.len()),
-                points,
-            )
-        })
-        .collect();
-    Figure {
-        stem: "emergence-vs-size".to_string(),
-        title: "Degree of emergence E against model size".to_string(),
-        caption: "E (from means) of each model at the chosen steps, against its non-embedding weight-matrix parameter count (log axis); one line per step.".to_string(),
-        size: (960, 620),
-        panels: vec![Panel {
-            title: String::new(),
-            key: String::new(),
-            x: Axis::log("model size: non-embedding matrix parameters (log)"),
-            y: Axis::linear("E (from means)"),
-            y2: None,
-            series,
-            legend: true,
-        }],
-        color_key: None,
-    }
-}
-
 /// Which benchmarks the per-model plots and the emergence table show.
 fn choose_benchmarks(
     evals: &Evals,
@@ -565,240 +331,4 @@ fn choose_benchmarks(
         chosen.join(", ")
     ));
     chosen
-}
-
-/// Accuracy per benchmark against step, E on the right-hand axis.
-fn evals_figure(
-    m: &ModelRows,
-    accuracy: &BTreeMap<String, BTreeMap<u64, f64>>,
-    chosen: &[String],
-) -> Figure {
-    let mut series: Vec<Series> = chosen
-        .iter()
-        .enumerate()
-        .filter_map(|(i, b)| {
-            let steps = accuracy.get(b)?;
-            Some(Series::line(
-                b.clone(),
-                categorical(i),
-                steps.iter().map(|(&s, &a)| (s as f64, a)).collect(),
-            ))
-        })
-        .collect();
-    let mut e = Series::line(
-        "E (from means)",
-        RGBColor(BLACK.0, BLACK.1, BLACK.2),
-        e_points(m),
-    );
-    e.secondary = true;
-    e.dashed = true;
-    series.push(e);
-    Figure {
-        stem: format!("evals-{}", m.slug),
-        title: format!("Benchmarks and emergence, {}", m.repo),
-        caption: format!(
-            "Benchmark accuracy (left axis) and E from means (right axis, dashed) of {} against step + 1 (log axis).",
-            m.repo
-        ),
-        size: (1040, 620),
-        panels: vec![Panel {
-            title: String::new(),
-            key: String::new(),
-            x: Axis::steps(),
-            y: Axis::linear("accuracy"),
-            y2: Some(Axis::linear("E (from means)")),
-            series,
-            legend: true,
-        }],
-        color_key: None,
-    }
-}
-
-fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
-    (n > 0).then(|| sum / n as f64)
-}
-
-/// Tables 3–4: spread over seeds of the spectrum, per model and step.
-fn spectrum_variance_table(models: &[ModelRows], data: &ExportData) -> Table {
-    // The q values the spectra rows actually hold (α has one value fewer than the q grid).
-    let per_step = models
-        .iter()
-        .flat_map(|m| m.spectra.values().map(Vec::len))
-        .max()
-        .unwrap_or(0);
-    let (q_lo, q_hi) = data
-        .spectra
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
-            (lo.min(r.q), hi.max(r.q))
-        });
-    Table {
-        stem: "table-spectrum-variance".to_string(),
-        title: "Variance of the spectrum over seeds (paper Tables 3–4)".to_string(),
-        notes: vec![format!(
-            "For each model and step: the population variance (ddof 0) over seeds of α(q) and of f(α(q)) at each q, averaged over the {per_step} q values from {q_lo:.2} to {q_hi:.2} (`var_alpha_mean_over_q`, `var_f_alpha_mean_over_q`)."
-        )],
-        columns: ["step", "seeds", "q_values", "var_alpha_mean_over_q", "var_f_alpha_mean_over_q"]
-            .map(String::from)
-            .to_vec(),
-        sections: models
-            .iter()
-            .map(|m| {
-                let rows = m
-                    .aggregates
-                    .iter()
-                    .map(|a| {
-                        let rows = m.spectra.get(&a.step).map_or(&[][..], Vec::as_slice);
-                        vec![
-                            Cell::Int(a.step),
-                            Cell::Int(a.seeds as u64),
-                            Cell::Int(rows.len() as u64),
-                            Cell::Num(mean(rows.iter().map(|r| r.alpha_var))),
-                            Cell::Num(mean(rows.iter().map(|r| r.f_alpha_var))),
-                        ]
-                    })
-                    .collect();
-                (m.repo.to_string(), rows)
-            })
-            .collect(),
-    }
-}
-
-/// Tables 5–6: α0 and w, mean and variance over seeds.
-fn alpha0_width_table(models: &[ModelRows]) -> Table {
-    Table {
-        stem: "table-alpha0-width".to_string(),
-        title: "α0 and w over seeds (paper Tables 5–6)".to_string(),
-        notes: vec![
-            "Mean over seeds; `var` is the population variance (ddof 0), `var_ddof1` the sample variance.".to_string(),
-        ],
-        columns: [
-            "step",
-            "seeds",
-            "alpha0_mean",
-            "alpha0_var",
-            "alpha0_var_ddof1",
-            "width_mean",
-            "width_var",
-            "width_var_ddof1",
-        ]
-        .map(String::from)
-        .to_vec(),
-        sections: models
-            .iter()
-            .map(|m| {
-                let rows = m
-                    .aggregates
-                    .iter()
-                    .map(|a| {
-                        vec![
-                            Cell::Int(a.step),
-                            Cell::Int(a.seeds as u64),
-                            Cell::Num(Some(a.alpha0_mean)),
-                            Cell::Num(Some(a.alpha0_var)),
-                            Cell::Num(Some(a.alpha0_var_ddof1)),
-                            Cell::Num(Some(a.width_mean)),
-                            Cell::Num(Some(a.width_var)),
-                            Cell::Num(Some(a.width_var_ddof1)),
-                        ]
-                    })
-                    .collect();
-                (m.repo.to_string(), rows)
-            })
-            .collect(),
-    }
-}
-
-/// Tables 7–8: E per step beside each benchmark's accuracy at that step.
-fn emergence_table(models: &[ModelRows], evals: &Evals, chosen: &[String]) -> Table {
-    let mut columns: Vec<String> = [
-        "step",
-        "seeds",
-        "E_from_means",
-        "E_per_seed_mean",
-        "E_per_seed_var",
-    ]
-    .map(String::from)
-    .to_vec();
-    columns.extend(chosen.iter().cloned());
-    let mut notes = vec![
-        "E relative to the model's first step: from the per-step means (the reference's form) and per seed then averaged, with its population variance over seeds.".to_string(),
-    ];
-    if !chosen.is_empty() {
-        notes.push(
-            "Benchmark columns: accuracy (`acc`) at that step; – where not evaluated.".to_string(),
-        );
-    }
-    Table {
-        stem: "table-emergence".to_string(),
-        title: "Degree of emergence and benchmarks (paper Tables 7–8)".to_string(),
-        notes,
-        columns,
-        sections: models
-            .iter()
-            .map(|m| {
-                let acc = evals.accuracy.get(m.repo);
-                let rows = m
-                    .aggregates
-                    .iter()
-                    .map(|a| {
-                        let mut row = vec![
-                            Cell::Int(a.step),
-                            Cell::Int(a.seeds as u64),
-                            Cell::Num(a.e_from_means),
-                            Cell::Num(a.e_per_seed_mean),
-                            Cell::Num(a.e_per_seed_var),
-                        ];
-                        row.extend(chosen.iter().map(|b| {
-                            Cell::Num(acc.and_then(|acc| acc.get(b)?.get(&a.step).copied()))
-                        }));
-                        row
-                    })
-                    .collect();
-                (m.repo.to_string(), rows)
-            })
-            .collect(),
-    }
-}
-
-/// Pearson and Spearman correlation of E (from means) with each benchmark, per model,
-/// over the steps that have both.
-fn correlation_table(models: &[ModelRows], evals: &Evals) -> Table {
-    Table {
-        stem: "table-correlations".to_string(),
-        title: "Correlation of E with benchmark accuracy".to_string(),
-        notes: vec![
-            "Per model and benchmark, over the steps that have both E (from means) and an accuracy: n steps, Pearson's r and Spearman's ρ (ties at average rank). – where n < 2 or either side is constant.".to_string(),
-        ],
-        columns: ["benchmark", "n", "pearson", "spearman"]
-            .map(String::from)
-            .to_vec(),
-        sections: models
-            .iter()
-            .filter_map(|m| {
-                let acc = evals.accuracy.get(m.repo)?;
-                let e: BTreeMap<u64, f64> = e_points(m)
-                    .into_iter()
-                    .map(|(s, e)| (s as u64, e))
-                    .collect();
-                let rows = acc
-                    .iter()
-                    .map(|(bench, by_step)| {
-                        let (xs, ys): (Vec<f64>, Vec<f64>) = e
-                            .iter()
-                            .filter_map(|(step, &e)| by_step.get(step).map(|&a| (e, a)))
-                            .unzip();
-                        vec![
-                            Cell::Text(bench.clone()),
-                            Cell::Int(xs.len() as u64),
-                            Cell::Num(pearson(&xs, &ys)),
-                            Cell::Num(spearman(&xs, &ys)),
-                        ]
-                    })
-                    .collect();
-                Some((m.repo.to_string(), rows))
-            })
-            .collect(),
-    }
 }

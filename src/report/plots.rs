@@ -85,6 +85,21 @@ pub struct Panel {
     pub legend: bool,
 }
 
+impl Panel {
+    /// A figure's only panel: no title or key of its own, a legend, no right-hand axis.
+    pub fn only(x: Axis, y: Axis, series: Vec<Series>) -> Self {
+        Panel {
+            title: String::new(),
+            key: String::new(),
+            x,
+            y,
+            y2: None,
+            series,
+            legend: true,
+        }
+    }
+}
+
 /// A discrete colour key (one swatch per step) drawn to the right of the panels.
 #[derive(Debug, Clone)]
 pub struct ColorKey {

@@ -84,6 +84,26 @@ impl Drop for Proc {
     }
 }
 
+/// A Hub endpoint that takes connections and never answers. A worker fetching from it
+/// holds its lease, heartbeating, and completes nothing until its HTTP timeouts (minutes).
+pub struct SilentHub {
+    listener: std::net::TcpListener,
+}
+
+impl SilentHub {
+    pub fn start() -> SilentHub {
+        // Never accepted: the kernel completes the connections into the backlog, and the
+        // requests written into them are never read.
+        SilentHub {
+            listener: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listener.local_addr().unwrap())
+    }
+}
+
 /// Copies a checkpoint directory into the Hub tree as `org/name/revision`.
 pub fn publish(hub: &Path, repo: &str, revision: &str, source: &Path) {
     let dest = hub.join(repo).join(revision);
@@ -278,11 +298,17 @@ max_attempts = 3
     }
 
     pub fn start_worker(&mut self, token: &str) -> usize {
+        self.start_worker_with(token, &[])
+    }
+
+    /// A worker with more `flags`; returns its index in `workers`.
+    pub fn start_worker_with(&mut self, token: &str, extra: &[&str]) -> usize {
         let index = self.workers.len();
         let cache = self.root.path().join(format!("cache{index}"));
         let log = self.root.path().join(format!("worker{index}.log"));
         let mut flags = vec!["--give-up-after".to_string(), "60".to_string()];
         flags.extend(self.tls_flags());
+        flags.extend(extra.iter().map(|f| f.to_string()));
         let proc = spawn_worker(&self.coordinator_url(), token, &cache, &flags, log);
         self.workers.push(proc);
         index

@@ -8,6 +8,20 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+/// The statistics of a step that `analyze --json`'s `aggregates[]` and a sweep's
+/// `aggregates.csv` both hold, as the README documents them.
+pub const AGGREGATE_FIELDS: [&str; 9] = [
+    "alpha0_mean",
+    "alpha0_var",
+    "alpha0_var_ddof1",
+    "width_mean",
+    "width_var",
+    "width_var_ddof1",
+    "E_from_means",
+    "E_per_seed_mean",
+    "E_per_seed_var",
+];
+
 pub fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
