@@ -4,6 +4,8 @@
 //! says which bytes it is missing instead of reading them, so a memory map and a ranged
 //! download drive the same code.
 
+use std::collections::HashMap;
+
 use crate::error::TorchError;
 
 /// Bytes from the end of the file a ranged reader should fetch first. The directory of a
@@ -87,6 +89,9 @@ pub struct CentralDirectory {
     pub entries: Vec<Entry>,
     /// Absolute offset of the central directory: entries' data lies before it.
     pub offset: u64,
+    /// Each entry's index in `entries` by name: an archive holds a record per tensor
+    /// storage, so lookups by name must not scan.
+    by_name: HashMap<String, usize>,
 }
 
 /// What [`parse_tail`] made of the bytes it was given.
@@ -196,10 +201,11 @@ pub fn parse_tail(bytes: &[u8], start: u64, file_len: u64) -> Result<Tail, Torch
     }
     let from = (bounds.offset - start) as usize;
     let directory = &bytes[from..from + bounds.size as usize];
-    let entries = parse_entries(directory, bounds.entries, bounds.offset)?;
+    let (entries, by_name) = parse_entries(directory, bounds.entries, bounds.offset)?;
     Ok(Tail::Directory(CentralDirectory {
         entries,
         offset: bounds.offset,
+        by_name,
     }))
 }
 
@@ -285,8 +291,13 @@ fn directory_bounds(
     }))
 }
 
-/// The `count` entries of a central directory that starts at absolute `offset`.
-fn parse_entries(directory: &[u8], count: u64, offset: u64) -> Result<Vec<Entry>, TorchError> {
+/// The `count` entries of a central directory that starts at absolute `offset`, and each
+/// one's index by name.
+fn parse_entries(
+    directory: &[u8],
+    count: u64,
+    offset: u64,
+) -> Result<(Vec<Entry>, HashMap<String, usize>), TorchError> {
     // Each entry takes at least a fixed header: a larger count is a corrupt record, and
     // must not size an allocation.
     if count > (directory.len() / CENTRAL_HEADER_LEN) as u64 {
@@ -297,6 +308,7 @@ fn parse_entries(directory: &[u8], count: u64, offset: u64) -> Result<Vec<Entry>
     }
     let mut c = Cursor::new(directory, 0);
     let mut entries: Vec<Entry> = Vec::with_capacity(count as usize);
+    let mut by_name = HashMap::with_capacity(count as usize);
     for index in 0..count {
         let entry = parse_entry(&mut c, index)?;
         if entry.local_header_offset >= offset {
@@ -305,7 +317,7 @@ fn parse_entries(directory: &[u8], count: u64, offset: u64) -> Result<Vec<Entry>
                 entry.name, entry.local_header_offset
             )));
         }
-        if entries.iter().any(|e| e.name == entry.name) {
+        if by_name.insert(entry.name.clone(), entries.len()).is_some() {
             return Err(TorchError::CorruptZip(format!(
                 "entry `{}` appears twice",
                 entry.name
@@ -313,7 +325,7 @@ fn parse_entries(directory: &[u8], count: u64, offset: u64) -> Result<Vec<Entry>
         }
         entries.push(entry);
     }
-    Ok(entries)
+    Ok((entries, by_name))
 }
 
 /// One central-directory header at the cursor.
@@ -402,7 +414,7 @@ pub enum EntryData<'a> {
 impl CentralDirectory {
     /// The entry named `name`, if any.
     pub fn entry(&self, name: &str) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.name == name)
+        self.by_name.get(name).map(|&i| &self.entries[i])
     }
 
     /// Where `entry`'s data begins, from `header`: the file's bytes from the entry's
