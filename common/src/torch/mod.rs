@@ -83,7 +83,8 @@ impl Archive {
         self.directory.entry(&format!("{}/{name}", self.prefix))
     }
 
-    fn pickle_entry(&self) -> Result<&Entry, TorchError> {
+    /// The entry of `data.pkl`.
+    pub fn pickle_entry(&self) -> Result<&Entry, TorchError> {
         self.record(PICKLE_RECORD).ok_or(TorchError::NoPickle)
     }
 
@@ -100,15 +101,6 @@ impl Archive {
     /// The bytes holding the byte-order record, if the archive has one.
     pub fn byteorder_span(&self) -> Option<Range<u64>> {
         self.record(BYTEORDER_RECORD).map(Entry::span)
-    }
-
-    /// The byte-order record from `bytes`, the file from its local header on; `None` when
-    /// the archive has no such record.
-    pub fn byteorder<'a>(&self, bytes: &'a [u8]) -> Result<Option<EntryData<'a>>, TorchError> {
-        match self.record(BYTEORDER_RECORD) {
-            Some(entry) => self.directory.entry_data(entry, bytes).map(Some),
-            None => Ok(None),
-        }
     }
 
     /// The entry holding `tensor`'s storage.
@@ -229,11 +221,6 @@ impl TorchFile {
 
     pub fn archive(&self) -> &Archive {
         &self.archive
-    }
-
-    /// The pickled tensor `name`, if the state dict has it.
-    pub fn tensor(&self, name: &str) -> Option<&PickledTensor> {
-        self.tensors.get(name)
     }
 
     /// The layout of tensor `name` in the archive `bytes` (the bytes given to

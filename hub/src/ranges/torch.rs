@@ -21,7 +21,7 @@ use neuromfa_common::error::TorchError;
 use neuromfa_common::torch::pickle::{parse_state_dict, PickledTensor};
 use neuromfa_common::torch::zip::{self, CentralDirectory, DataStart, Entry, EntryData, Tail};
 use neuromfa_common::torch::{
-    check_byteorder, tensor_element, tensor_layout, Archive, BYTEORDER_RECORD, PICKLE_RECORD,
+    check_byteorder, tensor_element, tensor_layout, Archive, BYTEORDER_RECORD,
 };
 
 use super::header::{check_shape, unsupported_dtype, Layouts, Needed};
@@ -293,9 +293,10 @@ async fn read_state_dict(
     archive: &Archive,
     cost: &mut Cost,
 ) -> Result<Vec<PickledTensor>, FetchError> {
-    let pickle = archive
-        .pickle_span()
+    let pickle_entry = archive
+        .pickle_entry()
         .map_err(|problem| invalid(remote, file, problem))?;
+    let pickle = pickle_entry.span();
     let byteorder = archive.byteorder_span();
     // The spans reach past their records (they allow for the longest local header torch
     // writes), so they may overlap: only the distance between them matters.
@@ -328,10 +329,7 @@ async fn read_state_dict(
             record_bytes(remote, file, &archive.directory, entry, from_order, cost).await?;
         check_byteorder(&record).map_err(|problem| invalid(remote, file, problem))?;
     }
-    let entry = archive
-        .record(PICKLE_RECORD)
-        .ok_or_else(|| invalid(remote, file, TorchError::NoPickle))?;
-    let pkl = record_bytes(remote, file, &archive.directory, entry, &bytes, cost).await?;
+    let pkl = record_bytes(remote, file, &archive.directory, pickle_entry, &bytes, cost).await?;
     parse_state_dict(&pkl).map_err(|problem| invalid(remote, file, problem))
 }
 
