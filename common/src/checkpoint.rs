@@ -492,6 +492,28 @@ fn check_matrix(
     Ok(())
 }
 
+/// Where tensor `name` lies in safetensors file `file`, whose data starts at `data_start`
+/// (after the header); `Ok(None)` when the header has no such tensor, `Err(dtype)` when
+/// its dtype cannot hold weights. The mapped and the ranged readers both place tensors so.
+pub fn safetensors_layout(
+    metadata: &Metadata,
+    data_start: u64,
+    name: &str,
+    file: &str,
+) -> Result<Option<TensorLayout>, String> {
+    let Some(info) = metadata.info(name) else {
+        return Ok(None);
+    };
+    let element = ElementType::from_dtype(info.dtype).ok_or_else(|| format!("{:?}", info.dtype))?;
+    let offset = data_start + info.data_offsets.0 as u64;
+    Ok(Some(TensorLayout::contiguous(
+        file,
+        offset,
+        element,
+        &info.shape,
+    )))
+}
+
 impl MappedFile {
     /// The layout of tensor `name`, which the checkpoint says is in this file.
     fn layout(&self, name: &str, dir: &Path) -> Result<TensorLayout, Error> {
@@ -504,20 +526,15 @@ impl MappedFile {
                 header_len,
                 metadata,
             } => {
-                let info = metadata.info(name).ok_or_else(missing)?;
-                let element =
-                    ElementType::from_dtype(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
+                let data_start = (8 + header_len) as u64;
+                match safetensors_layout(metadata, data_start, name, &self.name) {
+                    Ok(layout) => layout.ok_or_else(missing),
+                    Err(dtype) => Err(Error::UnsupportedDtype {
                         path: self.path.clone(),
                         tensor: name.to_string(),
-                        dtype: format!("{:?}", info.dtype),
-                    })?;
-                let offset = (8 + header_len + info.data_offsets.0) as u64;
-                Ok(TensorLayout::contiguous(
-                    &self.name,
-                    offset,
-                    element,
-                    &info.shape,
-                ))
+                        dtype,
+                    }),
+                }
             }
             Contents::Torch(torch) => match torch.layout(&self.map, name, &self.name) {
                 Ok(layout) => layout.ok_or_else(missing),

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use neuromfa_common::checkpoint::{ElementType, TensorLayout, WeightFiles, WeightFormat};
+use neuromfa_common::checkpoint::{self, TensorLayout, WeightFiles, WeightFormat};
 use neuromfa_common::{BlockTensor, ModelShape};
 use safetensors::tensor::Metadata;
 
@@ -192,18 +192,11 @@ fn safetensors_layout(
     metadata: &Metadata,
 ) -> Result<TensorLayout, FetchError> {
     let invalid = |detail: String| remote.names().invalid(&file.name, detail);
-    let info = metadata
-        .info(name)
-        .ok_or_else(|| invalid(format!("the header has no tensor `{name}`")))?;
-    let element = ElementType::from_dtype(info.dtype)
-        .ok_or_else(|| invalid(unsupported_dtype(name, &format!("{:?}", info.dtype))))?;
-    let offset = data_start + info.data_offsets.0 as u64;
-    Ok(TensorLayout::contiguous(
-        &file.name,
-        offset,
-        element,
-        &info.shape,
-    ))
+    match checkpoint::safetensors_layout(metadata, data_start, name, &file.name) {
+        Ok(Some(layout)) => Ok(layout),
+        Ok(None) => Err(invalid(format!("the header has no tensor `{name}`"))),
+        Err(dtype) => Err(invalid(unsupported_dtype(name, &dtype))),
+    }
 }
 
 /// Reads and validates one file's header: returns where its data starts and the metadata.
