@@ -18,6 +18,7 @@ use neuromfa_common::checkpoint::{
 };
 
 use crate::client::{hub_base_url, is_loopback, paths_info_url, resolve_url, HubSettings};
+use crate::hashing::hex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -259,11 +260,7 @@ fn shards_sha256(files: &[(String, String)]) -> String {
     for (name, sha) in files {
         hasher.update(format!("{name}:{sha}\n").as_bytes());
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&hasher.finalize())
 }
 
 impl ResolveError {
