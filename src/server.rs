@@ -45,12 +45,9 @@ fn to_status(error: CallError) -> Status {
 
 impl StateHandle {
     /// Starts the state thread. It stops when every handle is dropped.
-    pub fn spawn(
-        state: SweepState,
-        hub_endpoint: String,
-    ) -> anyhow::Result<(Self, std::thread::JoinHandle<()>)> {
+    pub fn spawn(state: SweepState) -> anyhow::Result<(Self, std::thread::JoinHandle<()>)> {
         let (commit, thread) =
-            GroupCommit::spawn(state, hub_endpoint).context("cannot start the state thread")?;
+            GroupCommit::spawn(state).context("cannot start the state thread")?;
         Ok((
             Self {
                 commit,
@@ -80,10 +77,6 @@ impl StateHandle {
         self.commit.start_draining();
     }
 
-    pub fn draining(&self) -> bool {
-        self.commit.draining()
-    }
-
     /// Why the state thread stopped by itself (its disk is full), once it has.
     pub fn halted(&self) -> Option<String> {
         self.commit.halted()
@@ -97,11 +90,35 @@ impl StateHandle {
 /// The tonic service over the state handle.
 pub struct CoordinatorService {
     state: StateHandle,
+    announced: Arc<Announced>,
+}
+
+/// What the coordinator tells every worker, fixed for its run.
+struct Announced {
+    /// The Hub endpoint workers should use (empty: theirs).
+    hub_endpoint: String,
+    /// How often workers should heartbeat: four times a lease.
+    heartbeat_ms: u64,
+    /// The analysis parameters, as every lease reply carries them.
+    params_json: String,
+}
+
+impl Announced {
+    fn of(sweep: &SweepState, hub_endpoint: String) -> Self {
+        Announced {
+            hub_endpoint,
+            heartbeat_ms: (sweep.schedule().lease_ms() / 4).clamp(50, 30_000),
+            params_json: serde_json::to_string(sweep.params()).unwrap_or_default(),
+        }
+    }
 }
 
 impl CoordinatorService {
-    pub fn new(state: StateHandle) -> Self {
-        Self { state }
+    fn new(state: StateHandle, announced: Announced) -> Self {
+        Self {
+            state,
+            announced: Arc::new(announced),
+        }
     }
 
     /// The service wrapped in the token check every RPC must pass.
@@ -125,6 +142,7 @@ impl Coordinator for CoordinatorService {
         request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterReply>, Status> {
         let r = request.into_inner();
+        let announced = self.announced.clone();
         let reply = self
             .state
             .call(move |s, c| {
@@ -133,8 +151,8 @@ impl Coordinator for CoordinatorService {
                 Ok(proto::RegisterReply {
                     worker_id: id,
                     sweep: s.spec().name.clone(),
-                    hub_endpoint: c.hub_endpoint.clone(),
-                    heartbeat_ms: c.heartbeat_ms,
+                    hub_endpoint: announced.hub_endpoint.clone(),
+                    heartbeat_ms: announced.heartbeat_ms,
                     fetch_mode: s.spec().hub.fetch_mode.to_string(),
                     merge_gap: s.spec().hub.merge_gap.unwrap_or(0),
                 })
@@ -149,10 +167,11 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<proto::LeaseReply>, Status> {
         let r = request.into_inner();
         let worker_id = r.worker_id.clone();
+        let announced = self.announced.clone();
         let reply = self
             .state
             .call(move |s, c| {
-                let params_json = serde_json::to_string(s.params()).unwrap_or_default();
+                let params_json = announced.params_json.clone();
                 // Draining for a stop or restart: no new work, but workers stay, so they
                 // carry on with the next coordinator on the same state.
                 if c.draining {
@@ -183,7 +202,7 @@ impl Coordinator for CoordinatorService {
                     retry_after_ms: if finished {
                         0
                     } else {
-                        c.heartbeat_ms.min(1000)
+                        announced.heartbeat_ms.min(1000)
                     },
                     sweep_finished: finished,
                 })
@@ -306,8 +325,9 @@ impl RunningCoordinator {
                 .tls_config(tls)
                 .context("the TLS certificate and key cannot be used (are both PEM, and the key the certificate's?)")?;
         }
-        let (handle, state_thread) = StateHandle::spawn(state, hub_endpoint)?;
-        let service = CoordinatorService::new(handle.clone()).into_server(token);
+        let announced = Announced::of(&state, hub_endpoint);
+        let (handle, state_thread) = StateHandle::spawn(state)?;
+        let service = CoordinatorService::new(handle.clone(), announced).into_server(token);
         let (shutdown, stopped) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let server = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(

@@ -30,10 +30,6 @@ pub fn now_ms() -> u64 {
 pub struct Context {
     pub now_ms: u64,
     pub draining: bool,
-    /// The Hub endpoint announced to workers (empty: theirs).
-    pub hub_endpoint: String,
-    /// How often workers should heartbeat: four times a lease.
-    pub heartbeat_ms: u64,
 }
 
 /// Why a request has no answer.
@@ -47,9 +43,17 @@ pub enum CallError {
 
 /// Called with the outcome of the batch's commit: Ok once it is durable.
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// A request applied inside the current transaction. It returns its reply and how it
-/// left the storage (a storage error rolls the whole batch back).
-type Job = Box<dyn FnOnce(&mut SweepState, &Context) -> (Reply, Storage) + Send>;
+/// A request, given its turn: applied inside the current transaction, it returns its reply
+/// and how it left the storage (a storage error rolls the whole batch back); refused when
+/// no transaction could start, it replies at once without touching the state.
+type Job = Box<dyn FnOnce(Turn<'_>) -> Option<(Reply, Storage)> + Send>;
+
+/// What a batch can do with a request.
+enum Turn<'a> {
+    Apply(&'a mut SweepState, &'a Context),
+    /// Why the request cannot be applied.
+    Refuse(String),
+}
 
 /// How a step of a batch (a request, lease expiry, the commit) left the storage.
 #[derive(Debug)]
@@ -107,17 +111,14 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     /// Starts the state thread, which owns `state` from now on.
-    pub fn spawn(
-        state: SweepState,
-        hub_endpoint: String,
-    ) -> std::io::Result<(Self, JoinHandle<()>)> {
+    pub fn spawn(state: SweepState) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let draining = Arc::new(AtomicBool::new(false));
         let halted = Halted::default();
         let (flag, halt) = (draining.clone(), halted.clone());
         let thread = std::thread::Builder::new()
             .name("sweep-state".into())
-            .spawn(move || run(state, &inbox, &flag, &halt, hub_endpoint))?;
+            .spawn(move || run(state, &inbox, &flag, &halt))?;
         Ok((
             Self {
                 jobs,
@@ -136,7 +137,14 @@ impl GroupCommit {
         f: impl FnOnce(&mut SweepState, &Context) -> Result<T, StateError> + Send + 'static,
         reply: impl FnOnce(Result<T, CallError>) + Send + 'static,
     ) -> Result<(), CallError> {
-        let job: Job = Box::new(move |state, context| {
+        let job: Job = Box::new(move |turn| {
+            let (state, context) = match turn {
+                Turn::Apply(state, context) => (state, context),
+                Turn::Refuse(why) => {
+                    reply(Err(CallError::Unavailable(why)));
+                    return None;
+                }
+            };
             let outcome = f(state, context);
             let storage = Storage::of(&outcome);
             let reply: Reply = Box::new(move |committed| {
@@ -145,7 +153,7 @@ impl GroupCommit {
                     Err(why) => Err(CallError::Unavailable(why)),
                 })
             });
-            (reply, storage)
+            Some((reply, storage))
         });
         self.jobs
             .send(job)
@@ -175,9 +183,8 @@ fn run(
     inbox: &mpsc::Receiver<Job>,
     draining: &AtomicBool,
     halted: &OnceLock<String>,
-    hub: String,
 ) {
-    let heartbeat_ms = (state.schedule().lease_ms() / 4).clamp(50, 30_000);
+    let db = state.db_path().to_path_buf();
     loop {
         // Wake regularly even when idle, to expire lapsed leases.
         let first = match inbox.recv_timeout(IDLE_WAKE) {
@@ -195,10 +202,8 @@ fn run(
         let context = Context {
             now_ms: now_ms(),
             draining: draining.load(Ordering::SeqCst),
-            hub_endpoint: hub.clone(),
-            heartbeat_ms,
         };
-        apply_batch(&mut state, batch, &context, halted);
+        apply_batch(&mut state, batch, &context, halted, &db);
         if halted.get().is_some() {
             // Jobs still queued are dropped: their callers hear the coordinator stopped.
             tracing::error!("the state directory is out of space: state thread stopped");
@@ -209,21 +214,20 @@ fn run(
 
 /// Applies `batch` (and lease expiry) in one transaction, then replies to each job with
 /// the commit's outcome: every reply leaves after the commit, none before. A full disk
-/// sets `halted` before the replies leave.
+/// sets `halted` before the replies leave. Without a transaction nothing is applied.
 fn apply_batch(
     state: &mut SweepState,
     batch: Vec<Job>,
     context: &Context,
     halted: &OnceLock<String>,
+    db: &Path,
 ) {
-    let db = state.db_path().to_path_buf();
     let begun = state.begin();
     if let Err(e) = &begun {
         tracing::error!(error = %e, "cannot start a transaction");
-        note(Storage::of(&begun), halted, &db);
+        note(Storage::of(&begun), halted, db);
         for job in batch {
-            let (reply, _) = job(state, context);
-            reply(Err(e.to_string()));
+            job(Turn::Refuse(e.to_string()));
         }
         return;
     }
@@ -231,12 +235,13 @@ fn apply_batch(
     if let Err(e) = &expired {
         tracing::error!(error = %e, "expiring leases");
     }
-    let mut storage_error = note(Storage::of(&expired), halted, &db);
+    let mut storage_error = note(Storage::of(&expired), halted, db);
     let mut replies = Vec::with_capacity(batch.len());
     for job in batch {
-        let (reply, storage) = job(state, context);
-        storage_error |= note(storage, halted, &db);
-        replies.push(reply);
+        if let Some((reply, storage)) = job(Turn::Apply(state, context)) {
+            storage_error |= note(storage, halted, db);
+            replies.push(reply);
+        }
     }
     let outcome = if storage_error {
         if let Err(e) = state.rollback_and_reload() {
@@ -245,7 +250,7 @@ fn apply_batch(
         Err("coordinator storage error; retry".to_string())
     } else {
         let committed = state.commit();
-        note(Storage::of(&committed), halted, &db);
+        note(Storage::of(&committed), halted, db);
         committed.map_err(|e| {
             tracing::error!(error = %e, "commit failed");
             format!("coordinator storage error: {e}")

@@ -41,7 +41,7 @@ fn replies_leave_only_after_their_batch_is_durable() {
     let w = decide(&mut state, |d| Ok(d.register_worker("h", 1, "v", 0)));
     let leases = decide(&mut state, |d| d.lease(&w, 8, 0));
     assert_eq!(leases.len(), 8);
-    let (commit, thread) = GroupCommit::spawn(state, String::new()).unwrap();
+    let (commit, thread) = GroupCommit::spawn(state).unwrap();
 
     let (tx, rx) = mpsc::channel();
     for lease in leases {
@@ -96,7 +96,7 @@ fn replies_leave_only_after_their_batch_is_durable() {
 fn every_request_sees_draining_and_the_thread_stops_with_the_last_handle() {
     let dir = tempfile::tempdir().unwrap();
     let state = SweepState::open(spec(dir.path()), OpenMode::Resume).unwrap();
-    let (commit, thread) = GroupCommit::spawn(state, String::new()).unwrap();
+    let (commit, thread) = GroupCommit::spawn(state).unwrap();
     let other = commit.clone();
     drop(commit);
     assert!(!other.draining());
