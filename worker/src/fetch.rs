@@ -18,6 +18,8 @@ pub(crate) struct FetchStage {
     fetcher: Fetcher,
     options: RangeOptions,
     cache: CheckpointCache,
+    /// The whole checkpoint the current lease works on, if it was downloaded whole.
+    current: Option<FetchedCheckpoint>,
 }
 
 impl FetchStage {
@@ -46,6 +48,7 @@ impl FetchStage {
             fetcher,
             options: fetch_options,
             cache: CheckpointCache::new(options.cache_max_bytes),
+            current: None,
         })
     }
 
@@ -61,9 +64,13 @@ impl FetchStage {
             &self.options,
         )
         .await?;
-        if let FetchedWeights::Full(whole) = &fetched {
-            self.cache.note_fetched(whole);
-        }
+        self.current = match &fetched {
+            FetchedWeights::Full(whole) => {
+                self.cache.note_fetched(whole);
+                Some(whole.clone())
+            }
+            FetchedWeights::Ranged(_) => None,
+        };
         let metrics = fetched.metrics();
         tracing::info!(
             mode = %metrics.mode,
@@ -76,9 +83,11 @@ impl FetchStage {
         Ok(fetched)
     }
 
-    /// Every seed of `whole` is done here: it may be evicted.
-    pub(crate) fn finished(&mut self, whole: &FetchedCheckpoint) {
-        self.cache.note_finished(whole);
+    /// Every seed of the last fetch is done here: a whole checkpoint may be evicted.
+    pub(crate) fn finished(&mut self) {
+        if let Some(whole) = self.current.take() {
+            self.cache.note_finished(&whole);
+        }
     }
 
     /// Keeps the cache under its bound, finished checkpoints first out.

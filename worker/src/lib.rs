@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use neuromfa_common::checkpoint::FetchMode;
-use neuromfa_hub::ranges::FetchedWeights;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
@@ -221,10 +220,6 @@ impl Worker {
                 return Ok(true);
             }
         };
-        let whole = match &weights {
-            FetchedWeights::Full(whole) => Some(whole.clone()),
-            FetchedWeights::Ranged(_) => None,
-        };
         let mut reporter = Reporter::new(&self.coordinator, weights.metrics(), lease);
         let (mut outcomes, compute) = compute::start(weights, lease);
         loop {
@@ -244,9 +239,7 @@ impl Worker {
             held.finished(task_id);
         }
         let _ = compute.await;
-        if let Some(whole) = &whole {
-            self.fetch.finished(whole);
-        }
+        self.fetch.finished();
         Ok(true)
     }
 }
