@@ -339,9 +339,11 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     let state_dir = spec.state_dir.clone();
     let mut state = SweepState::open(spec.clone(), open_mode(args.new_sweep))?;
     let local_hub = serve_local_checkpoints(&spec).await?;
-    let local_endpoint = local_hub.as_ref().map(RunningHub::endpoint);
     let hub = HubSettings {
-        endpoint: local_endpoint.clone().or_else(|| spec.hub.endpoint.clone()),
+        endpoint: local_hub
+            .as_ref()
+            .map(RunningHub::endpoint)
+            .or_else(|| spec.hub.endpoint.clone()),
         token: spec.hub.token.clone(),
         cache_dir: None,
     };
@@ -349,15 +351,15 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on loopback")?;
-    // Loopback only, inside this process: no TLS needed.
-    let running =
-        RunningCoordinator::start(state, listener, token.clone(), announced_hub(&spec), None)?;
+    // Loopback only, inside this process: no TLS needed. The workers hear of the Hub the
+    // checkpoints were resolved on.
+    let announced = hub.endpoint.clone().unwrap_or_default();
+    let running = RunningCoordinator::start(state, listener, token.clone(), announced, None)?;
     let mut options = WorkerOptions::new(format!("http://{}", running.addr), token);
     options.cache_dir = args
         .cache_dir
         .clone()
         .or_else(|| local_hub.as_ref().map(|_| state_dir.join("hf-cache")));
-    options.hub_endpoint = local_endpoint;
     options.give_up_after = Duration::from_secs(30);
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = start_local_workers(args.workers, &options, &stop_rx);
