@@ -255,7 +255,7 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub fetch_mode: Option<FetchMode>,
     /// Byte ranges closer than this many bytes are fetched as one request. Default: the
-    /// spec's `hub.merge_gap`, else 4096.
+    /// spec's `hub.merge_gap`, else the gap the measured link prices.
     #[arg(long)]
     pub merge_gap: Option<u64>,
 }

@@ -131,6 +131,27 @@ impl WeightFiles {
     }
 }
 
+/// One weight file as the Hub describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightFileInfo {
+    /// Path in the repository.
+    pub name: String,
+    pub size: u64,
+    /// The LFS sha256 of its content.
+    pub sha256: String,
+}
+
+/// What a revision serves, as the coordinator resolved it before leasing: the commit, the
+/// weight files chosen from its listing, and each file (the shards of a sharded
+/// checkpoint, not its index). Handed to workers with their leases, it saves them the
+/// listing and the branch's resolution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionWeights {
+    pub commit: String,
+    pub weights: WeightFiles,
+    pub files: Vec<WeightFileInfo>,
+}
+
 /// Chooses a checkpoint's weights from the names of its files (a directory's, or a Hub
 /// revision's top-level listing): `model.safetensors`, then `model.safetensors.index.json`,
 /// then `pytorch_model.bin`, then `pytorch_model.bin.index.json`. `None` when there is none.

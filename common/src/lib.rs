@@ -1,7 +1,9 @@
 //! The science of neuromfa: Neuron-based Multifractal Analysis of GPT-NeoX checkpoints.
 //! Pure computation, no networking: checkpoint reading, network layout, sampling,
-//! box growing, spectra, emergence and statistics, and what an analysis reads (for fetchers).
+//! box growing, spectra, emergence and statistics, and what an analysis reads (for fetchers);
+//! also the vocabulary fetchers and the coordinator share (fetch modes, the Hub's budgets).
 
+pub mod budget;
 pub mod checkpoint;
 pub mod error;
 pub mod layout;
@@ -15,7 +17,9 @@ pub mod stats;
 pub mod synth;
 pub mod torch;
 
-pub use checkpoint::{Checkpoint, TensorLayout, WeightFiles, WeightFormat};
+pub use checkpoint::{
+    Checkpoint, RevisionWeights, TensorLayout, WeightFileInfo, WeightFiles, WeightFormat,
+};
 pub use error::Error;
 pub use layout::{BlockTensor, ModelShape};
 pub use pipeline::{

@@ -111,8 +111,8 @@ pub struct HubSpec {
     /// `auto` (ranges when they are a small share of the files). A worker's
     /// `--fetch-mode` overrides it.
     pub fetch_mode: FetchMode,
-    /// Byte ranges closer than this are fetched as one request (unset: the worker's
-    /// default, 4096).
+    /// Byte ranges closer than this are fetched as one request (unset: priced by the
+    /// workers from the measured round trip and bandwidth of the Hub's CDN).
     pub merge_gap: Option<u64>,
 }
 

@@ -4,6 +4,7 @@
 //! ```text
 //! fetch_bench --endpoint URL --repo ORG/NAME --revision REV --mode ranges|full|auto
 //!             --seeds A..B [--layer-sample 32] [--merge-gap BYTES] [--concurrency N]
+//!             (without --merge-gap and --concurrency, both are priced by the measured link)
 //!             [--cache DIR] [--plan-gaps G1,G2,...]
 //! ```
 //!
@@ -18,10 +19,7 @@ use std::time::Instant;
 use neuromfa_common::network::WeightReader;
 use neuromfa_common::{analyze_seed, AnalysisParams};
 use neuromfa_hub::fetch::Fetcher;
-use neuromfa_hub::ranges::{
-    fetch_for_seeds_with, plan_for_seeds, FetchMode, RangeOptions, DEFAULT_CONCURRENCY,
-    DEFAULT_MERGE_GAP,
-};
+use neuromfa_hub::ranges::{fetch_for_seeds_with, plan_for_seeds, FetchMode, RangeOptions};
 use neuromfa_hub::HubSettings;
 
 struct Args {
@@ -31,8 +29,8 @@ struct Args {
     mode: FetchMode,
     seeds: Vec<u32>,
     layer_sample: usize,
-    merge_gap: u64,
-    concurrency: usize,
+    merge_gap: Option<u64>,
+    concurrency: Option<usize>,
     cache: Option<PathBuf>,
     plan_gaps: Vec<u64>,
     analyze: bool,
@@ -46,8 +44,8 @@ fn parse() -> Result<Args, String> {
         mode: FetchMode::Ranges,
         seeds: (0..10).collect(),
         layer_sample: 32,
-        merge_gap: DEFAULT_MERGE_GAP,
-        concurrency: DEFAULT_CONCURRENCY,
+        merge_gap: None,
+        concurrency: None,
         cache: None,
         plan_gaps: Vec::new(),
         analyze: false,
@@ -74,8 +72,8 @@ fn parse() -> Result<Args, String> {
                 args.seeds = (a..b).collect();
             }
             "--layer-sample" => args.layer_sample = value.parse().map_err(|e| bad(&e))?,
-            "--merge-gap" => args.merge_gap = value.parse().map_err(|e| bad(&e))?,
-            "--concurrency" => args.concurrency = value.parse().map_err(|e| bad(&e))?,
+            "--merge-gap" => args.merge_gap = Some(value.parse().map_err(|e| bad(&e))?),
+            "--concurrency" => args.concurrency = Some(value.parse().map_err(|e| bad(&e))?),
             "--cache" => args.cache = Some(PathBuf::from(value)),
             "--plan-gaps" => {
                 args.plan_gaps = value
@@ -138,13 +136,16 @@ async fn run(args: Args) -> Result<(), String> {
     let m = fetched.metrics();
     println!(
         "fetch mode={} seeds={seeds} merge_gap={} bytes={} file_bytes={} share={:.4} \
-         requests={} wall_s={:.2}",
+         requests={} resolvers={} api={} wall_s={:.2}",
         m.mode,
-        args.merge_gap,
+        args.merge_gap
+            .map_or("priced".to_string(), |g| g.to_string()),
         m.bytes_downloaded,
         m.file_bytes,
         m.share(),
         m.requests,
+        m.hub_requests.resolvers,
+        m.hub_requests.api,
         wall.as_secs_f64()
     );
     if args.analyze {
@@ -187,7 +188,7 @@ async fn print_plans(
             &args.revision,
             params,
             &args.seeds,
-            gap,
+            Some(gap),
         )
         .await
         .map_err(|e| e.to_string())?;

@@ -158,6 +158,7 @@ mod tests {
             }],
             bytes_downloaded: model_bytes as u64,
             requests: 2,
+            hub_requests: Default::default(),
             elapsed: Duration::ZERO,
         }
     }

@@ -1,10 +1,8 @@
-//! Where the Hub is and how to reach it: the endpoint and token in use, its URLs, and the
-//! HTTP client for the requests sent without `hf-hub` (ranged reads, revision HEADs).
+//! Where the Hub is and how to reach it: the endpoint, token and cache in use, its URLs, and
+//! the HTTP client every request goes through.
 
 use std::path::PathBuf;
 use std::time::Duration;
-
-use crate::error::FetchError;
 
 /// The Hub used when neither the settings nor `HF_ENDPOINT` name one.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -137,22 +135,36 @@ pub(crate) fn parse_repo_id(repo: &str) -> Result<(&str, &str), String> {
     }
 }
 
-/// The HTTP client for GETs and API calls, ours rather than `hf-hub`'s default: that one sets
-/// no timeouts at all, so a dead connection would hang a worker forever. Traffic to an
-/// `endpoint` on this machine never goes through a proxy.
-pub(crate) fn http_client(endpoint: &reqwest::Url) -> Result<reqwest::Client, String> {
+/// The HTTP client every request of this crate goes through. It never follows a redirect:
+/// a resolve answer's metadata is on the `302` itself, and what follows it goes to another
+/// host, without the token. `stall` bounds the wait for each read of an answer (`hf-hub`'s
+/// own client sets no timeout at all, so a dead connection would hang a worker forever).
+/// Traffic to an `endpoint` on this machine never goes through a proxy.
+pub(crate) fn http_client(
+    endpoint: &reqwest::Url,
+    stall: Duration,
+) -> Result<reqwest::Client, String> {
     let mut http = reqwest::Client::builder()
         .user_agent(concat!(
             "hf-hub/1.0.0; neuromfa-worker/",
             env!("CARGO_PKG_VERSION")
         ))
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(120));
+        .read_timeout(stall);
     if is_loopback(endpoint) {
         http = http.no_proxy();
     }
     http.build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// Whether `a` and `b` share scheme, host and port: only requests to the endpoint's own
+/// origin carry the token.
+pub(crate) fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
@@ -163,25 +175,6 @@ pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
     match host.parse::<std::net::IpAddr>() {
         Ok(ip) => ip.is_loopback(),
         Err(_) => host.eq_ignore_ascii_case("localhost"),
-    }
-}
-
-/// Refuses a loopback endpoint that hf-hub's internal client would send to a proxy. It uses
-/// the same matcher as reqwest, so the answer is the one reqwest will act on.
-pub(crate) fn check_no_proxy_for(endpoint: &str) -> Result<(), FetchError> {
-    let uri: http::Uri = endpoint.parse().map_err(|e| FetchError::Setup {
-        detail: format!("endpoint {endpoint:?} is not a URI: {e}"),
-    })?;
-    let matcher = hyper_util::client::proxy::matcher::Matcher::from_system();
-    match matcher.intercept(&uri) {
-        None => Ok(()),
-        Some(_) => Err(FetchError::Setup {
-            detail: format!(
-                "the endpoint {endpoint} is on this machine, but the proxy settings in the \
-                 environment (HTTP_PROXY/HTTPS_PROXY/ALL_PROXY) would route hf-hub's requests \
-                 to it through a proxy; set NO_PROXY=127.0.0.1,localhost"
-            ),
-        }),
     }
 }
 
@@ -212,6 +205,20 @@ mod tests {
         ] {
             assert_eq!(is_loopback(&reqwest::Url::parse(u).unwrap()), want, "{u}");
         }
+    }
+
+    #[test]
+    fn only_the_same_scheme_host_and_port_is_the_same_origin() {
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        let hub = url("https://huggingface.co");
+        assert!(same_origin(
+            &hub,
+            &url("https://huggingface.co:443/a/resolve/x")
+        ));
+        assert!(!same_origin(&hub, &url("https://cdn-lfs.huggingface.co/x")));
+        assert!(!same_origin(&hub, &url("http://huggingface.co/x")));
+        let local = url("http://127.0.0.1:8080");
+        assert!(!same_origin(&local, &url("http://127.0.0.1:8081/x")));
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! Why a fetch failed, with the repository, revision and file it was about, and how
-//! `hf-hub`'s errors sort into what retrying may heal and what it will not.
+//! Why a fetch failed, with the repository, revision and file it was about, and how the
+//! Hub's answers sort into what retrying may heal and what it will not. The HTTP status is
+//! kept wherever an answer decided: `401`/`403`, a missing repository and a `422` are the
+//! same for every task of a sweep, a `5xx` or a reset is not.
 
 use std::path::Path;
-
-use hf_hub::HFError;
 
 use crate::fetch::MAX_ATTEMPTS;
 
@@ -61,12 +61,17 @@ pub enum FetchError {
         expected: String,
         actual: String,
     },
-    /// Connection refused, timeout, stalled transfer, 408/429/5xx: worth retrying later.
+    /// Connection refused, timeout, stalled transfer, 408/429/5xx (`status`, when an answer
+    /// came), after the retries the transport makes: worth retrying later.
     #[error(
         "temporary failure fetching {} from {} at revision {}: {detail}",
         .at.file, .at.repo, .at.revision
     )]
-    Transient { at: Box<FileRef>, detail: String },
+    Transient {
+        at: Box<FileRef>,
+        status: Option<u16>,
+        detail: String,
+    },
     /// The local cache could not be read or written (disk full, permissions).
     #[error(
         "local cache error for {} of {} at revision {}: {detail}",
@@ -85,12 +90,17 @@ pub enum FetchError {
         .at.file, .at.repo, .at.revision
     )]
     InvalidRequest { at: Box<FileRef>, detail: String },
-    /// Any other answer from the Hub that retrying will not change.
+    /// Any other answer from the Hub that retrying will not change, with its status (a
+    /// `422` from a mirror that reads the request another way, an unexpected redirect).
     #[error(
         "fetching {} from {} at revision {} failed: {detail}",
         .at.file, .at.repo, .at.revision
     )]
-    Hub { at: Box<FileRef>, detail: String },
+    Hub {
+        at: Box<FileRef>,
+        status: Option<u16>,
+        detail: String,
+    },
     /// The server answered a byte-range request with something other than that range (it
     /// ignores `Range`): fetch the whole checkpoint instead ([`crate::ranges`]).
     #[error(
@@ -98,7 +108,7 @@ pub enum FetchError {
         .at.repo, .at.revision, .at.file
     )]
     RangesUnsupported { at: Box<FileRef>, detail: String },
-    /// The client could not be configured ([`Fetcher::new`] only).
+    /// The client could not be configured ([`crate::fetch::Fetcher::new`] only).
     #[error("cannot set up the Hub client: {detail}")]
     Setup { detail: String },
 }
@@ -112,6 +122,18 @@ impl FetchError {
             self,
             FetchError::Transient { .. } | FetchError::Cache { .. }
         )
+    }
+
+    /// The HTTP status of the answer that decided, when one did.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            FetchError::AccessDenied { status, .. } => Some(*status),
+            FetchError::Transient { status, .. } | FetchError::Hub { status, .. } => *status,
+            FetchError::RepoNotFound { .. }
+            | FetchError::RevisionNotFound { .. }
+            | FetchError::FileNotFound { .. } => Some(404),
+            _ => None,
+        }
     }
 
     /// The repository, revision and file concerned (`None` for [`FetchError::Setup`]).
@@ -184,9 +206,11 @@ impl Names {
         })
     }
 
+    /// A failure no answer decided (refused, reset, timed out).
     pub(crate) fn transient(&self, file: &str, detail: String) -> FetchError {
         FetchError::Transient {
             at: self.at(file),
+            status: None,
             detail,
         }
     }
@@ -222,47 +246,32 @@ impl Names {
         }
     }
 
-    /// Sorts an hf-hub error into transient and permanent kinds.
-    pub(crate) fn classify(&self, file: &str, e: HFError) -> FetchError {
-        let detail = error_chain(&e);
+    /// What an answer of `status` about `file` means. `error_code` is the Hub's
+    /// `X-Error-Code`, which tells a missing repository, revision and file apart.
+    pub(crate) fn from_status(
+        &self,
+        file: &str,
+        status: u16,
+        error_code: Option<&str>,
+        detail: String,
+    ) -> FetchError {
         let at = self.at(file);
-        match e {
-            HFError::RepoNotFound { .. } => self.missing(Missing::Repo, file),
-            HFError::RevisionNotFound { .. } => self.missing(Missing::Revision, file),
-            HFError::EntryNotFound { .. } => self.missing(Missing::File, file),
-            // The real Hub answers 401 + RepoNotFound for repositories it will not show.
-            HFError::AuthRequired { context }
-                if context.error_code.as_deref() == Some("RepoNotFound") =>
-            {
-                self.missing(Missing::Repo, file)
-            }
-            HFError::AuthRequired { .. } => FetchError::AccessDenied {
+        match (status, error_code) {
+            // The Hub answers 401 + RepoNotFound for repositories it will not show.
+            (401 | 404, Some("RepoNotFound")) => self.missing(Missing::Repo, file),
+            (404, Some("RevisionNotFound")) => self.missing(Missing::Revision, file),
+            (404, _) => self.missing(Missing::File, file),
+            (401 | 403, _) => FetchError::AccessDenied { at, status, detail },
+            (408 | 429 | 500..=599, _) => FetchError::Transient {
                 at,
-                status: 401,
+                status: Some(status),
                 detail,
             },
-            HFError::Forbidden { .. } => FetchError::AccessDenied {
+            _ => FetchError::Hub {
                 at,
-                status: 403,
+                status: Some(status),
                 detail,
             },
-            HFError::RateLimited { .. } => FetchError::Transient { at, detail },
-            HFError::Http { context } => {
-                let status = context.status.as_u16();
-                if status == 408 || status == 429 || status >= 500 {
-                    FetchError::Transient { at, detail }
-                } else {
-                    FetchError::Hub { at, detail }
-                }
-            }
-            // Transport failures: refused, reset, timed out, cut mid-body. Only a request that
-            // could not even be built is our fault.
-            HFError::Request { source, .. } if !source.is_builder() => {
-                FetchError::Transient { at, detail }
-            }
-            HFError::Xet { .. } => FetchError::Transient { at, detail },
-            HFError::Io(_) | HFError::CacheLockTimeout { .. } => FetchError::Cache { at, detail },
-            _ => FetchError::Hub { at, detail },
         }
     }
 }

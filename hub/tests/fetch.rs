@@ -1,4 +1,4 @@
-//! Fetching checkpoints with hf-hub from the loopback Hub into a temporary HF cache.
+//! Fetching whole checkpoints from the loopback Hub into a temporary HF cache.
 
 mod common;
 
@@ -80,10 +80,12 @@ async fn fetches_a_single_file_checkpoint_into_the_hf_cache() {
     }
     let total: u64 = got.files.iter().map(|f| f.size).sum();
     assert_eq!(got.bytes_downloaded, total);
-    // HEAD+GET config.json, the listing of the weight files, HEAD+GET model.safetensors.
-    assert_eq!(got.requests, 5);
+    // GET config.json, the listing of the weight files, the resolve (HEAD) and GET of
+    // model.safetensors.
+    assert_eq!(got.requests, 4);
+    assert_eq!((got.hub_requests.resolvers, got.hub_requests.api), (3, 1));
     let stats = hub.stats();
-    assert_eq!(stats.requests, 5 + 1, "the fetch plus server_commit's HEAD");
+    assert_eq!(stats.requests, 4 + 1, "the fetch plus server_commit's HEAD");
     assert_eq!(stats.file_bodies, 2);
     assert_eq!(stats.file_body_bytes, total);
 
@@ -94,12 +96,17 @@ async fn fetches_a_single_file_checkpoint_into_the_hf_cache() {
         golden("model.safetensors").len() as u64
     );
 
-    // Another revision with the same content: its own commit, the same blobs, no body.
+    // Another revision with the same content: its own commit, the same blobs, no body of
+    // the weights.
     let step1 = f.fetch_checkpoint(REPO, "step1").await.unwrap();
     assert_ne!(step1.commit, got.commit);
-    assert_eq!(step1.bytes_downloaded, 0);
-    assert_eq!(step1.requests, 3, "two HEADs and the listing, no GET");
-    assert_eq!(hub.stats().file_bodies, 2);
+    let config_len = golden("config.json").len() as u64;
+    assert_eq!(step1.bytes_downloaded, config_len);
+    assert_eq!(
+        step1.requests, 3,
+        "config.json (naming the commit), the listing, the weights' HEAD"
+    );
+    assert_eq!(hub.stats().file_bodies, 3);
     assert_eq!(
         std::fs::read(step1.dir.join("model.safetensors")).unwrap(),
         golden("model.safetensors")
@@ -125,17 +132,19 @@ async fn a_cached_checkpoint_is_not_downloaded_again() {
         .fetch_checkpoint(REPO, "step0")
         .await
         .unwrap();
-    assert_eq!(again.bytes_downloaded, 0);
+    let config_len = golden("config.json").len() as u64;
+    assert_eq!(again.bytes_downloaded, config_len);
     assert_eq!(again.dir, first.dir);
     assert_eq!(again.commit, first.commit);
     assert_eq!(again.files, first.files);
-    // Only the branch has to be resolved: one HEAD on config.json. The choice of weight
-    // files and the model at that commit are answered from the cache.
+    // Only the branch has to be resolved: one GET of config.json, whose answer names the
+    // commit. The choice of weight files and the model at that commit are answered from
+    // the cache.
     assert_eq!(again.requests, 1);
     let after = hub.stats();
     assert_eq!(after.requests - before.requests, 1);
-    assert_eq!(after.file_bodies, before.file_bodies);
-    assert_eq!(after.file_body_bytes, before.file_body_bytes);
+    assert_eq!(after.file_bodies, before.file_bodies + 1);
+    assert_eq!(after.file_body_bytes, before.file_body_bytes + config_len);
 }
 
 /// Splits the golden checkpoint's tensors over two safetensors shards plus an index.
@@ -291,6 +300,7 @@ async fn a_stalled_server_is_a_transient_error() {
     let started = Instant::now();
     let e = fetcher(&format!("http://{addr}"), cache.path(), None)
         .with_stall_timeout(Duration::from_millis(500))
+        .unwrap()
         .fetch_checkpoint(REPO, "step0")
         .await
         .unwrap_err();

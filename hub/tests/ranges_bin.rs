@@ -270,7 +270,7 @@ async fn the_listing_chooses_safetensors_first_and_the_resolver_hashes_bin_shard
         })
         .collect();
     assert_eq!(sharded.weights_sha256, sha256_hex(lines.as_bytes()));
-    assert_eq!(sharded.files.len(), 3);
+    assert_eq!(sharded.weights.files.len(), 3);
 
     // Neither format: resolution and fetching both say what was looked for.
     let err = resolver.resolve(REPO, "none").await.unwrap_err();
@@ -278,7 +278,7 @@ async fn the_listing_chooses_safetensors_first_and_the_resolver_hashes_bin_shard
     let text = err.to_string();
     for part in [
         "none",
-        "no weight files",
+        "not found",
         "model.safetensors",
         "pytorch_model.bin.index.json",
     ] {

@@ -41,7 +41,7 @@ impl FetchStage {
         let fetch_options = fetch_options(options, registration)?;
         tracing::info!(
             fetch_mode = %fetch_options.mode,
-            merge_gap = fetch_options.merge_gap,
+            merge_gap = ?fetch_options.merge_gap,
             "fetch settings"
         );
         Ok(FetchStage {
@@ -113,8 +113,7 @@ fn fetch_options(
         mode: options.fetch_mode.unwrap_or(announced),
         merge_gap: options
             .merge_gap
-            .or((registration.merge_gap > 0).then_some(registration.merge_gap))
-            .unwrap_or(defaults.merge_gap),
+            .or((registration.merge_gap > 0).then_some(registration.merge_gap)),
         ..defaults
     })
 }
@@ -143,12 +142,15 @@ mod tests {
         );
 
         let chosen = fetch_options(&options, &registration("ranges", 1024)).unwrap();
-        assert_eq!((chosen.mode, chosen.merge_gap), (FetchMode::Ranges, 1024));
+        assert_eq!(
+            (chosen.mode, chosen.merge_gap),
+            (FetchMode::Ranges, Some(1024))
+        );
 
         options.fetch_mode = Some(FetchMode::Full);
         options.merge_gap = Some(99);
         let chosen = fetch_options(&options, &registration("ranges", 1024)).unwrap();
-        assert_eq!((chosen.mode, chosen.merge_gap), (FetchMode::Full, 99));
+        assert_eq!((chosen.mode, chosen.merge_gap), (FetchMode::Full, Some(99)));
 
         let refused = fetch_options(&options, &registration("sideways", 0)).unwrap_err();
         assert!(refused.to_string().contains("sideways"), "{refused}");

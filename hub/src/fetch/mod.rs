@@ -1,65 +1,44 @@
-//! Fetching one checkpoint from the Hugging Face Hub into the standard HF cache.
+//! Fetching one checkpoint into the standard HF cache, and the start every fetch shares.
 //!
-//! [`Fetcher::fetch_checkpoint`] downloads `config.json`, then the weights in the format the
-//! revision's listing offers first ([`choose_weight_files`]: `model.safetensors`, its index and
-//! shards, `pytorch_model.bin`, its index and shards), through `hf-hub` 1.0: the index and
-//! every shard it names, or the single file. Only the chosen format's files are downloaded.
-//! The result is the snapshot directory of the HF cache
-//! (`<cache>/models--<org>--<name>/snapshots/<commit>`), which the analysis reads directly.
+//! A fetch reads one way: the start ([`Fetcher::begin`]: `config.json`, the revision
+//! pinned to its commit), the listing ([`crate::listing`]: which weight files, the shard
+//! index, each file resolved once), then either the whole files ([`Session::download_whole`],
+//! here) or the layout, plan and ranges ([`crate::ranges`]). Every request goes through
+//! the one [`Transport`](crate::transport): paced by the budget, retried, and sent to the
+//! CDN a resolve points at.
 //!
-//! The listing is one paths-info call for the four names the choice looks at, at the pinned
-//! commit. Names it lacks are recorded as absent at that commit (`.no_exist` markers, as
-//! `hf-hub` records a 404), so a checkpoint already in the cache is chosen again without a
-//! request.
+//! Whole files land in the HF cache layout ([`crate::hfcache`]), each checked against the
+//! size and sha256 its resolve answer announced while it is written; a bad download is
+//! deleted and downloaded again, up to [`MAX_ATTEMPTS`] times. Files found in the cache
+//! were verified when they were downloaded: only their size is compared. After
+//! `config.json` every file is requested at the commit the revision resolved to, so a
+//! checkpoint is never assembled from two commits of a moving branch; a lease that carries
+//! the coordinator's resolution ([`RevisionWeights`]) starts at that commit.
 //!
-//! `hf-hub` writes whatever the file GET returns, without checking its status, length or
-//! hash. So every file downloaded here is checked against the size the Hub announced in its
-//! HEAD response and, when the ETag is a sha256 (LFS files), against the content's sha256; a
-//! bad blob is deleted from the cache and downloaded again, up to [`MAX_ATTEMPTS`] times.
-//! Files found in the cache were verified when they were downloaded; they are not hashed
-//! again, only their size is compared when the Hub reported one.
-//!
-//! After `config.json`, every file is requested at the commit the revision resolved to, so a
-//! checkpoint is never assembled from two commits of a moving branch, and files already in
-//! the cache cost no request at all.
-//!
-//! Every fetch starts as a [`Session`] ([`Fetcher::begin`]), which ranged fetches
-//! ([`crate::ranges`]) continue through its methods: the shape, the shard index, the files'
-//! sizes, a [`Remote`] for ranged reads, or the rest of the checkpoint whole.
-//!
-//! Proxies: `hf-hub` builds its HEAD client itself, with proxies from `HTTP(S)_PROXY` /
-//! `ALL_PROXY`. For a loopback endpoint the fetcher's own GET client never uses a proxy, and
-//! [`Fetcher::new`] refuses to start if the environment would send the HEAD requests to a
-//! proxy; set `NO_PROXY=127.0.0.1,localhost` (before any thread starts) in that case.
+//! `hf-hub` still decides where the cache is (`HF_HUB_CACHE`, `HF_HOME`, …), and its
+//! layout is the one written here, so HF tools and this crate share downloads.
 
-mod download;
-
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::Range;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hf_hub::repository::download::HFByteStream;
-use hf_hub::repository::RepoTreeEntry;
-use hf_hub::{HFClient, HFError, HFRepository, RepoTypeModel};
-use neuromfa_common::checkpoint::{
-    choose_weight_files, parse_shard_index, weight_file_names, WeightFiles, CONFIG_FILE,
-};
+use neuromfa_common::checkpoint::{RevisionWeights, WeightFiles, CONFIG_FILE};
 use neuromfa_common::ModelShape;
 
-use crate::client::{
-    check_no_proxy_for, http_client, hub_base_url, is_loopback, parse_repo_id, resolve_url,
-    HubSettings,
-};
+use crate::budget::{Budget, LocalBudget};
+use crate::client::{hub_base_url, parse_repo_id, HubSettings};
 use crate::error::{error_chain, FetchError, Names};
-use crate::hashing::is_commit_hex;
-use download::Downloader;
+use crate::hashing::{is_commit_hex, is_sha256_hex, sha256_bytes};
+use crate::hfcache::RepoCache;
+use crate::transport::{Cost, RemoteFile, Scope, Transport};
 
 /// Downloads of one file before a size or hash mismatch is final.
 pub const MAX_ATTEMPTS: u32 = 3;
 /// How long a download may go without any progress before it is abandoned.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// The largest `config.json` or shard index accepted.
+const MAX_SMALL_FILE: u64 = 64 << 20;
 
 /// A checkpoint in the HF cache, ready to be opened by the analysis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,13 +52,25 @@ pub struct FetchedCheckpoint {
     pub weights: WeightFiles,
     /// Every file of the checkpoint, in download order.
     pub files: Vec<FetchedFile>,
-    /// Bytes received in file bodies by this call (0 when everything was cached).
+    /// Bytes received in bodies by this call, what deciding on the way cost included (0 when
+    /// everything was cached).
     pub bytes_downloaded: u64,
-    /// HTTP requests this call made, as seen from here: HEADs, file GETs and API calls,
-    /// not counting `hf-hub`'s internal retries.
+    /// HTTP requests this call sent, retries included: resolves, GETs, API calls.
     pub requests: u32,
+    /// Of those, what the Hub counts against its rate limits.
+    pub hub_requests: HubRequests,
     /// Wall time of the call.
     pub elapsed: Duration,
+}
+
+/// Requests the Hub counts in each of its rate-limit buckets (those to the CDN it
+/// redirects to are not counted).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HubRequests {
+    /// Requests with `/resolve/` in their path.
+    pub resolvers: u32,
+    /// Requests to `/api/`.
+    pub api: u32,
 }
 
 impl FetchedCheckpoint {
@@ -107,92 +98,98 @@ pub struct FetchedFile {
     pub sha256: Option<String>,
 }
 
-/// What requests cost, as seen from here.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Cost {
-    pub(crate) requests: u32,
-    /// Bytes received in bodies.
-    pub(crate) bytes: u64,
-}
-
-impl std::ops::AddAssign for Cost {
-    fn add_assign(&mut self, other: Cost) {
-        self.requests += other.requests;
-        self.bytes += other.bytes;
-    }
-}
-
-/// Downloads checkpoints through one `hf-hub` client. Cheap to share behind an `Arc`;
-/// fetches of the same repository are serialised, others run concurrently.
+/// Downloads checkpoints through one transport. Cheap to share behind an `Arc`; fetches of
+/// the same repository are serialised, others run concurrently.
 pub struct Fetcher {
-    client: HFClient,
-    /// The HTTP client inside `client`, for the ranged GETs we send ourselves.
-    http: reqwest::Client,
+    transport: Arc<Transport>,
+    endpoint: String,
+    cache_dir: PathBuf,
     token: Option<String>,
-    /// The endpoint, parsed once.
-    base_url: reqwest::Url,
+    budget: Arc<dyn Budget>,
     stall_timeout: Duration,
-    /// One lock per repository: concurrent fetches of one repo would race on its blobs
-    /// (hf-hub does not re-check a blob after taking its lock, and we delete bad ones).
+    /// One lock per repository: concurrent fetches of one repo would race on its blobs.
     repo_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fetcher")
-            .field("endpoint", &self.client.endpoint())
-            .field("cache_dir", &self.client.cache_dir())
+            .field("endpoint", &self.endpoint)
+            .field("cache_dir", &self.cache_dir)
             .field("stall_timeout", &self.stall_timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl Fetcher {
-    /// Builds the client. Fails on an unparsable endpoint, or on a loopback endpoint that the
-    /// environment's proxy settings would route through a proxy.
+    /// Builds the client, paced by a budget of its own at a free account's quotas (see
+    /// [`Fetcher::with_budget`]). Fails on an unparsable endpoint.
     pub fn new(settings: HubSettings) -> Result<Self, FetchError> {
         let setup = |detail: String| FetchError::Setup { detail };
         let endpoint = settings.resolved_endpoint();
         let base_url = hub_base_url(&endpoint).map_err(setup)?;
-        if is_loopback(&base_url) {
-            check_no_proxy_for(&endpoint)?;
-        }
-
-        let http = http_client(&base_url).map_err(setup)?;
-
         let token = settings.resolved_token();
-        let mut builder = HFClient::builder().endpoint(endpoint).client(http.clone());
-        if let Some(token) = &token {
-            builder = builder.token(token.clone());
-        }
-        if let Some(dir) = settings.cache_dir {
-            builder = builder.cache_dir(dir);
-        }
-        let client = builder.build().map_err(|e| setup(error_chain(&e)))?;
-        Ok(Fetcher {
-            client,
-            http,
-            token,
+        let cache_dir = match settings.cache_dir {
+            Some(dir) => dir,
+            // Where every HF tool looks: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub.
+            None => hf_hub::HFClient::builder()
+                .build()
+                .map_err(|e| setup(format!("cannot find the HF cache: {}", error_chain(&e))))?
+                .cache_dir()
+                .to_path_buf(),
+        };
+        let budget: Arc<dyn Budget> = Arc::new(LocalBudget::default());
+        let transport = Transport::new(
             base_url,
+            token.clone(),
+            budget.clone(),
+            DEFAULT_STALL_TIMEOUT,
+        )
+        .map_err(setup)?;
+        Ok(Fetcher {
+            transport: Arc::new(transport),
+            endpoint,
+            cache_dir,
+            token,
+            budget,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             repo_locks: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Abandons a download (as a transient error) after `timeout` without progress.
-    pub fn with_stall_timeout(mut self, timeout: Duration) -> Self {
+    /// Paces the requests that count against the Hub's buckets through `budget` (a
+    /// worker's: the coordinator's grants).
+    pub fn with_budget(mut self, budget: Arc<dyn Budget>) -> Result<Self, FetchError> {
+        self.budget = budget;
+        self.rebuild()
+    }
+
+    /// Abandons a request (as a transient error) after `timeout` without progress.
+    pub fn with_stall_timeout(mut self, timeout: Duration) -> Result<Self, FetchError> {
         self.stall_timeout = timeout;
-        self
+        self.rebuild()
+    }
+
+    fn rebuild(mut self) -> Result<Self, FetchError> {
+        let transport = Transport::new(
+            self.transport.base_url().clone(),
+            self.token.clone(),
+            self.budget.clone(),
+            self.stall_timeout,
+        )
+        .map_err(|detail| FetchError::Setup { detail })?;
+        self.transport = Arc::new(transport);
+        Ok(self)
     }
 
     /// The Hub base URL in use.
     pub fn endpoint(&self) -> &str {
-        self.client.endpoint()
+        &self.endpoint
     }
 
     /// The HF cache directory in use.
     pub fn cache_dir(&self) -> &Path {
-        self.client.cache_dir()
+        &self.cache_dir
     }
 
     /// Downloads (or finds in the cache) the checkpoint `repo` (`org/name`) at `revision`
@@ -202,12 +199,21 @@ impl Fetcher {
         repo: &str,
         revision: &str,
     ) -> Result<FetchedCheckpoint, FetchError> {
-        self.begin(repo, revision).await?.download_whole().await
+        self.begin(repo, revision, None)
+            .await?
+            .download_whole()
+            .await
     }
 
     /// The start every fetch shares: checks the request, takes the repository's lock,
-    /// fetches `config.json` (verified, into the cache) and pins the revision to its commit.
-    pub(crate) async fn begin(&self, repo: &str, revision: &str) -> Result<Session, FetchError> {
+    /// fetches `config.json` (verified, into the cache) and pins the revision to its commit:
+    /// `known`'s, when the coordinator resolved the revision already.
+    pub(crate) async fn begin(
+        &self,
+        repo: &str,
+        revision: &str,
+        known: Option<&RevisionWeights>,
+    ) -> Result<Session, FetchError> {
         let started = Instant::now();
         let names = Names::new(repo, revision, self.endpoint());
         let (owner, name) =
@@ -218,57 +224,22 @@ impl Fetcher {
                 "the revision is empty or not printable".to_string(),
             ));
         }
-
         let cache_lock = self.repo_lock(repo).lock_owned().await;
-
-        let mut downloads = Downloader {
-            names,
-            handle: self.client.model(owner, name),
-            folder: self.cache_dir().join(format!("models--{owner}--{name}")),
-            stall_timeout: self.stall_timeout,
-            spent: Cost::default(),
-        };
-
-        let (config_path, config) = match downloads.fetch_file(CONFIG_FILE, revision).await {
-            Err(FetchError::FileNotFound { .. }) => return Err(downloads.explain_missing().await),
-            other => other?,
-        };
-        let commit = config_path
-            .parent()
-            .and_then(|p| p.file_name())
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        // Pin the rest of the checkpoint to that commit (see the module docs). A Hub that
-        // answers with something other than a commit id gets the revision as given.
-        let pinned = if is_commit_hex(&commit) {
-            commit.clone()
-        } else {
-            revision.to_string()
-        };
-        let dir = config_path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| downloads.folder.join("snapshots").join(&commit));
-        Ok(Session {
-            remote: Remote {
-                names: downloads.names.clone(),
-                handle: downloads.handle.clone(),
-                http: self.http.clone(),
-                token: self.token.clone(),
-                base_url: self.base_url.clone(),
-                pinned,
-            },
-            downloads,
+        let known = known.filter(|k| is_commit_hex(&k.commit)).cloned();
+        let mut session = Session {
+            scope: Scope::new(names),
+            transport: self.transport.clone(),
+            cache: RepoCache::new(&self.cache_dir, owner, name),
             started,
-            commit,
-            dir,
-            config_path,
-            config,
-            cache_lock: Some(cache_lock),
+            commit: String::new(),
+            config: None,
+            _cache_lock: cache_lock,
+            known,
             weights: None,
-            listed: Vec::new(),
-        })
+            resolved: HashMap::new(),
+        };
+        session.fetch_config().await?;
+        Ok(session)
     }
 
     fn repo_lock(&self, repo: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -281,50 +252,31 @@ impl Fetcher {
 }
 
 /// A fetch of one checkpoint under way ([`Fetcher::begin`]): `config.json` verified in the
-/// cache, the revision pinned to a commit, the repository's cache lock held until
-/// [`Session::release_cache`]. Everything it requests is counted ([`Session::spent`]).
+/// cache, the revision pinned to a commit, the repository's cache lock held throughout (a
+/// ranged fetch may end in a whole download). Everything it requests is counted in its
+/// scope.
 pub(crate) struct Session {
-    downloads: Downloader,
-    remote: Remote,
+    pub(crate) scope: Scope,
+    pub(crate) transport: Arc<Transport>,
+    pub(crate) cache: RepoCache,
     started: Instant,
-    /// The commit the revision resolved to (the snapshot directory's name).
+    /// The commit the revision resolved to (the snapshot directory's name): what every
+    /// file after `config.json` is requested at.
     commit: String,
-    /// The snapshot directory.
-    dir: PathBuf,
-    config_path: PathBuf,
-    config: FetchedFile,
+    config: Option<(PathBuf, FetchedFile)>,
     /// Held while this fetch may write to the repository's cache folder.
-    cache_lock: Option<tokio::sync::OwnedMutexGuard<()>>,
-    /// The weight files chosen, once [`Session::weight_files`] has chosen.
-    weights: Option<WeightFiles>,
-    /// What the listing found of the names it asked for: sizes and storage, so that a
-    /// single file needs no second call.
-    listed: Vec<RemoteFile>,
-}
-
-/// A sharded checkpoint's index, in the cache.
-pub(crate) struct ShardIndex {
-    file: FetchedFile,
-    /// Tensor name → shard file name.
-    weight_map: BTreeMap<String, String>,
-}
-
-impl ShardIndex {
-    /// The shard holding `tensor`.
-    pub(crate) fn shard_of(&self, tensor: &str) -> Option<&str> {
-        self.weight_map.get(tensor).map(String::as_str)
-    }
-
-    /// Shard file names, sorted and deduplicated.
-    fn shards(&self) -> Vec<String> {
-        let shards: BTreeSet<&String> = self.weight_map.values().collect();
-        shards.into_iter().cloned().collect()
-    }
+    _cache_lock: tokio::sync::OwnedMutexGuard<()>,
+    /// What the coordinator resolved of the revision, if it did.
+    pub(crate) known: Option<RevisionWeights>,
+    /// The weight files chosen, once chosen.
+    pub(crate) weights: Option<WeightFiles>,
+    /// Every file resolved so far, by name: resolved once per fetch.
+    pub(crate) resolved: HashMap<String, Arc<RemoteFile>>,
 }
 
 impl Session {
     pub(crate) fn names(&self) -> &Names {
-        &self.downloads.names
+        &self.scope.names
     }
 
     /// The commit the revision resolved to.
@@ -334,215 +286,189 @@ impl Session {
 
     /// What the session's requests cost so far.
     pub(crate) fn spent(&self) -> Cost {
-        self.downloads.spent
+        self.scope.meter.cost()
     }
 
-    /// Counts requests made through [`Session::remote`].
-    pub(crate) fn add_spent(&mut self, cost: Cost) {
-        self.downloads.spent += cost;
+    /// Wall time since the fetch began.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
-    /// The model's shape, from `config.json`.
-    pub(crate) async fn model_shape(&self) -> Result<ModelShape, FetchError> {
-        let text = tokio::fs::read_to_string(&self.config_path)
-            .await
-            .map_err(|e| self.names().cache(CONFIG_FILE, &self.config_path, &e))?;
-        ModelShape::from_config_json(&text).map_err(|m| self.names().invalid(CONFIG_FILE, m))
+    /// The snapshot directory.
+    pub(crate) fn dir(&self) -> PathBuf {
+        self.cache.snapshot(&self.commit)
     }
 
-    /// Which weight files to read: the choice [`choose_weight_files`] makes from the
-    /// revision's listing, made once per session. Answered from the cache when the chosen
-    /// entry file is there and every name preferred to it is known absent at this commit;
-    /// otherwise one paths-info call lists the candidates.
-    pub(crate) async fn weight_files(&mut self) -> Result<WeightFiles, FetchError> {
-        if let Some(files) = self.weights {
-            return Ok(files);
-        }
-        let files = match self.weights_from_cache() {
-            Some(files) => files,
-            None => self.list_weight_files().await?,
+    /// `config.json` at the commit the coordinator resolved (from the cache when there), or
+    /// at the revision as asked: one GET, whose answer names the commit.
+    async fn fetch_config(&mut self) -> Result<(), FetchError> {
+        let at = match &self.known {
+            Some(known) => known.commit.clone(),
+            None => self.names().revision().to_string(),
         };
-        self.weights = Some(files);
-        Ok(files)
-    }
-
-    /// The choice the cache answers without a request, if it does.
-    fn weights_from_cache(&self) -> Option<WeightFiles> {
-        let pinned = &self.remote.pinned;
-        if !is_commit_hex(pinned) {
-            return None;
-        }
-        let absent = self.downloads.folder.join(".no_exist").join(pinned);
-        for files in WeightFiles::ALL {
-            let name = files.entry_file();
-            if self.dir.join(name).is_file() {
-                return Some(files);
-            }
-            if !absent.join(name).exists() {
-                return None;
+        if is_commit_hex(&at) {
+            self.commit = at.clone();
+            if let Some(cached) = self.cached_file(CONFIG_FILE) {
+                self.config = Some((self.dir().join(CONFIG_FILE), cached));
+                return Ok(());
             }
         }
-        None
+        let (commit, fetched) = self.fetch_small(CONFIG_FILE, &at).await?;
+        self.commit = commit;
+        self.config = Some((self.dir().join(CONFIG_FILE), fetched));
+        Ok(())
     }
 
-    /// Lists the candidates at the pinned revision and chooses; records the absent ones.
-    async fn list_weight_files(&mut self) -> Result<WeightFiles, FetchError> {
-        let candidates = WeightFiles::candidates().map(str::to_string).to_vec();
-        self.listed = self.paths_info(candidates.clone()).await?;
-        let names: Vec<&str> = self.listed.iter().map(|f| f.name.as_str()).collect();
-        let files = choose_weight_files(&names).ok_or_else(|| FetchError::FileNotFound {
-            at: self.names().at(&weight_file_names()),
-        })?;
-        if is_commit_hex(&self.remote.pinned) {
-            let absent = self
-                .downloads
-                .folder
-                .join(".no_exist")
-                .join(&self.remote.pinned);
-            for name in candidates.iter().filter(|c| !names.contains(&c.as_str())) {
-                // Only saves a request next time: a marker that cannot be written is no error.
-                let _ = std::fs::create_dir_all(&absent)
-                    .and_then(|()| std::fs::write(absent.join(name), b""));
+    /// A small file (`config.json`, a shard index) at `at`, verified, into the cache: the
+    /// commit its answer named, and the file.
+    pub(crate) async fn fetch_small(
+        &mut self,
+        file: &str,
+        at: &str,
+    ) -> Result<(String, FetchedFile), FetchError> {
+        let mut last = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let small = self
+                .transport
+                .get_small(&self.scope, at, file, MAX_SMALL_FILE)
+                .await?;
+            let commit = match (small.commit, is_commit_hex(at)) {
+                (Some(commit), _) => commit,
+                (None, true) => at.to_string(),
+                (None, false) => {
+                    return Err(FetchError::Hub {
+                        at: self.names().at(file),
+                        status: None,
+                        detail: "the answer names no commit (X-Repo-Commit)".to_string(),
+                    })
+                }
+            };
+            if !is_commit_hex(&commit) {
+                return Err(FetchError::Hub {
+                    at: self.names().at(file),
+                    status: None,
+                    detail: format!("the answer names {commit:?} as the commit"),
+                });
             }
+            let actual = sha256_bytes(&small.bytes);
+            let etag = small.etag.unwrap_or_else(|| actual.clone());
+            if is_sha256_hex(&etag) && !etag.eq_ignore_ascii_case(&actual) {
+                tracing::warn!(file, expected = %etag, %actual, "a small file does not match its ETag; reading it again");
+                last = Some((etag, actual));
+                continue;
+            }
+            if commit != self.commit && !self.commit.is_empty() {
+                return Err(FetchError::Hub {
+                    at: self.names().at(file),
+                    status: None,
+                    detail: format!("read at commit {commit}, not at {}", self.commit),
+                });
+            }
+            self.commit = commit.clone();
+            let fetched = self.store_small(file, &small.bytes, &etag)?;
+            return Ok((commit, fetched));
         }
-        tracing::debug!(
-            repo = self.names().repo(),
-            revision = self.names().revision(),
-            format = %files.format,
-            sharded = files.sharded,
-            "weight files chosen"
-        );
-        Ok(files)
+        let (expected, actual) = last.unwrap_or_default();
+        Err(FetchError::Integrity {
+            at: self.names().at(file),
+            check: "sha256",
+            expected,
+            actual,
+        })
     }
 
-    /// The shard index (into the cache) if the chosen weights are sharded, `None` if they
-    /// are a single file. Shard names are checked: none may climb out of the snapshot.
-    pub(crate) async fn shard_index(&mut self) -> Result<Option<ShardIndex>, FetchError> {
-        let files = self.weight_files().await?;
-        if !files.sharded {
-            return Ok(None);
+    /// Writes a small file's bytes as blob `etag`, links it into the snapshot and records
+    /// the branch.
+    fn store_small(&self, file: &str, bytes: &[u8], etag: &str) -> Result<FetchedFile, FetchError> {
+        let blob = self.cache.blob(etag);
+        let cache_error = |path: &Path, e: std::io::Error| self.names().cache(file, path, &e);
+        let incomplete = self.cache.incomplete(etag);
+        if let Some(parent) = blob.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| cache_error(parent, e))?;
         }
-        let pinned = self.remote.pinned.clone();
-        let index_name = files.entry_file();
-        let (path, file) = self.downloads.fetch_file(index_name, &pinned).await?;
-        let names = self.names();
-        let text = tokio::fs::read_to_string(&path)
-            .await
-            .map_err(|e| names.cache(index_name, &path, &e))?;
-        let weight_map =
-            parse_shard_index(&text).map_err(|detail| names.invalid(index_name, detail))?;
-        Ok(Some(ShardIndex { file, weight_map }))
+        std::fs::write(&incomplete, bytes).map_err(|e| cache_error(&incomplete, e))?;
+        std::fs::rename(&incomplete, &blob).map_err(|e| cache_error(&blob, e))?;
+        self.link(file, etag)?;
+        Ok(FetchedFile {
+            name: file.to_string(),
+            size: bytes.len() as u64,
+            sha256: is_sha256_hex(etag).then(|| etag.to_ascii_lowercase()),
+        })
     }
 
-    /// Lets other fetches of the repository go on: this one writes nothing more to the
-    /// cache.
-    pub(crate) fn release_cache(&mut self) {
-        self.cache_lock = None;
+    /// Links `file` of the snapshot to blob `etag`, and records the branch's commit.
+    fn link(&self, file: &str, etag: &str) -> Result<PathBuf, FetchError> {
+        let revision = self.names().revision();
+        let snapshot = self.dir();
+        self.cache
+            .write_ref(revision, &self.commit)
+            .and_then(|()| self.cache.link(&self.commit, file, etag))
+            .map_err(|e| self.names().cache(file, &snapshot, &e))
+    }
+
+    /// `file` of this commit as the cache has it, if it does: size from the blob, sha256
+    /// from its name when it is one.
+    pub(crate) fn cached_file(&self, file: &str) -> Option<FetchedFile> {
+        let path = self.dir().join(file);
+        let size = std::fs::metadata(&path).ok().filter(|m| m.is_file())?.len();
+        let sha256 = std::fs::read_link(&path)
+            .ok()
+            .and_then(|target| target.file_name()?.to_str().map(str::to_string))
+            .filter(|name| is_sha256_hex(name))
+            .map(|name| name.to_ascii_lowercase());
+        Some(FetchedFile {
+            name: file.to_string(),
+            size,
+            sha256,
+        })
     }
 
     /// Whether `file` of this commit is in the cache already.
     pub(crate) fn is_cached(&self, file: &str) -> bool {
-        self.dir.join(file).is_file()
+        self.dir().join(file).is_file()
     }
 
-    /// Size and storage of each of `files` at the pinned revision: from the listing when it
-    /// has them all, else from one paths-info call. A file that is not there is an error.
-    pub(crate) async fn remote_files(
-        &mut self,
-        files: Vec<String>,
-    ) -> Result<Vec<RemoteFile>, FetchError> {
-        let listed = |name: &String| self.listed.iter().find(|f| &f.name == name).cloned();
-        let found: Vec<RemoteFile> = match files.iter().map(listed).collect::<Option<Vec<_>>>() {
-            Some(all) => all,
-            None => self.paths_info(files.clone()).await?,
-        };
-        files
-            .into_iter()
-            .map(|name| {
-                found
-                    .iter()
-                    .find(|f| f.name == name)
-                    .cloned()
-                    .ok_or_else(|| FetchError::FileNotFound {
-                        at: self.names().at(&name),
-                    })
-            })
-            .collect()
-    }
-
-    /// Those of `files` that exist at the pinned revision, with size and storage, from one
-    /// paths-info call. (`hf-hub`'s metadata HEAD follows redirects and then insists on
-    /// `X-Repo-Commit`, which a CDN's final answer lacks.)
-    async fn paths_info(&mut self, files: Vec<String>) -> Result<Vec<RemoteFile>, FetchError> {
-        let first = files.first().cloned().unwrap_or_default();
-        self.downloads.spent.requests += 1;
-        let entries = self
-            .downloads
-            .handle
-            .get_paths_info()
-            .paths(files)
-            .revision(&self.remote.pinned)
-            .send()
+    /// The model's shape, from `config.json`.
+    pub(crate) async fn model_shape(&self) -> Result<ModelShape, FetchError> {
+        let path = self.dir().join(CONFIG_FILE);
+        let text = tokio::fs::read_to_string(&path)
             .await
-            .map_err(|e| self.names().classify(&first, e))?;
-        Ok(entries
-            .into_iter()
-            .filter_map(|entry| match entry {
-                RepoTreeEntry::File {
-                    path,
-                    size,
-                    xet_hash,
-                    ..
-                } => Some(RemoteFile {
-                    url: self.remote.url(&path),
-                    name: path,
-                    size,
-                    xet: xet_hash.is_some(),
-                }),
-                RepoTreeEntry::Directory { .. } => None,
-            })
-            .collect())
-    }
-
-    /// The repository at the pinned revision, for ranged reads.
-    pub(crate) fn remote(&self) -> Remote {
-        self.remote.clone()
+            .map_err(|e| self.names().cache(CONFIG_FILE, &path, &e))?;
+        ModelShape::from_config_json(&text).map_err(|m| self.names().invalid(CONFIG_FILE, m))
     }
 
     /// The rest of the checkpoint, whole, into the cache: the chosen format's index and
-    /// every shard it names, or its single file.
+    /// every shard it names, or its single file. Files already resolved by this session
+    /// (a ranged attempt that fell back) are not resolved again.
     pub(crate) async fn download_whole(mut self) -> Result<FetchedCheckpoint, FetchError> {
-        let pinned = self.remote.pinned.clone();
         let weights = self.weight_files().await?;
-        let mut files = vec![self.config.clone()];
-        match self.shard_index().await? {
+        let config = self.config.clone().map(|(_, file)| file);
+        let mut files: Vec<FetchedFile> = config.into_iter().collect();
+        let names = match self.shard_index().await? {
             Some(index) => {
-                let shards = index.shards();
-                files.push(index.file);
-                for shard in shards {
-                    let (_, f) = self.downloads.fetch_file(&shard, &pinned).await?;
-                    files.push(f);
-                }
+                files.push(index.file.clone());
+                index.shards()
             }
-            None => {
-                let single = weights.format.single_file();
-                let (_, f) = self.downloads.fetch_file(single, &pinned).await?;
-                files.push(f);
-            }
+            None => vec![weights.format.single_file().to_string()],
+        };
+        for name in names {
+            let file = self.download_file(&name).await?;
+            files.push(file);
         }
         let spent = self.spent();
         let fetched = FetchedCheckpoint {
-            dir: self.dir,
-            commit: self.commit,
+            dir: self.dir(),
+            commit: self.commit.clone(),
             weights,
             files,
             bytes_downloaded: spent.bytes,
             requests: spent.requests,
-            elapsed: self.started.elapsed(),
+            hub_requests: spent.hub,
+            elapsed: self.elapsed(),
         };
         tracing::info!(
-            repo = self.downloads.names.repo(),
-            revision = self.downloads.names.revision(),
+            repo = self.names().repo(),
+            revision = self.names().revision(),
             commit = %fetched.commit,
             files = fetched.files.len(),
             bytes_downloaded = fetched.bytes_downloaded,
@@ -552,72 +478,101 @@ impl Session {
         );
         Ok(fetched)
     }
-}
 
-/// One weight file at the pinned revision, as the Hub describes it.
-#[derive(Debug, Clone)]
-pub(crate) struct RemoteFile {
-    pub(crate) name: String,
-    /// Its resolve URL at the pinned revision, built once for all its ranged reads.
-    pub(crate) url: reqwest::Url,
-    pub(crate) size: u64,
-    /// Stored in Xet: ranges are read through `hf-hub`'s Xet reconstruction, not plain GETs.
-    pub(crate) xet: bool,
-}
-
-/// The repository at the pinned revision, for reads sent outside `hf-hub`'s downloader.
-/// Owned and cheap to clone, so that a fetch's reads can run on a thread of their own.
-#[derive(Clone)]
-pub(crate) struct Remote {
-    names: Names,
-    handle: HFRepository<RepoTypeModel>,
-    /// The HTTP client and token `hf-hub` is given.
-    http: reqwest::Client,
-    token: Option<String>,
-    base_url: reqwest::Url,
-    /// What files are requested at: the commit, or the revision if the Hub gave none.
-    pinned: String,
-}
-
-impl Remote {
-    pub(crate) fn names(&self) -> &Names {
-        &self.names
-    }
-
-    /// `file`'s resolve URL at the pinned revision.
-    fn url(&self, file: &str) -> reqwest::Url {
-        resolve_url(&self.base_url, self.names.repo(), &self.pinned, file)
-    }
-
-    /// A GET of `url` carrying the token `hf-hub` sends.
-    pub(crate) fn get(&self, url: &reqwest::Url) -> reqwest::RequestBuilder {
-        let request = self.http.get(url.clone());
-        match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
+    /// One weight file into the cache: linked from a blob already there (known by the
+    /// coordinator's hash or this session's resolve), else downloaded from its location and
+    /// verified, up to [`MAX_ATTEMPTS`] times.
+    async fn download_file(&mut self, name: &str) -> Result<FetchedFile, FetchError> {
+        if let Some(cached) = self.cached_file(name) {
+            return Ok(cached);
         }
-    }
-
-    /// `range` of `file` through `hf-hub`, which reconstructs files stored in Xet: the
-    /// length the answer announces, and its body.
-    pub(crate) async fn xet_range(
-        &self,
-        file: &str,
-        range: Range<u64>,
-    ) -> Result<(Option<u64>, HFByteStream), HFError> {
-        self.handle
-            .download_file_stream()
-            .filename(file)
-            .revision(&self.pinned)
-            .range(range)
-            .send()
+        if let Some(known) = self.known_blob(name) {
+            return Ok(known);
+        }
+        let remote = self.remote_file(name).await?;
+        let blob = self.cache.blob(&remote.etag);
+        let _blob_lock = self
+            .cache
+            .lock(&remote.etag)
             .await
+            .map_err(|e| self.names().cache(name, &blob, &e))?;
+        let complete = std::fs::metadata(&blob).is_ok_and(|m| m.len() == remote.size);
+        if !complete {
+            self.download_blob(&remote).await?;
+        }
+        self.link(name, &remote.etag)?;
+        Ok(FetchedFile {
+            name: name.to_string(),
+            size: remote.size,
+            sha256: remote.sha256().map(str::to_string),
+        })
     }
 
-    /// The same repository with HTTP connections of its own, for a runtime of its own
-    /// (connections belong to the runtime that opened them).
-    pub(crate) fn with_own_connections(mut self) -> Result<Self, String> {
-        self.http = http_client(&self.base_url)?;
-        Ok(self)
+    /// A file the coordinator resolved whose blob the cache holds whole: linked, no request.
+    fn known_blob(&self, name: &str) -> Option<FetchedFile> {
+        let known = self.known.as_ref()?.files.iter().find(|f| f.name == name)?;
+        let blob = self.cache.blob(&known.sha256);
+        if std::fs::metadata(&blob).ok()?.len() != known.size {
+            return None;
+        }
+        self.link(name, &known.sha256).ok()?;
+        Some(FetchedFile {
+            name: name.to_string(),
+            size: known.size,
+            sha256: Some(known.sha256.clone()),
+        })
+    }
+
+    /// Downloads `remote` into its blob, checked against its size and sha256.
+    async fn download_blob(&self, remote: &RemoteFile) -> Result<(), FetchError> {
+        let name = remote.name.as_str();
+        let incomplete = self.cache.incomplete(&remote.etag);
+        let blob = self.cache.blob(&remote.etag);
+        if let Some(parent) = blob.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| self.names().cache(name, parent, &e))?;
+        }
+        let mut last = None;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let got = self
+                .transport
+                .download(&self.scope, remote, &incomplete)
+                .await?;
+            let mismatch = if got.len != remote.size {
+                Some(("size", remote.size.to_string(), got.len.to_string()))
+            } else {
+                remote
+                    .sha256()
+                    .filter(|expected| !expected.eq_ignore_ascii_case(&got.sha256))
+                    .map(|expected| ("sha256", expected.to_ascii_lowercase(), got.sha256.clone()))
+            };
+            let Some((check, expected, actual)) = mismatch else {
+                return std::fs::rename(&incomplete, &blob)
+                    .map_err(|e| self.names().cache(name, &blob, &e));
+            };
+            tracing::warn!(
+                repo = %self.names().repo(),
+                revision = %self.names().revision(),
+                file = name,
+                attempt,
+                check,
+                %expected,
+                %actual,
+                "downloaded file does not match the Hub's metadata; discarding it"
+            );
+            match std::fs::remove_file(&incomplete) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(self.names().cache(name, &incomplete, &e))
+                }
+                _ => {}
+            }
+            last = Some((check, expected, actual));
+        }
+        let (check, expected, actual) = last.unwrap_or(("size", String::new(), String::new()));
+        Err(FetchError::Integrity {
+            at: self.names().at(name),
+            check,
+            expected,
+            actual,
+        })
     }
 }

@@ -1,20 +1,21 @@
 //! A checkpoint's layout for a ranged fetch: which weight file holds each block tensor (from
 //! the shard index of the format the revision offers), the files' sizes, and where each
 //! tensor's elements are, as a [`TensorLayout`]: from each safetensors file's header, read
-//! with byte ranges (the 8-byte length, then the JSON), or from each `.bin` archive's records
-//! ([`super::torch`]).
+//! with byte ranges (the 8-byte length, then the JSON; every file at once), or from each
+//! `.bin` archive's records ([`super::torch`]).
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use neuromfa_common::checkpoint::{self, TensorLayout, WeightFiles, WeightFormat};
 use neuromfa_common::{BlockTensor, ModelShape};
 use safetensors::tensor::Metadata;
 
-use super::http::read_to_vec;
 use super::plan::{Site, Sites};
 use super::torch;
+use super::Reads;
 use crate::error::FetchError;
-use crate::fetch::{Cost, Remote, RemoteFile, Session};
+use crate::fetch::Session;
+use crate::transport::RemoteFile;
 
 /// The first read of a file: its header length and, usually, the whole header.
 const HEADER_PROBE: u64 = 64 * 1024;
@@ -23,12 +24,8 @@ const MAX_HEADER_LEN: u64 = 100_000_000;
 
 /// A checkpoint's weight files and where each block tensor lies in them.
 pub(super) struct Layout {
-    pub(super) files: Vec<RemoteFile>,
+    pub(super) files: Vec<Arc<RemoteFile>>,
     pub(super) sites: Sites,
-    /// The quickest first read of a file: what one small ranged request costs on this link.
-    pub(super) request_time: Duration,
-    /// What reading the layout cost.
-    pub(super) cost: Cost,
 }
 
 /// A block tensor the analysis needs.
@@ -41,20 +38,14 @@ pub(super) struct Needed {
     pub(super) expected: [usize; 2],
 }
 
-/// Every needed tensor's layout, in the order of the needed tensors, and the quickest first
-/// read of a file.
-pub(super) type Layouts = (Vec<TensorLayout>, Duration);
-
 /// Which weight file holds each block tensor of `shape`: the shard index's answer, read into
-/// the cache as full fetches do, or the single file. Lets go of the repository's cache lock
-/// once read: nothing more is written to the cache.
-async fn tensor_files(
+/// the cache as full fetches do, or the single file.
+pub(super) async fn tensor_files(
     session: &mut Session,
     shape: &ModelShape,
     weights: WeightFiles,
 ) -> Result<(Vec<String>, Vec<Needed>), FetchError> {
     let index = session.shard_index().await?;
-    session.release_cache();
     let mut files: Vec<String> = Vec::new();
     let mut needed = Vec::with_capacity(shape.num_blocks * BlockTensor::ALL.len());
     for block in 0..shape.num_blocks {
@@ -89,28 +80,18 @@ async fn tensor_files(
     Ok((files, needed))
 }
 
-/// Chooses the weight files, reads the shard index, then every weight file's size and
-/// layout, and checks every block tensor of `shape` (element type and shape). `None` when
-/// `stop_if_cached` and the weight files are already in the cache.
+/// Every weight file's layout, read by ranges, with every block tensor checked (element
+/// type and shape).
 pub(super) async fn read_layout(
-    session: &mut Session,
-    shape: &ModelShape,
-    stop_if_cached: bool,
-) -> Result<Option<Layout>, FetchError> {
-    let weights = session.weight_files().await?;
-    let (names, needed) = tensor_files(session, shape, weights).await?;
-    if stop_if_cached && names.iter().all(|f| session.is_cached(f)) {
-        return Ok(None);
-    }
-    let files = session.remote_files(names).await?;
-    let remote = session.remote();
-    let mut cost = Cost::default();
-    let read = match weights.format {
-        WeightFormat::Safetensors => safetensors_layouts(&remote, &files, &needed, &mut cost).await,
-        WeightFormat::PytorchBin => torch::layouts(&remote, &files, &needed, &mut cost).await,
+    reads: &Reads,
+    format: WeightFormat,
+    files: Vec<Arc<RemoteFile>>,
+    needed: Vec<Needed>,
+) -> Result<Layout, FetchError> {
+    let layouts = match format {
+        WeightFormat::Safetensors => safetensors_layouts(reads, &files, &needed).await?,
+        WeightFormat::PytorchBin => torch::layouts(reads, &files, &needed).await?,
     };
-    session.add_spent(cost);
-    let (layouts, request_time) = read?;
     let mut sites = Sites {
         file_sizes: files.iter().map(|f| f.size).collect(),
         ..Sites::default()
@@ -123,23 +104,18 @@ pub(super) async fn read_layout(
         };
         sites.by_tensor.insert((needed.block, needed.tensor), site);
     }
-    Ok(Some(Layout {
-        files,
-        sites,
-        request_time,
-        cost,
-    }))
+    Ok(Layout { files, sites })
 }
 
 /// Refuses a tensor whose shape is not the matrix the model's config makes it.
 pub(super) fn check_shape(
-    remote: &Remote,
+    reads: &Reads,
     file: &RemoteFile,
     needed: &Needed,
     layout: &TensorLayout,
 ) -> Result<(), FetchError> {
     if layout.shape != needed.expected {
-        return Err(remote.names().invalid(
+        return Err(reads.names().invalid(
             &file.name,
             format!(
                 "tensor `{}` has shape {:?}, expected {:?}",
@@ -155,43 +131,37 @@ pub(super) fn unsupported_dtype(tensor: &str, dtype: &str) -> String {
     format!("tensor `{tensor}` has dtype {dtype}; supported are F32, F16 and BF16")
 }
 
-/// Reads every safetensors file's header, one file after another, and places the needed
-/// tensors.
+/// Reads every safetensors file's header, all at once, and places the needed tensors.
 async fn safetensors_layouts(
-    remote: &Remote,
-    files: &[RemoteFile],
+    reads: &Reads,
+    files: &[Arc<RemoteFile>],
     needed: &[Needed],
-    cost: &mut Cost,
-) -> Result<Layouts, FetchError> {
-    let mut headers = Vec::with_capacity(files.len());
-    let mut request_time = Duration::MAX;
-    for file in files {
-        let started = Instant::now();
-        headers.push(read_header(remote, file, cost).await?);
-        request_time = request_time.min(started.elapsed());
-    }
-    let layouts = needed
+) -> Result<Vec<TensorLayout>, FetchError> {
+    let headers = futures_util::future::join_all(files.iter().map(|f| read_header(reads, f)))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    needed
         .iter()
         .map(|needed| {
             let file = &files[needed.file];
             let (data_start, metadata) = &headers[needed.file];
-            let layout = safetensors_layout(remote, file, &needed.name, *data_start, metadata)?;
-            check_shape(remote, file, needed, &layout)?;
+            let layout = safetensors_layout(reads, file, &needed.name, *data_start, metadata)?;
+            check_shape(reads, file, needed, &layout)?;
             Ok(layout)
         })
-        .collect::<Result<_, FetchError>>()?;
-    Ok((layouts, request_time))
+        .collect()
 }
 
 /// Where tensor `name` lies in `file`, whose data starts at `data_start`; checks its dtype.
 fn safetensors_layout(
-    remote: &Remote,
+    reads: &Reads,
     file: &RemoteFile,
     name: &str,
     data_start: u64,
     metadata: &Metadata,
 ) -> Result<TensorLayout, FetchError> {
-    let invalid = |detail: String| remote.names().invalid(&file.name, detail);
+    let invalid = |detail: String| reads.names().invalid(&file.name, detail);
     match checkpoint::safetensors_layout(metadata, data_start, name, &file.name) {
         Ok(Some(layout)) => Ok(layout),
         Ok(None) => Err(invalid(format!("the header has no tensor `{name}`"))),
@@ -200,13 +170,9 @@ fn safetensors_layout(
 }
 
 /// Reads and validates one file's header: returns where its data starts and the metadata.
-async fn read_header(
-    remote: &Remote,
-    file: &RemoteFile,
-    cost: &mut Cost,
-) -> Result<(u64, Metadata), FetchError> {
+async fn read_header(reads: &Reads, file: &RemoteFile) -> Result<(u64, Metadata), FetchError> {
     let name = file.name.as_str();
-    let invalid = |detail: String| remote.names().invalid(name, detail);
+    let invalid = |detail: String| reads.names().invalid(name, detail);
     if file.size < 8 {
         return Err(invalid(format!(
             "the file is {} bytes, too short for a safetensors header",
@@ -214,7 +180,7 @@ async fn read_header(
         )));
     }
     let probe_end = file.size.min(HEADER_PROBE);
-    let first = read_to_vec(remote, file, 0..probe_end, cost).await?;
+    let first = reads.read(file, 0..probe_end).await?;
     let n = u64::from_le_bytes([
         first[0], first[1], first[2], first[3], first[4], first[5], first[6], first[7],
     ]);
@@ -233,7 +199,7 @@ async fn read_header(
     let header = if data_start <= probe_end {
         first[8..data_start as usize].to_vec()
     } else {
-        let rest = read_to_vec(remote, file, probe_end..data_start, cost).await?;
+        let rest = reads.read(file, probe_end..data_start).await?;
         let mut header = first[8..].to_vec();
         header.extend_from_slice(&rest);
         header

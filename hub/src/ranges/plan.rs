@@ -1,99 +1,19 @@
 //! Planning a ranged fetch, with no I/O: which byte runs of which files hold the elements
 //! an analysis reads ([`neuromfa_common::read_plan`]), given where each weight matrix lies
 //! (its [`TensorLayout`]: offset, element type, shape and strides, whatever the file
-//! format); runs closer than the merge gap joined into requests; and what fetching them is
-//! expected to cost against a whole download.
+//! format); runs closer than the merge gap joined into requests (the gap priced by the
+//! link, [`super::link`]), and no more requests than a bound.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use neuromfa_common::checkpoint::{FetchMode, TensorLayout};
+use neuromfa_common::checkpoint::TensorLayout;
 use neuromfa_common::network::Gather;
 use neuromfa_common::{BlockTensor, Error};
 use serde::Serialize;
 
-/// Ranges closer than this many bytes are fetched as one request. A sample reads a few dozen
-/// scattered elements of each drawn row, so at 4 KiB a drawn row is one request and rows
-/// farther apart than that are not joined. pythia-1b, 10 seeds (`scripts/bench-fetch.sh`):
-/// 29.5 k requests for 9.3 % of the file; 1 KiB: 34.5 k for 9.0 %; 256 B: 241 k for 4.8 %;
-/// 64 KiB: 7 k for 36 %. A gap is worth joining when its bytes take less time than a request
-/// costs: 4 KiB is 41 µs at 100 MB/s, about what a request costs the client in CPU. On the
-/// loopback benchmark 1 KiB is slightly faster, but a distant Hub makes requests dearer.
-pub const DEFAULT_MERGE_GAP: u64 = 4096;
-/// Ranged reads in flight at once. They hide the Hub's latency (Little's law: 64 in flight at
-/// 20 ms each are 3,200 requests a second, 16 only 800); over HTTP/2, which the Hub speaks
-/// over https, they share one connection. The loopback Hub at 100 MB/s with 20 ms added to
-/// every request: ten pythia-1b seeds in 10.9 s at 64, 43.0 s at 16 (one seed: 1.4 s, 5.2 s).
-/// Without added latency 16 and 64 take the same time.
-pub const DEFAULT_CONCURRENCY: usize = 64;
-/// [`FetchMode::Auto`] fetches ranges when they are estimated to take less than this share
-/// of a full download's time.
-pub const DEFAULT_AUTO_MAX_SHARE: f64 = 0.25;
-/// The link speed [`FetchMode::Auto`] assumes when it weighs bytes against requests: a
-/// cluster's typical share of a path to the Hub.
-pub const DEFAULT_ASSUMED_BYTES_PER_SEC: f64 = 100e6;
 /// Separate byte runs a plan may hold (16 bytes each while planning). A sample that dense
 /// reads most of the files anyway: `Auto` fetches them whole, `Ranges` refuses.
 pub(crate) const MAX_RUNS: usize = 16 << 20;
-
-/// Settings of a ranged fetch ([`super::fetch_for_seeds_with`]).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RangeOptions {
-    pub mode: FetchMode,
-    /// Ranges separated by at most this many bytes are merged into one request.
-    pub merge_gap: u64,
-    /// Ranged requests in flight at once (at least 1).
-    pub concurrency: usize,
-    /// `Auto` picks ranges when they are estimated to take less than this share of a full
-    /// download's time.
-    pub auto_max_share: f64,
-    /// The bandwidth `Auto`'s estimate assumes.
-    pub assumed_bytes_per_sec: f64,
-}
-
-/// What `Auto` expects each way of fetching to take.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FetchEstimate {
-    pub ranges: Duration,
-    pub full: Duration,
-}
-
-impl FetchEstimate {
-    pub fn favours_ranges(&self, max_share: f64) -> bool {
-        self.ranges.as_secs_f64() < max_share * self.full.as_secs_f64()
-    }
-}
-
-impl RangeOptions {
-    /// Ranges cost their bytes plus, per request, one small request's time (measured on
-    /// the header reads) spread over the requests in flight, and what reading the layout
-    /// took (for a `.bin`, the zip's tail, `data.pkl` and the storages' headers); a full
-    /// download costs its bytes. On a loopback or LAN mirror requests are nearly free;
-    /// across the internet a plan of many thousand requests can take longer than the whole
-    /// file.
-    pub fn estimate(&self, plan: &PlanSummary, request_time: Duration) -> FetchEstimate {
-        let rate = self.assumed_bytes_per_sec.max(1.0);
-        let per_request = request_time.as_secs_f64() / self.concurrency.max(1) as f64;
-        let requests = plan.requests + plan.layout_requests;
-        let bytes = plan.planned_bytes + plan.layout_bytes;
-        FetchEstimate {
-            ranges: Duration::from_secs_f64(bytes as f64 / rate + requests as f64 * per_request),
-            full: Duration::from_secs_f64(plan.file_bytes as f64 / rate),
-        }
-    }
-}
-
-impl Default for RangeOptions {
-    fn default() -> Self {
-        RangeOptions {
-            mode: FetchMode::Auto,
-            merge_gap: DEFAULT_MERGE_GAP,
-            concurrency: DEFAULT_CONCURRENCY,
-            auto_max_share: DEFAULT_AUTO_MAX_SHARE,
-            assumed_bytes_per_sec: DEFAULT_ASSUMED_BYTES_PER_SEC,
-        }
-    }
-}
 
 /// What a set of seeds reads from a checkpoint, and what fetching it by ranges costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -110,7 +30,7 @@ pub struct PlanSummary {
     pub requests: usize,
     /// Total size of the checkpoint's weight files.
     pub file_bytes: u64,
-    /// The merge gap used.
+    /// The merge gap used (grown past the one asked for when the requests were too many).
     pub merge_gap: u64,
     /// Requests that reading the layout took before planning: safetensors headers; for
     /// `.bin` files each zip's tail, `data.pkl` and the needed storages' local headers.
@@ -179,20 +99,27 @@ pub(crate) struct Plan {
 }
 
 /// Every byte range of `reads` (the element reads of `seeds` seeds' samples), merged into
-/// requests where closer than `merge_gap`. `None` when the samples are too fragmented to
-/// plan (more than `max_runs` runs).
+/// requests where closer than `merge_gap`; when that makes more than `max_requests`, the
+/// gap doubles until it does not. `None` when the samples are too fragmented to plan (more
+/// than `max_runs` runs).
 pub(crate) fn make_plan(
     sites: &Sites,
     reads: &[Gather],
     seeds: usize,
     merge_gap: u64,
     max_runs: usize,
+    max_requests: usize,
 ) -> Result<Option<Plan>, Error> {
     let Some(lines) = NeededLines::of(sites, reads, max_runs)? else {
         return Ok(None);
     };
     let (runs, arena_len) = lines.into_runs(sites.file_sizes.len());
-    let requests = merge(&runs, merge_gap);
+    let mut merge_gap = merge_gap;
+    let mut requests = merge(&runs, merge_gap);
+    while requests.len() > max_requests.max(1) {
+        merge_gap = merge_gap.saturating_mul(2).max(1);
+        requests = merge(&runs, merge_gap);
+    }
     let summary = PlanSummary {
         seeds,
         elements: reads
@@ -431,6 +358,7 @@ mod tests {
 
     #[test]
     fn fetch_mode_parses_and_prints_lowercase() {
+        use neuromfa_common::checkpoint::FetchMode;
         for mode in [FetchMode::Full, FetchMode::Ranges, FetchMode::Auto] {
             assert_eq!(mode.to_string().parse::<FetchMode>(), Ok(mode));
             let json = serde_json::to_string(&mode).unwrap();
@@ -490,8 +418,10 @@ mod tests {
         let shape = shape(64, 2);
         let sites = sites(&shape);
         let reads = reads(&shape, 4, &[0, 1]);
-        let exact = make_plan(&sites, &reads, 2, 0, MAX_RUNS).unwrap().unwrap();
-        let merged = make_plan(&sites, &reads, 2, 4096, MAX_RUNS)
+        let exact = make_plan(&sites, &reads, 2, 0, MAX_RUNS, usize::MAX)
+            .unwrap()
+            .unwrap();
+        let merged = make_plan(&sites, &reads, 2, 4096, MAX_RUNS, usize::MAX)
             .unwrap()
             .unwrap();
         assert_eq!(exact.summary.needed_bytes, merged.summary.needed_bytes);
@@ -531,38 +461,33 @@ mod tests {
         let sites = sites(&shape);
         let one = reads(&shape, 4, &[0]);
         let runs = |plan: Option<Plan>| plan.unwrap().runs[0].len();
-        let needed = runs(make_plan(&sites, &one, 1, 0, MAX_RUNS).unwrap());
-        assert!(make_plan(&sites, &one, 1, 0, needed / 2).unwrap().is_none());
+        let needed = runs(make_plan(&sites, &one, 1, 0, MAX_RUNS, usize::MAX).unwrap());
+        assert!(make_plan(&sites, &one, 1, 0, needed / 2, usize::MAX)
+            .unwrap()
+            .is_none());
         // Consecutive columns and rows coalesce: a dense sample has far fewer runs than reads.
-        let dense = make_plan(&sites, &reads(&shape, 64, &[0]), 1, 0, MAX_RUNS)
+        let dense = make_plan(&sites, &reads(&shape, 64, &[0]), 1, 0, MAX_RUNS, usize::MAX)
             .unwrap()
             .unwrap();
         assert!((dense.runs[0].len() as u64) < dense.summary.elements / 4);
     }
 
     #[test]
-    fn auto_weighs_requests_by_their_measured_time() {
-        // pythia-1b, 10 seeds, gap 4096 (scripts/bench-fetch.sh).
-        let plan = PlanSummary {
-            seeds: 10,
-            elements: 0,
-            needed_bytes: 2_619_466,
-            planned_bytes: 189_069_500,
-            requests: 29_544,
-            file_bytes: 2_023_586_192,
-            merge_gap: 4096,
-            layout_requests: 1,
-            layout_bytes: 65_536,
-        };
-        let options = RangeOptions::default();
-        // A loopback mirror: requests are nearly free and the bytes decide.
-        let near = options.estimate(&plan, Duration::from_micros(300));
-        assert!(near.favours_ranges(options.auto_max_share), "{near:?}");
-        assert!((near.full.as_secs_f64() - 20.2).abs() < 0.1, "{near:?}");
-        // 60 ms per request: 29.5 k requests at 64 in flight take longer than the file.
-        let far = options.estimate(&plan, Duration::from_millis(60));
-        assert!(!far.favours_ranges(options.auto_max_share), "{far:?}");
-        assert!(far.ranges > far.full, "{far:?}");
+    fn too_many_requests_grow_the_gap_until_they_fit() {
+        let shape = shape(64, 2);
+        let sites = sites(&shape);
+        let reads = reads(&shape, 8, &[0, 1]);
+        let free = make_plan(&sites, &reads, 2, 0, MAX_RUNS, usize::MAX)
+            .unwrap()
+            .unwrap();
+        let bound = free.summary.requests / 4;
+        let bounded = make_plan(&sites, &reads, 2, 0, MAX_RUNS, bound)
+            .unwrap()
+            .unwrap();
+        assert!(bounded.summary.requests <= bound, "{:?}", bounded.summary);
+        assert!(bounded.summary.merge_gap > 0);
+        assert_eq!(bounded.summary.needed_bytes, free.summary.needed_bytes);
+        assert!(bounded.summary.planned_bytes > free.summary.planned_bytes);
     }
 
     /// The needed bytes of `reads`, element by element, merged where they touch: what a plan
@@ -607,7 +532,9 @@ mod tests {
     /// Plans `reads` with no merge gap and checks the runs against the brute force, their
     /// arena positions against their lengths, and the requests against the runs.
     fn assert_exact(sites: &Sites, reads: &[Gather]) -> Plan {
-        let plan = make_plan(sites, reads, 1, 0, MAX_RUNS).unwrap().unwrap();
+        let plan = make_plan(sites, reads, 1, 0, MAX_RUNS, usize::MAX)
+            .unwrap()
+            .unwrap();
         let runs: Vec<(u64, u64)> = plan.runs[0].iter().map(|r| (r.start, r.end)).collect();
         assert_eq!(runs, brute_force_runs(sites, reads));
         let mut at = 0;

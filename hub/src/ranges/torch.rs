@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 use neuromfa_common::checkpoint::TensorLayout;
@@ -24,11 +24,11 @@ use neuromfa_common::torch::{
     check_byteorder, tensor_element, tensor_layout, Archive, BYTEORDER_RECORD,
 };
 
-use super::header::{check_shape, unsupported_dtype, Layouts, Needed};
-use super::http::read_to_vec;
-use super::plan::DEFAULT_CONCURRENCY;
+use super::header::{check_shape, unsupported_dtype, Needed};
+use super::link::MIN_CONCURRENCY;
+use super::Reads;
 use crate::error::FetchError;
-use crate::fetch::{Cost, Remote, RemoteFile};
+use crate::transport::RemoteFile;
 
 /// The largest central directory or record read whole: a checkpoint's directory is tens of
 /// kilobytes and its `data.pkl` about as large; more is a corrupt record.
@@ -40,29 +40,24 @@ const BYTEORDER_REACH: u64 = 4096;
 /// at: of several failures, the first in that order is the one reported.
 type Stopped = (usize, FetchError);
 
-/// Every needed tensor's layout, read from the `.bin` `files` by ranges, and the quickest
-/// tail read.
+/// Every needed tensor's layout, read from the `.bin` `files` by ranges.
 pub(super) async fn layouts(
-    remote: &Remote,
-    files: &[RemoteFile],
+    reads: &Reads,
+    files: &[Arc<RemoteFile>],
     needed: &[Needed],
-    cost: &mut Cost,
-) -> Result<Layouts, FetchError> {
+) -> Result<Vec<TensorLayout>, FetchError> {
     // Futures collected before they run: a closure making them, kept in the combinator's
     // type, would make the worker's future not `Send` (rust-lang/rust#102211).
-    let reads: Vec<_> = files
+    let file_reads: Vec<_> = files
         .iter()
         .enumerate()
-        .map(|(index, file)| read_file_costed(remote, file, needed, index))
+        .map(|(index, file)| read_file(reads, file, needed, index))
         .collect();
     let mut placed: Vec<Option<TensorLayout>> = vec![None; needed.len()];
     let mut first_stop: Option<Stopped> = None;
-    let mut request_time = Duration::MAX;
-    for (read, spent) in futures_util::future::join_all(reads).await {
-        *cost += spent;
+    for read in futures_util::future::join_all(file_reads).await {
         match read {
-            Ok((layouts, tail_time)) => {
-                request_time = request_time.min(tail_time);
+            Ok(layouts) => {
                 for (i, layout) in layouts {
                     placed[i] = Some(layout);
                 }
@@ -76,53 +71,32 @@ pub(super) async fn layouts(
     if let Some((_, e)) = first_stop {
         return Err(e);
     }
-    let layouts = placed
+    placed
         .into_iter()
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| {
-            remote.names().invalid(
+            reads.names().invalid(
                 files.first().map_or("", |f| f.name.as_str()),
                 "a needed tensor was not placed".to_string(),
             )
-        })?;
-    Ok((layouts, request_time))
+        })
 }
 
-/// [`read_file`] for the `index`th file, with what it cost.
-async fn read_file_costed(
-    remote: &Remote,
+/// The layouts of the `index`th file's needed tensors (by index among all needed tensors).
+async fn read_file(
+    reads: &Reads,
     file: &RemoteFile,
     needed: &[Needed],
     index: usize,
-) -> (
-    Result<(Vec<(usize, TensorLayout)>, Duration), Stopped>,
-    Cost,
-) {
+) -> Result<Vec<(usize, TensorLayout)>, Stopped> {
     let mine: Vec<(usize, &Needed)> = needed
         .iter()
         .enumerate()
         .filter(|(_, n)| n.file == index)
         .collect();
-    let mut cost = Cost::default();
-    let read = read_file(remote, file, &mine, &mut cost).await;
-    (read, cost)
-}
-
-/// The layouts of one file's needed tensors (`mine`: index among all needed tensors, and
-/// the tensor), and how long its tail read took.
-async fn read_file(
-    remote: &Remote,
-    file: &RemoteFile,
-    mine: &[(usize, &Needed)],
-    cost: &mut Cost,
-) -> Result<(Vec<(usize, TensorLayout)>, Duration), Stopped> {
     let first = mine.first().map_or(0, |(i, _)| *i);
-    let started = Instant::now();
-    let archive = read_archive(remote, file, cost)
-        .await
-        .map_err(|e| (first, e))?;
-    let tail_time = started.elapsed();
-    let pickled = read_state_dict(remote, file, &archive, cost)
+    let archive = read_archive(reads, file).await.map_err(|e| (first, e))?;
+    let pickled = read_state_dict(reads, file, &archive)
         .await
         .map_err(|e| (first, e))?;
     let pickled: HashMap<&str, &PickledTensor> =
@@ -131,8 +105,8 @@ async fn read_file(
     // What needs no more bytes, in order, up to the first tensor that fails.
     let mut found: Vec<(usize, &Needed, &PickledTensor, &Entry)> = Vec::new();
     let mut stopped: Option<Stopped> = None;
-    for &(i, needed) in mine {
-        match storage_of(remote, file, &archive, &pickled, needed) {
+    for &(i, needed) in &mine {
+        match storage_of(reads, file, &archive, &pickled, needed) {
             Ok((tensor, entry)) => found.push((i, needed, tensor, entry)),
             Err(e) => {
                 stopped = Some((i, e));
@@ -140,7 +114,7 @@ async fn read_file(
             }
         }
     }
-    let mut data_starts = read_data_starts(remote, file, &archive.directory, &found, cost).await;
+    let mut data_starts = read_data_starts(reads, file, &archive.directory, &found).await;
     let mut layouts = Vec::with_capacity(found.len());
     for (i, needed, tensor, entry) in found {
         // A storage that failed fails its first tensor, which ends the file's reading.
@@ -150,21 +124,21 @@ async fn read_file(
                 Ok(start)
             }
             Some(Err(e)) => Err(e),
-            None => Err(remote
+            None => Err(reads
                 .names()
                 .invalid(&file.name, format!("storage `{}` was not read", entry.name))),
         };
         let placed = start.and_then(|start| {
             let layout = tensor_layout(tensor, entry, start, &file.name)
-                .map_err(|problem| invalid(remote, file, problem))?;
-            check_shape(remote, file, needed, &layout)?;
+                .map_err(|problem| invalid(reads, file, problem))?;
+            check_shape(reads, file, needed, &layout)?;
             Ok(layout)
         });
         layouts.push((i, placed.map_err(|e| (i, e))?));
     }
     match stopped {
         Some(stop) => Err(stop),
-        None => Ok((layouts, tail_time)),
+        None => Ok(layouts),
     }
 }
 
@@ -172,106 +146,88 @@ async fn read_file(
 /// storage type weights cannot have (before looking for the storage, as the mapped reader
 /// does), and a missing storage.
 fn storage_of<'a>(
-    remote: &Remote,
+    reads: &Reads,
     file: &RemoteFile,
     archive: &'a Archive,
     pickled: &HashMap<&str, &'a PickledTensor>,
     needed: &Needed,
 ) -> Result<(&'a PickledTensor, &'a Entry), FetchError> {
     let tensor = *pickled.get(needed.name.as_str()).ok_or_else(|| {
-        remote.names().invalid(
+        reads.names().invalid(
             &file.name,
             format!("the state dict has no tensor `{}`", needed.name),
         )
     })?;
-    tensor_element(tensor).map_err(|problem| invalid(remote, file, problem))?;
+    tensor_element(tensor).map_err(|problem| invalid(reads, file, problem))?;
     let entry = archive
         .storage_entry(tensor)
-        .map_err(|problem| invalid(remote, file, problem))?;
+        .map_err(|problem| invalid(reads, file, problem))?;
     Ok((tensor, entry))
 }
 
 /// Where each storage's data starts, by entry name: one small read per distinct entry, all
 /// in flight at once.
 async fn read_data_starts(
-    remote: &Remote,
+    reads: &Reads,
     file: &RemoteFile,
     directory: &CentralDirectory,
     found: &[(usize, &Needed, &PickledTensor, &Entry)],
-    cost: &mut Cost,
 ) -> HashMap<String, Result<u64, FetchError>> {
     let mut entries: Vec<&Entry> = found.iter().map(|f| f.3).collect();
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     entries.dedup_by(|a, b| a.name == b.name);
-    let reads: Vec<_> = entries
+    let starts: Vec<_> = entries
         .into_iter()
-        .map(|entry| data_start_costed(remote, file, directory, entry))
+        .map(|entry| async move {
+            let start = data_start(reads, file, directory, entry).await;
+            (entry.name.clone(), start)
+        })
         .collect();
-    let mut reads = futures_util::stream::iter(reads).buffer_unordered(DEFAULT_CONCURRENCY);
-    let mut starts = HashMap::new();
-    while let Some((name, start, spent)) = reads.next().await {
-        *cost += spent;
-        starts.insert(name, start);
-    }
-    starts
-}
-
-/// [`data_start`] by entry name, with what it cost.
-async fn data_start_costed(
-    remote: &Remote,
-    file: &RemoteFile,
-    directory: &CentralDirectory,
-    entry: &Entry,
-) -> (String, Result<u64, FetchError>, Cost) {
-    let mut cost = Cost::default();
-    let start = data_start(remote, file, directory, entry, &mut cost).await;
-    (entry.name.clone(), start, cost)
+    futures_util::stream::iter(starts)
+        .buffer_unordered(MIN_CONCURRENCY)
+        .collect()
+        .await
 }
 
 /// Where `entry`'s data starts, from its local header (a longer header than torch writes
 /// costs a second read).
 async fn data_start(
-    remote: &Remote,
+    reads: &Reads,
     file: &RemoteFile,
     directory: &CentralDirectory,
     entry: &Entry,
-    cost: &mut Cost,
 ) -> Result<u64, FetchError> {
-    let mut header = read_clamped(remote, file, entry.header_span(), cost).await?;
+    let mut header = read_clamped(reads, file, entry.header_span()).await?;
     loop {
         match directory.data_start(entry, &header) {
             Ok(DataStart::At(start)) => return Ok(start),
             Ok(DataStart::NeedBytes(n)) if n > header.len() as u64 => {
-                let more = read_more(remote, file, entry, n, header.len(), cost).await?;
+                let more = read_more(reads, file, entry, n, header.len()).await?;
                 header = more;
             }
-            Ok(DataStart::NeedBytes(_)) => return Err(truncated(remote, file, entry)),
-            Err(problem) => return Err(invalid(remote, file, problem)),
+            Ok(DataStart::NeedBytes(_)) => return Err(truncated(reads, file, entry)),
+            Err(problem) => return Err(invalid(reads, file, problem)),
         }
     }
 }
 
 /// The archive's records: the central directory from the file's tail, one suffix range
 /// (and, when the directory begins before it, one more range for the rest).
-async fn read_archive(
-    remote: &Remote,
-    file: &RemoteFile,
-    cost: &mut Cost,
-) -> Result<Archive, FetchError> {
+async fn read_archive(reads: &Reads, file: &RemoteFile) -> Result<Archive, FetchError> {
     let mut start = file.size.saturating_sub(zip::TAIL_GUESS);
-    let mut bytes = read_clamped(remote, file, start..file.size, cost).await?;
+    let mut bytes = read_clamped(reads, file, start..file.size).await?;
     loop {
         match zip::parse_tail(&bytes, start, file.size) {
             Ok(Tail::Directory(directory)) => {
-                return Archive::new(directory).map_err(|problem| invalid(remote, file, problem))
+                return Archive::new(directory).map_err(|problem| invalid(reads, file, problem))
             }
             Ok(Tail::NeedFrom(offset)) if offset < start && file.size - offset <= MAX_RECORD => {
-                let mut earlier = read_clamped(remote, file, offset..start, cost).await?;
+                let mut earlier = read_clamped(reads, file, offset..start).await?;
                 earlier.extend_from_slice(&bytes);
                 (bytes, start) = (earlier, offset);
             }
             Ok(Tail::NeedFrom(offset)) => {
-                return Err(remote.names().invalid(
+                return Err(reads.names().invalid(
                     &file.name,
                     format!(
                         "the zip's central directory would start at {offset}: more than \
@@ -280,7 +236,7 @@ async fn read_archive(
                     ),
                 ))
             }
-            Err(problem) => return Err(invalid(remote, file, problem)),
+            Err(problem) => return Err(invalid(reads, file, problem)),
         }
     }
 }
@@ -288,14 +244,13 @@ async fn read_archive(
 /// The pickled tensors of `data.pkl`, after the byte-order record is checked: one range
 /// holds both when torch wrote the record right after `data.pkl`.
 async fn read_state_dict(
-    remote: &Remote,
+    reads: &Reads,
     file: &RemoteFile,
     archive: &Archive,
-    cost: &mut Cost,
 ) -> Result<Vec<PickledTensor>, FetchError> {
     let pickle_entry = archive
         .pickle_entry()
-        .map_err(|problem| invalid(remote, file, problem))?;
+        .map_err(|problem| invalid(reads, file, problem))?;
     let pickle = pickle_entry.span();
     let byteorder = archive.byteorder_span();
     // The spans reach past their records (they allow for the longest local header torch
@@ -305,7 +260,7 @@ async fn read_state_dict(
     });
     let span = pickle.start..shared.map_or(pickle.end, |b| b.end.max(pickle.end));
     if span.end - span.start > MAX_RECORD {
-        return Err(remote.names().invalid(
+        return Err(reads.names().invalid(
             &file.name,
             format!(
                 "data.pkl would be {} bytes; refusing more than {MAX_RECORD}",
@@ -313,7 +268,7 @@ async fn read_state_dict(
             ),
         ));
     }
-    let bytes = read_clamped(remote, file, span.clone(), cost).await?;
+    let bytes = read_clamped(reads, file, span.clone()).await?;
     if let (Some(order), Some(entry)) = (&byteorder, archive.record(BYTEORDER_RECORD)) {
         let own;
         let from_order = match shared {
@@ -321,85 +276,81 @@ async fn read_state_dict(
                 .get((order.start - span.start) as usize..)
                 .unwrap_or(&[]),
             None => {
-                own = read_clamped(remote, file, order.clone(), cost).await?;
+                own = read_clamped(reads, file, order.clone()).await?;
                 &own[..]
             }
         };
-        let record =
-            record_bytes(remote, file, &archive.directory, entry, from_order, cost).await?;
-        check_byteorder(&record).map_err(|problem| invalid(remote, file, problem))?;
+        let record = record_bytes(reads, file, &archive.directory, entry, from_order).await?;
+        check_byteorder(&record).map_err(|problem| invalid(reads, file, problem))?;
     }
-    let pkl = record_bytes(remote, file, &archive.directory, pickle_entry, &bytes, cost).await?;
-    parse_state_dict(&pkl).map_err(|problem| invalid(remote, file, problem))
+    let pkl = record_bytes(reads, file, &archive.directory, pickle_entry, &bytes).await?;
+    parse_state_dict(&pkl).map_err(|problem| invalid(reads, file, problem))
 }
 
 /// A record's data from `bytes`, the file from its local header on; one more read when its
 /// local header is longer than torch writes.
 async fn record_bytes(
-    remote: &Remote,
+    reads: &Reads,
     file: &RemoteFile,
     directory: &CentralDirectory,
     entry: &Entry,
     bytes: &[u8],
-    cost: &mut Cost,
 ) -> Result<Vec<u8>, FetchError> {
     let need = match directory.entry_data(entry, bytes) {
         Ok(EntryData::Bytes(data)) => return Ok(data.to_vec()),
         Ok(EntryData::NeedBytes(n)) => n,
-        Err(problem) => return Err(invalid(remote, file, problem)),
+        Err(problem) => return Err(invalid(reads, file, problem)),
     };
-    let more = read_more(remote, file, entry, need, bytes.len(), cost).await?;
+    let more = read_more(reads, file, entry, need, bytes.len()).await?;
     match directory.entry_data(entry, &more) {
         Ok(EntryData::Bytes(data)) => Ok(data.to_vec()),
-        Ok(EntryData::NeedBytes(_)) => Err(truncated(remote, file, entry)),
-        Err(problem) => Err(invalid(remote, file, problem)),
+        Ok(EntryData::NeedBytes(_)) => Err(truncated(reads, file, entry)),
+        Err(problem) => Err(invalid(reads, file, problem)),
     }
 }
 
 /// `n` bytes from `entry`'s local header, when fewer (`had`) were read: one more range, or
 /// an error when the file ends first.
 async fn read_more(
-    remote: &Remote,
+    reads: &Reads,
     file: &RemoteFile,
     entry: &Entry,
     n: u64,
     had: usize,
-    cost: &mut Cost,
 ) -> Result<Vec<u8>, FetchError> {
     let start = entry.local_header_offset;
     let end = start.saturating_add(n);
     if n <= had as u64 || end > file.size || n > MAX_RECORD {
-        return Err(truncated(remote, file, entry));
+        return Err(truncated(reads, file, entry));
     }
-    read_to_vec(remote, file, start..end, cost).await
+    reads.read(file, start..end).await
 }
 
 /// `range` of `file`, cut at the file's end (empty when it starts there or later).
 async fn read_clamped(
-    remote: &Remote,
+    reads: &Reads,
     file: &RemoteFile,
     range: Range<u64>,
-    cost: &mut Cost,
 ) -> Result<Vec<u8>, FetchError> {
     let end = range.end.min(file.size);
     if range.start >= end {
         return Ok(Vec::new());
     }
-    read_to_vec(remote, file, range.start..end, cost).await
+    reads.read(file, range.start..end).await
 }
 
 /// A bad archive, with the reason the mapped reader gives for it.
-fn invalid(remote: &Remote, file: &RemoteFile, problem: TorchError) -> FetchError {
+fn invalid(reads: &Reads, file: &RemoteFile, problem: TorchError) -> FetchError {
     let detail = match problem {
         TorchError::UnsupportedStorage { tensor, storage } => unsupported_dtype(&tensor, &storage),
         problem => format!("cannot read as a PyTorch zip checkpoint: {problem}"),
     };
-    remote.names().invalid(&file.name, detail)
+    reads.names().invalid(&file.name, detail)
 }
 
-fn truncated(remote: &Remote, file: &RemoteFile, entry: &Entry) -> FetchError {
+fn truncated(reads: &Reads, file: &RemoteFile, entry: &Entry) -> FetchError {
     invalid(
-        remote,
+        reads,
         file,
         TorchError::Truncated(format!(
             "entry `{}` runs past the end of the file",
