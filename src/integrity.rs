@@ -5,11 +5,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use neuromfa_common::budget::Tier;
 use neuromfa_coordinator::integrity::groups;
 use neuromfa_coordinator::spec::{pythia_paper_steps, pythia_steps};
 use neuromfa_coordinator::SweepState;
+use neuromfa_hub::budget::LocalBudget;
 use neuromfa_hub::resolve::{ResolvedRevision, Resolver};
 use neuromfa_hub::HubSettings;
+
+use crate::server::ClusterBudget;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -51,11 +55,17 @@ async fn resolve_all(
 /// Resolves every checkpoint of the grid not resolved yet (or resolved before weight formats
 /// were recorded), groups identical weights and applies the spec's duplicate policy. A
 /// revision that cannot be resolved is left as unique (its tasks still run, and fail with
-/// the reason if it does not exist).
-pub async fn resolve_grid(state: &mut SweepState, settings: &HubSettings) -> Result<()> {
+/// the reason if it does not exist). The requests spend from the cluster's `budget`.
+pub async fn resolve_grid(
+    state: &mut SweepState,
+    settings: &HubSettings,
+    budget: &ClusterBudget,
+) -> Result<()> {
     let unresolved = state.unresolved();
     if !unresolved.is_empty() {
-        let resolver = Arc::new(Resolver::new(settings).context("checking checkpoints")?);
+        let budget = Arc::new(LocalBudget::shared(budget.clone()));
+        let resolver =
+            Arc::new(Resolver::with_budget(settings, budget).context("checking checkpoints")?);
         let revisions = unresolved
             .into_iter()
             .map(|k| (k.model, k.step, k.revision))
@@ -64,13 +74,7 @@ pub async fn resolve_grid(state: &mut SweepState, settings: &HubSettings) -> Res
         state.transaction(|s| {
             for (repo, step, result) in &resolved {
                 match result {
-                    Ok(r) => s.record_resolution(
-                        repo,
-                        *step,
-                        &r.commit,
-                        &r.weights_sha256,
-                        r.format,
-                    )?,
+                    Ok(r) => s.record_resolution(repo, *step, &r.weights_sha256, &r.weights)?,
                     Err(e) => tracing::warn!(model = %repo, step, error = %e, "cannot check this checkpoint's weights"),
                 }
             }
@@ -101,6 +105,9 @@ pub struct AuditArgs {
     /// Hub endpoint (default: HF_ENDPOINT, else the real Hub).
     #[arg(long)]
     pub hub_endpoint: Option<String>,
+    /// The Hub account tier whose rate limits to stay within: anonymous, free, pro, team.
+    #[arg(long, default_value = "free")]
+    pub budget: Tier,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -150,7 +157,8 @@ pub async fn audit(args: AuditArgs) -> Result<()> {
         endpoint: args.hub_endpoint.clone(),
         ..HubSettings::default()
     };
-    let resolver = Arc::new(Resolver::new(&settings)?);
+    let budget = Arc::new(LocalBudget::new(args.budget.quotas()));
+    let resolver = Arc::new(Resolver::with_budget(&settings, budget)?);
     let revisions = steps
         .iter()
         .map(|&s| {

@@ -5,10 +5,12 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use neuromfa_common::budget::{Bucket, Budgets, HubWindow};
 use neuromfa_common::SeedResult;
+use neuromfa_coordinator::budget::{grant, lease_needs, Grant, Needs};
 use neuromfa_coordinator::commit::{CallError, Context, GroupCommit};
 use neuromfa_coordinator::state::StateError;
 use neuromfa_coordinator::{StatusReport, SweepState, TaskMetrics};
@@ -87,10 +89,15 @@ impl StateHandle {
     }
 }
 
+/// The cluster's budget of Hub requests: what the coordinator's own resolution spends
+/// from, and what it grants workers (`neuromfa_coordinator::budget`).
+pub type ClusterBudget = Arc<Mutex<Budgets>>;
+
 /// The tonic service over the state handle.
 pub struct CoordinatorService {
     state: StateHandle,
     announced: Arc<Announced>,
+    budget: ClusterBudget,
 }
 
 /// What the coordinator tells every worker, fixed for its run.
@@ -114,10 +121,26 @@ impl Announced {
 }
 
 impl CoordinatorService {
-    fn new(state: StateHandle, announced: Announced) -> Self {
+    fn new(state: StateHandle, announced: Announced, budget: ClusterBudget) -> Self {
         Self {
             state,
             announced: Arc::new(announced),
+            budget,
+        }
+    }
+
+    fn budgets(&self) -> std::sync::MutexGuard<'_, Budgets> {
+        self.budget.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Books `needs` and says when they may be spent.
+    fn grant(&self, needs: Needs) -> proto::BudgetGrant {
+        let now = Instant::now();
+        let Grant { needs, at } = grant(&mut self.budgets(), needs, now);
+        proto::BudgetGrant {
+            resolvers: needs.resolvers,
+            api: needs.api,
+            wait_ms: at.saturating_duration_since(now).as_millis() as u64,
         }
     }
 
@@ -168,24 +191,32 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let worker_id = r.worker_id.clone();
         let announced = self.announced.clone();
-        let reply = self
+        let (reply, needs) = self
             .state
             .call(move |s, c| {
                 let params_json = announced.params_json.clone();
                 // Draining for a stop or restart: no new work, but workers stay, so they
                 // carry on with the next coordinator on the same state.
                 if c.draining {
-                    return Ok(proto::LeaseReply {
+                    let reply = proto::LeaseReply {
                         tasks: Vec::new(),
                         params_json,
                         retry_after_ms: 1000,
-                        sweep_finished: false,
-                    });
+                        ..proto::LeaseReply::default()
+                    };
+                    return Ok((reply, None));
                 }
                 let leases =
                     s.decide(|d| d.lease(&r.worker_id, r.max_tasks.max(1) as usize, c.now_ms))?;
                 let finished = leases.is_empty() && s.schedule().finished();
-                Ok(proto::LeaseReply {
+                // What fetching the leased checkpoint takes, and what the coordinator
+                // resolved of it.
+                let resolved = leases
+                    .first()
+                    .and_then(|l| s.resolved(&l.model, l.step))
+                    .cloned();
+                let needs = (!leases.is_empty()).then(|| lease_needs(resolved.as_ref()));
+                let reply = proto::LeaseReply {
                     tasks: leases
                         .into_iter()
                         .map(|l| proto::TaskLease {
@@ -205,9 +236,16 @@ impl Coordinator for CoordinatorService {
                         announced.heartbeat_ms.min(1000)
                     },
                     sweep_finished: finished,
-                })
+                    resolved_json: resolved
+                        .and_then(|r| serde_json::to_string(&r).ok())
+                        .unwrap_or_default(),
+                    grant: None,
+                };
+                Ok((reply, needs))
             })
             .await?;
+        let mut reply = reply;
+        reply.grant = needs.map(|needs| self.grant(needs));
         if reply.sweep_finished {
             if let Ok(mut told) = self.state.told_finished.lock() {
                 told.insert(worker_id);
@@ -291,10 +329,45 @@ impl Coordinator for CoordinatorService {
         &self,
         _request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusReply>, Status> {
-        let report = self.state.status().await?;
+        let mut report = self.state.status().await?;
+        report.budget = self.budgets().status(Instant::now());
         Ok(Response::new(proto::StatusReply {
             status_json: serde_json::to_string(&report).unwrap_or_default(),
         }))
+    }
+
+    async fn budget(
+        &self,
+        request: Request<proto::BudgetRequest>,
+    ) -> Result<Response<proto::BudgetReply>, Status> {
+        let r = request.into_inner();
+        let now = Instant::now();
+        {
+            let mut budgets = self.budgets();
+            for seen in &r.seen {
+                let Ok(bucket) = seen.bucket.parse::<Bucket>() else {
+                    continue;
+                };
+                let resets_in = Duration::from_millis(seen.resets_in_ms);
+                let pacer = budgets.pacer(bucket);
+                if seen.exhausted {
+                    tracing::warn!(worker = %r.worker_id, %bucket, resets_in_s = resets_in.as_secs_f64(), "the Hub answered 429: every worker waits for its window");
+                    pacer.exhausted(resets_in, now);
+                } else {
+                    let window = HubWindow {
+                        remaining: seen.remaining,
+                        resets_in,
+                    };
+                    pacer.observe(window, now);
+                }
+            }
+        }
+        let needs = Needs {
+            resolvers: r.resolvers,
+            api: r.api,
+        };
+        let grant = (needs != Needs::default()).then(|| self.grant(needs));
+        Ok(Response::new(proto::BudgetReply { grant }))
     }
 }
 
@@ -308,13 +381,15 @@ pub struct RunningCoordinator {
 }
 
 impl RunningCoordinator {
-    /// Serves `state` on `listener` (over TLS when `tls` is given) until `stop` is called.
+    /// Serves `state` on `listener` (over TLS when `tls` is given), granting workers Hub
+    /// requests from `budget`, until `stop` is called.
     pub fn start(
         state: SweepState,
         listener: tokio::net::TcpListener,
         token: String,
         hub_endpoint: String,
         tls: Option<ServerTlsConfig>,
+        budget: ClusterBudget,
     ) -> anyhow::Result<Self> {
         let addr = listener
             .local_addr()
@@ -327,7 +402,7 @@ impl RunningCoordinator {
         }
         let announced = Announced::of(&state, hub_endpoint);
         let (handle, state_thread) = StateHandle::spawn(state)?;
-        let service = CoordinatorService::new(handle.clone(), announced).into_server(token);
+        let service = CoordinatorService::new(handle.clone(), announced, budget).into_server(token);
         let (shutdown, stopped) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let server = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(

@@ -19,7 +19,7 @@ use neuromfa_hub_server::{self as hub_server, HubServerConfig, RunningHub};
 use crate::auth::generate_token;
 use crate::integrity::resolve_grid;
 use crate::proto;
-use crate::server::RunningCoordinator;
+use crate::server::{ClusterBudget, RunningCoordinator};
 use crate::worker::{self, WorkerOptions, WorkerSummary};
 
 const TOKEN_FILE: &str = "token";
@@ -96,6 +96,12 @@ pub(crate) fn dial_address(spec: &SweepSpec) -> String {
     spec.worker_address()
 }
 
+/// The cluster's budget of Hub requests, as the spec's `[hub]` budget keys set it.
+fn cluster_budget(spec: &SweepSpec) -> ClusterBudget {
+    let budgets = neuromfa_coordinator::budget::cluster_budgets(spec.hub.quotas());
+    std::sync::Arc::new(std::sync::Mutex::new(budgets))
+}
+
 /// Hub endpoint workers should use when the spec names one (else theirs: HF_ENDPOINT or
 /// the real Hub).
 fn announced_hub(spec: &SweepSpec) -> String {
@@ -169,11 +175,13 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
         _ => None,
     };
-    resolve_grid(&mut state, &hub).await?;
+    let budget = cluster_budget(&spec);
+    resolve_grid(&mut state, &hub, &budget).await?;
     let listener = tokio::net::TcpListener::bind(&spec.coordinator.listen)
         .await
         .with_context(|| format!("cannot listen on {}", spec.coordinator.listen))?;
-    let running = RunningCoordinator::start(state, listener, token, announced_hub(&spec), tls)?;
+    let running =
+        RunningCoordinator::start(state, listener, token, announced_hub(&spec), tls, budget)?;
     tracing::info!(
         sweep = %spec.name, addr = %running.addr, state_dir = %state_dir.display(), tls = spec.tls(),
         "coordinator listening; start workers with: NEUROMFA_COORDINATOR={} neuromfa worker",
@@ -347,14 +355,16 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         token: spec.hub.token.clone(),
         cache_dir: None,
     };
-    resolve_grid(&mut state, &hub).await?;
+    let budget = cluster_budget(&spec);
+    resolve_grid(&mut state, &hub, &budget).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on loopback")?;
     // Loopback only, inside this process: no TLS needed. The workers hear of the Hub the
     // checkpoints were resolved on.
     let announced = hub.endpoint.clone().unwrap_or_default();
-    let running = RunningCoordinator::start(state, listener, token.clone(), announced, None)?;
+    let running =
+        RunningCoordinator::start(state, listener, token.clone(), announced, None, budget)?;
     let mut options = WorkerOptions::new(format!("http://{}", running.addr), token);
     options.cache_dir = args
         .cache_dir
@@ -601,6 +611,20 @@ fn print_status(s: &StatusReport) {
             m.fetch.requests,
             m.fetch.fetch_ms as f64 / 1000.0
         );
+    }
+    if !s.budget.is_empty() {
+        println!("hub budget (the cluster's requests to the Hub's rate-limited buckets):");
+        for b in &s.budget {
+            let bucket = b.bucket.map_or("?", |b| b.as_str());
+            let paused = match b.paused_seconds > 0.0 {
+                true => format!(", paused {:.0} s more by a 429", b.paused_seconds),
+                false => String::new(),
+            };
+            println!(
+                "  {bucket:<10} granted {} ({} in the last {:.0} s of {} allowed), waited {:.1} s in all, {} throttled{paused}",
+                b.granted, b.granted_in_window, b.window_seconds, b.quota, b.waited_seconds, b.throttled
+            );
+        }
     }
     if !s.duplicate_steps.is_empty() {
         println!("steps serving the same weights as a later step:");

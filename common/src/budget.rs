@@ -20,6 +20,12 @@ use serde::{Deserialize, Serialize};
 /// The length of the Hub's rate-limit windows.
 pub const HUB_WINDOW: Duration = Duration::from_secs(300);
 
+/// How long after the instant it was granted for a worker may still send a request: a
+/// cluster's grants are counted over the Hub's window plus this, so that requests sent
+/// that late still keep within every one of the Hub's windows. Workers drop grants older
+/// than this (less the time a reply takes to reach them).
+pub const GRANT_SLACK: Duration = Duration::from_secs(15);
+
 /// A metered class of Hub requests. Requests to the CDN a `302` points at are not metered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -230,21 +236,13 @@ impl Pacer {
         self.quota
     }
 
-    /// Books `n` requests (at most the quota; fewer are booked if more are asked) for the
-    /// earliest instant, no earlier than `now` nor than any booking before, at which they
-    /// keep every window within the quota and the Hub's count. Returns that instant and how
-    /// many were booked.
-    pub fn book(&mut self, n: u32, now: Instant) -> (Instant, u32) {
-        let n = n.clamp(1, self.quota.requests.max(1));
+    /// The earliest instant, no earlier than `from` nor than any booking before, at which
+    /// `n` requests (at most the quota) keep every window within the quota and the Hub's
+    /// count. Later instants are as good: no booking lies after the last one.
+    pub fn earliest(&self, n: u32, from: Instant) -> Instant {
+        let n = u64::from(n.clamp(1, self.quota.requests.max(1)));
         let quota = u64::from(self.quota.requests);
-        // What can no longer count, for a booking nor for the status.
-        while let Some(&(time, _)) = self.booked.front() {
-            if time + self.span.max(self.quota.window) > now {
-                break;
-            }
-            self.booked.pop_front();
-        }
-        let mut at = self.last.map_or(now, |last| last.max(now));
+        let mut at = self.last.map_or(from, |last| last.max(from));
         loop {
             let counted = self
                 .booked
@@ -254,12 +252,12 @@ impl Pacer {
                 .range(counted..)
                 .map(|&(_, c)| u64::from(c))
                 .sum();
-            if in_span + u64::from(n) > quota {
+            if in_span + n > quota {
                 // The earliest instant at which enough of the oldest grants leave the span.
                 let mut left = in_span;
                 for &(time, count) in self.booked.range(counted..) {
                     left -= u64::from(count);
-                    if left + u64::from(n) <= quota {
+                    if left + n <= quota {
                         at = at.max(time + self.span);
                         break;
                     }
@@ -267,13 +265,36 @@ impl Pacer {
                 continue;
             }
             match self.hub {
-                Some(hub) if at < hub.resets_at && hub.remaining < n => at = hub.resets_at,
-                Some(hub) if at >= hub.resets_at => self.hub = None,
-                _ => break,
+                Some(hub) if at < hub.resets_at && u64::from(hub.remaining) < n => {
+                    at = hub.resets_at
+                }
+                _ => return at,
             }
         }
-        if let Some(hub) = self.hub.as_mut() {
-            hub.remaining -= n;
+    }
+
+    /// Books `n` requests (at most the quota; fewer are booked if more are asked) for the
+    /// [earliest](Self::earliest) instant from `now`. Returns that instant and how many were
+    /// booked.
+    pub fn book(&mut self, n: u32, now: Instant) -> (Instant, u32) {
+        self.book_from(n, now, now)
+    }
+
+    /// [`Pacer::book`] for no earlier than `from`.
+    pub fn book_from(&mut self, n: u32, from: Instant, now: Instant) -> (Instant, u32) {
+        let n = n.clamp(1, self.quota.requests.max(1));
+        // What can no longer count, for a booking nor for the status.
+        while let Some(&(time, _)) = self.booked.front() {
+            if time + self.span.max(self.quota.window) > now {
+                break;
+            }
+            self.booked.pop_front();
+        }
+        let at = self.earliest(n, from.max(now));
+        match self.hub.as_mut() {
+            Some(hub) if at >= hub.resets_at => self.hub = None,
+            Some(hub) => hub.remaining -= n,
+            None => {}
         }
         self.booked.push_back((at, n));
         self.last = Some(at);
@@ -367,6 +388,22 @@ impl Budgets {
             Bucket::Resolvers => &mut self.resolvers,
             Bucket::Api => &mut self.api,
         }
+    }
+
+    /// Books requests of several buckets for one instant, the earliest every one allows, so
+    /// that none is spent long after the instant it was booked for. Asks for nothing are
+    /// skipped.
+    pub fn book_together(&mut self, asks: &[(Bucket, u32)], now: Instant) -> Instant {
+        let asks: Vec<(Bucket, u32)> = asks.iter().copied().filter(|&(_, n)| n > 0).collect();
+        let at = asks
+            .iter()
+            .map(|&(bucket, n)| self.pacer(bucket).earliest(n, now))
+            .max()
+            .unwrap_or(now);
+        for &(bucket, n) in &asks {
+            self.pacer(bucket).book_from(n, at, now);
+        }
+        at
     }
 
     /// Every bucket's status as of `now`.
@@ -483,6 +520,27 @@ mod tests {
         assert_eq!(status.booked_ahead_seconds, 15.0);
         // After the reset the sliding window alone decides again.
         assert_eq!(pacer.book(1, resumes).0, resumes);
+    }
+
+    #[test]
+    fn asks_of_several_buckets_are_booked_for_one_instant() {
+        let t0 = Instant::now();
+        let quotas = Quotas {
+            resolvers: quota(100, 60),
+            api: quota(1, 60),
+        };
+        let mut budgets = Budgets::new(quotas, Duration::ZERO);
+        assert_eq!(budgets.pacer(Bucket::Api).book(1, t0).0, t0);
+        // The API bucket is spent for a minute: the resolvers wait with it.
+        let at = budgets.book_together(&[(Bucket::Resolvers, 2), (Bucket::Api, 1)], t0);
+        assert_eq!(at, t0 + Duration::from_secs(60));
+        let status = budgets.status(t0);
+        assert_eq!(status[0].booked_ahead_seconds, 60.0);
+        assert_eq!(status[0].granted, 2);
+        assert_eq!(status[1].granted, 2);
+        // Only resolvers asked for: the API bucket is not touched.
+        budgets.book_together(&[(Bucket::Resolvers, 1), (Bucket::Api, 0)], t0);
+        assert_eq!(budgets.status(t0)[1].granted, 2);
     }
 
     #[test]

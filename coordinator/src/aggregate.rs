@@ -110,6 +110,7 @@ mod tests {
                 step,
                 weights_sha256: hash.to_string(),
                 format: None,
+                resolved: None,
             }),
         )
     }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use neuromfa_common::WeightFormat;
+use neuromfa_common::{RevisionWeights, WeightFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::record::{Change, StoredRevision};
@@ -60,6 +60,9 @@ pub struct Ledger {
     /// Per checkpoint: the format of its weight files, once resolved (not known for
     /// resolutions stored before formats were).
     formats: Vec<Option<WeightFormat>>,
+    /// Per checkpoint: its commit and weight files, once resolved (not known for
+    /// resolutions stored before they were).
+    resolved: Vec<Option<RevisionWeights>>,
     /// Duplicated checkpoint → the checkpoint whose weights it serves too.
     original: HashMap<usize, usize>,
 }
@@ -78,6 +81,7 @@ impl Ledger {
         let mut ledger = Ledger {
             weights: vec![None; checkpoints.len()],
             formats: vec![None; checkpoints.len()],
+            resolved: vec![None; checkpoints.len()],
             checkpoints,
             slots,
             original: HashMap::new(),
@@ -86,6 +90,7 @@ impl Ledger {
             if let Some(slot) = ledger.slot(&r.model, r.step) {
                 ledger.weights[slot] = Some(r.weights_sha256);
                 ledger.formats[slot] = r.format;
+                ledger.resolved[slot] = r.resolved;
             }
         }
         ledger.regroup();
@@ -118,19 +123,18 @@ impl Ledger {
         &mut self,
         model: &str,
         step: u64,
-        commit: &str,
         weights_sha256: &str,
-        format: WeightFormat,
+        resolved: &RevisionWeights,
     ) -> Option<Change> {
         let slot = self.slot(model, step)?;
         self.weights[slot] = Some(weights_sha256.to_string());
-        self.formats[slot] = Some(format);
+        self.formats[slot] = Some(resolved.weights.format);
+        self.resolved[slot] = Some(resolved.clone());
         Some(Change::RevisionResolved {
             model: model.to_string(),
             step,
-            commit: commit.to_string(),
             weights_sha256: weights_sha256.to_string(),
-            format,
+            resolved: Box::new(resolved.clone()),
         })
     }
 
@@ -163,6 +167,11 @@ impl Ledger {
     /// The format of a checkpoint's weight files, once resolved.
     pub fn format_of(&self, slot: usize) -> Option<WeightFormat> {
         self.formats.get(slot).copied().flatten()
+    }
+
+    /// A checkpoint's commit and weight files, once resolved.
+    pub fn resolved(&self, slot: usize) -> Option<&RevisionWeights> {
+        self.resolved.get(slot)?.as_ref()
     }
 
     /// The name of that format, empty while not known (for tables).

@@ -12,9 +12,11 @@
 //! - [`state`]: [`SweepState`], the schedule, ledger and store composed so that nothing
 //!   is acknowledged before the transaction holding it is durable.
 //! - [`commit`]: the state thread that batches requests into one transaction each.
+//! - [`budget`]: the cluster's budget of Hub requests, granted to workers with leases.
 //! - [`export`]: tables from a state directory, read through the store.
 
 pub mod aggregate;
+pub mod budget;
 pub mod commit;
 mod error;
 pub mod export;

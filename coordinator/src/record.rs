@@ -2,7 +2,7 @@
 //! the store holds (`Stored…`, read back on open) and what a decision changed (`Change`,
 //! written by the store before the decision is acknowledged). Data, not decisions.
 
-use neuromfa_common::{SeedResult, WeightFormat};
+use neuromfa_common::{RevisionWeights, SeedResult, WeightFormat};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -139,18 +139,20 @@ pub enum Change {
     RevisionResolved {
         model: String,
         step: u64,
-        commit: String,
         weights_sha256: String,
-        format: WeightFormat,
+        resolved: Box<RevisionWeights>,
     },
 }
 
 /// A checkpoint's resolution as stored: the hash of its weights and their format (`None`
-/// for resolutions stored before formats were recorded, until resolved again).
+/// for resolutions stored before formats were recorded, until resolved again), and what a
+/// lease of it hands its worker (`None` for resolutions stored before that was recorded:
+/// their workers list the revision themselves).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRevision {
     pub model: String,
     pub step: u64,
     pub weights_sha256: String,
     pub format: Option<WeightFormat>,
+    pub resolved: Option<RevisionWeights>,
 }

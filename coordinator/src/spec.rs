@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use neuromfa_common::budget::{Quota, Quotas, Tier};
 use neuromfa_common::checkpoint::FetchMode;
 use neuromfa_common::pipeline::{DEFAULT_GAMMA, DEFAULT_LAMBDA};
 use neuromfa_common::spectrum::{q_grid, Alpha0Method};
@@ -114,6 +115,57 @@ pub struct HubSpec {
     /// Byte ranges closer than this are fetched as one request (unset: priced by the
     /// workers from the measured round trip and bandwidth of the Hub's CDN).
     pub merge_gap: Option<u64>,
+    /// The Hub account tier whose rate limits the whole cluster shares: `anonymous`,
+    /// `free`, `pro` or `team`. The coordinator paces every worker's requests within it.
+    pub budget: Tier,
+    /// Resolver requests per window, instead of the tier's.
+    pub budget_resolvers: Option<u32>,
+    /// API requests per window, instead of the tier's.
+    pub budget_api: Option<u32>,
+    /// The window's length in seconds, instead of the Hub's 300.
+    pub budget_window_seconds: Option<f64>,
+}
+
+impl HubSpec {
+    /// The quotas the cluster's requests are paced within: the tier's, with the custom keys
+    /// over them.
+    pub fn quotas(&self) -> Quotas {
+        let tier = self.budget.quotas();
+        let window = self
+            .budget_window_seconds
+            .map(std::time::Duration::from_secs_f64)
+            .unwrap_or(tier.resolvers.window);
+        Quotas {
+            resolvers: Quota {
+                requests: self.budget_resolvers.unwrap_or(tier.resolvers.requests),
+                window,
+            },
+            api: Quota {
+                requests: self.budget_api.unwrap_or(tier.api.requests),
+                window,
+            },
+        }
+    }
+
+    fn check(&self) -> Result<(), Invalid> {
+        for (key, value) in [
+            ("hub.budget_resolvers", self.budget_resolvers),
+            ("hub.budget_api", self.budget_api),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(key, "must be at least 1 request per window"));
+            }
+        }
+        if let Some(w) = self.budget_window_seconds {
+            if !(w.is_finite() && w > 0.0 && w <= 86_400.0) {
+                return Err(invalid(
+                    "hub.budget_window_seconds",
+                    "must be above 0 and at most a day",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,6 +268,10 @@ const ENV_KEYS: &[&str] = &[
     "hub.serve_dir",
     "hub.fetch_mode",
     "hub.merge_gap",
+    "hub.budget",
+    "hub.budget_resolvers",
+    "hub.budget_api",
+    "hub.budget_window_seconds",
     "coordinator.listen",
     "coordinator.address",
     "coordinator.lease_seconds",
@@ -299,6 +355,7 @@ impl SweepSpec {
     fn validate(&self, path: &Path) -> Result<(), SpecError> {
         self.check_grid()
             .and_then(|()| self.analysis.check())
+            .and_then(|()| self.hub.check())
             .and_then(|()| self.coordinator.check())
             .map_err(|Invalid(key, message)| SpecError::Invalid {
                 path: path.to_path_buf(),
@@ -626,6 +683,34 @@ max_step = 140000
             ("distance = \"shortest\"", "distance"),
         ] {
             let err = parse(&format!("{MINIMAL}\n[analysis]\n{body}\n")).unwrap_err();
+            assert!(err.to_string().contains(key), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_hub_budget_is_a_tier_with_custom_keys_over_it() {
+        let spec = parse(MINIMAL).unwrap();
+        assert_eq!(spec.hub.quotas(), Tier::Free.quotas());
+        let text = format!(
+            "{MINIMAL}\n[hub]\nbudget = \"pro\"\nbudget_api = 40\nbudget_window_seconds = 2\n"
+        );
+        let quotas = parse(&text).unwrap().hub.quotas();
+        assert_eq!(quotas.resolvers.requests, 12_000);
+        assert_eq!(quotas.api.requests, 40);
+        assert_eq!(quotas.api.window, std::time::Duration::from_secs(2));
+        assert_eq!(quotas.resolvers.window, std::time::Duration::from_secs(2));
+        let env = HashMap::from([("NEUROMFA_HUB__BUDGET".to_string(), "team".to_string())]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let spec = SweepSpec::load(&path, &env).unwrap();
+        assert_eq!(spec.hub.budget, Tier::Team);
+        for (body, key) in [
+            ("budget = \"gold\"", "gold"),
+            ("budget_resolvers = 0", "hub.budget_resolvers"),
+            ("budget_window_seconds = -3", "hub.budget_window_seconds"),
+        ] {
+            let err = parse(&format!("{MINIMAL}\n[hub]\n{body}\n")).unwrap_err();
             assert!(err.to_string().contains(key), "{body}: {err}");
         }
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use neuromfa_common::stats::StepAggregate;
-use neuromfa_common::{AnalysisParams, WeightFormat};
+use neuromfa_common::{AnalysisParams, RevisionWeights};
 
 pub use crate::error::StateError;
 use crate::integrity::{DuplicatePolicy, Ledger};
@@ -170,22 +170,24 @@ impl SweepState {
         self.ledger.unresolved()
     }
 
-    /// Records what a checkpoint's revision serves.
+    /// Records what a checkpoint's revision serves: the hash of its weights, its commit and
+    /// weight files.
     pub fn record_resolution(
         &mut self,
         model: &str,
         step: u64,
-        commit: &str,
         weights_sha256: &str,
-        format: WeightFormat,
+        resolved: &RevisionWeights,
     ) -> Result<()> {
-        match self
-            .ledger
-            .record(model, step, commit, weights_sha256, format)
-        {
+        match self.ledger.record(model, step, weights_sha256, resolved) {
             Some(change) => self.store.apply(&[change]),
             None => Ok(()),
         }
+    }
+
+    /// What the coordinator resolved of a checkpoint, for its leases.
+    pub fn resolved(&self, model: &str, step: u64) -> Option<&RevisionWeights> {
+        self.ledger.resolved(self.ledger.slot(model, step)?)
     }
 
     /// Regroups identical weights and applies the spec's policy: under `skip` and

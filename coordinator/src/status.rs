@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use neuromfa_common::budget::BucketStatus;
 use neuromfa_common::stats::{SeedPoint, StepAggregate};
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +90,10 @@ pub struct StatusReport {
     /// Steps serving the same weights as a later step of their model.
     #[serde(default)]
     pub duplicate_steps: Vec<DuplicateStatus>,
+    /// Per Hub bucket, what the cluster's budget granted and the waits it imposed (filled in
+    /// by the service that holds the budget).
+    #[serde(default)]
+    pub budget: Vec<BucketStatus>,
 }
 
 /// Completion times of the last minute, for throughput (not stored: a restarted
@@ -173,6 +178,7 @@ pub fn report(
         failures: failures(schedule),
         models: models(spec, schedule, ledger),
         duplicate_steps: duplicate_steps(ledger),
+        budget: Vec::new(),
     }
 }
 

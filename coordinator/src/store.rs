@@ -103,9 +103,11 @@ CREATE TABLE IF NOT EXISTS revisions (
 
 /// Columns added since the first schema, for state directories made before them: each
 /// `(table, column, definition)`. Rows stored before read the default (`''`: not known).
-const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
     ("results", "fetch_mode", "TEXT NOT NULL DEFAULT ''"),
     ("revisions", "weights_format", "TEXT NOT NULL DEFAULT ''"),
+    // The commit and weight files a lease hands its worker, as JSON.
+    ("revisions", "weights_json", "TEXT NOT NULL DEFAULT ''"),
 ];
 
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
@@ -350,8 +352,8 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT c.model, c.step, r.weights_sha256, r.weights_format FROM revisions r
-                 JOIN checkpoints c ON c.id = r.checkpoint_id",
+                "SELECT c.model, c.step, r.weights_sha256, r.weights_format, r.weights_json
+                 FROM revisions r JOIN checkpoints c ON c.id = r.checkpoint_id",
             )
             .map_err(self.db())?;
         let rows = stmt
@@ -361,6 +363,7 @@ impl Store {
                     step: r.get::<_, i64>(1)?.max(0) as u64,
                     weights_sha256: r.get(2)?,
                     format: r.get::<_, String>(3)?.parse().ok(),
+                    resolved: serde_json::from_str(&r.get::<_, String>(4)?).ok(),
                 })
             })
             .map_err(self.db())?;
@@ -476,22 +479,23 @@ impl Store {
             Change::RevisionResolved {
                 model,
                 step,
-                commit,
                 weights_sha256,
-                format,
+                resolved,
             } => conn
                 .prepare_cached(
                     "INSERT OR REPLACE INTO revisions
-                         (checkpoint_id, revision_commit, weights_sha256, weights_format)
-                     SELECT id, ?3, ?4, ?5 FROM checkpoints WHERE model = ?1 AND step = ?2",
+                         (checkpoint_id, revision_commit, weights_sha256, weights_format,
+                          weights_json)
+                     SELECT id, ?3, ?4, ?5, ?6 FROM checkpoints WHERE model = ?1 AND step = ?2",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
                         model,
                         *step as i64,
-                        commit,
+                        resolved.commit,
                         weights_sha256,
-                        format.as_str()
+                        resolved.weights.format.as_str(),
+                        serde_json::to_string(resolved).unwrap_or_default()
                     ])
                 }),
         };

@@ -27,9 +27,24 @@ fn run(policy: &str) -> (Vec<Row>, Latest, Vec<Row>) {
     let mut state = SweepState::open(spec(dir.path(), policy), OpenMode::Resume).unwrap();
     state
         .transaction(|s| {
-            s.record_resolution("org/a", 0, "c0", "late", WeightFormat::Safetensors)?;
-            s.record_resolution("org/a", 10, "c10", "mid", WeightFormat::Safetensors)?;
-            s.record_resolution("org/a", 20, "c20", "late", WeightFormat::Safetensors)?;
+            s.record_resolution(
+                "org/a",
+                0,
+                "late",
+                &resolved("c0", WeightFormat::Safetensors),
+            )?;
+            s.record_resolution(
+                "org/a",
+                10,
+                "mid",
+                &resolved("c10", WeightFormat::Safetensors),
+            )?;
+            s.record_resolution(
+                "org/a",
+                20,
+                "late",
+                &resolved("c20", WeightFormat::Safetensors),
+            )?;
             s.apply_duplicate_policy()
         })
         .unwrap();
@@ -99,5 +114,21 @@ fn status_and_aggregates_csv_agree_under_every_policy() {
             assert_eq!(exported[0].2, exported[2].2);
             assert_eq!(exported[0].3, exported[2].3);
         }
+    }
+}
+
+/// A resolution at `commit` of one `format` file.
+fn resolved(commit: &str, format: WeightFormat) -> neuromfa_common::RevisionWeights {
+    neuromfa_common::RevisionWeights {
+        commit: commit.to_string(),
+        weights: neuromfa_common::WeightFiles {
+            format,
+            sharded: false,
+        },
+        files: vec![neuromfa_common::WeightFileInfo {
+            name: format.single_file().to_string(),
+            size: 1,
+            sha256: "0".repeat(64),
+        }],
     }
 }

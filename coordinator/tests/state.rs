@@ -92,7 +92,14 @@ fn every_kind_of_decision_survives_a_reopen() {
     decide(&mut state, |d| d.heartbeat(&w, &[held[0].task_id], 5_000));
     decide(&mut state, |d| Ok(d.release(&w, &[held[1].task_id])));
     state
-        .transaction(|s| s.record_resolution("org/a", 0, "c0", "same", WeightFormat::Safetensors))
+        .transaction(|s| {
+            s.record_resolution(
+                "org/a",
+                0,
+                "same",
+                &resolved("c0", WeightFormat::Safetensors),
+            )
+        })
         .unwrap();
     let before = state.status(6_000, false);
     drop(state);
@@ -107,6 +114,11 @@ fn every_kind_of_decision_survives_a_reopen() {
     assert_eq!(after.duplicates_ignored, 1);
     assert_eq!(after.failures[0].error, "corrupt header");
     assert_eq!(state.unresolved().len(), 3, "the resolution is stored");
+    assert_eq!(
+        state.resolved("org/a", 0),
+        Some(&resolved("c0", WeightFormat::Safetensors)),
+        "with what a lease hands its worker"
+    );
     // The extended deadline (15 s) was stored, not the first one (10 s).
     assert_eq!(decide(&mut state, |d| Ok(d.expire(12_000))), 0);
     // The worker is known and still holds its lease.
@@ -275,8 +287,13 @@ fn resolutions_from_before_weight_formats_are_resolved_again() {
     let mut state = SweepState::open(s.clone(), OpenMode::Resume).unwrap();
     state
         .transaction(|st| {
-            st.record_resolution("org/a", 0, "c0", "h0", WeightFormat::PytorchBin)?;
-            st.record_resolution("org/a", 10, "c10", "h10", WeightFormat::Safetensors)
+            st.record_resolution("org/a", 0, "h0", &resolved("c0", WeightFormat::PytorchBin))?;
+            st.record_resolution(
+                "org/a",
+                10,
+                "h10",
+                &resolved("c10", WeightFormat::Safetensors),
+            )
         })
         .unwrap();
     assert_eq!(state.unresolved().len(), 2, "org/b is not resolved");
@@ -310,7 +327,9 @@ fn resolutions_from_before_weight_formats_are_resolved_again() {
         Some(("h0", ""))
     );
     state
-        .transaction(|st| st.record_resolution("org/a", 0, "c0", "h0", WeightFormat::PytorchBin))
+        .transaction(|st| {
+            st.record_resolution("org/a", 0, "h0", &resolved("c0", WeightFormat::PytorchBin))
+        })
         .unwrap();
     assert_eq!(state.unresolved().len(), 3);
     let data = export::load(dir.path()).unwrap();
@@ -320,4 +339,20 @@ fn resolutions_from_before_weight_formats_are_resolved_again() {
         .iter()
         .find(|t| t.model == "org/a" && t.step == 0);
     assert_eq!(row.map(|t| t.weights_format.as_str()), Some("pytorch-bin"));
+}
+
+/// A resolution at `commit` of one `format` file.
+fn resolved(commit: &str, format: WeightFormat) -> neuromfa_common::RevisionWeights {
+    neuromfa_common::RevisionWeights {
+        commit: commit.to_string(),
+        weights: neuromfa_common::WeightFiles {
+            format,
+            sharded: false,
+        },
+        files: vec![neuromfa_common::WeightFileInfo {
+            name: format.single_file().to_string(),
+            size: 1,
+            sha256: "0".repeat(64),
+        }],
+    }
 }

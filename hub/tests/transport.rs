@@ -94,7 +94,10 @@ async fn hub(State(fake): State<Arc<Fake>>, req: Request) -> Response {
         path: path.clone(),
         headers: parts.headers.clone(),
     });
-    if parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+    if parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
         != Some(&format!("Bearer {TOKEN}"))
     {
         return StatusCode::UNAUTHORIZED.into_response();
@@ -107,7 +110,10 @@ async fn hub(State(fake): State<Arc<Fake>>, req: Request) -> Response {
     };
     if path.starts_with(&format!("/api/models/{REPO}/paths-info/")) {
         let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
-        let form = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+        let form = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
             == Some("application/x-www-form-urlencoded");
         let paths: Vec<String> = if form && !fake.json_only.load(Ordering::SeqCst) {
             let query = String::from_utf8(body.to_vec()).unwrap();
@@ -245,12 +251,17 @@ async fn cdn(State(fake): State<Arc<Fake>>, req: Request) -> Response {
     } else {
         Body::from(part)
     };
-    let mut response = (status, [(header::CONTENT_LENGTH, HeaderValue::from(len))], body)
+    let mut response = (
+        status,
+        [(header::CONTENT_LENGTH, HeaderValue::from(len))],
+        body,
+    )
         .into_response();
     if let Some(range) = content_range {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_RANGE, HeaderValue::from_str(&range).unwrap());
+        response.headers_mut().insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&range).unwrap(),
+        );
     }
     response
 }
@@ -310,14 +321,26 @@ async fn files_are_resolved_once_and_read_from_the_cdn_without_the_token() {
     let f = fetcher_with_token(&endpoint, cache.path());
     let seeds = [0, 1];
     let r = ranged(
-        fetch_for_seeds(f_ref(&f), REPO, "step1000", &params(8), &seeds, FetchMode::Ranges, 0)
-            .await
-            .unwrap(),
+        fetch_for_seeds(
+            f_ref(&f),
+            REPO,
+            "step1000",
+            &params(8),
+            &seeds,
+            FetchMode::Ranges,
+            0,
+        )
+        .await
+        .unwrap(),
     );
     let mapped = Checkpoint::open(&golden_step1000()).unwrap();
     assert_identical(&r, &mapped, &params(8), &seeds);
     let m = r.metrics();
-    assert_eq!((m.hub_requests.resolvers, m.hub_requests.api), (2, 1), "{m:?}");
+    assert_eq!(
+        (m.hub_requests.resolvers, m.hub_requests.api),
+        (2, 1),
+        "{m:?}"
+    );
     assert!(m.requests as usize > r.plan().requests + 3, "{m:?}");
     assert_eq!(fake.resolves_of("model.safetensors"), 2, "once per fetch");
 
@@ -352,9 +375,17 @@ async fn signatures_refused_mid_fetch_are_renewed_once_for_every_reader() {
     let f = fetcher_with_token(&endpoint, cache.path());
     let seeds = [0, 1, 2];
     let r = ranged(
-        fetch_for_seeds(&f, REPO, "step1000", &params(8), &seeds, FetchMode::Ranges, 0)
-            .await
-            .unwrap(),
+        fetch_for_seeds(
+            &f,
+            REPO,
+            "step1000",
+            &params(8),
+            &seeds,
+            FetchMode::Ranges,
+            0,
+        )
+        .await
+        .unwrap(),
     );
     assert_identical(
         &r,
@@ -401,7 +432,10 @@ async fn a_5xx_and_a_reset_mid_body_are_retried_and_the_download_resumes() {
     let f = fetcher_with_token(&endpoint, cache.path());
     let whole = f.fetch_checkpoint(REPO, "step1000").await.unwrap();
     let model = &fake.files["model.safetensors"];
-    assert_eq!(std::fs::read(whole.dir.join("model.safetensors")).unwrap(), *model);
+    assert_eq!(
+        std::fs::read(whole.dir.join("model.safetensors")).unwrap(),
+        *model
+    );
     let gets: Vec<Seen> = fake.seen().into_iter().filter(|s| s.cdn).collect();
     // The 503, the cut body, then the rest of the file from where the cut left it.
     assert_eq!(gets.len(), 3, "{gets:?}");
@@ -410,7 +444,10 @@ async fn a_5xx_and_a_reset_mid_body_are_retried_and_the_download_resumes() {
         gets[2].header("range"),
         Some(format!("bytes={}-", model.len() / 2).as_str())
     );
-    assert_eq!(whole.bytes_downloaded, (model.len() + fake.files["config.json"].len()) as u64);
+    assert_eq!(
+        whole.bytes_downloaded,
+        (model.len() + fake.files["config.json"].len()) as u64
+    );
 }
 
 #[tokio::test]

@@ -146,6 +146,15 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Hub requests to send, and what the Hub's answers said of its windows.
+    pub(crate) async fn budget(&self, request: proto::BudgetRequest) -> Result<proto::BudgetReply> {
+        self.call("budget", |mut c| {
+            let request = request.clone();
+            async move { c.budget(request).await }
+        })
+        .await
+    }
+
     /// Keeps `task_ids` leased; once, without retrying (the next beat is the retry).
     pub(crate) async fn heartbeat(
         &self,

@@ -1,6 +1,9 @@
 //! The fetch stage: a lease's weights from the Hub, whole into the HF cache or only the byte
 //! ranges its seeds read (as the sweep's fetch mode and the science's read plan decide, in
-//! `neuromfa-hub`), and the bounded cache of whole downloads.
+//! `neuromfa-hub`), paced by the cluster's budget of Hub requests, and the bounded cache of
+//! whole downloads.
+
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _, Result};
 use neuromfa_common::checkpoint::FetchMode;
@@ -10,12 +13,16 @@ use neuromfa_hub::ranges::{fetch_for_seeds_with, FetchedWeights, RangeOptions};
 use neuromfa_hub::{FetchError, HubSettings};
 use neuromfa_proto as proto;
 
+use crate::budget::RemoteBudget;
+use crate::coordinator::Coordinator;
 use crate::lease::Lease;
 use crate::WorkerOptions;
 
 /// The Hub client, how to fetch, and what this worker keeps in its cache.
 pub(crate) struct FetchStage {
     fetcher: Fetcher,
+    /// The coordinator's grants of Hub requests, which the fetcher paces by.
+    budget: Arc<RemoteBudget>,
     options: RangeOptions,
     cache: CheckpointCache,
     /// The whole checkpoint the current lease works on, if it was downloaded whole.
@@ -28,6 +35,7 @@ impl FetchStage {
     pub(crate) fn new(
         options: &WorkerOptions,
         registration: &proto::RegisterReply,
+        coordinator: &Coordinator,
     ) -> Result<Self> {
         let hub = HubSettings {
             endpoint: options
@@ -37,7 +45,10 @@ impl FetchStage {
             token: options.hub_token.clone(),
             cache_dir: options.cache_dir.clone(),
         };
-        let fetcher = Fetcher::new(hub).context("setting up the Hub client")?;
+        let budget = Arc::new(RemoteBudget::new(coordinator.clone()));
+        let fetcher = Fetcher::new(hub)
+            .and_then(|f| f.with_budget(budget.clone()))
+            .context("setting up the Hub client")?;
         let fetch_options = fetch_options(options, registration)?;
         tracing::info!(
             fetch_mode = %fetch_options.mode,
@@ -46,22 +57,31 @@ impl FetchStage {
         );
         Ok(FetchStage {
             fetcher,
+            budget,
             options: fetch_options,
             cache: CheckpointCache::new(options.cache_max_bytes),
             current: None,
         })
     }
 
-    /// What the lease's seeds read.
+    /// What the lease's seeds read, starting from what the coordinator resolved of the
+    /// checkpoint and spending the Hub requests the lease was granted.
     pub(crate) async fn fetch(&mut self, lease: &Lease) -> Result<FetchedWeights, FetchError> {
         let checkpoint = &lease.checkpoint;
+        if let Some(grant) = &lease.grant {
+            self.budget.deposit(grant);
+        }
+        let options = RangeOptions {
+            known: lease.resolved.clone(),
+            ..self.options.clone()
+        };
         let fetched = fetch_for_seeds_with(
             &self.fetcher,
             &checkpoint.model,
             &checkpoint.revision,
             &lease.params,
             &lease.seeds(),
-            &self.options,
+            &options,
         )
         .await?;
         self.current = match &fetched {

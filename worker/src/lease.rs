@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use neuromfa_common::AnalysisParams;
+use neuromfa_common::{AnalysisParams, RevisionWeights};
 use neuromfa_proto as proto;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -36,6 +36,11 @@ pub struct Lease {
     pub checkpoint: CheckpointRef,
     pub tasks: Vec<LeasedTask>,
     pub params: AnalysisParams,
+    /// What the coordinator resolved of the checkpoint (its commit and weight files), when
+    /// it did: the fetch starts from it.
+    pub resolved: Option<RevisionWeights>,
+    /// The Hub requests granted for fetching the checkpoint.
+    pub grant: Option<proto::BudgetGrant>,
 }
 
 impl Lease {
@@ -52,6 +57,13 @@ impl Lease {
         };
         let params: AnalysisParams = serde_json::from_str(&reply.params_json)
             .context("the coordinator sent analysis settings this worker cannot read")?;
+        // Only saves requests: a resolution this worker cannot read is listed again.
+        let resolved = match reply.resolved_json.as_str() {
+            "" => None,
+            json => serde_json::from_str(json)
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot read the coordinator's resolution of the checkpoint; listing it again"))
+                .ok(),
+        };
         let tasks = reply
             .tasks
             .iter()
@@ -65,6 +77,8 @@ impl Lease {
             checkpoint,
             tasks,
             params,
+            resolved,
+            grant: reply.grant,
         })
     }
 

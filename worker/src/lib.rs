@@ -5,6 +5,7 @@
 //! keep a lease alive through long downloads ([`lease`]); a coordinator that goes away is
 //! retried with backoff ([`coordinator`]); shutdown gives unfinished leases back.
 
+mod budget;
 mod compute;
 mod coordinator;
 mod fetch;
@@ -125,7 +126,7 @@ pub async fn run(options: WorkerOptions, shutdown: watch::Receiver<bool>) -> Res
     .await?;
     tracing::info!(worker = %coordinator.worker_id(), sweep = %registration.sweep, "registered");
     let mut worker = Worker {
-        fetch: FetchStage::new(&options, &registration)?,
+        fetch: FetchStage::new(&options, &registration, &coordinator)?,
         coordinator,
         heartbeat_every: Duration::from_millis(registration.heartbeat_ms.max(50)),
         max_tasks: options.max_tasks,
