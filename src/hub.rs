@@ -1,39 +1,201 @@
-//! `neuromfa hub serve`: checkpoints on disk over the Hub's download protocol.
+//! `neuromfa hub serve`: checkpoints on disk over the Hub's download protocol, as an ideal
+//! mirror or (`--like-hf`) behaving like huggingface.co.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use neuromfa_hub_server::{self as hub_server, HubServerConfig};
+use clap::Args;
+use neuromfa_hub_server::{
+    self as hub_server, FaultPlan, HfProfile, HubServerConfig, Plan, XetFiles,
+};
 
-/// Serves `root` on `listen`; with `throttle_mbps`, file bodies leave at no more than that
-/// many megabytes (10^6 bytes) per second in total, to stand in for a real network.
-pub async fn serve(
-    root: PathBuf,
-    listen: String,
-    token: Option<String>,
-    throttle_mbps: Option<f64>,
-) -> Result<()> {
-    if !root.is_dir() {
-        anyhow::bail!("{} is not a directory", root.display());
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory laid out as DIR/<org>/<name>/<revision>/<file>.
+    pub dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Require this bearer token (as the Hub does for gated models).
+    #[arg(long, env = "NEUROMFA_HUB_TOKEN")]
+    pub token: Option<String>,
+    /// Limit the total bandwidth of file bodies to MBPS megabytes (10^6 bytes) per
+    /// second, so benchmarks on one machine can stand in for a network.
+    #[arg(long, value_name = "MBPS")]
+    pub throttle: Option<f64>,
+    #[command(flatten)]
+    pub like_hf: LikeHfArgs,
+}
+
+/// Behaving like the real Hub: a CDN listener that `/resolve/` redirects to, rate limits,
+/// latency, Xet and faults.
+#[derive(Debug, Args)]
+pub struct LikeHfArgs {
+    /// Behave like huggingface.co: LFS files redirect to a CDN on a second port with
+    /// signed URLs, requests are metered in the Resolver and API buckets (429 when spent).
+    #[arg(long)]
+    pub like_hf: bool,
+    /// The account tier whose rate limits apply: anonymous, free, pro or team.
+    #[arg(long, default_value = "free", requires = "like_hf")]
+    pub plan: String,
+    /// Resolver requests per window, instead of the plan's.
+    #[arg(long, value_name = "N", requires = "like_hf")]
+    pub resolvers_quota: Option<u64>,
+    /// API requests per window, instead of the plan's.
+    #[arg(long, value_name = "N", requires = "like_hf")]
+    pub api_quota: Option<u64>,
+    /// The rate-limit window, instead of the Hub's 300 s.
+    #[arg(long, value_name = "SECONDS", requires = "like_hf")]
+    pub window_secs: Option<f64>,
+    /// How long signed CDN URLs and Xet tokens stay valid.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 3600,
+        requires = "like_hf"
+    )]
+    pub url_lifetime_secs: u64,
+    /// Added before every answer of the Hub and of the CDN (a round trip).
+    #[arg(long, value_name = "MS", default_value_t = 0, requires = "like_hf")]
+    pub latency_ms: u64,
+    /// Limit each connection's file bodies to MBPS megabytes per second.
+    #[arg(long, value_name = "MBPS", requires = "like_hf")]
+    pub connection_mbps: Option<f64>,
+    /// Which LFS files are Xet-backed: none, all, share:FRACTION, or comma-separated
+    /// path globs.
+    #[arg(long, default_value = "none", requires = "like_hf")]
+    pub xet: String,
+    /// Answer files kept in git at once, as the Hub does for gated repos, instead of with
+    /// a relative redirect to a commit-pinned resolve-cache URL (as it does for public ones).
+    #[arg(long, requires = "like_hf")]
+    pub no_resolve_cache: bool,
+    /// Where the CDN listens (default: the Hub's IP address, any free port).
+    #[arg(long, value_name = "ADDR", requires = "like_hf")]
+    pub cdn_listen: Option<String>,
+    /// The CDN's URL as clients must reach it (default: the host they reached the Hub
+    /// at, with the CDN's port).
+    #[arg(long, value_name = "URL", requires = "like_hf")]
+    pub cdn_url: Option<String>,
+    /// Faults injected on the Hub's listener, as KEY=VALUE pairs separated by commas
+    /// (keys of a fault plan: error_share, error_next, error_status, reset_share,
+    /// reset_next, reset_after_bytes, slow_share, slow_next, slow_first_byte_ms).
+    #[arg(long, value_name = "PLAN", requires = "like_hf")]
+    pub hub_faults: Option<String>,
+    /// Faults injected on the CDN's listener (as --hub-faults).
+    #[arg(long, value_name = "PLAN", requires = "like_hf")]
+    pub cdn_faults: Option<String>,
+}
+
+/// A rate in MB/s as bytes per second.
+fn bytes_per_sec(mbps: Option<f64>, flag: &str) -> Result<Option<u64>> {
+    match mbps {
+        None => Ok(None),
+        Some(mbps) if mbps.is_finite() && mbps > 0.0 => {
+            Ok(Some(((mbps * 1e6).round() as u64).max(1)))
+        }
+        Some(mbps) => anyhow::bail!("{flag} must be a positive number of MB/s (got {mbps})"),
     }
-    let throttle_bytes_per_sec = match throttle_mbps {
-        None => None,
-        Some(mbps) if mbps.is_finite() && mbps > 0.0 => Some(((mbps * 1e6).round() as u64).max(1)),
-        Some(mbps) => anyhow::bail!("--throttle must be a positive number of MB/s (got {mbps})"),
-    };
-    let listener = tokio::net::TcpListener::bind(&listen)
+}
+
+/// `error_share=0.1,error_status=500` as a fault plan.
+fn fault_plan(text: &str, flag: &str) -> Result<FaultPlan> {
+    let mut fields = serde_json::Map::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("{flag}: {pair:?} is not KEY=VALUE"))?;
+        let value: serde_json::Value = serde_json::from_str(value.trim())
+            .with_context(|| format!("{flag}: {key} needs a number (got {value:?})"))?;
+        fields.insert(key.trim().to_string(), value);
+    }
+    serde_json::from_value(serde_json::Value::Object(fields))
+        .with_context(|| format!("{flag}: {text:?}"))
+}
+
+impl LikeHfArgs {
+    fn profile(&self) -> Result<Option<HfProfile>> {
+        if !self.like_hf {
+            return Ok(None);
+        }
+        let plan: Plan = self.plan.parse().map_err(anyhow::Error::msg)?;
+        let mut profile = HfProfile::plan(plan);
+        if let Some(n) = self.resolvers_quota {
+            profile.resolvers.requests = n;
+        }
+        if let Some(n) = self.api_quota {
+            profile.api.requests = n;
+        }
+        if let Some(secs) = self.window_secs {
+            anyhow::ensure!(
+                secs.is_finite() && secs > 0.0,
+                "--window-secs must be positive (got {secs})"
+            );
+            profile.resolvers.window = Duration::from_secs_f64(secs);
+            profile.api.window = Duration::from_secs_f64(secs);
+        }
+        profile.url_lifetime = Duration::from_secs(self.url_lifetime_secs.max(1));
+        profile.latency = Duration::from_millis(self.latency_ms);
+        profile.connection_bytes_per_sec =
+            bytes_per_sec(self.connection_mbps, "--connection-mbps")?;
+        profile.xet = self.xet.parse::<XetFiles>().map_err(anyhow::Error::msg)?;
+        profile.cdn_url = self.cdn_url.clone();
+        profile.resolve_cache = !self.no_resolve_cache;
+        if let Some(plan) = &self.hub_faults {
+            profile.hub_faults = fault_plan(plan, "--hub-faults")?;
+        }
+        if let Some(plan) = &self.cdn_faults {
+            profile.cdn_faults = fault_plan(plan, "--cdn-faults")?;
+        }
+        Ok(Some(profile))
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    if !args.dir.is_dir() {
+        anyhow::bail!("{} is not a directory", args.dir.display());
+    }
+    let throttle_bytes_per_sec = bytes_per_sec(args.throttle, "--throttle")?;
+    let like_hf = args.like_hf.profile()?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(
-        root = %root.display(),
+        root = %args.dir.display(),
         throttle_bytes_per_sec,
+        like_hf = like_hf.is_some(),
         "serving checkpoints at http://{addr} (HF_ENDPOINT=http://{addr})"
     );
     let config = HubServerConfig {
-        root,
-        token,
+        root: args.dir,
+        token: args.token,
         throttle_bytes_per_sec,
+        like_hf,
     };
-    hub_server::serve(config, listener, crate::sweep::shutdown_signal()).await
+    let server = hub_server::HubServer::new(config)?;
+    let shutdown = crate::sweep::shutdown_signal();
+    match (&args.like_hf.like_hf, &args.like_hf.cdn_listen) {
+        (true, Some(cdn_listen)) => {
+            let cdn = tokio::net::TcpListener::bind(cdn_listen)
+                .await
+                .with_context(|| format!("cannot listen on {cdn_listen}"))?;
+            server.serve_with_cdn(listener, cdn, shutdown).await
+        }
+        _ => server.serve(listener, shutdown).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_plans_read_from_key_value_pairs() {
+        let plan = fault_plan("error_share=0.25, error_status=500,reset_next=2", "--x").unwrap();
+        assert_eq!(plan.error_share, 0.25);
+        assert_eq!(plan.error_status, 500);
+        assert_eq!(plan.reset_next, 2);
+        assert!(fault_plan("error_shar=1", "--x").is_err());
+        assert!(fault_plan("error_share", "--x").is_err());
+    }
 }

@@ -1,4 +1,3 @@
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -70,19 +69,10 @@ enum Command {
 enum HubCommand {
     /// Serve DIR laid out as DIR/<org>/<name>/<revision>/<file>, for tests and for
     /// clusters without internet (a local mirror for the workers: point them at it with
-    /// HF_ENDPOINT or the spec's hub.endpoint).
-    Serve {
-        dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: String,
-        /// Require this bearer token (as the Hub does for gated models).
-        #[arg(long, env = "NEUROMFA_HUB_TOKEN")]
-        token: Option<String>,
-        /// Limit the total bandwidth of file bodies to MBPS megabytes (10^6 bytes) per
-        /// second, so benchmarks on one machine can stand in for a network.
-        #[arg(long, value_name = "MBPS")]
-        throttle: Option<f64>,
-    },
+    /// HF_ENDPOINT or the spec's hub.endpoint). With --like-hf it behaves like
+    /// huggingface.co (redirects to a CDN, rate limits, Xet, faults) for tests and
+    /// benchmarks of clients.
+    Serve(neuromfa::hub::ServeArgs),
 }
 
 /// Services log what they do; interactive commands show progress instead and log only
@@ -120,12 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sweep(command) => runtime()?.block_on(sweep::sweep(command)),
         Command::Status(args) => runtime()?.block_on(sweep::status(args)),
         Command::Audit(args) => runtime()?.block_on(neuromfa::integrity::audit(args)),
-        Command::Hub(HubCommand::Serve {
-            dir,
-            listen,
-            token,
-            throttle,
-        }) => runtime()?.block_on(neuromfa::hub::serve(dir, listen, token, throttle)),
+        Command::Hub(HubCommand::Serve(args)) => runtime()?.block_on(neuromfa::hub::serve(args)),
     }
 }
 

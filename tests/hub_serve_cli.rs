@@ -1,0 +1,77 @@
+//! `neuromfa hub serve --like-hf` as a process: its flags reach the server (a CDN on the
+//! port asked for, the quota, the control routes).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use support::cluster::{free_port, wait_for_port, Proc};
+
+/// One HTTP/1.1 request over a fresh connection; returns the status line and headers, and
+/// the body.
+fn request(port: u16, method: &str, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
+#[test]
+fn like_hf_flags_reach_the_server() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("hub/org/model/main");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.safetensors"), vec![7u8; 1000]).unwrap();
+    let (hub_port, cdn_port) = (free_port(), free_port());
+    let hub_dir = root.path().join("hub");
+    let _hub = Proc::spawn(
+        &[
+            "hub",
+            "serve",
+            hub_dir.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{hub_port}"),
+            "--like-hf",
+            "--cdn-listen",
+            &format!("127.0.0.1:{cdn_port}"),
+            "--resolvers-quota",
+            "1",
+            "--window-secs",
+            "600",
+            "--cdn-faults",
+            "error_next=1,error_status=500",
+        ],
+        &[],
+        root.path().join("hub.log"),
+    );
+    wait_for_port(hub_port);
+    wait_for_port(cdn_port);
+    let resolve = "/org/model/resolve/main/model.safetensors";
+    let (head, _) = request(hub_port, "HEAD", resolve);
+    assert!(head.starts_with("http/1.1 302"), "{head}");
+    assert!(
+        head.contains(&format!(
+            "location: http://127.0.0.1:{cdn_port}/repos/org/model/"
+        )),
+        "{head}"
+    );
+    assert!(head.contains("ratelimit-policy: \"fixed window\";\"resolvers\";q=1;w=600"));
+    let (head, _) = request(hub_port, "HEAD", resolve);
+    assert!(head.starts_with("http/1.1 429"), "{head}");
+    let (head, _) = request(cdn_port, "GET", "/repos/org/model/x?Expires=1&Signature=00");
+    assert!(
+        head.starts_with("http/1.1 500"),
+        "the CDN's first answer fails: {head}"
+    );
+    let (_, stats) = request(hub_port, "GET", "/_stand-in/stats");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["rate_limited"], 1);
+    assert_eq!(stats["injected_errors"], 1);
+}
