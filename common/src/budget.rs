@@ -47,12 +47,14 @@ impl Bucket {
         }
     }
 
-    /// The bucket a request to `path` (a URL's path on the Hub) counts against.
+    /// The bucket a request to `path` (a URL's path on the Hub) counts against. The
+    /// `/api/resolve-cache/` URLs the Hub redirects files kept in git to are counted as
+    /// Resolvers: they serve files, and the Hub's documentation does not say.
     pub fn of_path(path: &str) -> Option<Bucket> {
-        if path.starts_with("/api/") {
-            Some(Bucket::Api)
-        } else if path.contains("/resolve/") {
+        if path.contains("/resolve/") || path.starts_with("/api/resolve-cache/") {
             Some(Bucket::Resolvers)
+        } else if path.starts_with("/api/") {
+            Some(Bucket::Api)
         } else {
             None
         }
@@ -562,5 +564,9 @@ mod tests {
             Some(Bucket::Resolvers)
         );
         assert_eq!(Bucket::of_path("/blobs/abc"), None);
+        assert_eq!(
+            Bucket::of_path("/api/resolve-cache/models/a/b/c/config.json"),
+            Some(Bucket::Resolvers)
+        );
     }
 }

@@ -30,17 +30,23 @@ impl Needs {
     }
 }
 
+/// Resolver requests a small file kept in git takes: the Hub redirects its resolve to where
+/// it keeps such files (`/api/resolve-cache/…`), counted as a Resolver request too.
+const SMALL_FILE: u32 = 2;
+
 /// What fetching a leased checkpoint takes from the Hub's buckets when nothing goes wrong:
 /// `config.json`, each weight file's resolve and the shard index; and, when the coordinator
 /// has not resolved the checkpoint, the listing (API) and its single file's resolve.
 pub fn lease_needs(resolved: Option<&RevisionWeights>) -> Needs {
     match resolved {
         Some(resolved) => Needs {
-            resolvers: 1 + resolved.files.len() as u32 + u32::from(resolved.weights.sharded),
+            resolvers: SMALL_FILE
+                + resolved.files.len() as u32
+                + SMALL_FILE * u32::from(resolved.weights.sharded),
             api: 0,
         },
         None => Needs {
-            resolvers: 2,
+            resolvers: SMALL_FILE + 1,
             api: 1,
         },
     }
@@ -87,25 +93,27 @@ mod tests {
 
     #[test]
     fn a_lease_needs_its_configs_and_files_resolves_and_the_listing_when_not_resolved() {
+        // config.json (its resolve and the resolve-cache it redirects to), the listing and
+        // the single file's resolve.
         assert_eq!(
             lease_needs(None),
             Needs {
-                resolvers: 2,
+                resolvers: 3,
                 api: 1
             }
         );
         assert_eq!(
             lease_needs(Some(&resolved(1))),
             Needs {
-                resolvers: 2,
+                resolvers: 3,
                 api: 0
             }
         );
-        // pythia-12b: config.json, the index and three shards.
+        // pythia-12b: config.json, the index (two each) and three shards.
         assert_eq!(
             lease_needs(Some(&resolved(3))),
             Needs {
-                resolvers: 5,
+                resolvers: 7,
                 api: 0
             }
         );
@@ -117,7 +125,7 @@ mod tests {
         let window = Duration::from_secs(10);
         let mut budgets = cluster_budgets(Quotas {
             resolvers: Quota {
-                requests: 4,
+                requests: 6,
                 window,
             },
             api: Quota {

@@ -526,8 +526,10 @@ impl Transport {
     }
 
     /// A small file at `revision` (`config.json`, a shard index) in memory, from one GET
-    /// that does not follow the redirect; a file the Hub redirects is read from its
-    /// location.
+    /// that does not follow the redirect: the file itself from a mirror; on the Hub, a
+    /// relative redirect to where it keeps files stored in git (`/api/resolve-cache/…`),
+    /// followed with one more GET; a file the Hub redirects to its CDN (stored in LFS) is
+    /// resolved and read from its location.
     pub(crate) async fn get_small(
         &self,
         scope: &Scope,
@@ -535,46 +537,62 @@ impl Transport {
         file: &str,
         max_len: u64,
     ) -> Result<SmallFile, FetchError> {
-        let url = resolve_url(&self.base_url, scope.names.repo(), revision, file);
+        let mut url = resolve_url(&self.base_url, scope.names.repo(), revision, file);
         let mut retry = Retry::default();
-        let answer = loop {
+        let mut hops = 0;
+        loop {
             match self.get_small_once(scope, &url, file, max_len).await {
-                Ok(answer) => break answer,
+                Ok(Small::Here(small)) => return Ok(small),
+                Ok(Small::Moved(to)) if hops < MAX_RELATIVE_REDIRECTS => {
+                    hops += 1;
+                    url = to;
+                }
+                Ok(Small::Moved(to)) => {
+                    return Err(FetchError::Hub {
+                        at: scope.names.at(file),
+                        status: None,
+                        detail: format!("too many redirects reading it (last to {to})"),
+                    })
+                }
+                Ok(Small::Elsewhere) => break,
                 Err(failure) => retry.after(self, failure).await?,
             }
-        };
-        match answer {
-            Some(small) => Ok(small),
-            // Redirected: resolve properly (relative redirects included), then read.
-            None => {
-                let resolution = self.resolve(scope, revision, file).await?;
-                if resolution.size > max_len {
-                    return Err(too_large(scope, file, resolution.size, max_len));
-                }
-                let remote = RemoteFile::new(file, revision, resolution.clone());
-                let bytes = self.read_to_vec(scope, &remote, 0..resolution.size).await?;
-                Ok(SmallFile {
-                    bytes,
-                    commit: resolution.commit,
-                    etag: Some(resolution.etag),
-                })
-            }
         }
+        let resolution = self.resolve(scope, revision, file).await?;
+        if resolution.size > max_len {
+            return Err(too_large(scope, file, resolution.size, max_len));
+        }
+        let remote = RemoteFile::new(file, revision, resolution.clone());
+        let bytes = self.read_to_vec(scope, &remote, 0..resolution.size).await?;
+        Ok(SmallFile {
+            bytes,
+            commit: resolution.commit,
+            etag: Some(resolution.etag),
+        })
     }
 
-    /// `None` when the answer is a redirect.
     async fn get_small_once(
         &self,
         scope: &Scope,
         url: &Url,
         file: &str,
         max_len: u64,
-    ) -> Result<Option<SmallFile>, Failure> {
+    ) -> Result<Small, Failure> {
         let request = self.request(Method::GET, url);
         let response = self.send(scope, file, (url, false), request).await?;
         let status = response.status();
+        let headers = response.headers();
         if status.is_redirection() {
-            return Ok(None);
+            let to = header(headers, LOCATION.as_str()).and_then(|l| url.join(&l).ok());
+            return Ok(match to {
+                Some(to)
+                    if same_origin(&to, &self.base_url)
+                        && header(headers, X_LINKED_SIZE).is_none() =>
+                {
+                    Small::Moved(to)
+                }
+                _ => Small::Elsewhere,
+            });
         }
         if !status.is_success() {
             return Err(Self::unexpected(scope, file, &response, "reading"));
@@ -582,7 +600,6 @@ impl Transport {
         if let Some(len) = response.content_length().filter(|&len| len > max_len) {
             return Err(Failure::Final(too_large(scope, file, len, max_len)));
         }
-        let headers = response.headers();
         let commit = header(headers, X_REPO_COMMIT);
         let etag = header(headers, X_LINKED_ETAG)
             .or_else(|| header(headers, ETAG.as_str()))
@@ -603,7 +620,7 @@ impl Transport {
                 ),
             )));
         }
-        Ok(Some(SmallFile {
+        Ok(Small::Here(SmallFile {
             bytes: bytes.to_vec(),
             commit,
             etag,
@@ -664,6 +681,15 @@ impl Transport {
             }
         }
     }
+}
+
+/// What one GET of a small file found.
+enum Small {
+    Here(SmallFile),
+    /// A redirect on the endpoint: the same request, elsewhere on it.
+    Moved(Url),
+    /// A redirect to the file's location: resolve it.
+    Elsewhere,
 }
 
 /// What one resolve request found.
