@@ -705,4 +705,31 @@ max_step = 140000
         assert_eq!(spec.analysis.threshold, 200.0);
         assert_eq!(spec.lease_ms(), 2500);
     }
+
+    #[test]
+    fn environment_strings_stay_strings_whatever_they_look_like() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let env = HashMap::from([
+            ("NEUROMFA_TOKEN".to_string(), "007".to_string()),
+            ("NEUROMFA_STATE_DIR".to_string(), "0123".to_string()),
+            ("NEUROMFA_NAME".to_string(), "1e3".to_string()),
+            ("NEUROMFA_HUB__TOKEN".to_string(), "0x10".to_string()),
+            ("NEUROMFA_SEEDS".to_string(), "4".to_string()),
+            ("NEUROMFA_HUB__MERGE_GAP".to_string(), "0100".to_string()),
+        ]);
+        let spec = SweepSpec::load(&path, &env).unwrap();
+        assert_eq!(spec.token.as_deref(), Some("007"));
+        assert!(
+            spec.state_dir.ends_with("0123"),
+            "{}",
+            spec.state_dir.display()
+        );
+        assert_eq!(spec.name, "1e3");
+        assert_eq!(spec.hub.token.as_deref(), Some("0x10"));
+        // Numbers still become numbers where the key is one.
+        assert_eq!(spec.seed_list(), vec![0, 1, 2, 3]);
+        assert_eq!(spec.hub.merge_gap, Some(100));
+    }
 }
