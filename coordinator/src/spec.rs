@@ -1,8 +1,9 @@
-//! The sweep spec: a TOML file (every scalar key overridable by a `NEUROMFA_…` environment
-//! variable) naming models, steps, seeds, analysis settings, the Hub and the coordinator.
+//! The sweep spec: a TOML file (every key outside `[[models]]` overridable by a `NEUROMFA_…`
+//! environment variable) naming models, steps, seeds, analysis settings, the Hub and the coordinator.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use neuromfa_common::checkpoint::FetchMode;
 use neuromfa_common::pipeline::{DEFAULT_GAMMA, DEFAULT_LAMBDA};
@@ -10,6 +11,8 @@ use neuromfa_common::spectrum::{q_grid, Alpha0Method};
 use neuromfa_common::{AnalysisParams, DistanceMode};
 
 use crate::integrity::DuplicatePolicy;
+use crate::spec_keys::keys_of;
+pub use crate::spec_keys::{KeyKind, SpecKey, TraceError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -194,36 +197,6 @@ pub fn pythia_paper_steps() -> Vec<u64> {
     steps
 }
 
-/// Scalar keys a `NEUROMFA_…` variable may set (`__` separates sections).
-const ENV_KEYS: &[&str] = &[
-    "name",
-    "state_dir",
-    "seeds",
-    "steps",
-    "token",
-    "duplicates",
-    "analysis.layer_sample",
-    "analysis.threshold",
-    "analysis.q_min",
-    "analysis.q_max",
-    "analysis.q_step",
-    "analysis.alpha0",
-    "analysis.distance",
-    "analysis.lambda",
-    "analysis.gamma",
-    "hub.endpoint",
-    "hub.token",
-    "hub.serve_dir",
-    "hub.fetch_mode",
-    "hub.merge_gap",
-    "coordinator.listen",
-    "coordinator.address",
-    "coordinator.lease_seconds",
-    "coordinator.max_attempts",
-    "coordinator.tls_cert",
-    "coordinator.tls_key",
-];
-
 /// One (model, step) of the grid.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CheckpointKey {
@@ -233,6 +206,16 @@ pub struct CheckpointKey {
 }
 
 impl SweepSpec {
+    /// Every key the spec accepts, from its own `Deserialize` implementations.
+    pub fn keys() -> Result<&'static [SpecKey], TraceError> {
+        static KEYS: OnceLock<Vec<SpecKey>> = OnceLock::new();
+        if let Some(keys) = KEYS.get() {
+            return Ok(keys);
+        }
+        let keys = keys_of::<SweepSpec>()?;
+        Ok(KEYS.get_or_init(|| keys))
+    }
+
     /// Reads `path`, applies `NEUROMFA_…` overrides from `env`, and validates.
     pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Self, SpecError> {
         let load_error = |message: String| SpecError::Load {
@@ -241,24 +224,16 @@ impl SweepSpec {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| load_error(format!("cannot read the sweep spec: {e}")))?;
-        let overrides: HashMap<String, String> = env
-            .iter()
-            .filter_map(|(name, value)| {
-                let key = name
-                    .strip_prefix("NEUROMFA_")?
-                    .to_lowercase()
-                    .replace("__", ".");
-                ENV_KEYS
-                    .contains(&key.as_str())
-                    .then(|| (key, value.clone()))
-            })
-            .collect();
+        let keys = Self::keys().map_err(|e| load_error(e.to_string()))?;
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(&text, config::FileFormat::Toml));
-        for (key, value) in &overrides {
+        for (name, value) in env {
+            let Some(key) = env_key(keys, name) else {
+                continue;
+            };
             builder = builder
-                .set_override(key.as_str(), parse_env_value(value))
-                .map_err(|e| load_error(format!("override {key}: {e}")))?;
+                .set_override(key.name.as_str(), env_value(key.kind, value))
+                .map_err(|e| load_error(format!("override {}: {e}", key.name)))?;
         }
         let spec: SweepSpec = builder
             .build()
@@ -462,14 +437,28 @@ impl SweepSpec {
     }
 }
 
-/// Environment values are strings; numbers and booleans are passed as such so they
-/// deserialize into numeric keys.
-fn parse_env_value(value: &str) -> config::Value {
-    if let Ok(i) = value.parse::<i64>() {
-        return config::Value::from(i);
-    }
-    if let Ok(f) = value.parse::<f64>() {
-        return config::Value::from(f);
+/// The key a `NEUROMFA_…` variable sets (sections joined by `__`): any key outside the
+/// `[[models]]` list.
+fn env_key<'k>(keys: &'k [SpecKey], variable: &str) -> Option<&'k SpecKey> {
+    let name = variable
+        .strip_prefix("NEUROMFA_")?
+        .to_lowercase()
+        .replace("__", ".");
+    keys.iter()
+        .find(|key| key.name == name && !key.name.contains("[]"))
+}
+
+/// An environment value as its key takes it: text stays text (`NEUROMFA_TOKEN=007` is the
+/// token `007`), numeric keys convert text themselves, and a key of several shapes
+/// (`seeds`: a count or a list) gets a number when the text is one.
+fn env_value(kind: KeyKind, value: &str) -> config::Value {
+    if kind == KeyKind::Any {
+        if let Ok(i) = value.parse::<i64>() {
+            return config::Value::from(i);
+        }
+        if let Ok(f) = value.parse::<f64>() {
+            return config::Value::from(f);
+        }
     }
     config::Value::from(value.to_string())
 }
@@ -704,6 +693,29 @@ max_step = 140000
         assert_eq!(spec.token.as_deref(), Some("s3cret"));
         assert_eq!(spec.analysis.threshold, 200.0);
         assert_eq!(spec.lease_ms(), 2500);
+    }
+
+    #[test]
+    fn the_keys_are_read_off_the_spec_types() {
+        let keys = SweepSpec::keys().unwrap();
+        let kind = |name: &str| {
+            keys.iter()
+                .find(|k| k.name == name)
+                .map(|k| k.kind)
+                .unwrap_or_else(|| panic!("{name} not among {keys:?}"))
+        };
+        assert_eq!(kind("name"), KeyKind::Text);
+        assert_eq!(kind("seeds"), KeyKind::Any);
+        assert_eq!(kind("models[].repo"), KeyKind::Text);
+        assert_eq!(kind("models[].max_step"), KeyKind::Number);
+        assert_eq!(kind("analysis.threshold"), KeyKind::Number);
+        assert_eq!(kind("analysis.distance"), KeyKind::Text);
+        assert_eq!(kind("hub.serve_dir"), KeyKind::Text);
+        assert_eq!(kind("coordinator.tls_key"), KeyKind::Text);
+        assert_eq!(kind("duplicates"), KeyKind::Text);
+        assert!(env_key(keys, "NEUROMFA_COORDINATOR__LISTEN").is_some());
+        assert!(env_key(keys, "NEUROMFA_MODELS__REPO").is_none());
+        assert!(env_key(keys, "NEUROMFA_UNRELATED").is_none());
     }
 
     #[test]
