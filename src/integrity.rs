@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use neuromfa_coordinator::integrity::groups;
 use neuromfa_coordinator::spec::{pythia_paper_steps, pythia_steps};
@@ -189,9 +189,14 @@ pub async fn audit(args: AuditArgs) -> Result<()> {
     } else {
         print_audit_table(&args.repo, &rows, &grouped);
     }
+    // An audit with holes cannot vouch for the suite: that is an error, before duplicates.
     let unresolved = rows.iter().filter(|r| r.error.is_some()).count();
     if unresolved > 0 {
-        eprintln!("warning: {unresolved} step(s) could not be checked");
+        bail!(
+            "{unresolved} of {} step(s) of {} could not be checked (see `unresolved` above)",
+            rows.len(),
+            args.repo
+        );
     }
     if !duplicates.is_empty() && !args.allow_duplicates {
         return Err(DuplicatesFound {
@@ -219,7 +224,8 @@ fn print_audit_json(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>)
 
 /// The audit as a table of steps, then the groups of identical weights.
 fn print_audit_table(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>)]) {
-    println!("{repo}: {} steps checked", rows.len());
+    let checked = rows.iter().filter(|r| r.error.is_none()).count();
+    println!("{repo}: {checked} of {} step(s) checked", rows.len());
     println!(
         "{:>8}  {:<12} {:<11} {:<16} note",
         "step", "commit", "format", "weights sha256"

@@ -62,7 +62,8 @@ enum Command {
     /// shapes (for benchmarks).
     Synth(synth::SynthArgs),
     /// Check a checkpoint suite before computing on it: which steps serve identical
-    /// weights. Exits 3 when duplicates are found (unless --allow-duplicates).
+    /// weights. Exits 1 when a step cannot be checked, else 3 when duplicates are found
+    /// (unless --allow-duplicates).
     Audit(neuromfa::integrity::AuditArgs),
 }
 
