@@ -381,4 +381,22 @@ mod tests {
         )));
         assert_eq!(args["revision"], "step0");
     }
+
+    #[test]
+    fn a_directory_of_per_model_folders_is_read_whole() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/evals");
+        let models = vec![
+            "EleutherAI/pythia-160m-deduped".to_string(),
+            "EleutherAI/pythia-1.4b-deduped".to_string(),
+        ];
+        let evals = load(&[dir], &models).unwrap();
+        for model in &models {
+            let steps = evals.accuracy.get(model).and_then(|b| b.get("sciq"));
+            assert!(
+                steps.is_some_and(|s| s.contains_key(&1000)),
+                "{model}: {evals:?}"
+            );
+        }
+        assert!(evals.warnings.is_empty(), "{:?}", evals.warnings);
+    }
 }
