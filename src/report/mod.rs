@@ -35,7 +35,8 @@ pub struct ReportArgs {
     pub out: Option<PathBuf>,
     /// Benchmark accuracies to set beside E: a CSV `model,step,benchmark,accuracy`, an
     /// lm-evaluation-harness results JSON file (`results.<task>.acc`; model and step from
-    /// `config.model_args`), or a directory of such files. Repeatable.
+    /// `config.model_args`), or a directory of such files, subdirectories included.
+    /// Repeatable.
     #[arg(long = "evals", value_name = "PATH")]
     pub evals: Vec<PathBuf>,
     /// Steps at which to compare E across model sizes (default: the last step every model
