@@ -188,7 +188,7 @@ fn submit(args: SubmitArgs) -> Result<()> {
     let (address, tls_ca) = (&plan.address, plan.tls_ca.as_deref());
     let text = plan.script.render();
     if args.dry_run {
-        print!("{text}");
+        std::io::stdout().lock().write_all(text.as_bytes())?;
         eprintln!(
             "(dry run: nothing submitted; sbatch would run with NEUROMFA_COORDINATOR={address}{} and the sweep token in NEUROMFA_TOKEN)",
             tls_ca
@@ -237,23 +237,29 @@ fn submit(args: SubmitArgs) -> Result<()> {
             return Err(error.context(format!("batch script: {}", script_path.display())));
         }
     };
+    let mut out = std::io::stdout().lock();
     if let Some(coordinator) = &started {
-        println!(
+        writeln!(
+            out,
             "coordinator: {address} (pid {}, log {}; stop it with `kill $(cat {})`)",
             coordinator.child.id(),
             coordinator.log.display(),
             coordinator.pid_file.display()
-        );
+        )?;
     } else {
-        println!("coordinator: {address}");
+        writeln!(out, "coordinator: {address}")?;
     }
-    println!(
+    writeln!(
+        out,
         "submitted job array {job_id}: {} worker(s); batch script {}, logs {}",
         args.workers,
         script_path.display(),
         log_dir.join(format!("worker-{job_id}_*.log")).display()
-    );
-    println!("watch: neuromfa status {address}    cancel: scancel {job_id}");
+    )?;
+    writeln!(
+        out,
+        "watch: neuromfa status {address}    cancel: scancel {job_id}"
+    )?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ mod render;
 pub mod tables;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -63,8 +64,9 @@ const PAPER_BENCHMARKS: &[&str] = &[
 const MAX_DEFAULT_BENCHMARKS: usize = 8;
 
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     for path in write(&args)? {
-        println!("{}", path.display());
+        writeln!(out, "{}", path.display())?;
     }
     Ok(())
 }
