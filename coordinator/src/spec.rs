@@ -660,6 +660,31 @@ max_step = 140000
     }
 
     #[test]
+    fn relative_paths_in_the_spec_start_from_its_folder_and_from_the_environment_here() {
+        let text = format!("{MINIMAL}\n[hub]\nserve_dir = \"hub\"\n");
+        let spec = SweepSpec::from_toml(&text, Path::new("conf/spec.toml")).unwrap();
+        assert_eq!(spec.state_dir, Path::new("conf/state"));
+        assert_eq!(spec.hub.serve_dir.as_deref(), Some(Path::new("conf/hub")));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.toml");
+        std::fs::write(&path, &text).unwrap();
+        let spec = SweepSpec::load(&path, &HashMap::new()).unwrap();
+        assert_eq!(spec.state_dir, dir.path().join("state"));
+        // A variable is set where the command runs, like a flag: it stays as given.
+        let env = HashMap::from([
+            ("NEUROMFA_STATE_DIR".to_string(), "here/state".to_string()),
+            (
+                "NEUROMFA_HUB__SERVE_DIR".to_string(),
+                "here/hub".to_string(),
+            ),
+        ]);
+        let spec = SweepSpec::load(&path, &env).unwrap();
+        assert_eq!(spec.state_dir, Path::new("here/state"));
+        assert_eq!(spec.hub.serve_dir.as_deref(), Some(Path::new("here/hub")));
+    }
+
+    #[test]
     fn environment_overrides_scalars() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spec.toml");
