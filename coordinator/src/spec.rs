@@ -227,6 +227,7 @@ impl SweepSpec {
         let keys = Self::keys().map_err(|e| load_error(e.to_string()))?;
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        let mut from_env = BTreeSet::new();
         for (name, value) in env {
             let Some(key) = env_key(keys, name) else {
                 continue;
@@ -234,12 +235,13 @@ impl SweepSpec {
             builder = builder
                 .set_override(key.name.as_str(), env_value(key.kind, value))
                 .map_err(|e| load_error(format!("override {}: {e}", key.name)))?;
+            from_env.insert(key.name.as_str());
         }
         let spec: SweepSpec = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| load_error(e.to_string()))?;
-        spec.finish(path)
+        spec.finish(path, &from_env)
     }
 
     /// Parses TOML text without environment overrides.
@@ -252,19 +254,25 @@ impl SweepSpec {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
-        spec.finish(path)
+        spec.finish(path, &BTreeSet::new())
     }
 
-    /// Resolves paths that are relative to the spec file, then validates.
-    fn finish(mut self, path: &Path) -> Result<Self, SpecError> {
+    /// Makes every relative path the file gives relative to the file's folder, as config
+    /// files are read; those from `NEUROMFA_…` variables (`from_env`) are left relative to
+    /// the current directory, like command-line flags. Then validates.
+    fn finish(mut self, path: &Path, from_env: &BTreeSet<&str>) -> Result<Self, SpecError> {
         let base = path.parent().unwrap_or(Path::new(""));
-        for file in [
-            &mut self.hub.serve_dir,
-            &mut self.coordinator.tls_cert,
-            &mut self.coordinator.tls_key,
-        ] {
-            if let Some(relative) = file.as_ref().filter(|f| f.is_relative()) {
-                *file = Some(base.join(relative));
+        let paths = [
+            ("state_dir", Some(&mut self.state_dir)),
+            ("hub.serve_dir", self.hub.serve_dir.as_mut()),
+            ("coordinator.tls_cert", self.coordinator.tls_cert.as_mut()),
+            ("coordinator.tls_key", self.coordinator.tls_key.as_mut()),
+        ];
+        for (key, file) in paths {
+            let Some(file) = file else { continue };
+            // An empty path is left for validation to name.
+            if file.is_relative() && !file.as_os_str().is_empty() && !from_env.contains(key) {
+                *file = base.join(&*file);
             }
         }
         self.validate(path)?;
