@@ -52,7 +52,7 @@ pub(crate) fn sweep_token(spec: &SweepSpec) -> Result<String> {
     let path = spec.state_dir.join(TOKEN_FILE);
     std::fs::create_dir_all(&spec.state_dir)
         .with_context(|| format!("creating {}", spec.state_dir.display()))?;
-    let token = generate_token();
+    let token = generate_token(&spec.coordinator.listen, crate::auth::os_random)?;
     write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(path = %path.display(), "no token in the spec or NEUROMFA_TOKEN: generated one");
     Ok(token)
