@@ -18,6 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use neuromfa_coordinator::SweepSpec;
 
+use crate::auth::is_loopback;
 use crate::sweep::{dial_address, load_spec, recorded_token, sweep_token, WorkerArgs};
 
 /// How long a coordinator started here may take to listen: it resolves every
@@ -209,7 +210,7 @@ fn submit(args: SubmitArgs) -> Result<()> {
         Some(url) => recorded_token(&plan.spec).ok_or_else(|| {
             anyhow!("no sweep token for the coordinator at {url}: set NEUROMFA_TOKEN, the spec's `token`, or run this where the coordinator's STATE_DIR/token is")
         })?,
-        None => sweep_token(&plan.spec)?,
+        None => sweep_token(&plan.spec, &plan.spec.coordinator.listen)?,
     };
     let log_dir = &plan.script.log_dir;
     std::fs::create_dir_all(log_dir)
@@ -441,19 +442,6 @@ fn probe_address(listen: &str) -> Result<SocketAddr> {
     Ok(addr)
 }
 
-fn is_loopback(url: &str) -> bool {
-    let host = url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.rsplit_once(':').map(|(host, _)| host))
-        .unwrap_or_default();
-    host == "localhost"
-        || host
-            .trim_matches(|c| c == '[' || c == ']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let tail: Vec<&str> = text.lines().rev().take(lines).collect();
@@ -502,14 +490,5 @@ mod tests {
         assert!(check_worker_options(&["--cache-max-gb".into(), "5".into()]).is_ok());
         let err = check_worker_options(&["--no-such-flag".into()]).unwrap_err();
         assert!(err.to_string().contains("--no-such-flag"), "{err}");
-    }
-
-    #[test]
-    fn loopback_urls_are_recognised() {
-        assert!(is_loopback("http://127.0.0.1:50051"));
-        assert!(is_loopback("https://localhost:50051"));
-        assert!(is_loopback("http://[::1]:50051"));
-        assert!(!is_loopback("https://login1:50051"));
-        assert!(!is_loopback("http://10.1.2.3:50051"));
     }
 }

@@ -17,7 +17,7 @@ use neuromfa_common::checkpoint::FetchMode;
 use neuromfa_hub::HubSettings;
 use neuromfa_hub_server::{self as hub_server, HubServerConfig, RunningHub};
 
-use crate::auth::generate_token;
+use crate::auth::{generate_token, os_random};
 use crate::integrity::resolve_grid;
 use crate::proto;
 use crate::server::RunningCoordinator;
@@ -43,16 +43,17 @@ pub(crate) fn recorded_token(spec: &SweepSpec) -> Option<String> {
         .filter(|existing| !existing.is_empty())
 }
 
-/// The spec's token (or `NEUROMFA_TOKEN`); without one, a fresh token is written to
-/// `STATE_DIR/token` (readable by the owner only) for workers started elsewhere.
-pub(crate) fn sweep_token(spec: &SweepSpec) -> Result<String> {
+/// The spec's token (or `NEUROMFA_TOKEN`); without one, a fresh token for a coordinator
+/// listening on `listen` is written to `STATE_DIR/token` (readable by the owner only) for
+/// workers started elsewhere.
+pub(crate) fn sweep_token(spec: &SweepSpec, listen: &str) -> Result<String> {
     if let Some(token) = recorded_token(spec) {
         return Ok(token);
     }
     let path = spec.state_dir.join(TOKEN_FILE);
     std::fs::create_dir_all(&spec.state_dir)
         .with_context(|| format!("creating {}", spec.state_dir.display()))?;
-    let token = generate_token(&spec.coordinator.listen, crate::auth::os_random)?;
+    let token = generate_token(listen, os_random)?;
     write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(path = %path.display(), "no token in the spec or NEUROMFA_TOKEN: generated one");
     Ok(token)
@@ -158,7 +159,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     if let Some(listen) = args.listen {
         spec.coordinator.listen = listen;
     }
-    let token = sweep_token(&spec)?;
+    let token = sweep_token(&spec, &spec.coordinator.listen)?;
     let state_dir = spec.state_dir.clone();
     let mut state = SweepState::open(spec.clone(), open_mode(args.new_sweep))?;
     let hub = HubSettings {
@@ -340,7 +341,9 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         bail!("--workers must be at least 1");
     }
     let spec = load_spec(&args.spec)?;
-    let token = sweep_token(&spec)?;
+    // Coordinator and workers meet on loopback inside this process.
+    const LISTEN: &str = "127.0.0.1:0";
+    let token = sweep_token(&spec, LISTEN)?;
     let state_dir = spec.state_dir.clone();
     let mut state = SweepState::open(spec.clone(), open_mode(args.new_sweep))?;
     let local_hub = serve_local_checkpoints(&spec).await?;
@@ -353,7 +356,7 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         cache_dir: None,
     };
     resolve_grid(&mut state, &hub).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = tokio::net::TcpListener::bind(LISTEN)
         .await
         .context("cannot listen on loopback")?;
     // Loopback only, inside this process: no TLS needed. The workers hear of the Hub the
