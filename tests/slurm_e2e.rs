@@ -265,17 +265,17 @@ fn slurm_missing() -> Option<String> {
 }
 
 /// True when Slurm is here. Without it: a failure under NEUROMFA_REQUIRE_SLURM=1, else a
-/// message on the real stderr (the harness would hide a captured one) and a skip.
+/// skip.
 fn slurm_or_skip(test: &str) -> bool {
     let Some(why) = slurm_missing() else {
         return true;
     };
-    if std::env::var("NEUROMFA_REQUIRE_SLURM").is_ok_and(|v| v == "1") {
-        panic!("NEUROMFA_REQUIRE_SLURM=1 but Slurm is not usable: {why}");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {why}. Start a one-node Slurm with `sudo scripts/slurm-single-node.sh up` to run it."
+    support::skip_or_fail(
+        support::required("NEUROMFA_REQUIRE_SLURM"),
+        test,
+        &format!(
+            "{why}. Start a one-node Slurm with `sudo scripts/slurm-single-node.sh up` to run it"
+        ),
     );
     false
 }
