@@ -98,6 +98,14 @@ pub(crate) fn dial_address(spec: &SweepSpec) -> String {
     spec.worker_address()
 }
 
+/// Prints the URL a service can be reached at, once it listens, as the one line of its
+/// stdout: whoever started it (`slurm submit`, a script, a test) reads the port the system
+/// chose for `:0` there instead of picking one. A reader that has gone is no reason to stop.
+pub(crate) fn announce_listening(url: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{url}").and_then(|()| out.flush());
+}
+
 /// Hub endpoint workers should use when the spec names one (else theirs: HF_ENDPOINT or
 /// the real Hub).
 fn announced_hub(spec: &SweepSpec) -> String {
@@ -176,11 +184,15 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", spec.coordinator.listen))?;
     let running = RunningCoordinator::start(state, listener, token, announced_hub(&spec), tls)?;
+    // With port 0 the system chose one: workers must be told that one.
+    spec.coordinator.listen = running.addr.to_string();
+    let url = dial_address(&spec);
     tracing::info!(
         sweep = %spec.name, addr = %running.addr, state_dir = %state_dir.display(), tls = spec.tls(),
-        "coordinator listening; start workers with: NEUROMFA_COORDINATOR={} neuromfa worker",
-        dial_address(&spec)
+        "coordinator listening; start workers with: NEUROMFA_COORDINATOR={url} neuromfa worker"
     );
+    // After the log line: whoever reads this may act on the log at once.
+    announce_listening(&url);
     let mut exported = false;
     let stop = shutdown_signal();
     tokio::pin!(stop);

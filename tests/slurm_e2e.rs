@@ -194,10 +194,15 @@ fn without_slurm_submitting_says_so_and_stops_the_coordinator_it_started() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("cannot run sbatch"), "{stderr}");
-    // It had started and was listening (its log says so); now nothing listens.
+    // It had started and was listening (its log says where); now nothing listens there.
     let log = std::fs::read_to_string(cluster.state_dir.join("coordinator.log")).unwrap();
     assert!(log.contains("coordinator listening"), "{log}");
-    assert!(std::net::TcpStream::connect(("127.0.0.1", cluster.coordinator_port)).is_err());
+    let addr = log
+        .split(" addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the log names no address: {log}"));
+    assert!(std::net::TcpStream::connect(addr).is_err(), "{addr}");
 }
 
 #[test]
@@ -346,7 +351,7 @@ fn a_job_array_runs_the_sweep_and_a_cancelled_array_task_loses_nothing() {
 repo = "test-org/h128"
 steps = [0, 16, 64, 256, 512, 1000, 2000, 3000]
 "#;
-    let cluster = Cluster::with_lease(
+    let mut cluster = Cluster::with_lease(
         |hub| {
             for step in steps {
                 publish(
@@ -405,6 +410,13 @@ steps = [0, 16, 64, 256, 512, 1000, 2000, 3000]
         String::from_utf8_lossy(&out.stderr)
     );
     let coordinator_pid = coordinator_pid.expect("slurm submit records the coordinator's pid");
+    // The spec's port is 0: submit says which one the coordinator got.
+    let url = stdout
+        .split("coordinator: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("submit names no coordinator: {stdout}"));
+    cluster.coordinator_port = port_of(url);
     let script = std::fs::read_to_string(log_dir.join("worker-array.sh")).unwrap();
     assert!(!script.contains(TOKEN), "{script}");
     let log_of = |task: &str| {
