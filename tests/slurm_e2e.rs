@@ -206,25 +206,24 @@ fn without_slurm_submitting_says_so_and_stops_the_coordinator_it_started() {
 }
 
 #[test]
-fn the_readme_submit_command_is_accepted() {
-    let readme =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-            .unwrap();
+fn the_documented_submit_command_is_accepted() {
+    let page = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/clusters.md");
+    let readme = std::fs::read_to_string(page).unwrap();
     let start = readme
         .find("neuromfa slurm submit sweep.toml")
-        .expect("the README shows `neuromfa slurm submit`");
+        .expect("docs/clusters.md shows `neuromfa slurm submit`");
     let command = readme[start..]
         .split("\n```")
         .next()
         .unwrap()
         .replace("\\\n", " ");
     let command = command.lines().next().unwrap();
-    // The README's `[coordinator]` table for a cluster, as the spec's.
+    // The page's `[coordinator]` table for a cluster, as the spec's.
     let table = readme
         .split("```toml\n[coordinator]\n")
         .nth(1)
         .and_then(|rest| rest.split("```").next())
-        .expect("the README shows a [coordinator] table");
+        .expect("docs/clusters.md shows a [coordinator] table");
     let dir = tempfile::tempdir().unwrap();
     let spec = write_spec(dir.path(), table);
     let mut args: Vec<String> = command
