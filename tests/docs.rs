@@ -1,7 +1,8 @@
 //! The README and `docs/` as a reader meets them: every relative link resolves (files and
 //! `#anchors`), every page of `docs/` is reachable from the README, the README stays a short
-//! guide, its table of spec keys lists exactly the keys the spec parser accepts, and nothing
-//! cites a definition the repository does not hold.
+//! guide, its table of spec keys lists exactly the keys the spec parser accepts, every
+//! `neuromfa` command shown exists with the flags shown, and nothing cites a definition the
+//! repository does not hold.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -249,4 +250,117 @@ fn nothing_cites_a_definition_the_repository_lacks() {
         })
         .collect();
     assert!(citing.is_empty(), "{}", citing.join("\n"));
+}
+
+/// The `neuromfa …` command lines of `markdown`: lines of its code blocks, and code spans,
+/// that run `neuromfa` (after any `VAR=value` assignments), with their continuation lines
+/// (after a `\\`, or indented).
+fn commands(markdown: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut in_fence = false;
+    let mut continues = false;
+    let mut block_start = 0;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+            continues = false;
+            block_start = found.len();
+            continue;
+        }
+        if in_fence {
+            let text = line.trim_end_matches('\\').to_string();
+            let in_block = found.len() > block_start;
+            match found.last_mut() {
+                Some(last) if in_block && (continues || line.starts_with(' ')) => {
+                    *last = format!("{last} {text}")
+                }
+                _ => found.push(text),
+            }
+            continues = line.ends_with('\\');
+        } else {
+            found.extend(line.split('`').skip(1).step_by(2).map(String::from));
+        }
+    }
+    found
+        .into_iter()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let start = words.iter().position(|w| *w == "neuromfa")?;
+            words[..start]
+                .iter()
+                .all(|w| w.contains('='))
+                .then(|| words[start..].join(" "))
+        })
+        .collect()
+}
+
+/// `neuromfa ARGS --help`'s text, or why it failed.
+fn help(args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_neuromfa"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn every_command_the_docs_show_exists_with_its_flags() {
+    let mut helps: HashMap<Vec<String>, Result<String, String>> = HashMap::new();
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for page in pages() {
+        for command in commands(&read(&page)) {
+            // `neuromfa sweep run …`: the subcommand is the words before the first option or
+            // placeholder; after `--`, options are the workers' (`slurm submit … -- …`).
+            let words: Vec<&str> = command.split_whitespace().skip(1).collect();
+            let path: Vec<String> = words
+                .iter()
+                .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+                .take_while(|w| !w.starts_with('-'))
+                .map(|w| w.to_string())
+                .collect();
+            let (own, workers) = match words.iter().position(|w| *w == "--") {
+                Some(at) => (&words[..at], &words[at + 1..]),
+                None => (&words[..], &words[..0]),
+            };
+            for (path, flags) in [(path.clone(), own), (vec!["worker".to_string()], workers)] {
+                let args: Vec<&str> = path.iter().map(String::as_str).collect();
+                let text = helps.entry(path.clone()).or_insert_with(|| help(&args));
+                let text = match text {
+                    Ok(text) => text,
+                    Err(why) => {
+                        wrong.push(format!("{}: `{command}`: {why}", page.display()));
+                        continue;
+                    }
+                };
+                for flag in flags
+                    .iter()
+                    .filter(|w| w.trim_start_matches('[').starts_with("--"))
+                {
+                    let flag = flag
+                        .trim_start_matches('[')
+                        .split(['=', ']', '|'])
+                        .next()
+                        .unwrap_or_default();
+                    checked += 1;
+                    if !text.contains(&format!("{flag} ")) && !text.contains(&format!("{flag}\n")) {
+                        wrong.push(format!(
+                            "{}: `{command}`: `neuromfa {}` has no {flag}",
+                            page.display(),
+                            path.join(" ")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 30,
+        "only {checked} flags found: is the parser broken?"
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
