@@ -567,6 +567,19 @@ max_step = 140000
         SweepSpec::from_toml(text, Path::new("spec.toml"))
     }
 
+    /// Loads `text` as a spec file in a fresh folder (returned, to keep it) with `env`.
+    fn load_with(text: &str, env: &[(&str, &str)]) -> (tempfile::TempDir, SweepSpec) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.toml");
+        std::fs::write(&path, text).unwrap();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        let spec = SweepSpec::load(&path, &env).unwrap();
+        (dir, spec)
+    }
+
     #[test]
     fn presets_have_the_published_lengths() {
         let steps = pythia_steps();
@@ -674,48 +687,30 @@ max_step = 140000
         assert_eq!(spec.state_dir, Path::new("conf/state"));
         assert_eq!(spec.hub.serve_dir.as_deref(), Some(Path::new("conf/hub")));
 
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spec.toml");
-        std::fs::write(&path, &text).unwrap();
-        let spec = SweepSpec::load(&path, &HashMap::new()).unwrap();
+        let (dir, spec) = load_with(&text, &[]);
         assert_eq!(spec.state_dir, dir.path().join("state"));
         // A variable is set where the command runs, like a flag: it stays as given.
-        let env = HashMap::from([
-            ("NEUROMFA_STATE_DIR".to_string(), "here/state".to_string()),
-            (
-                "NEUROMFA_HUB__SERVE_DIR".to_string(),
-                "here/hub".to_string(),
-            ),
-        ]);
-        let spec = SweepSpec::load(&path, &env).unwrap();
+        let env = [
+            ("NEUROMFA_STATE_DIR", "here/state"),
+            ("NEUROMFA_HUB__SERVE_DIR", "here/hub"),
+        ];
+        let (_dir, spec) = load_with(&text, &env);
         assert_eq!(spec.state_dir, Path::new("here/state"));
         assert_eq!(spec.hub.serve_dir.as_deref(), Some(Path::new("here/hub")));
     }
 
     #[test]
     fn environment_overrides_scalars() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spec.toml");
-        std::fs::write(&path, MINIMAL).unwrap();
-        let env = HashMap::from([
-            ("NEUROMFA_TOKEN".to_string(), "s3cret".to_string()),
-            (
-                "NEUROMFA_ANALYSIS__THRESHOLD".to_string(),
-                "200".to_string(),
-            ),
-            (
-                "NEUROMFA_COORDINATOR__LEASE_SECONDS".to_string(),
-                "2.5".to_string(),
-            ),
-            ("NEUROMFA_UNRELATED".to_string(), "x".to_string()),
-            (
-                "NEUROMFA_ANALYSIS__DISTANCE".to_string(),
-                "shortest-path".to_string(),
-            ),
-            ("NEUROMFA_ANALYSIS__LAMBDA".to_string(), "2".to_string()),
-            ("NEUROMFA_ANALYSIS__GAMMA".to_string(), "4.5".to_string()),
-        ]);
-        let spec = SweepSpec::load(&path, &env).unwrap();
+        let env = [
+            ("NEUROMFA_TOKEN", "s3cret"),
+            ("NEUROMFA_ANALYSIS__THRESHOLD", "200"),
+            ("NEUROMFA_COORDINATOR__LEASE_SECONDS", "2.5"),
+            ("NEUROMFA_UNRELATED", "x"),
+            ("NEUROMFA_ANALYSIS__DISTANCE", "shortest-path"),
+            ("NEUROMFA_ANALYSIS__LAMBDA", "2"),
+            ("NEUROMFA_ANALYSIS__GAMMA", "4.5"),
+        ];
+        let (_dir, spec) = load_with(MINIMAL, &env);
         assert_eq!(
             spec.analysis_params().distance,
             DistanceMode::ShortestPath {
@@ -753,18 +748,15 @@ max_step = 140000
 
     #[test]
     fn environment_strings_stay_strings_whatever_they_look_like() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spec.toml");
-        std::fs::write(&path, MINIMAL).unwrap();
-        let env = HashMap::from([
-            ("NEUROMFA_TOKEN".to_string(), "007".to_string()),
-            ("NEUROMFA_STATE_DIR".to_string(), "0123".to_string()),
-            ("NEUROMFA_NAME".to_string(), "1e3".to_string()),
-            ("NEUROMFA_HUB__TOKEN".to_string(), "0x10".to_string()),
-            ("NEUROMFA_SEEDS".to_string(), "4".to_string()),
-            ("NEUROMFA_HUB__MERGE_GAP".to_string(), "0100".to_string()),
-        ]);
-        let spec = SweepSpec::load(&path, &env).unwrap();
+        let env = [
+            ("NEUROMFA_TOKEN", "007"),
+            ("NEUROMFA_STATE_DIR", "0123"),
+            ("NEUROMFA_NAME", "1e3"),
+            ("NEUROMFA_HUB__TOKEN", "0x10"),
+            ("NEUROMFA_SEEDS", "4"),
+            ("NEUROMFA_HUB__MERGE_GAP", "0100"),
+        ];
+        let (_dir, spec) = load_with(MINIMAL, &env);
         assert_eq!(spec.token.as_deref(), Some("007"));
         assert!(
             spec.state_dir.ends_with("0123"),
