@@ -65,11 +65,16 @@ fn run(workers: usize, tasks: u64) -> Result<(), String> {
     let seeds = 100u64;
     let steps = tasks.div_ceil(seeds);
     let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
-    let port = free_port(50_951);
-    let spec = write_spec(dir.path(), seeds, steps, port)?;
+    // Held, never listening: the coordinator checks every revision against it before it
+    // serves, and a refused connection fails at once instead of waiting on the real Hub.
+    let no_hub = tokio::net::TcpSocket::new_v4()
+        .and_then(|socket| socket.bind(([127, 0, 0, 1], 0).into()).map(|()| socket))
+        .and_then(|socket| socket.local_addr().map(|addr| (socket, addr)))
+        .map_err(|e| format!("cannot hold a loopback port: {e}"))?;
+    let spec = write_spec(dir.path(), seeds, steps, no_hub.1.port())?;
 
     let started = Instant::now();
-    let mut coordinator = start_coordinator(&spec, port)?;
+    let (mut coordinator, url) = start_coordinator(&spec)?;
     println!(
         "coordinator up with {} tasks in {:.1} s",
         steps * seeds,
@@ -78,7 +83,6 @@ fn run(workers: usize, tasks: u64) -> Result<(), String> {
 
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("no runtime: {e}"))?;
     let completed = Arc::new(AtomicU64::new(0));
-    let url = format!("http://127.0.0.1:{port}");
     let run_started = Instant::now();
     runtime.block_on(async {
         let handles: Vec<_> = (0..workers)
@@ -106,24 +110,13 @@ fn run(workers: usize, tasks: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// A port free right now on loopback, or `fallback`.
-fn free_port(fallback: u16) -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(fallback)
-}
-
 /// The load sweep's spec in `dir`: one no-op model, `steps` × `seeds` tasks.
-fn write_spec(dir: &Path, seeds: u64, steps: u64, port: u16) -> Result<PathBuf, String> {
-    // The coordinator checks every revision before it serves: against a port nobody
-    // listens on that fails at once, instead of waiting on the real Hub (or on no network).
-    let hub_port = free_port(9);
+fn write_spec(dir: &Path, seeds: u64, steps: u64, hub_port: u16) -> Result<PathBuf, String> {
     let spec = dir.join("load.toml");
     let step_list: Vec<String> = (0..steps).map(|s| s.to_string()).collect();
     let text = format!(
         "name = \"load\"\nstate_dir = \"{}\"\nseeds = {seeds}\nsteps = [{}]\ntoken = \"{TOKEN}\"\n\
-         [coordinator]\nlisten = \"127.0.0.1:{port}\"\nlease_seconds = 60\n\
+         [coordinator]\nlisten = \"127.0.0.1:0\"\nlease_seconds = 60\n\
          [hub]\nendpoint = \"http://127.0.0.1:{hub_port}\"\n\
          [[models]]\nrepo = \"load/noop\"\n",
         dir.join("state").display(),
@@ -133,23 +126,24 @@ fn write_spec(dir: &Path, seeds: u64, steps: u64, port: u16) -> Result<PathBuf, 
     Ok(spec)
 }
 
-/// `neuromfa coordinator SPEC`, once it listens on `port`.
-fn start_coordinator(spec: &Path, port: u16) -> Result<Child, String> {
-    let started = Instant::now();
+/// `neuromfa coordinator SPEC`, once it listens, and the URL it prints then.
+fn start_coordinator(spec: &Path) -> Result<(Child, String), String> {
     let mut coordinator = Command::new(env!("CARGO_BIN_EXE_neuromfa"))
         .args(["coordinator", spec.to_str().unwrap_or_default()])
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start the coordinator: {e}"))?;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if started.elapsed() > Duration::from_secs(120) {
-            let _ = coordinator.kill();
-            return Err("the coordinator did not start".to_string());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let mut url = String::new();
+    if let Some(stdout) = coordinator.stdout.take() {
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut url);
     }
-    Ok(coordinator)
+    let url = url.trim().to_string();
+    if url.is_empty() {
+        let _ = coordinator.kill();
+        return Err("the coordinator did not start".to_string());
+    }
+    Ok((coordinator, url))
 }
 
 /// A worker that registers, then leases and completes (with a fake result) until the

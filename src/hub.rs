@@ -24,12 +24,15 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener.local_addr()?;
+    let addr = listener
+        .local_addr()
+        .with_context(|| format!("cannot tell where {listen} listens"))?;
     tracing::info!(
         root = %root.display(),
         throttle_bytes_per_sec,
         "serving checkpoints at http://{addr} (HF_ENDPOINT=http://{addr})"
     );
+    crate::sweep::announce_listening(&format!("http://{addr}"));
     let config = HubServerConfig {
         root,
         token,

@@ -1,9 +1,10 @@
 //! Checkpoint integrity: what every (model, revision) of a grid really serves, resolved
 //! before anything is computed, and `neuromfa audit` to check a suite on its own.
 
+use std::io::Write;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use neuromfa_coordinator::integrity::groups;
 use neuromfa_coordinator::spec::{pythia_paper_steps, pythia_steps};
@@ -184,14 +185,20 @@ pub async fn audit(args: AuditArgs) -> Result<()> {
         })
         .collect();
     let grouped = groups(hashes.iter().map(|(s, h)| (*s, h.as_str())));
+    let mut out = std::io::stdout().lock();
     if args.json {
-        print_audit_json(&args.repo, &rows, &grouped)?;
+        print_audit_json(&mut out, &args.repo, &rows, &grouped)?;
     } else {
-        print_audit_table(&args.repo, &rows, &grouped);
+        print_audit_table(&mut out, &args.repo, &rows, &grouped)?;
     }
+    // An audit with holes cannot vouch for the suite: that is an error, before duplicates.
     let unresolved = rows.iter().filter(|r| r.error.is_some()).count();
     if unresolved > 0 {
-        eprintln!("warning: {unresolved} step(s) could not be checked");
+        bail!(
+            "{unresolved} of {} step(s) of {} could not be checked (see `unresolved` above)",
+            rows.len(),
+            args.repo
+        );
     }
     if !duplicates.is_empty() && !args.allow_duplicates {
         return Err(DuplicatesFound {
@@ -204,7 +211,12 @@ pub async fn audit(args: AuditArgs) -> Result<()> {
 }
 
 /// The audit as one JSON document: every step, and the groups of identical weights.
-fn print_audit_json(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>)]) -> Result<()> {
+fn print_audit_json(
+    out: &mut impl Write,
+    repo: &str,
+    rows: &[AuditRow],
+    grouped: &[(String, Vec<u64>)],
+) -> Result<()> {
     let doc = serde_json::json!({
         "repo": repo,
         "steps": rows,
@@ -213,24 +225,32 @@ fn print_audit_json(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>)
             .map(|(hash, steps)| serde_json::json!({"weights_sha256": hash, "steps": steps}))
             .collect::<Vec<_>>(),
     });
-    println!("{}", serde_json::to_string_pretty(&doc)?);
+    writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
     Ok(())
 }
 
 /// The audit as a table of steps, then the groups of identical weights.
-fn print_audit_table(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>)]) {
-    println!("{repo}: {} steps checked", rows.len());
-    println!(
+fn print_audit_table(
+    out: &mut impl Write,
+    repo: &str,
+    rows: &[AuditRow],
+    grouped: &[(String, Vec<u64>)],
+) -> std::io::Result<()> {
+    let checked = rows.iter().filter(|r| r.error.is_none()).count();
+    writeln!(out, "{repo}: {checked} of {} step(s) checked", rows.len())?;
+    writeln!(
+        out,
         "{:>8}  {:<12} {:<11} {:<16} note",
         "step", "commit", "format", "weights sha256"
-    );
+    )?;
     for r in rows {
         let note = match (&r.duplicate_of, &r.error) {
             (_, Some(e)) => format!("unresolved: {e}"),
             (Some(d), None) => format!("DUPLICATE of step {d}"),
             (None, None) => String::new(),
         };
-        println!(
+        writeln!(
+            out,
             "{:>8}  {:<12} {:<11} {:<16} {note}",
             r.step,
             r.commit.as_deref().map_or("-", |c| &c[..c.len().min(12)]),
@@ -238,16 +258,18 @@ fn print_audit_table(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>
             r.weights_sha256
                 .as_deref()
                 .map_or("-", |h| &h[..h.len().min(16)]),
-        );
+        )?;
     }
-    println!("groups of identical weights:");
+    writeln!(out, "groups of identical weights:")?;
     for (hash, steps) in grouped {
         let list: Vec<String> = steps.iter().map(u64::to_string).collect();
-        println!(
+        writeln!(
+            out,
             "  {} : {} step(s): {}",
             &hash[..hash.len().min(16)],
             steps.len(),
             list.join(", ")
-        );
+        )?;
     }
+    Ok(())
 }

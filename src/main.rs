@@ -38,6 +38,7 @@ enum Command {
     /// variances and E.
     Analyze(analyze::AnalyzeArgs),
     /// Run a sweep's coordinator: durable state, leases, aggregation; workers connect to it.
+    /// Once it listens it prints the URL workers dial on stdout.
     Coordinator(sweep::CoordinatorArgs),
     /// Run a worker: lease tasks from a coordinator, fetch weights from the Hub, compute.
     Worker(sweep::WorkerArgs),
@@ -62,7 +63,8 @@ enum Command {
     /// shapes (for benchmarks).
     Synth(synth::SynthArgs),
     /// Check a checkpoint suite before computing on it: which steps serve identical
-    /// weights. Exits 3 when duplicates are found (unless --allow-duplicates).
+    /// weights. Exits 1 when a step cannot be checked, else 3 when duplicates are found
+    /// (unless --allow-duplicates).
     Audit(neuromfa::integrity::AuditArgs),
 }
 
@@ -73,9 +75,12 @@ enum HubCommand {
     /// HF_ENDPOINT or the spec's hub.endpoint).
     Serve {
         dir: PathBuf,
+        /// Address to listen on (port 0: the system chooses). The URL it serves at is
+        /// printed on stdout once it listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
-        /// Require this bearer token (as the Hub does for gated models).
+        /// Require this bearer token (as the Hub does for gated models); prefer the
+        /// variable, which `ps` does not show.
         #[arg(long, env = "NEUROMFA_HUB_TOKEN")]
         token: Option<String>,
         /// Limit the total bandwidth of file bodies to MBPS megabytes (10^6 bytes) per

@@ -2,6 +2,7 @@
 //! `status`, `export`.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use neuromfa_common::checkpoint::FetchMode;
 use neuromfa_hub::HubSettings;
 use neuromfa_hub_server::{self as hub_server, HubServerConfig, RunningHub};
 
-use crate::auth::generate_token;
+use crate::auth::{generate_token, os_random};
 use crate::integrity::resolve_grid;
 use crate::proto;
 use crate::server::RunningCoordinator;
@@ -42,16 +43,17 @@ pub(crate) fn recorded_token(spec: &SweepSpec) -> Option<String> {
         .filter(|existing| !existing.is_empty())
 }
 
-/// The spec's token (or `NEUROMFA_TOKEN`); without one, a fresh token is written to
-/// `STATE_DIR/token` (readable by the owner only) for workers started elsewhere.
-pub(crate) fn sweep_token(spec: &SweepSpec) -> Result<String> {
+/// The spec's token (or `NEUROMFA_TOKEN`); without one, a fresh token for a coordinator
+/// listening on `listen` is written to `STATE_DIR/token` (readable by the owner only) for
+/// workers started elsewhere.
+pub(crate) fn sweep_token(spec: &SweepSpec, listen: &str) -> Result<String> {
     if let Some(token) = recorded_token(spec) {
         return Ok(token);
     }
     let path = spec.state_dir.join(TOKEN_FILE);
     std::fs::create_dir_all(&spec.state_dir)
         .with_context(|| format!("creating {}", spec.state_dir.display()))?;
-    let token = generate_token();
+    let token = generate_token(listen, os_random)?;
     write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(path = %path.display(), "no token in the spec or NEUROMFA_TOKEN: generated one");
     Ok(token)
@@ -94,6 +96,14 @@ pub(crate) fn dial_address(spec: &SweepSpec) -> String {
         }
     }
     spec.worker_address()
+}
+
+/// Prints the URL a service can be reached at, once it listens, as the one line of its
+/// stdout: whoever started it (`slurm submit`, a script, a test) reads the port the system
+/// chose for `:0` there instead of picking one. A reader that has gone is no reason to stop.
+pub(crate) fn announce_listening(url: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{url}").and_then(|()| out.flush());
 }
 
 /// Hub endpoint workers should use when the spec names one (else theirs: HF_ENDPOINT or
@@ -157,7 +167,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     if let Some(listen) = args.listen {
         spec.coordinator.listen = listen;
     }
-    let token = sweep_token(&spec)?;
+    let token = sweep_token(&spec, &spec.coordinator.listen)?;
     let state_dir = spec.state_dir.clone();
     let mut state = SweepState::open(spec.clone(), open_mode(args.new_sweep))?;
     let hub = HubSettings {
@@ -174,11 +184,15 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", spec.coordinator.listen))?;
     let running = RunningCoordinator::start(state, listener, token, announced_hub(&spec), tls)?;
+    // With port 0 the system chose one: workers must be told that one.
+    spec.coordinator.listen = running.addr.to_string();
+    let url = dial_address(&spec);
     tracing::info!(
         sweep = %spec.name, addr = %running.addr, state_dir = %state_dir.display(), tls = spec.tls(),
-        "coordinator listening; start workers with: NEUROMFA_COORDINATOR={} neuromfa worker",
-        dial_address(&spec)
+        "coordinator listening; start workers with: NEUROMFA_COORDINATOR={url} neuromfa worker"
     );
+    // After the log line: whoever reads this may act on the log at once.
+    announce_listening(&url);
     let mut exported = false;
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -324,7 +338,11 @@ pub async fn sweep(command: SweepCommand) -> Result<()> {
         SweepCommand::RetryFailed { state_dir } => {
             let mut state = SweepState::open_existing(&state_dir)?;
             let n = state.transaction(|s| s.decide(|d| Ok(d.retry_failed())))?;
-            println!("{n} failed task(s) re-queued in {}", state_dir.display());
+            writeln!(
+                std::io::stdout().lock(),
+                "{n} failed task(s) re-queued in {}",
+                state_dir.display()
+            )?;
             Ok(())
         }
     }
@@ -335,7 +353,9 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         bail!("--workers must be at least 1");
     }
     let spec = load_spec(&args.spec)?;
-    let token = sweep_token(&spec)?;
+    // Coordinator and workers meet on loopback inside this process.
+    const LISTEN: &str = "127.0.0.1:0";
+    let token = sweep_token(&spec, LISTEN)?;
     let state_dir = spec.state_dir.clone();
     let mut state = SweepState::open(spec.clone(), open_mode(args.new_sweep))?;
     let local_hub = serve_local_checkpoints(&spec).await?;
@@ -348,7 +368,7 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         cache_dir: None,
     };
     resolve_grid(&mut state, &hub).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = tokio::net::TcpListener::bind(LISTEN)
         .await
         .context("cannot listen on loopback")?;
     // Loopback only, inside this process: no TLS needed. The workers hear of the Hub the
@@ -372,15 +392,17 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     if let Some(hub) = local_hub {
         let _ = hub.shutdown().await;
     }
-    write_outputs(&state_dir, &status)?;
+    let mut out = std::io::stdout().lock();
+    write_outputs(&mut out, &state_dir, &status)?;
     if interrupted {
-        println!("interrupted: run the same command again to resume");
+        writeln!(out, "interrupted: run the same command again to resume")?;
     } else if status.failed > 0 {
-        println!(
+        writeln!(
+            out,
             "{} task(s) failed; `neuromfa sweep retry-failed {}` re-queues them",
             status.failed,
             state_dir.display()
-        );
+        )?;
     }
     if let Some(e) = worker_error {
         if status.pending + status.leased > 0 {
@@ -475,14 +497,15 @@ async fn join_workers(workers: Vec<JoinHandle<Result<WorkerSummary>>>) -> Option
 }
 
 /// The exports, the final status and, once anything is done, the report.
-fn write_outputs(state_dir: &Path, status: &StatusReport) -> Result<()> {
+fn write_outputs(out: &mut impl Write, state_dir: &Path, status: &StatusReport) -> Result<()> {
     let files = export::export(state_dir, None)?;
-    print_status(status);
-    println!(
+    print_status(out, status)?;
+    writeln!(
+        out,
         "exports: {} ({} files)",
         state_dir.join("exports").display(),
         files.len()
-    );
+    )?;
     if status.done > 0 {
         let report = crate::report::ReportArgs {
             state_dir: state_dir.to_path_buf(),
@@ -492,11 +515,12 @@ fn write_outputs(state_dir: &Path, status: &StatusReport) -> Result<()> {
             benchmarks: Vec::new(),
         };
         let written = crate::report::write(&report)?;
-        println!(
+        writeln!(
+            out,
             "report: {} ({} files: plots as SVG and PNG, tables, report.html)",
             state_dir.join("report/report.html").display(),
             written.len()
-        );
+        )?;
     }
     Ok(())
 }
@@ -538,14 +562,17 @@ pub async fn status(args: StatusArgs) -> Result<()> {
     let token = client_token(args.token_file.as_deref())?;
     loop {
         let status = fetch_status(&args.url, &token, args.tls_ca.as_deref()).await?;
+        let mut out = std::io::stdout().lock();
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&status)?);
+            writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
         } else {
             if args.watch {
-                print!("\x1b[2J\x1b[H");
+                write!(out, "\x1b[2J\x1b[H")?;
             }
-            print_status(&status);
+            print_status(&mut out, &status)?;
         }
+        out.flush()?;
+        drop(out);
         if !args.watch || status.pending + status.leased == 0 {
             return Ok(());
         }
@@ -553,8 +580,9 @@ pub async fn status(args: StatusArgs) -> Result<()> {
     }
 }
 
-fn print_status(s: &StatusReport) {
-    println!(
+fn print_status(out: &mut impl Write, s: &StatusReport) -> std::io::Result<()> {
+    writeln!(
+        out,
         "sweep {}: {}/{} done, {} leased, {} pending, {} failed, {} skipped; {} repeated result(s) ignored{}",
         s.sweep,
         s.done,
@@ -565,21 +593,26 @@ fn print_status(s: &StatusReport) {
         s.skipped,
         s.duplicates_ignored,
         if s.draining { " (draining)" } else { "" }
-    );
+    )?;
     let eta = s
         .eta_seconds
         .map_or("-".to_string(), |e| format!("{:.0} s", e));
-    println!("throughput {:.2} tasks/s, eta {eta}", s.throughput_per_s);
+    writeln!(
+        out,
+        "throughput {:.2} tasks/s, eta {eta}",
+        s.throughput_per_s
+    )?;
     if !s.workers.is_empty() {
-        println!("workers:");
+        writeln!(out, "workers:")?;
         for w in &s.workers {
-            println!(
+            writeln!(
+                out,
                 "  {:<28} {:>3} cores {:>4} leased  seen {:.1} s ago  v{}",
                 w.id, w.cores, w.leased, w.seconds_since_seen, w.version
-            );
+            )?;
         }
     }
-    println!("models:");
+    writeln!(out, "models:")?;
     for m in &s.models {
         let e = m.latest_e.map_or("-".into(), |e| format!("{e:.4}"));
         let step = m.latest_step.map_or("-".into(), |v| v.to_string());
@@ -592,7 +625,8 @@ fn print_status(s: &StatusReport) {
             true => "not resolved yet".to_string(),
             false => formats.join(", "),
         };
-        println!(
+        writeln!(
+            out,
             "  {:<40} {:>6}/{:<6} latest step {step:>7}  E {e}  fetched {:.1} MB in {} requests, {:.1} s  weights: {formats}",
             m.model,
             m.done,
@@ -600,29 +634,32 @@ fn print_status(s: &StatusReport) {
             m.fetch.bytes_fetched as f64 / 1e6,
             m.fetch.requests,
             m.fetch.fetch_ms as f64 / 1000.0
-        );
+        )?;
     }
     if !s.duplicate_steps.is_empty() {
-        println!("steps serving the same weights as a later step:");
+        writeln!(out, "steps serving the same weights as a later step:")?;
         for d in &s.duplicate_steps {
-            println!(
+            writeln!(
+                out,
                 "  {} step {} = step {} (weights {})",
                 d.model,
                 d.step,
                 d.duplicate_of,
                 &d.weights_sha256[..d.weights_sha256.len().min(16)]
-            );
+            )?;
         }
     }
     if !s.failures.is_empty() {
-        println!("failures:");
+        writeln!(out, "failures:")?;
         for f in &s.failures {
-            println!(
+            writeln!(
+                out,
                 "  {} step {} seed {} ({} attempts): {}",
                 f.model, f.step, f.seed, f.attempts, f.error
-            );
+            )?;
         }
     }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -636,8 +673,9 @@ pub struct ExportArgs {
 
 pub fn export_command(args: ExportArgs) -> Result<()> {
     let files = export::export(&args.state_dir, args.out.as_deref())?;
+    let mut out = std::io::stdout().lock();
     for f in files {
-        println!("{}", f.display());
+        writeln!(out, "{}", f.display())?;
     }
     Ok(())
 }

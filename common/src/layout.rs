@@ -1,5 +1,5 @@
 //! The GPT-NeoX (Pythia) neuron layout: shape from `config.json`, the four weight tensors
-//! per block that the interaction network is made of (SPEC §1).
+//! per block that the interaction network is made of (docs/method.md §1).
 
 use std::path::Path;
 

@@ -1,4 +1,4 @@
-//! Box growing around each node and the multifractal spectrum (SPEC §3–4).
+//! Box growing around each node and the multifractal spectrum (docs/method.md §3–4).
 
 use std::collections::BTreeMap;
 
@@ -45,7 +45,7 @@ impl NeighbourRule {
         }
     }
 
-    /// Shortest-path mode: every distance up to `T` (SPEC §6).
+    /// Shortest-path mode: every distance up to `T` (docs/method.md §6).
     pub fn shortest_path(threshold: f64) -> Self {
         Self {
             threshold,

@@ -71,8 +71,8 @@ enum Fill {
     Constant(f32),
 }
 
-/// Where along a synthetic training trajectory a checkpoint sits (SPEC-free: a model of
-/// the paper's toy experiments, Appendix A.2.4).
+/// Where along a synthetic training trajectory a checkpoint sits (not part of the method: a
+/// model of the paper's toy experiments, Appendix A.2.4).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct TrajectoryPoint {
     /// Rounds of the weight preferential-attachment adjustment (paper Algorithm 1): each

@@ -22,6 +22,7 @@ pub mod integrity;
 pub mod record;
 pub mod schedule;
 pub mod spec;
+mod spec_keys;
 pub mod state;
 pub mod status;
 pub mod store;

@@ -1,8 +1,9 @@
-//! The sweep spec: a TOML file (every scalar key overridable by a `NEUROMFA_…` environment
-//! variable) naming models, steps, seeds, analysis settings, the Hub and the coordinator.
+//! The sweep spec: a TOML file (every key outside `[[models]]` overridable by a `NEUROMFA_…`
+//! environment variable) naming models, steps, seeds, analysis settings, the Hub and the coordinator.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use neuromfa_common::checkpoint::FetchMode;
 use neuromfa_common::pipeline::{DEFAULT_GAMMA, DEFAULT_LAMBDA};
@@ -10,6 +11,8 @@ use neuromfa_common::spectrum::{q_grid, Alpha0Method};
 use neuromfa_common::{AnalysisParams, DistanceMode};
 
 use crate::integrity::DuplicatePolicy;
+use crate::spec_keys::keys_of;
+pub use crate::spec_keys::{KeyKind, SpecKey, TraceError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -194,36 +197,6 @@ pub fn pythia_paper_steps() -> Vec<u64> {
     steps
 }
 
-/// Scalar keys a `NEUROMFA_…` variable may set (`__` separates sections).
-const ENV_KEYS: &[&str] = &[
-    "name",
-    "state_dir",
-    "seeds",
-    "steps",
-    "token",
-    "duplicates",
-    "analysis.layer_sample",
-    "analysis.threshold",
-    "analysis.q_min",
-    "analysis.q_max",
-    "analysis.q_step",
-    "analysis.alpha0",
-    "analysis.distance",
-    "analysis.lambda",
-    "analysis.gamma",
-    "hub.endpoint",
-    "hub.token",
-    "hub.serve_dir",
-    "hub.fetch_mode",
-    "hub.merge_gap",
-    "coordinator.listen",
-    "coordinator.address",
-    "coordinator.lease_seconds",
-    "coordinator.max_attempts",
-    "coordinator.tls_cert",
-    "coordinator.tls_key",
-];
-
 /// One (model, step) of the grid.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CheckpointKey {
@@ -233,6 +206,16 @@ pub struct CheckpointKey {
 }
 
 impl SweepSpec {
+    /// Every key the spec accepts, from its own `Deserialize` implementations.
+    pub fn keys() -> Result<&'static [SpecKey], TraceError> {
+        static KEYS: OnceLock<Vec<SpecKey>> = OnceLock::new();
+        if let Some(keys) = KEYS.get() {
+            return Ok(keys);
+        }
+        let keys = keys_of::<SweepSpec>()?;
+        Ok(KEYS.get_or_init(|| keys))
+    }
+
     /// Reads `path`, applies `NEUROMFA_…` overrides from `env`, and validates.
     pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Self, SpecError> {
         let load_error = |message: String| SpecError::Load {
@@ -241,30 +224,24 @@ impl SweepSpec {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| load_error(format!("cannot read the sweep spec: {e}")))?;
-        let overrides: HashMap<String, String> = env
-            .iter()
-            .filter_map(|(name, value)| {
-                let key = name
-                    .strip_prefix("NEUROMFA_")?
-                    .to_lowercase()
-                    .replace("__", ".");
-                ENV_KEYS
-                    .contains(&key.as_str())
-                    .then(|| (key, value.clone()))
-            })
-            .collect();
+        let keys = Self::keys().map_err(|e| load_error(e.to_string()))?;
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(&text, config::FileFormat::Toml));
-        for (key, value) in &overrides {
+        let mut from_env = BTreeSet::new();
+        for (name, value) in env {
+            let Some(key) = env_key(keys, name) else {
+                continue;
+            };
             builder = builder
-                .set_override(key.as_str(), parse_env_value(value))
-                .map_err(|e| load_error(format!("override {key}: {e}")))?;
+                .set_override(key.name.as_str(), env_value(key.kind, value))
+                .map_err(|e| load_error(format!("override {}: {e}", key.name)))?;
+            from_env.insert(key.name.as_str());
         }
         let spec: SweepSpec = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| load_error(e.to_string()))?;
-        spec.finish(path)
+        spec.finish(path, &from_env)
     }
 
     /// Parses TOML text without environment overrides.
@@ -277,19 +254,25 @@ impl SweepSpec {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
-        spec.finish(path)
+        spec.finish(path, &BTreeSet::new())
     }
 
-    /// Resolves paths that are relative to the spec file, then validates.
-    fn finish(mut self, path: &Path) -> Result<Self, SpecError> {
+    /// Makes every relative path the file gives relative to the file's folder, as config
+    /// files are read; those from `NEUROMFA_…` variables (`from_env`) are left relative to
+    /// the current directory, like command-line flags. Then validates.
+    fn finish(mut self, path: &Path, from_env: &BTreeSet<&str>) -> Result<Self, SpecError> {
         let base = path.parent().unwrap_or(Path::new(""));
-        for file in [
-            &mut self.hub.serve_dir,
-            &mut self.coordinator.tls_cert,
-            &mut self.coordinator.tls_key,
-        ] {
-            if let Some(relative) = file.as_ref().filter(|f| f.is_relative()) {
-                *file = Some(base.join(relative));
+        let paths = [
+            ("state_dir", Some(&mut self.state_dir)),
+            ("hub.serve_dir", self.hub.serve_dir.as_mut()),
+            ("coordinator.tls_cert", self.coordinator.tls_cert.as_mut()),
+            ("coordinator.tls_key", self.coordinator.tls_key.as_mut()),
+        ];
+        for (key, file) in paths {
+            let Some(file) = file else { continue };
+            // An empty path is left for validation to name.
+            if file.is_relative() && !file.as_os_str().is_empty() && !from_env.contains(key) {
+                *file = base.join(&*file);
             }
         }
         self.validate(path)?;
@@ -462,14 +445,28 @@ impl SweepSpec {
     }
 }
 
-/// Environment values are strings; numbers and booleans are passed as such so they
-/// deserialize into numeric keys.
-fn parse_env_value(value: &str) -> config::Value {
-    if let Ok(i) = value.parse::<i64>() {
-        return config::Value::from(i);
-    }
-    if let Ok(f) = value.parse::<f64>() {
-        return config::Value::from(f);
+/// The key a `NEUROMFA_…` variable sets (sections joined by `__`): any key outside the
+/// `[[models]]` list.
+fn env_key<'k>(keys: &'k [SpecKey], variable: &str) -> Option<&'k SpecKey> {
+    let name = variable
+        .strip_prefix("NEUROMFA_")?
+        .to_lowercase()
+        .replace("__", ".");
+    keys.iter()
+        .find(|key| key.name == name && !key.name.contains("[]"))
+}
+
+/// An environment value as its key takes it: text stays text (`NEUROMFA_TOKEN=007` is the
+/// token `007`), numeric keys convert text themselves, and a key of several shapes
+/// (`seeds`: a count or a list) gets a number when the text is one.
+fn env_value(kind: KeyKind, value: &str) -> config::Value {
+    if kind == KeyKind::Any {
+        if let Ok(i) = value.parse::<i64>() {
+            return config::Value::from(i);
+        }
+        if let Ok(f) = value.parse::<f64>() {
+            return config::Value::from(f);
+        }
     }
     config::Value::from(value.to_string())
 }
@@ -568,6 +565,19 @@ max_step = 140000
 
     fn parse(text: &str) -> Result<SweepSpec, SpecError> {
         SweepSpec::from_toml(text, Path::new("spec.toml"))
+    }
+
+    /// Loads `text` as a spec file in a fresh folder (returned, to keep it) with `env`.
+    fn load_with(text: &str, env: &[(&str, &str)]) -> (tempfile::TempDir, SweepSpec) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.toml");
+        std::fs::write(&path, text).unwrap();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        let spec = SweepSpec::load(&path, &env).unwrap();
+        (dir, spec)
     }
 
     #[test]
@@ -671,29 +681,36 @@ max_step = 140000
     }
 
     #[test]
+    fn relative_paths_in_the_spec_start_from_its_folder_and_from_the_environment_here() {
+        let text = format!("{MINIMAL}\n[hub]\nserve_dir = \"hub\"\n");
+        let spec = SweepSpec::from_toml(&text, Path::new("conf/spec.toml")).unwrap();
+        assert_eq!(spec.state_dir, Path::new("conf/state"));
+        assert_eq!(spec.hub.serve_dir.as_deref(), Some(Path::new("conf/hub")));
+
+        let (dir, spec) = load_with(&text, &[]);
+        assert_eq!(spec.state_dir, dir.path().join("state"));
+        // A variable is set where the command runs, like a flag: it stays as given.
+        let env = [
+            ("NEUROMFA_STATE_DIR", "here/state"),
+            ("NEUROMFA_HUB__SERVE_DIR", "here/hub"),
+        ];
+        let (_dir, spec) = load_with(&text, &env);
+        assert_eq!(spec.state_dir, Path::new("here/state"));
+        assert_eq!(spec.hub.serve_dir.as_deref(), Some(Path::new("here/hub")));
+    }
+
+    #[test]
     fn environment_overrides_scalars() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spec.toml");
-        std::fs::write(&path, MINIMAL).unwrap();
-        let env = HashMap::from([
-            ("NEUROMFA_TOKEN".to_string(), "s3cret".to_string()),
-            (
-                "NEUROMFA_ANALYSIS__THRESHOLD".to_string(),
-                "200".to_string(),
-            ),
-            (
-                "NEUROMFA_COORDINATOR__LEASE_SECONDS".to_string(),
-                "2.5".to_string(),
-            ),
-            ("NEUROMFA_UNRELATED".to_string(), "x".to_string()),
-            (
-                "NEUROMFA_ANALYSIS__DISTANCE".to_string(),
-                "shortest-path".to_string(),
-            ),
-            ("NEUROMFA_ANALYSIS__LAMBDA".to_string(), "2".to_string()),
-            ("NEUROMFA_ANALYSIS__GAMMA".to_string(), "4.5".to_string()),
-        ]);
-        let spec = SweepSpec::load(&path, &env).unwrap();
+        let env = [
+            ("NEUROMFA_TOKEN", "s3cret"),
+            ("NEUROMFA_ANALYSIS__THRESHOLD", "200"),
+            ("NEUROMFA_COORDINATOR__LEASE_SECONDS", "2.5"),
+            ("NEUROMFA_UNRELATED", "x"),
+            ("NEUROMFA_ANALYSIS__DISTANCE", "shortest-path"),
+            ("NEUROMFA_ANALYSIS__LAMBDA", "2"),
+            ("NEUROMFA_ANALYSIS__GAMMA", "4.5"),
+        ];
+        let (_dir, spec) = load_with(MINIMAL, &env);
         assert_eq!(
             spec.analysis_params().distance,
             DistanceMode::ShortestPath {
@@ -704,5 +721,52 @@ max_step = 140000
         assert_eq!(spec.token.as_deref(), Some("s3cret"));
         assert_eq!(spec.analysis.threshold, 200.0);
         assert_eq!(spec.lease_ms(), 2500);
+    }
+
+    #[test]
+    fn the_keys_are_read_off_the_spec_types() {
+        let keys = SweepSpec::keys().unwrap();
+        let kind = |name: &str| {
+            keys.iter()
+                .find(|k| k.name == name)
+                .map(|k| k.kind)
+                .unwrap_or_else(|| panic!("{name} not among {keys:?}"))
+        };
+        assert_eq!(kind("name"), KeyKind::Text);
+        assert_eq!(kind("seeds"), KeyKind::Any);
+        assert_eq!(kind("models[].repo"), KeyKind::Text);
+        assert_eq!(kind("models[].max_step"), KeyKind::Number);
+        assert_eq!(kind("analysis.threshold"), KeyKind::Number);
+        assert_eq!(kind("analysis.distance"), KeyKind::Text);
+        assert_eq!(kind("hub.serve_dir"), KeyKind::Text);
+        assert_eq!(kind("coordinator.tls_key"), KeyKind::Text);
+        assert_eq!(kind("duplicates"), KeyKind::Text);
+        assert!(env_key(keys, "NEUROMFA_COORDINATOR__LISTEN").is_some());
+        assert!(env_key(keys, "NEUROMFA_MODELS__REPO").is_none());
+        assert!(env_key(keys, "NEUROMFA_UNRELATED").is_none());
+    }
+
+    #[test]
+    fn environment_strings_stay_strings_whatever_they_look_like() {
+        let env = [
+            ("NEUROMFA_TOKEN", "007"),
+            ("NEUROMFA_STATE_DIR", "0123"),
+            ("NEUROMFA_NAME", "1e3"),
+            ("NEUROMFA_HUB__TOKEN", "0x10"),
+            ("NEUROMFA_SEEDS", "4"),
+            ("NEUROMFA_HUB__MERGE_GAP", "0100"),
+        ];
+        let (_dir, spec) = load_with(MINIMAL, &env);
+        assert_eq!(spec.token.as_deref(), Some("007"));
+        assert!(
+            spec.state_dir.ends_with("0123"),
+            "{}",
+            spec.state_dir.display()
+        );
+        assert_eq!(spec.name, "1e3");
+        assert_eq!(spec.hub.token.as_deref(), Some("0x10"));
+        // Numbers still become numbers where the key is one.
+        assert_eq!(spec.seed_list(), vec![0, 1, 2, 3]);
+        assert_eq!(spec.hub.merge_gap, Some(100));
     }
 }

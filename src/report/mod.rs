@@ -10,6 +10,7 @@ mod render;
 pub mod tables;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -35,7 +36,8 @@ pub struct ReportArgs {
     pub out: Option<PathBuf>,
     /// Benchmark accuracies to set beside E: a CSV `model,step,benchmark,accuracy`, an
     /// lm-evaluation-harness results JSON file (`results.<task>.acc`; model and step from
-    /// `config.model_args`), or a directory of such files. Repeatable.
+    /// `config.model_args`), or a directory of such files, subdirectories included.
+    /// Repeatable.
     #[arg(long = "evals", value_name = "PATH")]
     pub evals: Vec<PathBuf>,
     /// Steps at which to compare E across model sizes (default: the last step every model
@@ -62,8 +64,9 @@ const PAPER_BENCHMARKS: &[&str] = &[
 const MAX_DEFAULT_BENCHMARKS: usize = 8;
 
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     for path in write(&args)? {
-        println!("{}", path.display());
+        writeln!(out, "{}", path.display())?;
     }
     Ok(())
 }

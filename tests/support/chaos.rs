@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::chaos_checks::{
     acknowledged, assert_same_exports, check_state, compared, read_exports, Exports, StateFacts,
 };
-use super::cluster::{free_port, log_tails, spawn_worker, status_at, Proc, TOKEN};
+use super::cluster::{log_tails, port_of, spawn_worker, status_at, Proc, TOKEN};
 use super::procfs;
 
 pub const MODELS: [&str; 2] = ["neuromfa-demo/gpt-neox-h64", "neuromfa-demo/gpt-neox-h128"];
@@ -137,6 +137,7 @@ pub struct Sweep {
     _hub: Proc,
     pub state_dir: PathBuf,
     spec: PathBuf,
+    /// The port the first coordinator got from the system; restarts listen on it again.
     port: u16,
     coordinator: Option<Proc>,
     coordinator_starts: usize,
@@ -151,22 +152,19 @@ impl Sweep {
     pub fn new(throttle_mbps: Option<f64>, state_dir: Option<PathBuf>) -> Sweep {
         let root = tempfile::tempdir().unwrap();
         let demo_hub = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/demo/hub");
-        let hub_port = free_port();
-        let listen = format!("127.0.0.1:{hub_port}");
         let mut args = vec![
             "hub",
             "serve",
             demo_hub.to_str().unwrap(),
             "--listen",
-            &listen,
+            "127.0.0.1:0",
         ];
         let throttle = throttle_mbps.map(|t| t.to_string());
         if let Some(t) = &throttle {
             args.extend(["--throttle", t]);
         }
-        let hub = Proc::spawn(&args, &[], root.path().join("hub.log"));
-        super::cluster::wait_for_port(hub_port);
-        let port = free_port();
+        let (hub, hub_url) =
+            Proc::spawn_listening(&args, &[], root.path().join("hub.log")).unwrap();
         let state_dir = state_dir.unwrap_or_else(|| root.path().join("state"));
         let spec = root.path().join("spec.toml");
         let steps: Vec<String> = STEPS.iter().map(u64::to_string).collect();
@@ -181,8 +179,8 @@ impl Sweep {
             &spec,
             format!(
                 "name = \"chaos\"\nstate_dir = \"{}\"\nseeds = {SEEDS}\ntoken = \"{TOKEN}\"\n\
-                 steps = [{}]\n\n[hub]\nendpoint = \"http://{listen}\"\nfetch_mode = \"ranges\"\n\
-                 merge_gap = 256\n\n[coordinator]\nlisten = \"127.0.0.1:{port}\"\n\
+                 steps = [{}]\n\n[hub]\nendpoint = \"{hub_url}\"\nfetch_mode = \"ranges\"\n\
+                 merge_gap = 256\n\n[coordinator]\nlisten = \"127.0.0.1:0\"\n\
                  lease_seconds = {LEASE_SECONDS}\nmax_attempts = 1000\n\n{models}",
                 state_dir.display(),
                 steps.join(", "),
@@ -194,7 +192,7 @@ impl Sweep {
             _hub: hub,
             state_dir,
             spec,
-            port,
+            port: 0,
             coordinator: None,
             coordinator_starts: 0,
             workers: Vec::new(),
@@ -213,30 +211,36 @@ impl Sweep {
     /// Starts the coordinator (`--exit-when-done`) and waits until it listens; if it exits
     /// instead, returns its log.
     pub fn start_coordinator(&mut self) -> Result<(), String> {
-        let mut proc = self.spawn_coordinator();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !self.listening() {
-            if let Ok(Some(status)) = proc.child.try_wait() {
-                return Err(format!(
-                    "coordinator exited ({status}):\n{}",
-                    proc.log_text()
-                ));
-            }
-            assert!(Instant::now() < deadline, "coordinator never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (args, log) = self.coordinator_command();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (proc, url) = Proc::spawn_listening(&args, &[], log)?;
+        self.port = port_of(&url);
         self.coordinator = Some(proc);
         Ok(())
     }
 
     fn spawn_coordinator(&mut self) -> Proc {
+        let (args, log) = self.coordinator_command();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::spawn(&args, &[], log)
+    }
+
+    /// The next coordinator's arguments (on the first one's port, once it has one) and log.
+    fn coordinator_command(&mut self) -> (Vec<String>, PathBuf) {
         self.coordinator_starts += 1;
         let log = self
             .root
             .path()
             .join(format!("coordinator-{}.log", self.coordinator_starts));
-        let spec = self.spec.to_str().unwrap().to_string();
-        Proc::spawn(&["coordinator", &spec, "--exit-when-done"], &[], log)
+        let mut args = vec![
+            "coordinator".to_string(),
+            self.spec.to_str().unwrap().to_string(),
+            "--exit-when-done".to_string(),
+        ];
+        if self.port != 0 {
+            args.extend(["--listen".to_string(), format!("127.0.0.1:{}", self.port)]);
+        }
+        (args, log)
     }
 
     fn listening(&self) -> bool {

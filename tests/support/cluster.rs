@@ -16,12 +16,6 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_neuromfa"))
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// A child process killed when dropped; its stderr goes to a log file.
 pub struct Proc {
     pub child: Child,
@@ -30,10 +24,47 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Proc {
+        Self::spawn_with_stdout(args, env, log, Stdio::null())
+    }
+
+    /// Spawns a service (`coordinator`, `hub serve`) and waits for the URL it prints once
+    /// it listens: on port 0 the system picks the port, so no test picks one that another
+    /// process may take first. `Err` holds its log when it exits (or stalls) instead.
+    pub fn spawn_listening(
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Result<(Proc, String), String> {
+        let mut proc = Self::spawn_with_stdout(args, env, log, Stdio::piped());
+        let stdout = proc.child.stdout.take().unwrap();
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = line_tx.send(read.map(|_| line.trim().to_string()));
+        });
+        // Only a bound on failure: a start takes well under a second.
+        match line_rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(Ok(url)) if !url.is_empty() => Ok((proc, url)),
+            Ok(_) => {
+                let status = proc.child.wait();
+                Err(format!(
+                    "{args:?} exited ({status:?}) before listening:\n{}",
+                    proc.log_text()
+                ))
+            }
+            Err(_) => Err(format!(
+                "{args:?} did not listen in 120 s:\n{}",
+                proc.log_text()
+            )),
+        }
+    }
+
+    fn spawn_with_stdout(args: &[&str], env: &[(&str, &str)], log: PathBuf, stdout: Stdio) -> Proc {
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(binary());
         cmd.args(args)
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(file)
             .env_remove("NEUROMFA_TOKEN")
             .env_remove("NEUROMFA_COORDINATOR")
@@ -144,6 +175,8 @@ pub struct Cluster {
     pub root: tempfile::TempDir,
     pub hub: Proc,
     pub hub_url: String,
+    /// The port the first coordinator got from the system (0 before it started); later
+    /// ones are restarted on it, as a coordinator is in production.
     pub coordinator_port: u16,
     pub coordinator: Option<Proc>,
     pub workers: Vec<Proc>,
@@ -206,21 +239,18 @@ impl Cluster {
         let root = tempfile::tempdir().unwrap();
         let hub_dir = root.path().join("hub");
         publish(&hub_dir);
-        let hub_port = free_port();
-        let hub_url = format!("http://127.0.0.1:{hub_port}");
-        let hub = Proc::spawn(
+        let (hub, hub_url) = Proc::spawn_listening(
             &[
                 "hub",
                 "serve",
                 hub_dir.to_str().unwrap(),
                 "--listen",
-                &format!("127.0.0.1:{hub_port}"),
+                "127.0.0.1:0",
             ],
             &[],
             root.path().join("hub.log"),
-        );
-        wait_for_port(hub_port);
-        let coordinator_port = free_port();
+        )
+        .unwrap();
         let state_dir = root.path().join("state");
         let spec = root.path().join("spec.toml");
         std::fs::write(
@@ -236,7 +266,7 @@ token = "{TOKEN}"
 endpoint = "{hub_url}"
 
 [coordinator]
-listen = "127.0.0.1:{coordinator_port}"
+listen = "127.0.0.1:0"
 lease_seconds = {lease_seconds}
 max_attempts = 3
 {tls_keys}
@@ -253,7 +283,7 @@ max_attempts = 3
             root,
             hub,
             hub_url,
-            coordinator_port,
+            coordinator_port: 0,
             coordinator: None,
             workers: Vec::new(),
             spec,
@@ -264,6 +294,7 @@ max_attempts = 3
     }
 
     pub fn coordinator_url(&self) -> String {
+        assert_ne!(self.coordinator_port, 0, "no coordinator has listened yet");
         let scheme = if self.tls_ca.is_some() {
             "https"
         } else {
@@ -290,10 +321,14 @@ max_attempts = 3
             .root
             .path()
             .join(format!("coordinator{}.log", self.starts));
+        let listen = format!("127.0.0.1:{}", self.coordinator_port);
         let mut args = vec!["coordinator", self.spec.to_str().unwrap()];
+        if self.coordinator_port != 0 {
+            args.extend(["--listen", &listen]);
+        }
         args.extend_from_slice(flags);
-        let proc = Proc::spawn(&args, &[], log);
-        wait_for_port(self.coordinator_port);
+        let (proc, url) = Proc::spawn_listening(&args, &[], log).unwrap();
+        self.coordinator_port = port_of(&url);
         self.coordinator = Some(proc);
     }
 
@@ -440,12 +475,12 @@ pub fn log_tails(dirs: &[&Path]) -> String {
     text
 }
 
-pub fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The port of a URL like `http://127.0.0.1:41234`.
+pub fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|port| port.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url}"))
 }
 
 /// Rows of a CSV file as header → value maps.
