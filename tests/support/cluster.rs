@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::faulty_hub::{Fault, FaultyHub};
 use super::{data_dir, demo_step};
 
 pub const TOKEN: &str = "test-sweep-token";
@@ -140,9 +141,16 @@ pub fn publish_two_models(hub: &Path) -> Vec<(String, u64, PathBuf)> {
     published
 }
 
+/// The cluster's Hub: `neuromfa hub serve`, or one in the test's process whose faults the
+/// test switches.
+pub enum TestHub {
+    Process(Proc),
+    Faulty(FaultyHub),
+}
+
 pub struct Cluster {
     pub root: tempfile::TempDir,
-    pub hub: Proc,
+    pub hub: TestHub,
     pub hub_url: String,
     pub coordinator_port: u16,
     pub coordinator: Option<Proc>,
@@ -175,7 +183,33 @@ impl Cluster {
         extra: &str,
         lease_seconds: u32,
     ) -> Cluster {
-        Self::build(publish, models, seeds, extra, lease_seconds, None)
+        Self::build(publish, models, seeds, extra, lease_seconds, None, false)
+    }
+
+    /// A cluster whose Hub is a [`FaultyHub`], healthy until [`Cluster::hub_fault`].
+    pub fn with_faulty_hub(
+        publish: impl FnOnce(&Path),
+        models: &str,
+        seeds: u32,
+        extra: &str,
+    ) -> Cluster {
+        Self::build(publish, models, seeds, extra, 3, None, true)
+    }
+
+    /// Makes the Hub misbehave as `fault` says (a cluster built with a faulty Hub only).
+    pub fn hub_fault(&self, fault: Fault) {
+        match &self.hub {
+            TestHub::Faulty(hub) => hub.set(fault),
+            TestHub::Process(_) => panic!("this cluster's Hub has no faults to switch"),
+        }
+    }
+
+    /// Requests the faulty Hub answered with a fault.
+    pub fn hub_refused(&self) -> u64 {
+        match &self.hub {
+            TestHub::Faulty(hub) => hub.refused(),
+            TestHub::Process(_) => 0,
+        }
     }
 
     /// A coordinator that serves TLS with `tls`; workers and `status` trust `tls.ca`.
@@ -185,7 +219,7 @@ impl Cluster {
         seeds: u32,
         tls: TlsFiles,
     ) -> Cluster {
-        Self::build(publish, models, seeds, "", 3, Some(tls))
+        Self::build(publish, models, seeds, "", 3, Some(tls), false)
     }
 
     fn build(
@@ -195,6 +229,7 @@ impl Cluster {
         extra: &str,
         lease_seconds: u32,
         tls: Option<TlsFiles>,
+        faulty_hub: bool,
     ) -> Cluster {
         let tls_keys = tls.as_ref().map_or(String::new(), |t| {
             format!(
@@ -206,20 +241,29 @@ impl Cluster {
         let root = tempfile::tempdir().unwrap();
         let hub_dir = root.path().join("hub");
         publish(&hub_dir);
-        let hub_port = free_port();
-        let hub_url = format!("http://127.0.0.1:{hub_port}");
-        let hub = Proc::spawn(
-            &[
-                "hub",
-                "serve",
-                hub_dir.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{hub_port}"),
-            ],
-            &[],
-            root.path().join("hub.log"),
-        );
-        wait_for_port(hub_port);
+        let (hub, hub_url) = if faulty_hub {
+            let hub = FaultyHub::start(&hub_dir);
+            let url = hub.url.clone();
+            (TestHub::Faulty(hub), url)
+        } else {
+            let hub_port = free_port();
+            let hub = Proc::spawn(
+                &[
+                    "hub",
+                    "serve",
+                    hub_dir.to_str().unwrap(),
+                    "--listen",
+                    &format!("127.0.0.1:{hub_port}"),
+                ],
+                &[],
+                root.path().join("hub.log"),
+            );
+            wait_for_port(hub_port);
+            (
+                TestHub::Process(hub),
+                format!("http://127.0.0.1:{hub_port}"),
+            )
+        };
         let coordinator_port = free_port();
         let state_dir = root.path().join("state");
         let spec = root.path().join("spec.toml");
@@ -359,13 +403,7 @@ max_attempts = 3
 
     /// `neuromfa sweep run` on the spec with `workers` workers; its stdout, once it succeeded.
     pub fn sweep_run(&self, workers: u32) -> String {
-        let out = Command::new(binary())
-            .args(["sweep", "run", self.spec.to_str().unwrap()])
-            .args(["--workers", &workers.to_string(), "--cache-dir"])
-            .arg(self.root.path().join("cache"))
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .output()
-            .unwrap();
+        let out = self.sweep_run_output(workers);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
@@ -373,6 +411,27 @@ max_attempts = 3
             String::from_utf8_lossy(&out.stderr)
         );
         stdout
+    }
+
+    /// `neuromfa sweep run` on the spec with `workers` workers, however it ended.
+    pub fn sweep_run_output(&self, workers: u32) -> std::process::Output {
+        Command::new(binary())
+            .args(["sweep", "run", self.spec.to_str().unwrap()])
+            .args(["--workers", &workers.to_string(), "--cache-dir"])
+            .arg(self.root.path().join("cache"))
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .output()
+            .unwrap()
+    }
+
+    /// `neuromfa ARGS` as an operator on this machine runs it, with the sweep's token.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary())
+            .args(args)
+            .env("NEUROMFA_TOKEN", TOKEN)
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .output()
+            .unwrap()
     }
 
     /// Sets `[hub] fetch_mode` in the spec.
