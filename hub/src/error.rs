@@ -91,17 +91,16 @@ pub enum FetchError {
         .at.file, .at.repo, .at.revision
     )]
     InvalidRequest { at: Box<FileRef>, detail: String },
-    /// Any other answer from the Hub that retrying will not change.
+    /// Any other answer from the Hub that retrying will not change, with its status (a
+    /// `422` from a mirror that reads the request another way, an unexpected redirect).
     #[error(
         "fetching {} from {} at revision {} failed: {detail}",
         .at.file, .at.repo, .at.revision
     )]
     Hub {
         at: Box<FileRef>,
-        detail: String,
-        /// The HTTP status it answered with; none when the answer was a success the client
-        /// could not read.
         status: Option<u16>,
+        detail: String,
     },
     /// The server answered a byte-range request with something other than that range (it
     /// ignores `Range`): fetch the whole checkpoint instead ([`crate::ranges`]).
