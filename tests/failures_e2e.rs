@@ -14,18 +14,6 @@ use support::faulty_hub::Fault;
 const FINISH: Duration = Duration::from_secs(240);
 const SEEDS: u32 = 2;
 
-fn two_model_specs() -> &'static str {
-    r#"
-[[models]]
-repo = "test-org/tiny"
-steps = [0, 1000, 2000]
-
-[[models]]
-repo = "test-org/h64"
-steps = [0, 64, 512]
-"#
-}
-
 fn publish(hub: &std::path::Path) {
     publish_two_models(hub);
 }
@@ -40,6 +28,15 @@ fn text(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// `neuromfa status --wait` on the cluster's coordinator, checked to exit with `expected`.
+fn wait_for_end(cluster: &Cluster, expected: i32) -> String {
+    let url = cluster.coordinator_url();
+    let waited = cluster.run(&["status", "--wait", &url]);
+    let said = text(&waited);
+    assert_eq!(code(&waited), Some(expected), "{said}\n{}", cluster.logs());
+    said
 }
 
 /// Leases the coordinator took back as failed, from its log.
@@ -91,15 +88,7 @@ fn a_hub_refusing_every_listing_stops_the_sweep_and_a_resume_finishes_it_as_a_cl
     cluster.start_worker(TOKEN);
     let url = cluster.coordinator_url();
 
-    let waited = cluster.run(&["status", "--wait", &url]);
-    assert_eq!(
-        code(&waited),
-        Some(5),
-        "{}\n{}",
-        text(&waited),
-        cluster.logs()
-    );
-    let said = text(&waited);
+    let said = wait_for_end(&cluster, 5);
     assert!(said.contains("stopped by a systemic failure"), "{said}");
     assert!(said.contains("hub-unprocessable"), "{said}");
     assert!(said.contains("422"), "{said}");
@@ -124,14 +113,7 @@ fn a_hub_refusing_every_listing_stops_the_sweep_and_a_resume_finishes_it_as_a_cl
         "{}",
         text(&resumed)
     );
-    let waited = cluster.run(&["status", "--wait", &url]);
-    assert_eq!(
-        code(&waited),
-        Some(0),
-        "{}\n{}",
-        text(&waited),
-        cluster.logs()
-    );
+    wait_for_end(&cluster, 0);
     let coordinator = cluster.coordinator.as_mut().unwrap();
     coordinator.terminate();
     let exit = coordinator.wait_exit(FINISH);
@@ -209,8 +191,7 @@ fn failed_tasks_end_the_sweep_with_their_code_and_retry_failed_finishes_them_whi
     std::fs::copy(good, step1000(&cluster.root.path().join("hub"))).unwrap();
     cluster.start_coordinator_with(&[]);
     let url = cluster.coordinator_url();
-    let waited = cluster.run(&["status", "--wait", &url]);
-    assert_eq!(code(&waited), Some(4), "{}", text(&waited));
+    wait_for_end(&cluster, 4);
 
     // Given the state directory, it finds the running coordinator and tells it.
     let state_dir = cluster.state_dir.display().to_string();
@@ -225,14 +206,7 @@ fn failed_tasks_end_the_sweep_with_their_code_and_retry_failed_finishes_them_whi
     );
     // Workers leave once told the sweep is finished: one is started for the retried task.
     cluster.start_worker(TOKEN);
-    let waited = cluster.run(&["status", "--wait", &url]);
-    assert_eq!(
-        code(&waited),
-        Some(0),
-        "{}\n{}",
-        text(&waited),
-        cluster.logs()
-    );
+    wait_for_end(&cluster, 0);
     let status = cluster.status().unwrap();
     assert_eq!(
         (status["done"].as_u64(), status["failed"].as_u64()),

@@ -197,14 +197,18 @@ impl Schedule {
         schedule
     }
 
-    fn place_tasks(&mut self, stored: impl IntoIterator<Item = StoredTask>, seeds: &[u32]) {
-        let in_grid: HashSet<u32> = seeds.iter().copied().collect();
-        let slot_of_checkpoint: HashMap<(&str, u64), usize> = self
-            .checkpoints
+    /// Each checkpoint's index, by (model, step).
+    fn slot_of_checkpoint(&self) -> HashMap<(&str, u64), usize> {
+        self.checkpoints
             .iter()
             .enumerate()
             .map(|(i, k)| ((k.model.as_str(), k.step), i))
-            .collect();
+            .collect()
+    }
+
+    fn place_tasks(&mut self, stored: impl IntoIterator<Item = StoredTask>, seeds: &[u32]) {
+        let in_grid: HashSet<u32> = seeds.iter().copied().collect();
+        let slot_of_checkpoint = self.slot_of_checkpoint();
         let mut tasks = Vec::new();
         for t in stored {
             let Some(&checkpoint) = slot_of_checkpoint.get(&(t.model.as_str(), t.step)) else {
@@ -247,12 +251,7 @@ impl Schedule {
     /// The same schedule with the breaker as `stored` left it.
     pub fn with_breaker(mut self, stored: Option<StoredBreaker>) -> Self {
         if let Some(stored) = stored {
-            let slot_of: HashMap<(&str, u64), usize> = self
-                .checkpoints
-                .iter()
-                .enumerate()
-                .map(|(i, k)| ((k.model.as_str(), k.step), i))
-                .collect();
+            let slot_of = self.slot_of_checkpoint();
             self.breaker = Breaker::restore(self.breaker.probe_ms(), stored, |name| {
                 slot_of.get(&(name.model.as_str(), name.step)).copied()
             });

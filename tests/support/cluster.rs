@@ -125,6 +125,19 @@ pub fn publish_all(hub: &Path, repo: &str, revision: &str, source: &Path) {
     }
 }
 
+/// The spec's `[[models]]` for what [`publish_two_models`] publishes.
+pub fn two_model_specs() -> &'static str {
+    r#"
+[[models]]
+repo = "test-org/tiny"
+steps = [0, 1000, 2000]
+
+[[models]]
+repo = "test-org/h64"
+steps = [0, 64, 512]
+"#
+}
+
 /// Two models × three steps, from the golden tiny GPT-NeoX and the trained history.
 pub fn publish_two_models(hub: &Path) -> Vec<(String, u64, PathBuf)> {
     let mut published = Vec::new();
