@@ -7,12 +7,15 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use neuromfa_coordinator::integrity::groups;
-use neuromfa_coordinator::spec::{pythia_paper_steps, pythia_steps};
+use neuromfa_coordinator::spec::{pythia_paper_steps, pythia_steps, CheckpointKey};
+use neuromfa_coordinator::state::StateError;
 use neuromfa_coordinator::SweepState;
 use neuromfa_hub::resolve::{ResolvedRevision, Resolver};
 use neuromfa_hub::HubSettings;
 use serde::Serialize;
 use tokio::task::JoinSet;
+
+use crate::server::StateHandle;
 
 /// Revisions resolved at once: enough to hide latency, few enough to be polite.
 const CONCURRENCY: usize = 16;
@@ -49,36 +52,45 @@ async fn resolve_all(
     out
 }
 
+/// What resolving some checkpoints gave: per (model, step), the resolution or why not.
+type Resolutions = Vec<(String, u64, Result<ResolvedRevision, String>)>;
+
+/// Resolves `keys` on the Hub.
+async fn resolve_keys(settings: &HubSettings, keys: Vec<CheckpointKey>) -> Result<Resolutions> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let resolver = Arc::new(Resolver::new(settings).context("checking checkpoints")?);
+    let revisions = keys
+        .into_iter()
+        .map(|k| (k.model, k.step, k.revision))
+        .collect();
+    Ok(resolve_all(resolver, revisions).await)
+}
+
+/// Records what resolved (warning about what did not) and applies the spec's duplicate
+/// policy, in the open transaction.
+fn record_resolutions(state: &mut SweepState, resolved: &Resolutions) -> Result<(), StateError> {
+    for (repo, step, result) in resolved {
+        match result {
+            Ok(r) => {
+                state.record_resolution(repo, *step, &r.commit, &r.weights_sha256, r.format)?
+            }
+            Err(e) => {
+                tracing::warn!(model = %repo, step, error = %e, "cannot check this checkpoint's weights")
+            }
+        }
+    }
+    state.apply_duplicate_policy().map(drop)
+}
+
 /// Resolves every checkpoint of the grid not resolved yet (or resolved before weight formats
 /// were recorded), groups identical weights and applies the spec's duplicate policy. A
 /// revision that cannot be resolved is left as unique (its tasks still run, and fail with
-/// the reason if it does not exist).
+/// the reason if it does not exist; [`resolve_again`] tries it again later).
 pub async fn resolve_grid(state: &mut SweepState, settings: &HubSettings) -> Result<()> {
-    let unresolved = state.unresolved();
-    if !unresolved.is_empty() {
-        let resolver = Arc::new(Resolver::new(settings).context("checking checkpoints")?);
-        let revisions = unresolved
-            .into_iter()
-            .map(|k| (k.model, k.step, k.revision))
-            .collect();
-        let resolved = resolve_all(resolver, revisions).await;
-        state.transaction(|s| {
-            for (repo, step, result) in &resolved {
-                match result {
-                    Ok(r) => s.record_resolution(
-                        repo,
-                        *step,
-                        &r.commit,
-                        &r.weights_sha256,
-                        r.format,
-                    )?,
-                    Err(e) => tracing::warn!(model = %repo, step, error = %e, "cannot check this checkpoint's weights"),
-                }
-            }
-            Ok(())
-        })?;
-    }
-    state.transaction(|s| s.apply_duplicate_policy())?;
+    let resolved = resolve_keys(settings, state.unresolved()).await?;
+    state.transaction(|s| record_resolutions(s, &resolved))?;
     for d in state.duplicate_steps() {
         tracing::warn!(
             model = %d.model, step = d.step, duplicate_of = d.duplicate_of,
@@ -87,6 +99,25 @@ pub async fn resolve_grid(state: &mut SweepState, settings: &HubSettings) -> Res
         );
     }
     Ok(())
+}
+
+/// Resolves, on a running coordinator, the checkpoints that could not be resolved when
+/// it started (a Hub that refused then may answer now), so that the exports name every
+/// checkpoint's weights. Returns how many are still unresolved.
+pub async fn resolve_again(state: &StateHandle, settings: &HubSettings) -> Result<usize> {
+    let unresolved = state.call(|s, _| Ok(s.unresolved())).await?;
+    if unresolved.is_empty() {
+        return Ok(0);
+    }
+    let resolved = resolve_keys(settings, unresolved).await?;
+    let left = state
+        .call(move |s, _| {
+            record_resolutions(s, &resolved)?;
+            Ok(s.unresolved().len())
+        })
+        .await?;
+    tracing::info!(unresolved = left, "checkpoints resolved again");
+    Ok(left)
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@
 
 pub mod analyze;
 pub mod auth;
+pub mod exit;
 pub mod hub;
 pub mod integrity;
 pub mod report;

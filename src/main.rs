@@ -42,10 +42,11 @@ enum Command {
     Coordinator(sweep::CoordinatorArgs),
     /// Run a worker: lease tasks from a coordinator, fetch weights from the Hub, compute.
     Worker(sweep::WorkerArgs),
-    /// Run a whole sweep in this process, or re-queue failed tasks.
+    /// Run a whole sweep in this process; re-queue failed tasks or resume a stopped sweep.
     #[command(subcommand)]
     Sweep(sweep::SweepCommand),
-    /// Show a running sweep: counts by state, throughput, ETA, workers, failures.
+    /// Show a running sweep: counts by state, throughput, ETA, workers, failures, and why
+    /// leasing stopped if it did; with --wait, wait for the sweep to end and exit as it did.
     Status(sweep::StatusArgs),
     /// Run a sweep's workers on a Slurm cluster as one job array.
     #[command(subcommand)]
@@ -148,6 +149,16 @@ fn main() -> ExitCode {
         Err(error) if error.is::<neuromfa::integrity::DuplicatesFound>() => {
             eprintln!("{error}");
             ExitCode::from(3)
+        }
+        Err(error) if error.is::<neuromfa::exit::NotDone>() => {
+            eprintln!("{error}");
+            error
+                .downcast_ref::<neuromfa::exit::NotDone>()
+                .map_or(ExitCode::FAILURE, |e| ExitCode::from(e.code))
+        }
+        Err(error) if error.is::<neuromfa::worker::SweepStopped>() => {
+            eprintln!("{error}");
+            ExitCode::from(neuromfa::exit::STOPPED)
         }
         Err(error) => {
             eprintln!("error: {error:#}");

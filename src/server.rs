@@ -4,14 +4,14 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use neuromfa_common::SeedResult;
 use neuromfa_coordinator::commit::{CallError, Context, GroupCommit};
 use neuromfa_coordinator::state::StateError;
-use neuromfa_coordinator::{StatusReport, SweepState, TaskMetrics};
+use neuromfa_coordinator::{Failure, FailureClass, StatusReport, SweepState, TaskMetrics};
 use tokio::sync::oneshot;
 use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status};
@@ -26,8 +26,11 @@ pub use neuromfa_coordinator::commit::now_ms;
 #[derive(Clone)]
 pub struct StateHandle {
     commit: GroupCommit,
-    /// Workers a lease reply has told that the sweep is finished.
+    /// Workers a lease reply has told that the sweep is over (finished, or stopped).
     told_finished: Arc<Mutex<HashSet<String>>>,
+    /// Why the coordinator is about to exit though tasks are pending (its breaker stopped
+    /// the sweep), once it is: lease replies tell the workers.
+    stopping: Arc<OnceLock<String>>,
 }
 
 fn to_status(error: CallError) -> Status {
@@ -52,6 +55,7 @@ impl StateHandle {
             Self {
                 commit,
                 told_finished: Arc::default(),
+                stopping: Arc::default(),
             },
             thread,
         ))
@@ -75,6 +79,13 @@ impl StateHandle {
 
     pub fn start_draining(&self) {
         self.commit.start_draining();
+    }
+
+    /// The coordinator will exit with the sweep stopped for `reason`: no more leases, and
+    /// every lease reply says so, so that workers stop instead of waiting for it.
+    pub fn announce_stop(&self, reason: String) {
+        self.commit.start_draining();
+        let _ = self.stopping.set(reason);
     }
 
     /// Why the state thread stopped by itself (its disk is full), once it has.
@@ -168,18 +179,21 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let worker_id = r.worker_id.clone();
         let announced = self.announced.clone();
+        let stopping = self.state.stopping.get().cloned();
         let reply = self
             .state
             .call(move |s, c| {
                 let params_json = announced.params_json.clone();
                 // Draining for a stop or restart: no new work, but workers stay, so they
-                // carry on with the next coordinator on the same state.
+                // carry on with the next coordinator on the same state; unless it stops
+                // for good, with the sweep stopped.
                 if c.draining {
                     return Ok(proto::LeaseReply {
                         tasks: Vec::new(),
                         params_json,
                         retry_after_ms: 1000,
                         sweep_finished: false,
+                        sweep_stopped: stopping.unwrap_or_default(),
                     });
                 }
                 let leases =
@@ -205,10 +219,11 @@ impl Coordinator for CoordinatorService {
                         announced.heartbeat_ms.min(1000)
                     },
                     sweep_finished: finished,
+                    sweep_stopped: String::new(),
                 })
             })
             .await?;
-        if reply.sweep_finished {
+        if reply.sweep_finished || !reply.sweep_stopped.is_empty() {
             if let Ok(mut told) = self.state.told_finished.lock() {
                 told.insert(worker_id);
             }
@@ -264,11 +279,10 @@ impl Coordinator for CoordinatorService {
         request: Request<proto::FailRequest>,
     ) -> Result<Response<proto::FailReply>, Status> {
         let r = request.into_inner();
+        let failure = failure_of(&r);
         let will_retry = self
             .state
-            .call(move |s, c| {
-                s.decide(|d| d.fail(&r.worker_id, r.task_id, &r.error, r.permanent, c.now_ms))
-            })
+            .call(move |s, c| s.decide(|d| d.fail(&r.worker_id, r.task_id, failure, c.now_ms)))
             .await?;
         Ok(Response::new(proto::FailReply { will_retry }))
     }
@@ -296,6 +310,47 @@ impl Coordinator for CoordinatorService {
             status_json: serde_json::to_string(&report).unwrap_or_default(),
         }))
     }
+
+    async fn retry_failed(
+        &self,
+        _request: Request<proto::RetryFailedRequest>,
+    ) -> Result<Response<proto::RetryFailedReply>, Status> {
+        let requeued = self
+            .state
+            .call(|s, _| s.decide(|d| Ok(d.retry_failed())))
+            .await?;
+        tracing::info!(requeued, "failed tasks re-queued (retry-failed)");
+        Ok(Response::new(proto::RetryFailedReply {
+            requeued: requeued as u32,
+        }))
+    }
+
+    async fn resume(
+        &self,
+        _request: Request<proto::ResumeRequest>,
+    ) -> Result<Response<proto::ResumeReply>, Status> {
+        let stopped_because = self.state.call(|s, _| s.decide(|d| Ok(d.resume()))).await?;
+        Ok(Response::new(proto::ResumeReply {
+            stopped_because: stopped_because.unwrap_or_default(),
+        }))
+    }
+}
+
+/// A failure as the worker classified it; from an older worker, which only says whether
+/// it is permanent, a checkpoint's own failure or a transient one.
+fn failure_of(r: &proto::FailRequest) -> Failure {
+    use proto::FailureClass as Sent;
+    let class = match Sent::try_from(r.class).unwrap_or(Sent::Unspecified) {
+        Sent::Unspecified if r.permanent => FailureClass::Checkpoint,
+        Sent::Unspecified | Sent::Transient => FailureClass::Transient,
+        Sent::Checkpoint => FailureClass::Checkpoint,
+        Sent::HubAuth => FailureClass::HubAuth,
+        Sent::HubRepoMissing => FailureClass::HubRepoMissing,
+        Sent::HubUnprocessable => FailureClass::HubUnprocessable,
+        Sent::Protocol => FailureClass::Protocol,
+    };
+    Failure::new(class, r.error.clone())
+        .retry_after((r.retry_after_ms > 0).then_some(r.retry_after_ms))
 }
 
 /// A running coordinator: its address and a way to stop it.
@@ -355,8 +410,9 @@ impl RunningCoordinator {
     }
 
     /// Waits, up to `grace`, until every worker still around has been told by a lease reply
-    /// that the sweep is finished: workers learn it only so, and one that asks after the
-    /// coordinator is gone retries until it gives up, and fails.
+    /// that the sweep is over (finished, or stopped: see `StateHandle::announce_stop`):
+    /// workers learn it only so, and one that asks after the coordinator is gone retries
+    /// until it gives up, and fails.
     pub async fn tell_workers_finished(&self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         loop {

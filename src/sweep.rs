@@ -1,5 +1,5 @@
 //! The sweep commands: `coordinator`, `worker`, `sweep run`, `sweep retry-failed`,
-//! `status`, `export`.
+//! `sweep resume`, `status`, `export`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use neuromfa_coordinator::{export, OpenMode, StatusReport, SweepSpec, SweepState};
+use neuromfa_coordinator::state::{recorded_spec, StateError};
+use neuromfa_coordinator::{export, OpenMode, StatusReport, SweepEnd, SweepSpec, SweepState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -18,7 +19,8 @@ use neuromfa_hub::HubSettings;
 use neuromfa_hub_server::{self as hub_server, HubServerConfig, RunningHub};
 
 use crate::auth::{generate_token, os_random};
-use crate::integrity::resolve_grid;
+use crate::exit;
+use crate::integrity::{resolve_again, resolve_grid};
 use crate::proto;
 use crate::server::RunningCoordinator;
 use crate::worker::{self, WorkerOptions, WorkerSummary};
@@ -186,6 +188,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let running = RunningCoordinator::start(state, listener, token, announced_hub(&spec), tls)?;
     // With port 0 the system chose one: workers must be told that one.
     spec.coordinator.listen = running.addr.to_string();
+    record_listening(&state_dir, running.addr);
     let url = dial_address(&spec);
     tracing::info!(
         sweep = %spec.name, addr = %running.addr, state_dir = %state_dir.display(), tls = spec.tls(),
@@ -193,18 +196,27 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     );
     // After the log line: whoever reads this may act on the log at once.
     announce_listening(&url);
-    let mut exported = false;
+    let grace = Duration::from_secs(args.drain_seconds);
+    let resume_hint =
+        format!("`neuromfa sweep resume {url}` resumes it (a probe that succeeds does too)");
+    let retry_hint = format!("`neuromfa sweep retry-failed {url}`");
+    // The end last exported, and whether leasing was stopped at the last look.
+    let mut exported: Option<SweepEnd> = None;
+    let mut was_stopped = false;
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => {
                 tracing::info!("stopping: no new leases; in-flight work may finish for {} s", args.drain_seconds);
-                running.drain_and_stop(Duration::from_secs(args.drain_seconds)).await;
+                running.drain_and_stop(grace).await;
                 // The tables reflect everything acknowledged, finished or not.
                 let files = export::export(&state_dir, None)?;
                 tracing::info!(exports = %state_dir.join("exports").display(), files = files.len(), "stopped");
-                break;
+                if args.exit_when_done {
+                    return Err(exit::interrupted("start the coordinator again to resume"));
+                }
+                return Ok(());
             }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 let status = match running.status().await {
@@ -215,24 +227,69 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
                         return Err(e);
                     }
                 };
-                let finished = status.pending + status.leased == 0;
-                if finished && !exported {
-                    let files = export::export(&state_dir, None)?;
-                    tracing::info!(done = status.done, failed = status.failed, exports = %state_dir.join("exports").display(), files = files.len(), "sweep finished");
-                    exported = true;
+                let stopped = status.stopped.is_some();
+                if was_stopped && !stopped {
+                    // Resumed: a Hub that refused when the coordinator started may answer now.
+                    resolve_before_export(&running, &hub, grace).await;
                 }
-                if !finished {
-                    exported = false;
-                }
-                if finished && args.exit_when_done {
-                    running.tell_workers_finished(Duration::from_secs(args.drain_seconds)).await;
+                was_stopped = stopped;
+                let Some(end) = status.end() else {
+                    exported = None;
+                    continue;
+                };
+                if args.exit_when_done {
+                    if let SweepEnd::Stopped(reason) = &end {
+                        running.state.announce_stop(reason.clone());
+                    }
+                    running.tell_workers_finished(grace).await;
+                    if !stopped {
+                        resolve_before_export(&running, &hub, grace).await;
+                    }
+                    // The last status, once every worker has said how its lease ended; the
+                    // workers were told it stopped even if a late success resumed it.
+                    let status = running.status().await?;
                     running.stop().await;
-                    break;
+                    export::export(&state_dir, None)?;
+                    log_end(&status, &state_dir);
+                    let end = status.end().unwrap_or(end);
+                    return exit::judge(&end, &status, &resume_hint, &retry_hint);
+                }
+                if exported.as_ref() != Some(&end) {
+                    if !stopped {
+                        resolve_before_export(&running, &hub, grace).await;
+                    }
+                    export::export(&state_dir, None)?;
+                    log_end(&status, &state_dir);
+                    exported = Some(end);
                 }
             }
         }
     }
-    Ok(())
+}
+
+/// Resolves again, for up to `grace`, the checkpoints still unresolved, so that the
+/// exports about to be written name every checkpoint's weights.
+async fn resolve_before_export(running: &RunningCoordinator, hub: &HubSettings, grace: Duration) {
+    match tokio::time::timeout(grace, resolve_again(&running.state, hub)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "resolving checkpoints again"),
+        Err(_) => tracing::warn!("resolving checkpoints again took too long; exporting without"),
+    }
+}
+
+/// Says in the log how the sweep ended (or stopped) and where its exports are.
+fn log_end(status: &StatusReport, state_dir: &Path) {
+    let exports = state_dir.join("exports");
+    match &status.stopped {
+        Some(breaker) if status.pending + status.leased > 0 => tracing::error!(
+            reason = %breaker.reason, pending = status.pending, exports = %exports.display(),
+            "sweep stopped by a systemic failure"
+        ),
+        _ => tracing::info!(
+            done = status.done, failed = status.failed, exports = %exports.display(),
+            "sweep finished"
+        ),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -310,11 +367,28 @@ pub enum SweepCommand {
     /// Run a whole sweep on this machine: a coordinator and N workers in one process over
     /// loopback gRPC, with a progress bar; writes the exports at the end.
     Run(SweepRunArgs),
-    /// Re-queue every failed task of a stopped sweep with a fresh attempt budget.
-    RetryFailed {
-        /// The sweep's state directory.
-        state_dir: PathBuf,
-    },
+    /// Re-queue every failed task with a fresh attempt budget: over the coordinator's RPC
+    /// while it runs, else in the state directory.
+    RetryFailed(OperatorArgs),
+    /// Resume leasing after the breaker stopped the sweep (once its cause is fixed): over
+    /// the coordinator's RPC while it runs, else in the state directory.
+    Resume(OperatorArgs),
+}
+
+/// Which sweep an operator's command is for.
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// The sweep's state directory (its coordinator, if one runs on it, is told over RPC
+    /// at the address and with the token recorded there), or the URL of its coordinator
+    /// (http:// or https://).
+    pub target: String,
+    /// File holding the sweep token (else NEUROMFA_TOKEN; for a state directory, also the
+    /// token recorded there).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed an https:// coordinator's certificate.
+    #[arg(long, env = "NEUROMFA_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -335,17 +409,145 @@ pub struct SweepRunArgs {
 pub async fn sweep(command: SweepCommand) -> Result<()> {
     match command {
         SweepCommand::Run(args) => sweep_run(args).await,
-        SweepCommand::RetryFailed { state_dir } => {
-            let mut state = SweepState::open_existing(&state_dir)?;
-            let n = state.transaction(|s| s.decide(|d| Ok(d.retry_failed())))?;
+        SweepCommand::RetryFailed(args) => {
+            let (n, place) = match operator_target(&args)? {
+                Target::Offline(mut state, dir) => {
+                    let n = state.transaction(|s| s.decide(|d| Ok(d.retry_failed())))?;
+                    (n as u32, dir.display().to_string())
+                }
+                Target::Live(mut client, url) => {
+                    let reply = client
+                        .retry_failed(proto::RetryFailedRequest {})
+                        .await
+                        .map_err(|status| refused(&url, status))?;
+                    (
+                        reply.into_inner().requeued,
+                        format!("the coordinator at {url}"),
+                    )
+                }
+            };
             writeln!(
                 std::io::stdout().lock(),
-                "{n} failed task(s) re-queued in {}",
-                state_dir.display()
+                "{n} failed task(s) re-queued in {place}"
             )?;
             Ok(())
         }
+        SweepCommand::Resume(args) => {
+            let (stopped_because, place) = match operator_target(&args)? {
+                Target::Offline(mut state, dir) => {
+                    let reason = state.transaction(|s| s.decide(|d| Ok(d.resume())))?;
+                    (reason.unwrap_or_default(), dir.display().to_string())
+                }
+                Target::Live(mut client, url) => {
+                    let reply = client
+                        .resume(proto::ResumeRequest {})
+                        .await
+                        .map_err(|status| refused(&url, status))?;
+                    (
+                        reply.into_inner().stopped_because,
+                        format!("the coordinator at {url}"),
+                    )
+                }
+            };
+            let mut out = std::io::stdout().lock();
+            match stopped_because.is_empty() {
+                true => writeln!(out, "leasing was not stopped in {place}")?,
+                false => writeln!(
+                    out,
+                    "leasing resumed in {place}; it had stopped: {stopped_because}"
+                )?,
+            }
+            Ok(())
+        }
     }
+}
+
+/// Where an operator's command goes.
+enum Target {
+    /// A stopped sweep's state, open (and locked) here.
+    Offline(Box<SweepState>, PathBuf),
+    /// A running coordinator, and its URL.
+    Live(worker::Client, String),
+}
+
+fn operator_target(args: &OperatorArgs) -> Result<Target> {
+    if args.target.starts_with("http://") || args.target.starts_with("https://") {
+        let token = client_token(args.token_file.as_deref())?;
+        let client = worker::connect(&args.target, &token, args.tls_ca.as_deref())?;
+        return Ok(Target::Live(client, args.target.clone()));
+    }
+    let dir = PathBuf::from(&args.target);
+    match SweepState::open_existing(&dir) {
+        Ok(state) => Ok(Target::Offline(Box::new(state), dir)),
+        // A coordinator runs on it: tell that one.
+        Err(StateError::Locked { .. }) => {
+            let mut spec = SweepSpec {
+                state_dir: dir.clone(),
+                ..recorded_spec(&dir)?
+            };
+            if let Some(addr) = recorded_listening(&dir) {
+                spec.coordinator.listen = addr;
+            }
+            let token = match client_token(args.token_file.as_deref()) {
+                Ok(token) => token,
+                Err(_) => recorded_token(&spec).with_context(|| {
+                    format!(
+                        "a coordinator runs on {} but no token was found for it: set \
+                         NEUROMFA_TOKEN or pass --token-file",
+                        dir.display()
+                    )
+                })?,
+            };
+            let url = local_address(&spec);
+            let client = worker::connect(&url, &token, args.tls_ca.as_deref())?;
+            Ok(Target::Live(client, url))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where the coordinator holding `state_dir` listens, beside its lock, so that operator
+/// commands given the directory find it even when the system chose its port.
+const LISTENING_FILE: &str = "listening";
+
+fn record_listening(state_dir: &Path, addr: std::net::SocketAddr) {
+    let path = state_dir.join(LISTENING_FILE);
+    // Only spares the operator the URL: a directory that cannot take it is no error.
+    if let Err(e) = std::fs::write(&path, addr.to_string()) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot record the listening address");
+    }
+}
+
+fn recorded_listening(state_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(state_dir.join(LISTENING_FILE)).ok()?;
+    let addr = text.trim();
+    addr.parse::<std::net::SocketAddr>().ok()?;
+    Some(addr.to_string())
+}
+
+/// Where this machine dials a coordinator of `spec`: the listen address, loopback for a
+/// coordinator listening on every interface.
+fn local_address(spec: &SweepSpec) -> String {
+    match spec.coordinator.listen.parse::<std::net::SocketAddr>() {
+        Ok(listen) => {
+            let scheme = if spec.tls() { "https" } else { "http" };
+            let ip = match listen.ip() {
+                ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+                ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+                ip => ip,
+            };
+            format!(
+                "{scheme}://{}",
+                std::net::SocketAddr::new(ip, listen.port())
+            )
+        }
+        Err(_) => spec.worker_address(),
+    }
+}
+
+/// A coordinator's refusal, or why it could not be reached, naming it.
+fn refused(url: &str, status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("coordinator {url}: {}", status.message())
 }
 
 async fn sweep_run(args: SweepRunArgs) -> Result<()> {
@@ -375,6 +577,7 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     // checkpoints were resolved on.
     let announced = hub.endpoint.clone().unwrap_or_default();
     let running = RunningCoordinator::start(state, listener, token.clone(), announced, None)?;
+    record_listening(&state_dir, running.addr);
     let mut options = WorkerOptions::new(format!("http://{}", running.addr), token);
     options.cache_dir = args
         .cache_dir
@@ -387,6 +590,10 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     let interrupted = follow_progress(&running, &workers).await?;
     let _ = stop_tx.send(true);
     let worker_error = join_workers(workers).await;
+    let end = running.state.status().await?.end();
+    if matches!(end, Some(SweepEnd::Done | SweepEnd::Failed(_))) {
+        resolve_before_export(&running, &hub, Duration::from_secs(30)).await;
+    }
     let status = running.state.status().await?;
     running.stop().await;
     if let Some(hub) = local_hub {
@@ -394,22 +601,18 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     }
     let mut out = std::io::stdout().lock();
     write_outputs(&mut out, &state_dir, &status)?;
+    drop(out);
+    let again = "run the same command again to resume";
     if interrupted {
-        writeln!(out, "interrupted: run the same command again to resume")?;
-    } else if status.failed > 0 {
-        writeln!(
-            out,
-            "{} task(s) failed; `neuromfa sweep retry-failed {}` re-queues them",
-            status.failed,
-            state_dir.display()
-        )?;
+        return Err(exit::interrupted(again));
     }
-    if let Some(e) = worker_error {
-        if status.pending + status.leased > 0 {
-            return Err(e.context("workers stopped before the sweep finished"));
-        }
-    }
-    Ok(())
+    let Some(end) = status.end() else {
+        let why = worker_error.unwrap_or_else(|| anyhow::anyhow!("no worker is left"));
+        return Err(why.context("workers stopped before the sweep finished"));
+    };
+    let resume = format!("{again} (leasing starts with one probe task)");
+    let retry = format!("`neuromfa sweep retry-failed {}`", state_dir.display());
+    exit::judge(&end, &status, &resume, &retry)
 }
 
 /// A loopback Hub serving the spec's local checkpoint tree (`hub.serve_dir`), if it names
@@ -448,8 +651,8 @@ fn start_local_workers(
         .collect()
 }
 
-/// Shows progress until the sweep is finished, every worker has stopped, or the user
-/// interrupts; returns whether the user did.
+/// Shows progress until the sweep is finished or stopped by the breaker, every worker has
+/// stopped, or the user interrupts; returns whether the user did.
 async fn follow_progress(
     running: &RunningCoordinator,
     workers: &[JoinHandle<Result<WorkerSummary>>],
@@ -468,7 +671,8 @@ async fn follow_progress(
         bar.set_length(status.total as u64);
         bar.set_position((status.done + status.failed) as u64);
         bar.set_message(format!("({} failed)", status.failed));
-        if status.pending + status.leased == 0 {
+        // Finished, or stopped by the breaker: a one-shot run does not wait for probes.
+        if status.end().is_some() {
             break;
         }
         if workers.iter().all(|w| w.is_finished()) {
@@ -533,6 +737,13 @@ pub struct StatusArgs {
     /// Redraw every two seconds until interrupted or the sweep finishes.
     #[arg(long)]
     pub watch: bool,
+    /// Wait until the sweep ends, then print its status and exit as `sweep run` does: 0
+    /// when every task is done, 4 when tasks failed, 5 when the breaker stopped it.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: exit (1) when the coordinator has been unreachable this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub give_up_after: u64,
     /// Print the status as JSON.
     #[arg(long)]
     pub json: bool,
@@ -545,38 +756,106 @@ pub struct StatusArgs {
 }
 
 pub async fn fetch_status(url: &str, token: &str, tls_ca: Option<&Path>) -> Result<StatusReport> {
-    let mut client = worker::connect(url, token, tls_ca)?;
-    let reply = match client.status(proto::StatusRequest {}).await {
-        Ok(reply) => reply,
+    let client = worker::connect(url, token, tls_ca)?;
+    match ask_status(client).await {
+        Ok(status) => status,
         Err(status) => {
             let why = crate::tls::tls_failure(url, &status)
                 .await
                 .unwrap_or_else(|| status.message().to_string());
             bail!("coordinator {url}: {why}");
         }
-    };
-    serde_json::from_str(&reply.into_inner().status_json).context("unreadable status")
+    }
+}
+
+/// One status call: the report, or the coordinator's refusal (or silence).
+async fn ask_status(mut client: worker::Client) -> Result<Result<StatusReport>, tonic::Status> {
+    let reply = client.status(proto::StatusRequest {}).await?;
+    Ok(serde_json::from_str(&reply.into_inner().status_json).context("unreadable status"))
 }
 
 pub async fn status(args: StatusArgs) -> Result<()> {
     let token = client_token(args.token_file.as_deref())?;
+    if args.wait {
+        return wait_for_end(&args, &token).await;
+    }
     loop {
         let status = fetch_status(&args.url, &token, args.tls_ca.as_deref()).await?;
-        let mut out = std::io::stdout().lock();
-        if args.json {
-            writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
-        } else {
-            if args.watch {
-                write!(out, "\x1b[2J\x1b[H")?;
-            }
-            print_status(&mut out, &status)?;
-        }
-        out.flush()?;
-        drop(out);
+        show_status(
+            &mut std::io::stdout().lock(),
+            &status,
+            args.json,
+            args.watch,
+        )?;
         if !args.watch || status.pending + status.leased == 0 {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+fn show_status(
+    out: &mut impl Write,
+    status: &StatusReport,
+    json: bool,
+    redraw: bool,
+) -> Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(status)?)?;
+    } else {
+        if redraw {
+            write!(out, "\x1b[2J\x1b[H")?;
+        }
+        print_status(out, status)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `status --wait`: polls until the sweep ends (riding out a coordinator that restarts,
+/// for up to --give-up-after), prints its status, and ends as the sweep did.
+async fn wait_for_end(args: &StatusArgs, token: &str) -> Result<()> {
+    let client = worker::connect(&args.url, token, args.tls_ca.as_deref())?;
+    let give_up_after = Duration::from_secs(args.give_up_after);
+    let mut unreachable_since: Option<std::time::Instant> = None;
+    loop {
+        let status = match ask_status(client.clone()).await {
+            Ok(status) => status?,
+            Err(refusal) if refusal.code() != tonic::Code::Unavailable => {
+                let why = crate::tls::tls_failure(&args.url, &refusal)
+                    .await
+                    .unwrap_or_else(|| refusal.message().to_string());
+                bail!("coordinator {}: {why}", args.url);
+            }
+            Err(silence) => {
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= give_up_after {
+                    bail!(
+                        "coordinator {} unreachable for {:.0} s: {}",
+                        args.url,
+                        since.elapsed().as_secs_f64(),
+                        silence.message()
+                    );
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        unreachable_since = None;
+        if args.watch || status.end().is_some() {
+            show_status(
+                &mut std::io::stdout().lock(),
+                &status,
+                args.json,
+                args.watch,
+            )?;
+        }
+        if let Some(end) = status.end() {
+            let resume = format!("`neuromfa sweep resume {}` resumes it", args.url);
+            let retry = format!("`neuromfa sweep retry-failed {}`", args.url);
+            return exit::judge(&end, &status, &resume, &retry);
+        }
+        tokio::time::sleep(Duration::from_secs(if args.watch { 2 } else { 1 })).await;
     }
 }
 
@@ -594,6 +873,28 @@ fn print_status(out: &mut impl Write, s: &StatusReport) -> std::io::Result<()> {
         s.duplicates_ignored,
         if s.draining { " (draining)" } else { "" }
     )?;
+    if let Some(b) = &s.stopped {
+        let probe = b
+            .next_probe_in_s
+            .map_or("a probe task is out".to_string(), |t| {
+                format!("next probe in {t:.0} s")
+            });
+        writeln!(
+            out,
+            "STOPPED by a systemic failure {:.0} s ago: {}\n  leasing resumes when a probe succeeds ({probe}, {} failed) or on `neuromfa sweep resume`",
+            b.seconds_stopped, b.reason, b.failed_probes
+        )?;
+    }
+    if s.retrying > 0 {
+        writeln!(
+            out,
+            "{} pending task(s) waiting to retry after a temporary failure",
+            s.retrying
+        )?;
+    }
+    if s.unresolved > 0 {
+        writeln!(out, "{} checkpoint(s) not resolved yet", s.unresolved)?;
+    }
     let eta = s
         .eta_seconds
         .map_or("-".to_string(), |e| format!("{:.0} s", e));

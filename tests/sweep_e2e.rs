@@ -11,18 +11,6 @@ use support::{data_dir, demo_step, AGGREGATE_FIELDS};
 
 const FINISH: Duration = Duration::from_secs(240);
 
-fn two_model_specs() -> &'static str {
-    r#"
-[[models]]
-repo = "test-org/tiny"
-steps = [0, 1000, 2000]
-
-[[models]]
-repo = "test-org/h64"
-steps = [0, 64, 512]
-"#
-}
-
 /// Both models of `two_model_specs` on a loopback Hub, `seeds` seeds, default settings.
 fn two_model_cluster(seeds: u32) -> Cluster {
     Cluster::new(

@@ -4,6 +4,8 @@
 //!
 //! - [`schedule`]: tasks, queues, leases and workers in memory; decisions return the
 //!   [`Change`]s they made and do no I/O.
+//! - [`breaker`]: when failures share one cause, leasing stops and their attempts are
+//!   given back; probes and `resume` start it again. Pure, like the schedule.
 //! - [`store`]: the SQLite schema, migrations, loading, and writing changes in
 //!   transactions; the only module that speaks SQL.
 //! - [`integrity`]: the duplicate policy and the ledger of what each checkpoint serves.
@@ -15,6 +17,7 @@
 //! - [`export`]: tables from a state directory, read through the store.
 
 pub mod aggregate;
+pub mod breaker;
 pub mod commit;
 mod error;
 pub mod export;
@@ -27,8 +30,8 @@ pub mod state;
 pub mod status;
 pub mod store;
 
-pub use record::{Change, TaskMetrics, TaskState};
+pub use record::{Change, Failure, FailureClass, TaskMetrics, TaskState};
 pub use schedule::{Completion, Lease, Schedule};
 pub use spec::SweepSpec;
 pub use state::{OpenMode, StateError, SweepState};
-pub use status::{FetchTotals, StatusReport};
+pub use status::{FetchTotals, StatusReport, SweepEnd};

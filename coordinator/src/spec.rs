@@ -130,6 +130,9 @@ pub struct CoordinatorSpec {
     pub lease_seconds: f64,
     /// Attempts before a task is marked failed.
     pub max_attempts: u32,
+    /// While the breaker has stopped leasing, wait this long before leasing one task as a
+    /// probe (doubled after each probe that fails, up to 16 times).
+    pub breaker_probe_seconds: f64,
     /// PEM certificate (chain) the coordinator serves TLS with; with `tls_key`. Relative
     /// paths are relative to the spec file.
     pub tls_cert: Option<PathBuf>,
@@ -144,6 +147,7 @@ impl Default for CoordinatorSpec {
             address: None,
             lease_seconds: 600.0,
             max_attempts: 3,
+            breaker_probe_seconds: 30.0,
             tls_cert: None,
             tls_key: None,
         }
@@ -429,6 +433,13 @@ impl SweepSpec {
         (self.coordinator.lease_seconds * 1000.0).round().max(1.0) as u64
     }
 
+    /// Wait before the breaker's first probe.
+    pub fn probe_ms(&self) -> u64 {
+        (self.coordinator.breaker_probe_seconds * 1000.0)
+            .round()
+            .max(1.0) as u64
+    }
+
     /// Whether the coordinator serves TLS.
     pub fn tls(&self) -> bool {
         self.coordinator.tls_cert.is_some()
@@ -531,6 +542,12 @@ impl CoordinatorSpec {
         }
         if self.max_attempts == 0 {
             return Err(invalid("coordinator.max_attempts", "must be at least 1"));
+        }
+        if !(self.breaker_probe_seconds.is_finite() && self.breaker_probe_seconds > 0.0) {
+            return Err(invalid(
+                "coordinator.breaker_probe_seconds",
+                format!("must be positive (got {})", self.breaker_probe_seconds),
+            ));
         }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => Err(invalid(

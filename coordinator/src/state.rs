@@ -34,9 +34,12 @@ pub struct SweepState {
 /// The schedule and the ledger as the store holds them.
 fn load(store: &Store, spec: &SweepSpec) -> Result<(Schedule, Ledger)> {
     let (workers, duplicates) = (store.workers()?, store.duplicates_counted()?);
-    let schedule = store.read_tasks(false, |tasks| {
-        Schedule::restore(spec, tasks, workers, duplicates)
-    })?;
+    let breaker = store.breaker()?;
+    let schedule = store
+        .read_tasks(false, |tasks| {
+            Schedule::restore(spec, tasks, workers, duplicates)
+        })?
+        .with_breaker(breaker);
     let ledger = Ledger::new(schedule.checkpoints().to_vec(), store.revisions()?);
     Ok((schedule, ledger))
 }

@@ -2,6 +2,7 @@
 //! `hf-hub`'s errors sort into what retrying may heal and what it will not.
 
 use std::path::Path;
+use std::time::Duration;
 
 use hf_hub::HFError;
 
@@ -66,7 +67,12 @@ pub enum FetchError {
         "temporary failure fetching {} from {} at revision {}: {detail}",
         .at.file, .at.repo, .at.revision
     )]
-    Transient { at: Box<FileRef>, detail: String },
+    Transient {
+        at: Box<FileRef>,
+        detail: String,
+        /// How long the server asked to wait (`Retry-After`, `RateLimit`), when it said.
+        retry_after: Option<Duration>,
+    },
     /// The local cache could not be read or written (disk full, permissions).
     #[error(
         "local cache error for {} of {} at revision {}: {detail}",
@@ -85,12 +91,17 @@ pub enum FetchError {
         .at.file, .at.repo, .at.revision
     )]
     InvalidRequest { at: Box<FileRef>, detail: String },
-    /// Any other answer from the Hub that retrying will not change.
+    /// Any other answer from the Hub that retrying will not change, with its status (a
+    /// `422` from a mirror that reads the request another way, an unexpected redirect).
     #[error(
         "fetching {} from {} at revision {} failed: {detail}",
         .at.file, .at.repo, .at.revision
     )]
-    Hub { at: Box<FileRef>, detail: String },
+    Hub {
+        at: Box<FileRef>,
+        status: Option<u16>,
+        detail: String,
+    },
     /// The server answered a byte-range request with something other than that range (it
     /// ignores `Range`): fetch the whole checkpoint instead ([`crate::ranges`]).
     #[error(
@@ -112,6 +123,14 @@ impl FetchError {
             self,
             FetchError::Transient { .. } | FetchError::Cache { .. }
         )
+    }
+
+    /// How long the server asked to wait before trying again, when it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FetchError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 
     /// The repository, revision and file concerned (`None` for [`FetchError::Setup`]).
@@ -185,9 +204,20 @@ impl Names {
     }
 
     pub(crate) fn transient(&self, file: &str, detail: String) -> FetchError {
+        self.transient_after(file, detail, None)
+    }
+
+    /// A transient failure the server named a wait for.
+    pub(crate) fn transient_after(
+        &self,
+        file: &str,
+        detail: String,
+        retry_after: Option<Duration>,
+    ) -> FetchError {
         FetchError::Transient {
             at: self.at(file),
             detail,
+            retry_after,
         }
     }
 
@@ -246,23 +276,36 @@ impl Names {
                 status: 403,
                 detail,
             },
-            HFError::RateLimited { .. } => FetchError::Transient { at, detail },
+            HFError::RateLimited { retry_after, .. } => {
+                self.transient_after(file, detail, retry_after)
+            }
             HFError::Http { context } => {
                 let status = context.status.as_u16();
                 if status == 408 || status == 429 || status >= 500 {
-                    FetchError::Transient { at, detail }
+                    self.transient(file, detail)
                 } else {
-                    FetchError::Hub { at, detail }
+                    FetchError::Hub {
+                        at,
+                        detail,
+                        status: Some(status),
+                    }
                 }
             }
+            HFError::Conflict { context } => FetchError::Hub {
+                at,
+                detail,
+                status: Some(context.status.as_u16()),
+            },
             // Transport failures: refused, reset, timed out, cut mid-body. Only a request that
             // could not even be built is our fault.
-            HFError::Request { source, .. } if !source.is_builder() => {
-                FetchError::Transient { at, detail }
-            }
-            HFError::Xet { .. } => FetchError::Transient { at, detail },
+            HFError::Request { source, .. } if !source.is_builder() => self.transient(file, detail),
+            HFError::Xet { .. } => self.transient(file, detail),
             HFError::Io(_) | HFError::CacheLockTimeout { .. } => FetchError::Cache { at, detail },
-            _ => FetchError::Hub { at, detail },
+            _ => FetchError::Hub {
+                at,
+                detail,
+                status: None,
+            },
         }
     }
 }
@@ -272,4 +315,55 @@ pub(crate) enum Missing {
     Repo,
     Revision,
     File,
+}
+
+/// The wait a rate-limited answer names: `Retry-After` in seconds, else the `t` (or
+/// `reset`) seconds of a `RateLimit` header (`"api";r=0;t=42`, `limit=5, remaining=0,
+/// reset=42`).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let seconds = header("retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or_else(|| {
+            header("ratelimit")?
+                .split([';', ','])
+                .filter_map(|param| param.trim().split_once('='))
+                .find(|(key, _)| matches!(*key, "t" | "reset"))
+                .and_then(|(_, value)| value.trim().parse::<u64>().ok())
+        })?;
+    Some(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.parse().unwrap(), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn the_wait_comes_from_retry_after_else_the_ratelimit_window() {
+        let wait = |pairs| retry_after(&headers(pairs)).map(|d| d.as_secs());
+        assert_eq!(
+            wait(&[("retry-after", "7"), ("ratelimit", "\"api\";r=0;t=42")]),
+            Some(7)
+        );
+        assert_eq!(wait(&[("ratelimit", "\"api\";r=0;t=42")]), Some(42));
+        assert_eq!(
+            wait(&[("ratelimit", "limit=5, remaining=0, reset=9")]),
+            Some(9)
+        );
+        // An HTTP date is not a number of seconds: no wait named.
+        assert_eq!(
+            wait(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]),
+            None
+        );
+        assert_eq!(wait(&[]), None);
+    }
 }

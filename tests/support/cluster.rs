@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::faulty_hub::{Fault, FaultyHub};
 use super::{data_dir, demo_step};
 
 pub const TOKEN: &str = "test-sweep-token";
@@ -155,6 +156,19 @@ pub fn publish_all(hub: &Path, repo: &str, revision: &str, source: &Path) {
     }
 }
 
+/// The spec's `[[models]]` for what [`publish_two_models`] publishes.
+pub fn two_model_specs() -> &'static str {
+    r#"
+[[models]]
+repo = "test-org/tiny"
+steps = [0, 1000, 2000]
+
+[[models]]
+repo = "test-org/h64"
+steps = [0, 64, 512]
+"#
+}
+
 /// Two models × three steps, from the golden tiny GPT-NeoX and the trained history.
 pub fn publish_two_models(hub: &Path) -> Vec<(String, u64, PathBuf)> {
     let mut published = Vec::new();
@@ -171,9 +185,16 @@ pub fn publish_two_models(hub: &Path) -> Vec<(String, u64, PathBuf)> {
     published
 }
 
+/// The cluster's Hub: `neuromfa hub serve`, or one in the test's process whose faults the
+/// test switches.
+pub enum TestHub {
+    Process(Proc),
+    Faulty(FaultyHub),
+}
+
 pub struct Cluster {
     pub root: tempfile::TempDir,
-    pub hub: Proc,
+    pub hub: TestHub,
     pub hub_url: String,
     /// The port the first coordinator got from the system (0 before it started); later
     /// ones are restarted on it, as a coordinator is in production.
@@ -208,7 +229,33 @@ impl Cluster {
         extra: &str,
         lease_seconds: u32,
     ) -> Cluster {
-        Self::build(publish, models, seeds, extra, lease_seconds, None)
+        Self::build(publish, models, seeds, extra, lease_seconds, None, false)
+    }
+
+    /// A cluster whose Hub is a [`FaultyHub`], healthy until [`Cluster::hub_fault`].
+    pub fn with_faulty_hub(
+        publish: impl FnOnce(&Path),
+        models: &str,
+        seeds: u32,
+        extra: &str,
+    ) -> Cluster {
+        Self::build(publish, models, seeds, extra, 3, None, true)
+    }
+
+    /// Makes the Hub misbehave as `fault` says (a cluster built with a faulty Hub only).
+    pub fn hub_fault(&self, fault: Fault) {
+        match &self.hub {
+            TestHub::Faulty(hub) => hub.set(fault),
+            TestHub::Process(_) => panic!("this cluster's Hub has no faults to switch"),
+        }
+    }
+
+    /// Requests the faulty Hub answered with a fault.
+    pub fn hub_refused(&self) -> u64 {
+        match &self.hub {
+            TestHub::Faulty(hub) => hub.refused(),
+            TestHub::Process(_) => 0,
+        }
     }
 
     /// A coordinator that serves TLS with `tls`; workers and `status` trust `tls.ca`.
@@ -218,7 +265,7 @@ impl Cluster {
         seeds: u32,
         tls: TlsFiles,
     ) -> Cluster {
-        Self::build(publish, models, seeds, "", 3, Some(tls))
+        Self::build(publish, models, seeds, "", 3, Some(tls), false)
     }
 
     fn build(
@@ -228,6 +275,7 @@ impl Cluster {
         extra: &str,
         lease_seconds: u32,
         tls: Option<TlsFiles>,
+        faulty_hub: bool,
     ) -> Cluster {
         let tls_keys = tls.as_ref().map_or(String::new(), |t| {
             format!(
@@ -239,18 +287,25 @@ impl Cluster {
         let root = tempfile::tempdir().unwrap();
         let hub_dir = root.path().join("hub");
         publish(&hub_dir);
-        let (hub, hub_url) = Proc::spawn_listening(
-            &[
-                "hub",
-                "serve",
-                hub_dir.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            &[],
-            root.path().join("hub.log"),
-        )
-        .unwrap();
+        let (hub, hub_url) = if faulty_hub {
+            let hub = FaultyHub::start(&hub_dir);
+            let url = hub.url.clone();
+            (TestHub::Faulty(hub), url)
+        } else {
+            let (hub, url) = Proc::spawn_listening(
+                &[
+                    "hub",
+                    "serve",
+                    hub_dir.to_str().unwrap(),
+                    "--listen",
+                    "127.0.0.1:0",
+                ],
+                &[],
+                root.path().join("hub.log"),
+            )
+            .unwrap();
+            (TestHub::Process(hub), url)
+        };
         let state_dir = root.path().join("state");
         let spec = root.path().join("spec.toml");
         std::fs::write(
@@ -394,13 +449,7 @@ max_attempts = 3
 
     /// `neuromfa sweep run` on the spec with `workers` workers; its stdout, once it succeeded.
     pub fn sweep_run(&self, workers: u32) -> String {
-        let out = Command::new(binary())
-            .args(["sweep", "run", self.spec.to_str().unwrap()])
-            .args(["--workers", &workers.to_string(), "--cache-dir"])
-            .arg(self.root.path().join("cache"))
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .output()
-            .unwrap();
+        let out = self.sweep_run_output(workers);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
@@ -408,6 +457,27 @@ max_attempts = 3
             String::from_utf8_lossy(&out.stderr)
         );
         stdout
+    }
+
+    /// `neuromfa sweep run` on the spec with `workers` workers, however it ended.
+    pub fn sweep_run_output(&self, workers: u32) -> std::process::Output {
+        Command::new(binary())
+            .args(["sweep", "run", self.spec.to_str().unwrap()])
+            .args(["--workers", &workers.to_string(), "--cache-dir"])
+            .arg(self.root.path().join("cache"))
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .output()
+            .unwrap()
+    }
+
+    /// `neuromfa ARGS` as an operator on this machine runs it, with the sweep's token.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary())
+            .args(args)
+            .env("NEUROMFA_TOKEN", TOKEN)
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .output()
+            .unwrap()
     }
 
     /// Sets `[hub] fetch_mode` in the spec.

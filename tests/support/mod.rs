@@ -130,5 +130,6 @@ fn convert(
 pub mod chaos;
 pub mod chaos_checks;
 pub mod cluster;
+pub mod faulty_hub;
 pub mod procfs;
 pub mod tmpfs;

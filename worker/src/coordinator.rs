@@ -122,21 +122,25 @@ impl Coordinator {
         .await
     }
 
-    /// Reports that task `task_id`'s attempt `attempt` failed; `permanent` when retrying the
-    /// same bytes cannot help.
+    /// Reports that task `task_id`'s attempt `attempt` failed, why (`class`), and for a
+    /// transient failure how long the Hub asked to wait.
     pub(crate) async fn fail(
         &self,
         task_id: i64,
         attempt: u32,
         error: &str,
-        permanent: bool,
+        class: proto::FailureClass,
+        retry_after: Option<Duration>,
     ) -> Result<()> {
         let request = proto::FailRequest {
             worker_id: self.worker_id.clone(),
             task_id,
             attempt,
             error: error.to_string(),
-            permanent,
+            // What an older coordinator reads instead of the class.
+            permanent: class != proto::FailureClass::Transient,
+            class: class.into(),
+            retry_after_ms: retry_after.map_or(0, |d| d.as_millis() as u64),
         };
         self.call("fail", |mut c| {
             let request = request.clone();

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use neuromfa_common::checkpoint::FetchMode;
+use neuromfa_proto as proto;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
@@ -100,6 +101,19 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "worker".to_string())
 }
 
+/// The coordinator stopped the sweep and is about to exit (its breaker tripped, see
+/// `docs/failures.md`): no task will come from it. Holds its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepStopped(pub String);
+
+impl std::fmt::Display for SweepStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the coordinator stopped the sweep: {}", self.0)
+    }
+}
+
+impl std::error::Error for SweepStopped {}
+
 /// What a worker did before it stopped.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WorkerSummary {
@@ -130,6 +144,8 @@ pub async fn run(options: WorkerOptions, shutdown: watch::Receiver<bool>) -> Res
         heartbeat_every: Duration::from_millis(registration.heartbeat_ms.max(50)),
         max_tasks: options.max_tasks,
         shutdown,
+        transient_in_a_row: 0,
+        pause: None,
     };
     worker.run().await
 }
@@ -142,6 +158,11 @@ struct Worker {
     /// Seeds leased at a time.
     max_tasks: u32,
     shutdown: watch::Receiver<bool>,
+    /// Leases in a row whose fetch failed transiently.
+    transient_in_a_row: u32,
+    /// How long to wait before the next lease (after a transient failure), so that a
+    /// rate-limited or failing Hub is not met with lease after lease.
+    pause: Option<Duration>,
 }
 
 impl Worker {
@@ -159,19 +180,34 @@ impl Worker {
                     tracing::info!(worker = %self.coordinator.worker_id(), "sweep finished");
                     break;
                 }
-                let wait = Duration::from_millis(reply.retry_after_ms.max(50));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.shutdown.changed() => {}
+                if !reply.sweep_stopped.is_empty() {
+                    return Err(SweepStopped(reply.sweep_stopped).into());
                 }
+                self.wait(Duration::from_millis(reply.retry_after_ms.max(50)))
+                    .await;
                 continue;
             }
             let done = self.run_lease(Lease::from_reply(reply)?).await?;
             summary.completed += done.completed;
             summary.failed += done.failed;
             summary.released += done.released;
+            if let Some(pause) = self.pause.take() {
+                tracing::info!(
+                    pause_ms = pause.as_millis() as u64,
+                    "waiting before the next lease after a temporary failure"
+                );
+                self.wait(pause).await;
+            }
         }
         Ok(summary)
+    }
+
+    /// Sleeps for `duration`, or until asked to stop.
+    async fn wait(&mut self, duration: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => {}
+            _ = self.shutdown.changed() => {}
+        }
     }
 
     /// One lease, with heartbeats beside it; on shutdown its unfinished tasks are given back
@@ -217,6 +253,12 @@ impl Worker {
             Ok(weights) => weights,
             Err(e) => {
                 summary.failed += report::fetch_failed(&self.coordinator, lease, &e).await?;
+                if report::failure_class(&e) == proto::FailureClass::Transient {
+                    self.transient_in_a_row += 1;
+                    let pause =
+                        report::pause_after_transient(e.retry_after(), self.transient_in_a_row);
+                    self.pause = Some(pause);
+                }
                 return Ok(true);
             }
         };
@@ -233,6 +275,7 @@ impl Worker {
             let task_id = outcome.task.task_id;
             if reporter.report(outcome).await? {
                 summary.completed += 1;
+                self.transient_in_a_row = 0;
             } else {
                 summary.failed += 1;
             }

@@ -1,5 +1,9 @@
 //! The report stage: each seed's result sent to the coordinator with its share of what
-//! fetching the checkpoint cost, each failure with whether retrying can help.
+//! fetching the checkpoint cost, each failure with its class: transient, the checkpoint's
+//! own, or one that says something about the Hub or the protocol (the coordinator's
+//! breaker weighs those across checkpoints).
+
+use std::time::Duration;
 
 use anyhow::Result;
 use neuromfa_hub::ranges::FetchMetrics;
@@ -38,6 +42,7 @@ impl<'a> Reporter<'a> {
 
     /// Sends a seed's result (`true`), or reports its failure (`false`): the checkpoint
     /// itself is bad (corrupt, missing tensor), so retrying the same bytes cannot help.
+    /// (A bug of this worker would fail every checkpoint alike, which the breaker sees.)
     pub(crate) async fn report(&mut self, outcome: Outcome) -> Result<bool> {
         let Outcome {
             task,
@@ -49,8 +54,9 @@ impl<'a> Reporter<'a> {
             Ok(result) => result,
             Err(message) => {
                 task_span.in_scope(|| tracing::warn!(error = %message, "task failed"));
+                let class = proto::FailureClass::Checkpoint;
                 self.coordinator
-                    .fail(task.task_id, task.attempt, &message, true)
+                    .fail(task.task_id, task.attempt, &message, class, None)
                     .await?;
                 return Ok(false);
             }
@@ -86,22 +92,51 @@ impl<'a> Reporter<'a> {
     }
 }
 
-/// Fails every task of `lease` whose weights could not be fetched; permanently when the
-/// fetch never will succeed as asked. Returns how many.
+/// Fails every task of `lease` whose weights could not be fetched, with the failure's class
+/// and the wait the Hub named. Returns how many.
 pub(crate) async fn fetch_failed(
     coordinator: &Coordinator,
     lease: &Lease,
     error: &FetchError,
 ) -> Result<usize> {
-    let permanent = !error.is_transient();
-    tracing::warn!(error = %error, permanent, "fetch failed");
+    let class = failure_class(error);
+    let retry_after = error.retry_after();
+    tracing::warn!(error = %error, class = class.as_str_name(), ?retry_after, "fetch failed");
     let message = format!("fetch: {error}");
     for task in &lease.tasks {
         coordinator
-            .fail(task.task_id, task.attempt, &message, permanent)
+            .fail(task.task_id, task.attempt, &message, class, retry_after)
             .await?;
     }
     Ok(lease.tasks.len())
+}
+
+/// What a fetch failure says: worth trying later, about the Hub or the protocol (the same
+/// answer for every checkpoint), or about this checkpoint alone.
+pub(crate) fn failure_class(error: &FetchError) -> proto::FailureClass {
+    use proto::FailureClass as Class;
+    match error {
+        FetchError::Transient { .. } | FetchError::Cache { .. } => Class::Transient,
+        FetchError::AccessDenied { .. } => Class::HubAuth,
+        FetchError::RepoNotFound { .. } => Class::HubRepoMissing,
+        FetchError::Hub {
+            status: Some(422), ..
+        } => Class::HubUnprocessable,
+        FetchError::Hub { .. }
+        | FetchError::RangesUnsupported { .. }
+        | FetchError::Setup { .. } => Class::Protocol,
+        // A revision or file missing, bytes that never matched, files that are no
+        // checkpoint, a read this checkpoint cannot serve.
+        _ => Class::Checkpoint,
+    }
+}
+
+/// How long to wait before leasing again after a transient failure, the `in_a_row`th:
+/// what the Hub asked for, else 1 s doubling up to a minute.
+pub(crate) fn pause_after_transient(retry_after: Option<Duration>, in_a_row: u32) -> Duration {
+    retry_after.unwrap_or_else(|| {
+        Duration::from_secs(1 << in_a_row.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+    })
 }
 
 /// The `i`th of `n` shares of `total`: they sum to it exactly.
@@ -112,6 +147,63 @@ fn share(total: u64, i: u64, n: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use neuromfa_hub::{FetchError, FileRef};
+    use neuromfa_proto::FailureClass;
+
+    fn at() -> Box<FileRef> {
+        Box::new(FileRef {
+            repo: "org/m".into(),
+            revision: "step8".into(),
+            file: "model.safetensors".into(),
+        })
+    }
+
+    fn hub(status: Option<u16>) -> FetchError {
+        FetchError::Hub {
+            at: at(),
+            detail: "refused".into(),
+            status,
+        }
+    }
+
+    #[test]
+    fn fetch_failures_are_classed_by_what_they_say_about_the_sweep() {
+        let class = super::failure_class;
+        assert_eq!(class(&hub(Some(422))), FailureClass::HubUnprocessable);
+        assert_eq!(class(&hub(Some(405))), FailureClass::Protocol);
+        assert_eq!(class(&hub(None)), FailureClass::Protocol);
+        let denied = FetchError::AccessDenied {
+            at: at(),
+            status: 403,
+            detail: String::new(),
+        };
+        assert_eq!(class(&denied), FailureClass::HubAuth);
+        let limited = FetchError::Transient {
+            at: at(),
+            detail: "HTTP 429".into(),
+            retry_after: Some(std::time::Duration::from_secs(3)),
+        };
+        assert_eq!(class(&limited), FailureClass::Transient);
+        let corrupt = FetchError::InvalidCheckpoint {
+            at: at(),
+            detail: "not a valid safetensors file".into(),
+        };
+        assert_eq!(class(&corrupt), FailureClass::Checkpoint);
+    }
+
+    #[test]
+    fn the_pause_after_a_transient_failure_is_the_hubs_else_doubles_to_a_minute() {
+        use std::time::Duration;
+        let pause = super::pause_after_transient;
+        assert_eq!(
+            pause(Some(Duration::from_secs(7)), 3),
+            Duration::from_secs(7)
+        );
+        assert_eq!(pause(None, 1), Duration::from_secs(1));
+        assert_eq!(pause(None, 3), Duration::from_secs(4));
+        assert_eq!(pause(None, 30), Duration::from_secs(60));
+    }
+
     fn shares(total: u64, n: u64) -> Vec<u64> {
         (0..n).map(|i| super::share(total, i, n)).collect()
     }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::Plan;
 use super::reader::HeldBytes;
-use crate::error::{error_chain, FetchError};
+use crate::error::{error_chain, retry_after, FetchError};
 use crate::fetch::{Cost, Remote, RemoteFile, MAX_ATTEMPTS};
 
 /// First retry delay of a ranged read; doubled on each further attempt.
@@ -242,11 +242,15 @@ async fn ranged_get(
                 ),
             )))
         }
-        408 | 429 | 500..=599 => return Err(Failure::Retry(names.transient(name, detail()))),
-        _ => {
+        408 | 429 | 500..=599 => {
+            let wait = retry_after(response.headers());
+            return Err(Failure::Retry(names.transient_after(name, detail(), wait)));
+        }
+        code => {
             return Err(Failure::Final(FetchError::Hub {
                 at: names.at(name),
                 detail: detail(),
+                status: Some(code),
             }))
         }
     }
