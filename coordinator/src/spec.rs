@@ -24,6 +24,9 @@ pub enum SpecError {
     },
 }
 
+/// The most seeds a sweep may count (`seeds = N`); the paper draws 10 per checkpoint.
+pub const MAX_SEEDS: u32 = 100_000;
+
 /// Seeds: a count `N` (seeds `0..N`) or an explicit list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -314,6 +317,15 @@ impl SweepSpec {
         }
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "must not be empty"));
+        }
+        if let Seeds::Count(n) = self.seeds {
+            // Checked before the list is made: a count is a few bytes of TOML.
+            if n > MAX_SEEDS {
+                return Err(invalid(
+                    "seeds",
+                    format!("{n} seeds; at most {MAX_SEEDS} per sweep"),
+                ));
+            }
         }
         let seeds = self.seed_list();
         if seeds.is_empty() {
