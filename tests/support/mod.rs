@@ -112,5 +112,7 @@ fn convert(
 pub mod chaos;
 pub mod chaos_checks;
 pub mod cluster;
+pub mod partition;
 pub mod procfs;
+pub mod proxy;
 pub mod tmpfs;
