@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The long partition run (tests/partitions.rs, harness in tests/support/partition.rs): the
-# demo sweep, 2 models x 8 steps x 10 seeds, by real processes of a release build (a
+# demo sweep, 2 models x 8 steps x 10 seeds, by real processes of the test build (a
 # throttled loopback Hub, a coordinator, 3 workers), each worker dialling the coordinator
 # through a fault-injecting proxy of its own, while a seeded loop puts EVENTS faults on one
 # link or on all of them and heals them: partitions shorter and longer than a lease, lost
@@ -22,7 +22,7 @@ fi
 export NEUROMFA_PARTITION_SEED="$seed"
 echo "partition: seed $seed, $NEUROMFA_PARTITION_EVENTS events (again: scripts/partition.sh $NEUROMFA_PARTITION_EVENTS $seed)"
 
-cargo test --release --test partitions --no-run
+cargo test --test partitions --no-run
 started=$(date +%s)
-cargo test --release --test partitions long_run_survives_random_partitions -- --ignored --exact --nocapture
+cargo test --test partitions long_run_survives_random_partitions -- --ignored --exact --nocapture
 echo "partition: passed with seed $seed in $(( $(date +%s) - started )) s (clean run included)"
