@@ -123,9 +123,9 @@ impl Settings {
         let workers = env("NEUROMFA_CHAOS_WORKERS").unwrap_or(3);
         assert!((2..=4).contains(&workers), "2 to 4 workers");
         let kills = env("NEUROMFA_CHAOS_KILLS").unwrap_or(kills);
-        // A kill with its restart takes a second or two, and at 1 MB/s a checkpoint is
+        // A kill with its restart takes about a second, and at 1 MB/s a checkpoint is
         // done every second or so: more kills need a slower Hub to land within the sweep.
-        let throttle = (20.0 / kills.max(1) as f64).clamp(0.05, 1.0);
+        let throttle = (25.0 / kills.max(1) as f64).clamp(0.1, 1.0);
         Settings {
             seed,
             kills,
@@ -649,11 +649,7 @@ impl fmt::Display for Report {
             c(Phase::FullDownload),
             c(Phase::WorkerElsewhere)
         )?;
-        writeln!(
-            f,
-            "  tasks recomputed: {} (leases beyond the first, over {} tasks); duplicate results ignored: {}",
-            self.state.extra_leases, self.state.releases, self.state.duplicates
-        )?;
+        writeln!(f, "  {}", self.state)?;
         write!(
             f,
             "  wall time {:.1} s (the clean run not counted); {} tasks, each done once",

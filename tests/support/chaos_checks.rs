@@ -30,6 +30,16 @@ pub struct StateFacts {
     pub duplicates: u64,
 }
 
+impl std::fmt::Display for StateFacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tasks recomputed: {} (leases beyond the first, over {} tasks); duplicate results ignored: {}",
+            self.extra_leases, self.releases, self.duplicates
+        )
+    }
+}
+
 /// Checks that the state holds every task of the grid (`tasks` of them) done exactly once,
 /// with one result that is that task's, and nothing damaged; returns what it counts.
 pub fn check_state(state_dir: &Path, tasks: u64) -> StateFacts {

@@ -244,11 +244,7 @@ impl fmt::Display for Report {
             "  connections cut mid-exchange: {}; chunks swallowed by partitions: {}",
             self.cuts, self.swallowed
         )?;
-        writeln!(
-            f,
-            "  tasks recomputed: {} (leases beyond the first, over {} tasks); duplicate results ignored: {}",
-            self.state.extra_leases, self.state.releases, self.state.duplicates
-        )?;
+        writeln!(f, "  {}", self.state)?;
         write!(
             f,
             "  wall time {:.1} s (the clean run not counted); {} tasks, each done once, exports byte-identical",
