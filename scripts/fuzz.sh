@@ -27,11 +27,12 @@ shift $(( $# >= 2 ? 2 : 1 ))
 host=$(rustc -vV | sed -n 's/^host: //p')
 # The flags cargo-fuzz passes for libFuzzer's coverage, all accepted by stable rustc.
 # Given with --target, they reach our code and its dependencies but not build scripts.
-export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+# Set for the driver's build only: the seeds are written by a plain build.
+coverage="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
-nice -n 19 cargo build --release --quiet --manifest-path fuzz/libfuzzer/Cargo.toml \
-    --target "$host" --target-dir target/fuzz/build
+RUSTFLAGS="$coverage" nice -n 19 cargo build --release --quiet \
+    --manifest-path fuzz/libfuzzer/Cargo.toml --target "$host" --target-dir target/fuzz/build
 driver="target/fuzz/build/$host/release/neuromfa-libfuzzer"
 
 seeds="target/fuzz/seeds/$target"
