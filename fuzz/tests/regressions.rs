@@ -125,3 +125,13 @@ fn a_content_range_past_2_to_the_64_is_no_range() {
     let input = kept("content_range", "last-past-u64");
     assert_eq!(neuromfa_hub::headers::content_range(text(&input)), None);
 }
+
+/// Found by libFuzzer: the target's own check computed `last + 1` for a range ending at
+/// byte 2^64 - 1; the parser itself handles it.
+#[test]
+fn a_content_range_ending_at_byte_2_to_the_64_minus_1_parses() {
+    let input = kept("content_range", "last-byte-at-2-64-minus-1");
+    let range = neuromfa_hub::headers::content_range(text(&input)).unwrap();
+    assert_eq!((range.first, range.last), (0, u64::MAX));
+    assert!(!range.is(&(0..u64::MAX), u64::MAX));
+}

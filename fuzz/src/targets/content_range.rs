@@ -43,5 +43,8 @@ fn run(data: &[u8]) {
     let total = complete_length.map_or("*".to_string(), |n| n.to_string());
     let printed = format!("bytes {first}-{last}/{total}");
     assert_eq!(content_range(&printed), Some(range), "{printed}");
-    assert!(range.is(&(first..last + 1), complete_length.unwrap_or(last + 1)));
+    // A range ending at the last byte 2^64 - 1 has no exclusive end to compare with.
+    if let Some(end) = last.checked_add(1) {
+        assert!(range.is(&(first..end), complete_length.unwrap_or(end)));
+    }
 }
