@@ -61,10 +61,18 @@ fn connect_checking_every(
 /// The least time one attempt of a call is given, however little of `give_up_after` is left.
 const MIN_ATTEMPT: Duration = Duration::from_secs(1);
 
+/// Whether a call that failed so may succeed if tried again. A connection cut in the middle
+/// of a call fails it as `Cancelled` ("operation was canceled"), though nobody cancelled it:
+/// the coordinator never answers a call so.
 fn transient(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Aborted | Code::Internal
+        Code::Unavailable
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::Internal
+            | Code::Cancelled
     )
 }
 
@@ -246,5 +254,20 @@ impl Coordinator {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_cut_with_its_connection_is_tried_again_and_a_refusal_is_not() {
+        // What tonic reports for a call whose connection closed under it.
+        assert!(transient(&Status::cancelled("operation was canceled")));
+        assert!(transient(&Status::unavailable("transport error")));
+        assert!(transient(&Status::deadline_exceeded("no answer")));
+        assert!(!transient(&Status::invalid_argument("no such task")));
+        assert!(!transient(&Status::unauthenticated("wrong token")));
     }
 }
