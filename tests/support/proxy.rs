@@ -2,10 +2,11 @@
 //! through a [`FaultyLink`] of its own, which the test can partition in either direction
 //! or both, slow down, or have cut connections in the middle of an exchange.
 //!
-//! A partitioned direction swallows what is sent into it, and a connection that lost bytes
-//! so is dead for good, in both directions: it stays open but carries nothing, even once
-//! the link heals (a half-open connection, as a peer behind a lost NAT entry leaves), so
-//! only new connections work again. A cut closes the connection at both ends at once.
+//! A partitioned direction swallows what is sent into it, and a direction of a connection
+//! that lost bytes so is dead for good: the connection stays open but that direction
+//! carries nothing, even once the link heals (a half-open connection, as a peer behind a
+//! lost NAT entry leaves), so only new connections work again. A cut closes the connection
+//! at both ends at once.
 
 #![allow(dead_code)]
 
@@ -193,9 +194,22 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
     let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
     let (client_read, client_write) = client.into_split();
     let (upstream_read, upstream_write) = upstream.into_split();
-    let dead = Arc::new(AtomicBool::new(false));
-    let up = pump(client_read, upstream_write, Direction::Up, &shared, &dead);
-    let down = pump(upstream_read, client_write, Direction::Down, &shared, &dead);
+    // Per direction: whether it lost bytes, and so carries nothing more.
+    let dead = [AtomicBool::new(false), AtomicBool::new(false)];
+    let up = pump(
+        client_read,
+        upstream_write,
+        Direction::Up,
+        &shared,
+        &dead[0],
+    );
+    let down = pump(
+        upstream_read,
+        client_write,
+        Direction::Down,
+        &shared,
+        &dead[1],
+    );
     tokio::pin!(up, down);
     let (mut up_open, mut down_open) = (true, true);
     while up_open || down_open {
@@ -214,7 +228,7 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
     // Dropping both halves of both sockets closes the connection at both ends.
 }
 
-/// Passes chunks from `from` to `to` through the link's faults.
+/// Passes chunks from `from` to `to` through the link's faults; `dead` is this direction's.
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
@@ -249,7 +263,7 @@ async fn pump(
             break;
         }
     }
-    // A dead connection stays half-open: the other end never hears of the close.
+    // A dead direction stays half-open: the other end never hears of the close.
     if !dead.load(Ordering::Relaxed) {
         let _ = to.shutdown().await;
     }
