@@ -135,3 +135,18 @@ fn a_content_range_ending_at_byte_2_to_the_64_minus_1_parses() {
     assert_eq!((range.first, range.last), (0, u64::MAX));
     assert!(!range.is(&(0..u64::MAX), u64::MAX));
 }
+
+/// Found by libFuzzer: `config` took the quoted key `"0[61111]"` for a path into an array
+/// and allocated it up to that index (5.9 MB for 14 bytes; `"0[4000000000]"` would ask for
+/// 100 GB).
+#[test]
+fn a_spec_key_that_indexes_an_array_is_refused_before_config_reads_it() {
+    let input = kept("sweep_spec", "quoted-key-indexing-an-array-at-61111");
+    let refused = SweepSpec::from_toml(text(&input), Path::new("spec.toml")).unwrap_err();
+    assert!(
+        refused.to_string().contains("is not a key of a sweep spec"),
+        "{refused}"
+    );
+    let huge = "\"0[4000000000]\" = 1\n";
+    assert!(SweepSpec::from_toml(huge, Path::new("spec.toml")).is_err());
+}
