@@ -27,6 +27,9 @@ pub enum SpecError {
     },
 }
 
+/// The most seeds a sweep may count (`seeds = N`); the paper draws 10 per checkpoint.
+pub const MAX_SEEDS: u32 = 100_000;
+
 /// Seeds: a count `N` (seeds `0..N`) or an explicit list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -228,6 +231,7 @@ impl SweepSpec {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| load_error(format!("cannot read the sweep spec: {e}")))?;
+        check_keys(&text, path)?;
         let keys = Self::keys().map_err(|e| load_error(e.to_string()))?;
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(&text, config::FileFormat::Toml));
@@ -250,6 +254,7 @@ impl SweepSpec {
 
     /// Parses TOML text without environment overrides.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, SpecError> {
+        check_keys(text, path)?;
         let spec: SweepSpec = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
@@ -301,6 +306,15 @@ impl SweepSpec {
         }
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "must not be empty"));
+        }
+        if let Seeds::Count(n) = self.seeds {
+            // Checked before the list is made: a count is a few bytes of TOML.
+            if n > MAX_SEEDS {
+                return Err(invalid(
+                    "seeds",
+                    format!("{n} seeds; at most {MAX_SEEDS} per sweep"),
+                ));
+            }
         }
         let seeds = self.seed_list();
         if seeds.is_empty() {
@@ -454,6 +468,45 @@ impl SweepSpec {
             .clone()
             .unwrap_or_else(|| format!("{scheme}://{}", self.coordinator.listen))
     }
+}
+
+/// Refuses a key that is not a plain name (letters, digits, `_`, `-`) before `config` reads
+/// the text: it takes a quoted key such as `"x[4000000000]"` for a path into an array and
+/// allocates the array up to that index. Syntax errors are left to `config` to report.
+fn check_keys(text: &str, path: &Path) -> Result<(), SpecError> {
+    fn plain(table: &toml::Table, at: &str) -> Result<(), String> {
+        for (key, value) in table {
+            let name = if at.is_empty() {
+                key.clone()
+            } else {
+                format!("{at}.{key}")
+            };
+            let simple = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !simple {
+                return Err(name);
+            }
+            let tables: Vec<&toml::Table> = match value {
+                toml::Value::Table(t) => vec![t],
+                toml::Value::Array(items) => items.iter().filter_map(|v| v.as_table()).collect(),
+                _ => Vec::new(),
+            };
+            for t in tables {
+                plain(t, &name)?;
+            }
+        }
+        Ok(())
+    }
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    plain(&table, "").map_err(|key| SpecError::Invalid {
+        path: path.to_path_buf(),
+        key,
+        message: "is not a key of a sweep spec".to_string(),
+    })
 }
 
 /// The key a `NEUROMFA_…` variable sets (sections joined by `__`): any key outside the

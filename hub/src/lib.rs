@@ -11,6 +11,7 @@ mod client;
 mod error;
 pub mod fetch;
 pub mod hashing;
+pub mod headers;
 pub mod ranges;
 pub mod resolve;
 

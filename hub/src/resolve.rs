@@ -132,11 +132,9 @@ impl Resolver {
             .ok_or_else(|| failed(format!("HEAD {file}: no X-Repo-Commit"), false))?;
         let etag = header("x-linked-etag")
             .or_else(|| header("etag"))
-            .ok_or_else(|| failed(format!("HEAD {file}: no ETag"), false))?;
-        Ok(Some((
-            commit,
-            etag.trim_start_matches("W/").trim_matches('"').to_string(),
-        )))
+            .and_then(|e| crate::headers::etag(&e))
+            .ok_or_else(|| failed(format!("HEAD {file}: no usable ETag"), false))?;
+        Ok(Some((commit, etag)))
     }
 
     /// Which weight files `revision` offers: the listing of the names

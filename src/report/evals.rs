@@ -136,10 +136,12 @@ fn load_file(
     Ok(())
 }
 
-type Row = (String, String, u64, f64);
+/// (model, benchmark, step, accuracy).
+pub type Row = (String, String, u64, f64);
 
-/// `model,step,benchmark,accuracy` with a header; extra columns are ignored.
-fn csv_rows(
+/// `model,step,benchmark,accuracy` with a header; extra columns are ignored. `path` names
+/// the file in messages.
+pub fn csv_rows(
     text: &str,
     path: &Path,
     models: &[String],
@@ -214,7 +216,7 @@ fn csv_rows(
 
 /// One lm-evaluation-harness results file: `results.<task>.acc`, model and step from
 /// `config.model_args` (step also from a `_step<N>` file name).
-fn lm_eval_rows(
+pub fn lm_eval_rows(
     text: &str,
     path: &Path,
     models: &[String],

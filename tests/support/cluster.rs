@@ -36,6 +36,23 @@ impl Proc {
         env: &[(&str, &str)],
         log: PathBuf,
     ) -> Result<(Proc, String), String> {
+        match Self::spawn_until_listening(args, env, log)? {
+            (proc, Some(url)) => Ok((proc, url)),
+            (mut proc, None) => Err(format!(
+                "{args:?} exited ({:?}) before listening:\n{}",
+                proc.child.wait(),
+                proc.log_text()
+            )),
+        }
+    }
+
+    /// [`Proc::spawn_listening`], except that a process exiting with success before it
+    /// listens (a coordinator whose sweep is finished) gives `None` instead of an error.
+    pub fn spawn_until_listening(
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Result<(Proc, Option<String>), String> {
         let mut proc = Self::spawn_with_stdout(args, env, log, Stdio::piped());
         let stdout = proc.child.stdout.take().unwrap();
         let (line_tx, line_rx) = std::sync::mpsc::channel();
@@ -46,14 +63,14 @@ impl Proc {
         });
         // Only a bound on failure: a start takes well under a second.
         match line_rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(Ok(url)) if !url.is_empty() => Ok((proc, url)),
-            Ok(_) => {
-                let status = proc.child.wait();
-                Err(format!(
+            Ok(Ok(url)) if !url.is_empty() => Ok((proc, Some(url))),
+            Ok(_) => match proc.child.wait() {
+                Ok(status) if status.success() => Ok((proc, None)),
+                status => Err(format!(
                     "{args:?} exited ({status:?}) before listening:\n{}",
                     proc.log_text()
-                ))
-            }
+                )),
+            },
             Err(_) => Err(format!(
                 "{args:?} did not listen in 120 s:\n{}",
                 proc.log_text()

@@ -131,5 +131,7 @@ pub mod chaos;
 pub mod chaos_checks;
 pub mod cluster;
 pub mod faulty_hub;
+pub mod partition;
 pub mod procfs;
+pub mod proxy;
 pub mod tmpfs;

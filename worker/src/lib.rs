@@ -131,7 +131,11 @@ pub async fn run(options: WorkerOptions, shutdown: watch::Receiver<bool>) -> Res
     )?;
     let (coordinator, registration) = Coordinator::register(
         client,
-        &options.coordinator,
+        (
+            &options.coordinator,
+            &options.token,
+            options.tls_ca.as_deref(),
+        ),
         options.give_up_after,
         shutdown.clone(),
         &options.host,

@@ -259,11 +259,9 @@ async fn ranged_get(
         .get(reqwest::header::CONTENT_RANGE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let expected = format!("bytes {}-{}/", range.start, range.end - 1);
-    let total_ok = content_range
-        .strip_prefix(&expected)
-        .is_some_and(|total| total == "*" || total.parse::<u64>() == Ok(file.size));
-    if !total_ok {
+    let exact =
+        crate::headers::content_range(content_range).is_some_and(|r| r.is(range, file.size));
+    if !exact {
         return Err(Failure::Final(FetchError::RangesUnsupported {
             at: names.at(name),
             detail: format!(
