@@ -20,6 +20,7 @@ use crate::auth::generate_token;
 use crate::integrity::resolve_grid;
 use crate::proto;
 use crate::server::RunningCoordinator;
+use crate::web::WebServer;
 use crate::worker::{self, WorkerOptions, WorkerSummary};
 
 const TOKEN_FILE: &str = "token";
@@ -94,6 +95,26 @@ pub(crate) fn dial_address(spec: &SweepSpec) -> String {
         }
     }
     spec.worker_address()
+}
+
+/// The URL of an HTTP listener bound at `addr`, with this host's name in place of an
+/// unspecified IP.
+fn http_url(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("http://{}:{}/", worker::hostname(), addr.port())
+    } else {
+        format!("http://{addr}/")
+    }
+}
+
+/// Serves the dashboard of `running`'s sweep on `listen`.
+async fn start_dashboard(
+    listen: &str,
+    running: &RunningCoordinator,
+    token: &str,
+) -> Result<WebServer> {
+    let listener = crate::web::bind(listen, "dashboard").await?;
+    crate::dashboard::start(listener, running.state.clone(), token).await
 }
 
 /// Hub endpoint workers should use when the spec names one (else theirs: HF_ENDPOINT or
@@ -173,12 +194,24 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&spec.coordinator.listen)
         .await
         .with_context(|| format!("cannot listen on {}", spec.coordinator.listen))?;
-    let running = RunningCoordinator::start(state, listener, token, announced_hub(&spec), tls)?;
+    let running =
+        RunningCoordinator::start(state, listener, token.clone(), announced_hub(&spec), tls)?;
     tracing::info!(
         sweep = %spec.name, addr = %running.addr, state_dir = %state_dir.display(), tls = spec.tls(),
         "coordinator listening; start workers with: NEUROMFA_COORDINATOR={} neuromfa worker",
         dial_address(&spec)
     );
+    let dashboard = match &spec.dashboard.listen {
+        Some(listen) => {
+            let dashboard = start_dashboard(listen, &running, &token).await?;
+            tracing::info!(
+                url = %http_url(dashboard.addr),
+                "dashboard listening; open it once with ?token= and the sweep token, scrape /metrics with `Authorization: Bearer` and the token"
+            );
+            Some(dashboard)
+        }
+        None => None,
+    };
     let mut exported = false;
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -186,6 +219,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         tokio::select! {
             _ = &mut stop => {
                 tracing::info!("stopping: no new leases; in-flight work may finish for {} s", args.drain_seconds);
+                stop_dashboard(dashboard).await;
                 running.drain_and_stop(Duration::from_secs(args.drain_seconds)).await;
                 // The tables reflect everything acknowledged, finished or not.
                 let files = export::export(&state_dir, None)?;
@@ -197,6 +231,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
                     Ok(status) => status,
                     Err(e) => {
                         // Out of space: stop serving before saying why.
+                        stop_dashboard(dashboard).await;
                         running.stop().await;
                         return Err(e);
                     }
@@ -212,6 +247,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
                 }
                 if finished && args.exit_when_done {
                     running.tell_workers_finished(Duration::from_secs(args.drain_seconds)).await;
+                    stop_dashboard(dashboard).await;
                     running.stop().await;
                     break;
                 }
@@ -219,6 +255,12 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn stop_dashboard(dashboard: Option<WebServer>) {
+    if let Some(dashboard) = dashboard {
+        dashboard.stop().await;
+    }
 }
 
 #[derive(Debug, Args)]
@@ -355,6 +397,10 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     // checkpoints were resolved on.
     let announced = hub.endpoint.clone().unwrap_or_default();
     let running = RunningCoordinator::start(state, listener, token.clone(), announced, None)?;
+    // The dashboard is always on here, on loopback unless the spec says where.
+    let listen = spec.dashboard.listen.as_deref().unwrap_or("127.0.0.1:0");
+    let dashboard = start_dashboard(listen, &running, &token).await?;
+    println!("dashboard: {}?token={token}", http_url(dashboard.addr));
     let mut options = WorkerOptions::new(format!("http://{}", running.addr), token);
     options.cache_dir = args
         .cache_dir
@@ -368,6 +414,7 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     let _ = stop_tx.send(true);
     let worker_error = join_workers(workers).await;
     let status = running.state.status().await?;
+    dashboard.stop().await;
     running.stop().await;
     if let Some(hub) = local_hub {
         let _ = hub.shutdown().await;
