@@ -300,6 +300,10 @@ pub struct WorkerArgs {
     /// spec's `hub.merge_gap`, else 4096.
     #[arg(long)]
     pub merge_gap: Option<u64>,
+    /// Serve this worker's metrics at http://ADDR/metrics in Prometheus' text format
+    /// (behind the sweep token, like the coordinator's dashboard).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 pub async fn worker(args: WorkerArgs) -> Result<()> {
@@ -317,13 +321,26 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
     options.give_up_after = Duration::from_secs(args.give_up_after);
     options.fetch_mode = args.fetch_mode;
     options.merge_gap = args.merge_gap;
+    let metrics = match &args.metrics_listen {
+        Some(listen) => {
+            let listener = crate::web::bind(listen, "worker metrics").await?;
+            let server = crate::web::metrics_server(listener, &options)?;
+            tracing::info!(url = %format!("{}metrics", http_url(server.addr)), "worker metrics listening");
+            Some(server)
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("stopping: releasing leases");
         let _ = stop_tx.send(true);
     });
-    let summary = worker::run(options, stop_rx).await?;
+    let summary = worker::run(options, stop_rx).await;
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
+    }
+    let summary = summary?;
     tracing::info!(
         completed = summary.completed,
         failed = summary.failed,

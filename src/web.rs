@@ -219,6 +219,37 @@ impl WebServer {
     }
 }
 
+/// Serves the metrics of the worker `options` describes at `/metrics`, behind its token.
+pub fn metrics_server(
+    listener: tokio::net::TcpListener,
+    options: &crate::worker::WorkerOptions,
+) -> anyhow::Result<WebServer> {
+    let metrics = options.metrics.clone();
+    let router = Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                let mut registry = prometheus_client::registry::Registry::default();
+                metrics.register(&mut registry);
+                let mut text = String::new();
+                match prometheus_client::encoding::prometheus_text::encode(&mut text, &registry) {
+                    Ok(()) => (
+                        [(
+                            header::CONTENT_TYPE,
+                            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                        )],
+                        text,
+                    )
+                        .into_response(),
+                    Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                }
+            }
+        }),
+    );
+    WebServer::start(listener, router, &options.token, "worker's metrics")
+}
+
 /// Binds `listen` for an HTTP listener, naming it in the error.
 pub async fn bind(listen: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(listen)

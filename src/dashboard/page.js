@@ -84,7 +84,7 @@ function drawGrid(model, index) {
       ` (${steps} steps × ${seeds} seeds; ${model.finished_steps} steps finished)`
   );
   const width = Math.min(box.parentElement.clientWidth || 1200, 1400);
-  const size = Math.max(3, Math.min(26, Math.floor((width - 4) / steps)));
+  const size = Math.max(3, Math.min(18, Math.floor((width - 4) / steps)));
   const gap = size >= 8 ? 1 : 0;
   const mark = 4;
   const canvas = box.querySelector("canvas");

@@ -175,7 +175,28 @@ impl Cluster {
         extra: &str,
         lease_seconds: u32,
     ) -> Cluster {
-        Self::build(publish, models, seeds, extra, lease_seconds, None)
+        Self::build(publish, models, seeds, extra, lease_seconds, None, &[])
+    }
+
+    /// A cluster whose Hub serves file bodies at `mbps` megabytes per second in all, so a
+    /// sweep lasts long enough to be watched.
+    pub fn throttled(
+        publish: impl FnOnce(&Path),
+        models: &str,
+        seeds: u32,
+        extra: &str,
+        mbps: f64,
+    ) -> Cluster {
+        let mbps = mbps.to_string();
+        Self::build(
+            publish,
+            models,
+            seeds,
+            extra,
+            3,
+            None,
+            &["--throttle", &mbps],
+        )
     }
 
     /// A coordinator that serves TLS with `tls`; workers and `status` trust `tls.ca`.
@@ -185,7 +206,7 @@ impl Cluster {
         seeds: u32,
         tls: TlsFiles,
     ) -> Cluster {
-        Self::build(publish, models, seeds, "", 3, Some(tls))
+        Self::build(publish, models, seeds, "", 3, Some(tls), &[])
     }
 
     fn build(
@@ -195,6 +216,7 @@ impl Cluster {
         extra: &str,
         lease_seconds: u32,
         tls: Option<TlsFiles>,
+        hub_flags: &[&str],
     ) -> Cluster {
         let tls_keys = tls.as_ref().map_or(String::new(), |t| {
             format!(
@@ -208,17 +230,16 @@ impl Cluster {
         publish(&hub_dir);
         let hub_port = free_port();
         let hub_url = format!("http://127.0.0.1:{hub_port}");
-        let hub = Proc::spawn(
-            &[
-                "hub",
-                "serve",
-                hub_dir.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{hub_port}"),
-            ],
-            &[],
-            root.path().join("hub.log"),
-        );
+        let listen = format!("127.0.0.1:{hub_port}");
+        let mut hub_args = vec![
+            "hub",
+            "serve",
+            hub_dir.to_str().unwrap(),
+            "--listen",
+            &listen,
+        ];
+        hub_args.extend_from_slice(hub_flags);
+        let hub = Proc::spawn(&hub_args, &[], root.path().join("hub.log"));
         wait_for_port(hub_port);
         let coordinator_port = free_port();
         let state_dir = root.path().join("state");

@@ -9,6 +9,7 @@ mod compute;
 mod coordinator;
 mod fetch;
 mod lease;
+mod metrics;
 mod report;
 
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ pub use coordinator::{connect, Client};
 use fetch::FetchStage;
 pub use lease::{CheckpointRef, Lease, LeasedTask};
 use lease::{Heartbeat, HeldTasks};
+pub use metrics::WorkerMetrics;
 use report::Reporter;
 
 /// How a worker connects and what it may use.
@@ -50,6 +52,8 @@ pub struct WorkerOptions {
     pub fetch_mode: Option<FetchMode>,
     /// Overrides the merge gap the coordinator announces.
     pub merge_gap: Option<u64>,
+    /// Where the worker counts what it does (shared by clones).
+    pub metrics: WorkerMetrics,
 }
 
 impl WorkerOptions {
@@ -67,6 +71,7 @@ impl WorkerOptions {
             host: worker_name(),
             fetch_mode: None,
             merge_gap: None,
+            metrics: WorkerMetrics::default(),
         }
     }
 }
@@ -130,6 +135,7 @@ pub async fn run(options: WorkerOptions, shutdown: watch::Receiver<bool>) -> Res
         heartbeat_every: Duration::from_millis(registration.heartbeat_ms.max(50)),
         max_tasks: options.max_tasks,
         shutdown,
+        metrics: options.metrics.clone(),
     };
     worker.run().await
 }
@@ -142,6 +148,7 @@ struct Worker {
     /// Seeds leased at a time.
     max_tasks: u32,
     shutdown: watch::Receiver<bool>,
+    metrics: WorkerMetrics,
 }
 
 impl Worker {
@@ -166,7 +173,12 @@ impl Worker {
                 }
                 continue;
             }
-            let done = self.run_lease(Lease::from_reply(reply)?).await?;
+            let lease = Lease::from_reply(reply)?;
+            let tasks = lease.tasks.len();
+            self.metrics.leased(tasks);
+            let done = self.run_lease(lease).await;
+            self.metrics.let_go(tasks);
+            let done = done?;
             summary.completed += done.completed;
             summary.failed += done.failed;
             summary.released += done.released;
@@ -216,11 +228,14 @@ impl Worker {
         let weights = match fetched {
             Ok(weights) => weights,
             Err(e) => {
-                summary.failed += report::fetch_failed(&self.coordinator, lease, &e).await?;
+                let failed = report::fetch_failed(&self.coordinator, lease, &e).await?;
+                self.metrics.failed(failed);
+                summary.failed += failed;
                 return Ok(true);
             }
         };
-        let mut reporter = Reporter::new(&self.coordinator, weights.metrics(), lease);
+        let mut reporter =
+            Reporter::new(&self.coordinator, weights.metrics(), lease, &self.metrics);
         let (mut outcomes, compute) = compute::start(weights, lease);
         loop {
             let next = tokio::select! {
