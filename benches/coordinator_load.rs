@@ -1,10 +1,13 @@
 //! Load benchmark of the coordinator: 100 concurrent simulated workers complete 100,000
 //! no-op tasks over loopback gRPC against a coordinator process. Prints durable
-//! completions per second and the coordinator's peak memory.
+//! completions per second and the coordinator's peak memory, once without the dashboard
+//! and once with it serving 20 browsers that poll it as the page does (the snapshot every
+//! two seconds, each figure again whenever the results behind it changed).
 //!
 //!   cargo bench --bench coordinator_load [-- WORKERS TASKS]
 //!
-//! Targets: at least 5,000 completions/s and under 300 MiB.
+//! Targets: at least 5,000 completions/s and under 300 MiB; the dashboard with 20 browsers
+//! costs at most 5 % of the completions per second.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -61,12 +64,38 @@ fn main() {
     }
 }
 
+/// Browsers polling the dashboard in the second run.
+const BROWSERS: usize = 20;
+/// How often the page polls the snapshot (`POLL_MS` in src/dashboard/page.js).
+const POLL: Duration = Duration::from_secs(2);
+
 fn run(workers: usize, tasks: u64) -> Result<(), String> {
+    let alone = run_once(workers, tasks, false)?;
+    let watched = run_once(workers, tasks, true)?;
+    println!(
+        "dashboard with {BROWSERS} browsers polling: {:.0} against {alone:.0} completions per second without ({:+.1} %)",
+        watched,
+        100.0 * (watched - alone) / alone
+    );
+    Ok(())
+}
+
+/// One run; its completions per second.
+fn run_once(workers: usize, tasks: u64, dashboard: bool) -> Result<f64, String> {
     let seeds = 100u64;
     let steps = tasks.div_ceil(seeds);
     let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
     let port = free_port(50_951);
-    let spec = write_spec(dir.path(), seeds, steps, port)?;
+    let dashboard_port = dashboard.then(|| free_port(50_952));
+    let spec = write_spec(dir.path(), seeds, steps, port, dashboard_port)?;
+    println!(
+        "{}",
+        if dashboard {
+            format!("with the dashboard and {BROWSERS} browsers polling it:")
+        } else {
+            "without the dashboard:".to_string()
+        }
+    );
 
     let started = Instant::now();
     let mut coordinator = start_coordinator(&spec, port)?;
@@ -80,12 +109,29 @@ fn run(workers: usize, tasks: u64) -> Result<(), String> {
     let completed = Arc::new(AtomicU64::new(0));
     let url = format!("http://127.0.0.1:{port}");
     let run_started = Instant::now();
+    let polls = Arc::new(AtomicU64::new(0));
     runtime.block_on(async {
+        let finished = Arc::new(tokio::sync::Notify::new());
+        let browsers: Vec<_> = dashboard_port
+            .into_iter()
+            .flat_map(|port| std::iter::repeat_n(port, BROWSERS))
+            .map(|port| {
+                tokio::spawn(browser(
+                    format!("http://127.0.0.1:{port}"),
+                    finished.clone(),
+                    polls.clone(),
+                ))
+            })
+            .collect();
         let handles: Vec<_> = (0..workers)
             .map(|w| tokio::spawn(simulated_worker(url.clone(), w, completed.clone())))
             .collect();
         for h in handles {
             let _ = h.await;
+        }
+        finished.notify_waiters();
+        for b in browsers {
+            let _ = b.await;
         }
     });
     let elapsed = run_started.elapsed().as_secs_f64();
@@ -96,14 +142,74 @@ fn run(workers: usize, tasks: u64) -> Result<(), String> {
         .status();
     let _ = coordinator.wait();
 
-    println!("workers: {workers}");
-    println!("durable completions: {done} in {elapsed:.2} s");
-    println!("completions per second: {:.0}", done as f64 / elapsed);
-    match rss {
-        Some(kib) => println!("coordinator peak RSS: {:.0} MiB", kib as f64 / 1024.0),
-        None => println!("coordinator peak RSS: unavailable"),
+    println!("  workers: {workers}");
+    println!("  durable completions: {done} in {elapsed:.2} s");
+    println!("  completions per second: {:.0}", done as f64 / elapsed);
+    if dashboard {
+        println!(
+            "  dashboard requests answered: {}",
+            polls.load(Ordering::Relaxed)
+        );
     }
-    Ok(())
+    match rss {
+        Some(kib) => println!("  coordinator peak RSS: {:.0} MiB", kib as f64 / 1024.0),
+        None => println!("  coordinator peak RSS: unavailable"),
+    }
+    Ok(done as f64 / elapsed)
+}
+
+/// A browser showing the dashboard at `base`: the snapshot every [`POLL`], and each figure
+/// the page shows again whenever it is not of the latest results, until `finished`.
+async fn browser(base: String, finished: Arc<tokio::sync::Notify>, answered: Arc<AtomicU64>) {
+    let Ok(client) = reqwest::Client::builder().no_proxy().build() else {
+        return;
+    };
+    let auth = format!("Bearer {TOKEN}");
+    let mut etags: std::collections::HashMap<&str, String> = Default::default();
+    let get = |path: String, etag: Option<String>| {
+        let mut request = client
+            .get(format!("{base}{path}"))
+            .header("Authorization", &auth);
+        if let Some(etag) = etag {
+            request = request.header("If-None-Match", etag);
+        }
+        request.send()
+    };
+    loop {
+        if let Ok(response) = get("/api/live".into(), etags.get("live").cloned()).await {
+            answered.fetch_add(1, Ordering::Relaxed);
+            let etag = response
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if let (Some(etag), Ok(body)) = (etag, response.bytes().await) {
+                etags.insert("live", etag);
+                let version = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["figures_version"].as_str().map(|s| format!("\"{s}\"")));
+                for stem in ["emergence", "alpha0-width", "spectra-load-noop"] {
+                    if version.is_some() && etags.get(stem) != version.as_ref() {
+                        if let Ok(figure) =
+                            get(format!("/figure/{stem}"), etags.get(stem).cloned()).await
+                        {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                            if let Some(etag) =
+                                figure.headers().get("etag").and_then(|v| v.to_str().ok())
+                            {
+                                etags.insert(stem, etag.to_string());
+                            }
+                            let _ = figure.bytes().await;
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = finished.notified() => return,
+        }
+    }
 }
 
 /// A port free right now on loopback, or `fallback`.
@@ -115,7 +221,13 @@ fn free_port(fallback: u16) -> u16 {
 }
 
 /// The load sweep's spec in `dir`: one no-op model, `steps` × `seeds` tasks.
-fn write_spec(dir: &Path, seeds: u64, steps: u64, port: u16) -> Result<PathBuf, String> {
+fn write_spec(
+    dir: &Path,
+    seeds: u64,
+    steps: u64,
+    port: u16,
+    dashboard_port: Option<u16>,
+) -> Result<PathBuf, String> {
     // The coordinator checks every revision before it serves: against a port nobody
     // listens on that fails at once, instead of waiting on the real Hub (or on no network).
     let hub_port = free_port(9);
@@ -125,9 +237,12 @@ fn write_spec(dir: &Path, seeds: u64, steps: u64, port: u16) -> Result<PathBuf, 
         "name = \"load\"\nstate_dir = \"{}\"\nseeds = {seeds}\nsteps = [{}]\ntoken = \"{TOKEN}\"\n\
          [coordinator]\nlisten = \"127.0.0.1:{port}\"\nlease_seconds = 60\n\
          [hub]\nendpoint = \"http://127.0.0.1:{hub_port}\"\n\
-         [[models]]\nrepo = \"load/noop\"\n",
+         [[models]]\nrepo = \"load/noop\"\n{}",
         dir.join("state").display(),
-        step_list.join(", ")
+        step_list.join(", "),
+        dashboard_port.map_or(String::new(), |port| format!(
+            "[dashboard]\nlisten = \"127.0.0.1:{port}\"\n"
+        )),
     );
     std::fs::write(&spec, text).map_err(|e| format!("cannot write spec: {e}"))?;
     Ok(spec)
