@@ -11,23 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::cluster::{publish, publish_two_models, Cluster, SilentHub, TOKEN};
+use support::cluster::{
+    publish, publish_two_models_one_corrupt, two_model_specs, Cluster, SilentHub, TOKEN,
+};
 use support::demo_step;
 
 const DASHBOARD: &str = "[dashboard]\nlisten = \"127.0.0.1:0\"";
 const HINT: &str = "needs the sweep's token";
-
-fn two_model_specs() -> &'static str {
-    r#"
-[[models]]
-repo = "test-org/tiny"
-steps = [0, 1000, 2000]
-
-[[models]]
-repo = "test-org/h64"
-steps = [0, 64, 512]
-"#
-}
 
 /// An HTTP answer: status, headers (lower-case names), body.
 struct Answer {
@@ -135,13 +125,7 @@ fn histogram_count(scrape: &prometheus_parse::Scrape, metric: &str) -> f64 {
 fn strangers_get_only_the_login_hint_and_scrapes_agree_with_status() {
     // One checkpoint is corrupt, so the sweep has failures to count as well.
     let mut cluster = Cluster::new(
-        |hub| {
-            publish_two_models(hub);
-            let bad = hub.join("test-org/tiny/step1000/model.safetensors");
-            let mut bytes = std::fs::read(&bad).unwrap();
-            bytes.truncate(bytes.len() / 3);
-            std::fs::write(&bad, bytes).unwrap();
-        },
+        publish_two_models_one_corrupt,
         two_model_specs(),
         3,
         DASHBOARD,

@@ -140,6 +140,28 @@ pub fn publish_two_models(hub: &Path) -> Vec<(String, u64, PathBuf)> {
     published
 }
 
+/// The `[[models]]` tables of `publish_two_models`' checkpoints.
+pub fn two_model_specs() -> &'static str {
+    r#"
+[[models]]
+repo = "test-org/tiny"
+steps = [0, 1000, 2000]
+
+[[models]]
+repo = "test-org/h64"
+steps = [0, 64, 512]
+"#
+}
+
+/// `publish_two_models`, with test-org/tiny step 1000's weights cut short: its tasks fail.
+pub fn publish_two_models_one_corrupt(hub: &Path) {
+    publish_two_models(hub);
+    let bad = hub.join("test-org/tiny/step1000/model.safetensors");
+    let mut bytes = std::fs::read(&bad).unwrap();
+    bytes.truncate(bytes.len() / 3);
+    std::fs::write(&bad, bytes).unwrap();
+}
+
 pub struct Cluster {
     pub root: tempfile::TempDir,
     pub hub: Proc,
