@@ -28,10 +28,13 @@ const PAGE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("page.js");
 const STYLE: &str = include_str!("page.css");
 
-/// How old a snapshot the page may be shown: polls within it share one.
-const SNAPSHOT_MAX_AGE: Duration = Duration::from_millis(1000);
+/// How old a snapshot the page may be shown (its poll interval): polls within it share one.
+const SNAPSHOT_MAX_AGE: Duration = Duration::from_millis(2000);
 /// How often a figure is redrawn at most while results keep arriving.
-const FIGURE_MIN_INTERVAL: Duration = Duration::from_secs(3);
+const FIGURE_MIN_INTERVAL: Duration = Duration::from_secs(5);
+/// Spectra drawn per model at most: past that, steps evenly spread by rank (first and last
+/// kept). A thousand curves cost seconds to draw and megabytes to send, and read as one.
+const MAX_SPECTRA: usize = 40;
 
 /// A snapshot and its JSON.
 struct Snapshot {
@@ -120,14 +123,23 @@ fn draw(view: &LiveView, q: &[f64], stem: &str) -> anyhow::Result<Option<String>
         .map(|m| LiveModel {
             repo: &m.model,
             aggregates: &m.aggregates,
-            spectra: m
-                .spectra
-                .iter()
+            spectra: spread(&m.spectra, MAX_SPECTRA)
                 .map(|(step, a)| (*step, spectrum_rows(&m.model, a, q)))
                 .collect::<BTreeMap<_, _>>(),
         })
         .collect();
     live_figure_svg(&models, stem)
+}
+
+/// At most `n` of `items`, evenly spread by rank, the first and the last among them.
+fn spread<T>(items: &[T], n: usize) -> impl Iterator<Item = &T> {
+    let len = items.len();
+    let picked: std::collections::BTreeSet<usize> = if len <= n || n < 2 {
+        (0..len.min(n)).collect()
+    } else {
+        (0..n).map(|i| i * (len - 1) / (n - 1)).collect()
+    };
+    picked.into_iter().map(move |i| &items[i])
 }
 
 fn unavailable(why: &str) -> Response {
@@ -270,4 +282,19 @@ pub async fn start(
 ) -> anyhow::Result<WebServer> {
     let router = router(state).await?;
     WebServer::start(listener, router, token, "dashboard")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    #[test]
+    fn many_spectra_are_thinned_evenly_keeping_the_ends() {
+        let steps: Vec<u32> = (0..1000).collect();
+        let picked: Vec<u32> = spread(&steps, 40).copied().collect();
+        assert_eq!(picked.len(), 40);
+        assert_eq!((picked[0], picked[39]), (0, 999));
+        let few: Vec<u32> = spread(&steps[..7], 40).copied().collect();
+        assert_eq!(few, (0..7).collect::<Vec<_>>());
+    }
 }
