@@ -23,6 +23,7 @@ use crate::exit;
 use crate::integrity::{resolve_again, resolve_grid};
 use crate::proto;
 use crate::server::RunningCoordinator;
+use crate::web::WebServer;
 use crate::worker::{self, WorkerOptions, WorkerSummary};
 
 const TOKEN_FILE: &str = "token";
@@ -108,6 +109,26 @@ pub(crate) fn announce_listening(url: &str) {
     let _ = writeln!(out, "{url}").and_then(|()| out.flush());
 }
 
+/// The URL of an HTTP listener bound at `addr`, with this host's name in place of an
+/// unspecified IP.
+fn http_url(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("http://{}:{}/", worker::hostname(), addr.port())
+    } else {
+        format!("http://{addr}/")
+    }
+}
+
+/// Serves the dashboard of `running`'s sweep on `listen`.
+async fn start_dashboard(
+    listen: &str,
+    running: &RunningCoordinator,
+    token: &str,
+) -> Result<WebServer> {
+    let listener = crate::web::bind(listen, "dashboard").await?;
+    crate::dashboard::start(listener, running.state.clone(), token).await
+}
+
 /// Hub endpoint workers should use when the spec names one (else theirs: HF_ENDPOINT or
 /// the real Hub).
 fn announced_hub(spec: &SweepSpec) -> String {
@@ -185,7 +206,8 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&spec.coordinator.listen)
         .await
         .with_context(|| format!("cannot listen on {}", spec.coordinator.listen))?;
-    let running = RunningCoordinator::start(state, listener, token, announced_hub(&spec), tls)?;
+    let running =
+        RunningCoordinator::start(state, listener, token.clone(), announced_hub(&spec), tls)?;
     // With port 0 the system chose one: workers must be told that one.
     spec.coordinator.listen = running.addr.to_string();
     record_listening(&state_dir, running.addr);
@@ -203,12 +225,27 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     // The end last exported, and whether leasing was stopped at the last look.
     let mut exported: Option<SweepEnd> = None;
     let mut was_stopped = false;
+    let dashboard = match &spec.dashboard.listen {
+        Some(listen) => {
+            let dashboard = start_dashboard(listen, &running, &token).await?;
+            let dashboard_url = http_url(dashboard.addr);
+            tracing::info!(
+                url = %dashboard_url,
+                "dashboard listening; open it once with ?token= and the sweep token, scrape /metrics with `Authorization: Bearer` and the token"
+            );
+            // The second line of stdout, after the coordinator's own URL.
+            announce_listening(&format!("dashboard {dashboard_url}"));
+            Some(dashboard)
+        }
+        None => None,
+    };
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => {
                 tracing::info!("stopping: no new leases; in-flight work may finish for {} s", args.drain_seconds);
+                stop_dashboard(dashboard).await;
                 running.drain_and_stop(grace).await;
                 // The tables reflect everything acknowledged, finished or not.
                 let files = export::export(&state_dir, None)?;
@@ -223,6 +260,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
                     Ok(status) => status,
                     Err(e) => {
                         // Out of space: stop serving before saying why.
+                        stop_dashboard(dashboard).await;
                         running.stop().await;
                         return Err(e);
                     }
@@ -248,6 +286,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
                     // The last status, once every worker has said how its lease ended; the
                     // workers were told it stopped even if a late success resumed it.
                     let status = running.status().await?;
+                    stop_dashboard(dashboard).await;
                     running.stop().await;
                     export::export(&state_dir, None)?;
                     log_end(&status, &state_dir);
@@ -292,6 +331,12 @@ fn log_end(status: &StatusReport, state_dir: &Path) {
     }
 }
 
+async fn stop_dashboard(dashboard: Option<WebServer>) {
+    if let Some(dashboard) = dashboard {
+        dashboard.stop().await;
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// The coordinator's URL, e.g. http://login-node:50051, or https:// when it serves TLS.
@@ -329,6 +374,10 @@ pub struct WorkerArgs {
     /// spec's `hub.merge_gap`, else 4096.
     #[arg(long)]
     pub merge_gap: Option<u64>,
+    /// Serve this worker's metrics at http://ADDR/metrics in Prometheus' text format
+    /// (behind the sweep token, like the coordinator's dashboard).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 pub async fn worker(args: WorkerArgs) -> Result<()> {
@@ -346,13 +395,26 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
     options.give_up_after = Duration::from_secs(args.give_up_after);
     options.fetch_mode = args.fetch_mode;
     options.merge_gap = args.merge_gap;
+    let metrics = match &args.metrics_listen {
+        Some(listen) => {
+            let listener = crate::web::bind(listen, "worker metrics").await?;
+            let server = crate::web::metrics_server(listener, &options)?;
+            tracing::info!(url = %format!("{}metrics", http_url(server.addr)), "worker metrics listening");
+            Some(server)
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("stopping: releasing leases");
         let _ = stop_tx.send(true);
     });
-    let summary = worker::run(options, stop_rx).await?;
+    let summary = worker::run(options, stop_rx).await;
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
+    }
+    let summary = summary?;
     tracing::info!(
         completed = summary.completed,
         failed = summary.failed,
@@ -578,6 +640,14 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     let announced = hub.endpoint.clone().unwrap_or_default();
     let running = RunningCoordinator::start(state, listener, token.clone(), announced, None)?;
     record_listening(&state_dir, running.addr);
+    // The dashboard is always on here, on loopback unless the spec says where.
+    let listen = spec.dashboard.listen.as_deref().unwrap_or("127.0.0.1:0");
+    let dashboard = start_dashboard(listen, &running, &token).await?;
+    writeln!(
+        std::io::stdout().lock(),
+        "dashboard: {}?token={token}",
+        http_url(dashboard.addr)
+    )?;
     let mut options = WorkerOptions::new(format!("http://{}", running.addr), token);
     options.cache_dir = args
         .cache_dir
@@ -595,6 +665,7 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         resolve_before_export(&running, &hub, Duration::from_secs(30)).await;
     }
     let status = running.state.status().await?;
+    dashboard.stop().await;
     running.stop().await;
     if let Some(hub) = local_hub {
         let _ = hub.shutdown().await;

@@ -206,18 +206,7 @@ fn a_killed_workers_task_is_leased_again_and_completes() {
 
 #[test]
 fn a_corrupt_checkpoint_fails_its_tasks_with_the_reason_and_the_rest_complete() {
-    let mut cluster = Cluster::new(
-        |hub| {
-            publish_two_models(hub);
-            let bad = hub.join("test-org/tiny/step1000/model.safetensors");
-            let mut bytes = std::fs::read(&bad).unwrap();
-            bytes.truncate(bytes.len() / 3);
-            std::fs::write(&bad, bytes).unwrap();
-        },
-        two_model_specs(),
-        3,
-        "",
-    );
+    let mut cluster = Cluster::new(publish_two_models_one_corrupt, two_model_specs(), 3, "");
     // Kept running after the grid is done, so its last status can be read.
     cluster.start_coordinator_with(&[]);
     cluster.start_worker(TOKEN);

@@ -306,7 +306,8 @@ fn fetch_sums(spec: &SweepSpec, fetches: &[FetchRow]) -> Vec<FetchModelRow> {
         .collect()
 }
 
-fn spectrum_rows(model: &str, a: &StepAggregate, q: &[f64]) -> Vec<SpectrumRow> {
+/// A step's spectrum as rows, one per `q`.
+pub fn spectrum_rows(model: &str, a: &StepAggregate, q: &[f64]) -> Vec<SpectrumRow> {
     a.alpha
         .iter()
         .zip(&a.f_alpha)

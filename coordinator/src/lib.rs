@@ -14,6 +14,8 @@
 //! - [`state`]: [`SweepState`], the schedule, ledger and store composed so that nothing
 //!   is acknowledged before the transaction holding it is durable.
 //! - [`commit`]: the state thread that batches requests into one transaction each.
+//! - [`live`]: the dashboard's snapshot, built from the same state as `status`.
+//! - [`metrics`]: the coordinator's metrics in Prometheus' text format.
 //! - [`export`]: tables from a state directory, read through the store.
 
 pub mod aggregate;
@@ -22,6 +24,8 @@ pub mod commit;
 mod error;
 pub mod export;
 pub mod integrity;
+pub mod live;
+pub mod metrics;
 pub mod record;
 pub mod schedule;
 pub mod spec;

@@ -87,6 +87,34 @@ impl ResultSummary {
     }
 }
 
+/// What the schedule's decisions did since it was built (not stored: a restarted
+/// coordinator counts afresh, as a Prometheus counter may). Fetch costs are keyed by fetch
+/// mode (`full`, `ranges`; empty when the worker did not say).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Tasks leased (a lease of several seeds counts each).
+    pub leases: u64,
+    /// Results accepted.
+    pub completions: u64,
+    /// Leases that lapsed without a heartbeat.
+    pub expiries: u64,
+    /// Failed attempts (reported or lapsed) queued again.
+    pub retries: u64,
+    /// Tasks marked failed.
+    pub failures: u64,
+    /// Leases given back by stopping workers.
+    pub releases: u64,
+    /// Per fetch mode: bytes and requests of the accepted results.
+    pub fetched: BTreeMap<String, FetchCount>,
+}
+
+/// Bytes and requests fetched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchCount {
+    pub bytes: u64,
+    pub requests: u64,
+}
+
 /// One task of the grid.
 #[derive(Debug, Clone)]
 pub struct Task {
@@ -135,6 +163,7 @@ pub struct Schedule {
     /// Results received for tasks already done.
     duplicates: u64,
     breaker: Breaker,
+    tally: Tally,
 }
 
 impl Schedule {
@@ -180,6 +209,7 @@ impl Schedule {
             workers: BTreeMap::new(),
             duplicates,
             breaker: Breaker::new(spec.probe_ms()),
+            tally: Tally::default(),
         };
         schedule.place_tasks(tasks, &spec.seed_list());
         for w in workers {
@@ -290,6 +320,23 @@ impl Schedule {
     /// Results received for tasks already done.
     pub fn duplicates(&self) -> u64 {
         self.duplicates
+    }
+
+    /// What the decisions did since the schedule was built.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    /// Puts back a tally taken earlier (the state rolls a failed batch back).
+    pub fn set_tally(&mut self, tally: Tally) {
+        self.tally = tally;
+    }
+
+    /// The task with this id.
+    pub fn task(&self, task_id: i64) -> Option<&Task> {
+        self.slot_of_task
+            .get(&task_id)
+            .map(|&slot| &self.tasks[slot])
     }
 
     /// True when no task is pending (waiting or not) or leased.
@@ -477,6 +524,7 @@ impl Schedule {
             task.progress.worker = Some(worker.to_string());
             task.progress.deadline_ms = deadline;
             self.leased.insert(slot);
+            self.tally.leases += 1;
             changes.push(self.task_row(slot));
             let task = &self.tasks[slot];
             let key = &self.checkpoints[task.checkpoint];
@@ -634,6 +682,14 @@ impl Schedule {
         let task = &mut self.tasks[slot];
         task.progress.last_error = None;
         task.result = Some(ResultSummary::new(result.alpha0, result.width, &metrics));
+        self.tally.completions += 1;
+        let fetched = self
+            .tally
+            .fetched
+            .entry(metrics.fetch_mode.clone())
+            .or_default();
+        fetched.bytes += metrics.bytes_fetched;
+        fetched.requests += u64::from(metrics.requests);
         let stored = Change::ResultStored {
             task_id,
             worker: worker.to_string(),
@@ -805,6 +861,11 @@ impl Schedule {
         permanent: bool,
     ) -> (bool, Change) {
         let exhausted = permanent || self.tasks[slot].progress.attempts >= self.max_attempts;
+        if exhausted {
+            self.tally.failures += 1;
+        } else {
+            self.tally.retries += 1;
+        }
         self.tasks[slot].progress.last_error = Some(error);
         let next = if exhausted {
             TaskState::Failed
@@ -820,6 +881,7 @@ impl Schedule {
         let mut changes = Vec::new();
         for &id in task_ids {
             if let Some(slot) = self.held_by(id, worker) {
+                self.tally.releases += 1;
                 changes.push(self.give_back(slot, None));
             }
         }
@@ -855,6 +917,7 @@ impl Schedule {
             self.breaker.lease_ended(task_id);
             changes.push(self.record_failed_attempt(slot, error, false).1);
         }
+        self.tally.expiries += lapsed.len() as u64;
         Outcome {
             value: lapsed.len(),
             changes,

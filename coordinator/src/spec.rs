@@ -157,6 +157,15 @@ impl Default for CoordinatorSpec {
     }
 }
 
+/// The coordinator's web dashboard and `/metrics` (off unless `listen` is set; `sweep run`
+/// always serves it, on a loopback port of its own choosing unless `listen` is set).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardSpec {
+    /// Address the dashboard's HTTP listener binds, e.g. `127.0.0.1:8080`.
+    pub listen: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SweepSpec {
@@ -174,6 +183,8 @@ pub struct SweepSpec {
     pub hub: HubSpec,
     #[serde(default)]
     pub coordinator: CoordinatorSpec,
+    #[serde(default)]
+    pub dashboard: DashboardSpec,
     /// Shared secret every RPC must carry (`NEUROMFA_TOKEN` overrides).
     #[serde(default)]
     pub token: Option<String>,

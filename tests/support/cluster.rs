@@ -202,11 +202,26 @@ pub fn publish_two_models(hub: &Path) -> Vec<(String, u64, PathBuf)> {
     published
 }
 
+/// `publish_two_models`, with test-org/tiny step 1000's weights cut short: its tasks fail.
+pub fn publish_two_models_one_corrupt(hub: &Path) {
+    publish_two_models(hub);
+    let bad = hub.join("test-org/tiny/step1000/model.safetensors");
+    let mut bytes = std::fs::read(&bad).unwrap();
+    bytes.truncate(bytes.len() / 3);
+    std::fs::write(&bad, bytes).unwrap();
+}
+
 /// The cluster's Hub: `neuromfa hub serve`, or one in the test's process whose faults the
 /// test switches.
 pub enum TestHub {
     Process(Proc),
     Faulty(FaultyHub),
+}
+
+/// How a cluster's Hub runs: `neuromfa hub serve` with these flags, or a [`FaultyHub`].
+enum HubKind<'a> {
+    Serve(&'a [&'a str]),
+    Faulty,
 }
 
 pub struct Cluster {
@@ -246,7 +261,15 @@ impl Cluster {
         extra: &str,
         lease_seconds: u32,
     ) -> Cluster {
-        Self::build(publish, models, seeds, extra, lease_seconds, None, false)
+        Self::build(
+            publish,
+            models,
+            seeds,
+            extra,
+            lease_seconds,
+            None,
+            HubKind::Serve(&[]),
+        )
     }
 
     /// A cluster whose Hub is a [`FaultyHub`], healthy until [`Cluster::hub_fault`].
@@ -256,7 +279,28 @@ impl Cluster {
         seeds: u32,
         extra: &str,
     ) -> Cluster {
-        Self::build(publish, models, seeds, extra, 3, None, true)
+        Self::build(publish, models, seeds, extra, 3, None, HubKind::Faulty)
+    }
+
+    /// A cluster whose Hub serves file bodies at `mbps` megabytes per second in all, so a
+    /// sweep lasts long enough to be watched.
+    pub fn throttled(
+        publish: impl FnOnce(&Path),
+        models: &str,
+        seeds: u32,
+        extra: &str,
+        mbps: f64,
+    ) -> Cluster {
+        let mbps = mbps.to_string();
+        Self::build(
+            publish,
+            models,
+            seeds,
+            extra,
+            3,
+            None,
+            HubKind::Serve(&["--throttle", &mbps]),
+        )
     }
 
     /// Makes the Hub misbehave as `fault` says (a cluster built with a faulty Hub only).
@@ -282,7 +326,15 @@ impl Cluster {
         seeds: u32,
         tls: TlsFiles,
     ) -> Cluster {
-        Self::build(publish, models, seeds, "", 3, Some(tls), false)
+        Self::build(
+            publish,
+            models,
+            seeds,
+            "",
+            3,
+            Some(tls),
+            HubKind::Serve(&[]),
+        )
     }
 
     fn build(
@@ -292,7 +344,7 @@ impl Cluster {
         extra: &str,
         lease_seconds: u32,
         tls: Option<TlsFiles>,
-        faulty_hub: bool,
+        hub_kind: HubKind,
     ) -> Cluster {
         let tls_keys = tls.as_ref().map_or(String::new(), |t| {
             format!(
@@ -304,24 +356,25 @@ impl Cluster {
         let root = tempfile::tempdir().unwrap();
         let hub_dir = root.path().join("hub");
         publish(&hub_dir);
-        let (hub, hub_url) = if faulty_hub {
-            let hub = FaultyHub::start(&hub_dir);
-            let url = hub.url.clone();
-            (TestHub::Faulty(hub), url)
-        } else {
-            let (hub, url) = Proc::spawn_listening(
-                &[
+        let (hub, hub_url) = match hub_kind {
+            HubKind::Faulty => {
+                let hub = FaultyHub::start(&hub_dir);
+                let url = hub.url.clone();
+                (TestHub::Faulty(hub), url)
+            }
+            HubKind::Serve(flags) => {
+                let mut args = vec![
                     "hub",
                     "serve",
                     hub_dir.to_str().unwrap(),
                     "--listen",
                     "127.0.0.1:0",
-                ],
-                &[],
-                root.path().join("hub.log"),
-            )
-            .unwrap();
-            (TestHub::Process(hub), url)
+                ];
+                args.extend_from_slice(flags);
+                let (hub, url) =
+                    Proc::spawn_listening(&args, &[], root.path().join("hub.log")).unwrap();
+                (TestHub::Process(hub), url)
+            }
         };
         let state_dir = root.path().join("state");
         let spec = root.path().join("spec.toml");

@@ -9,6 +9,7 @@ mod compute;
 mod coordinator;
 mod fetch;
 mod lease;
+mod metrics;
 mod report;
 
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ pub use coordinator::{connect, Client};
 use fetch::FetchStage;
 pub use lease::{CheckpointRef, Lease, LeasedTask};
 use lease::{Heartbeat, HeldTasks};
+pub use metrics::WorkerMetrics;
 use report::Reporter;
 
 /// How a worker connects and what it may use.
@@ -51,6 +53,8 @@ pub struct WorkerOptions {
     pub fetch_mode: Option<FetchMode>,
     /// Overrides the merge gap the coordinator announces.
     pub merge_gap: Option<u64>,
+    /// Where the worker counts what it does (shared by clones).
+    pub metrics: WorkerMetrics,
 }
 
 impl WorkerOptions {
@@ -68,6 +72,7 @@ impl WorkerOptions {
             host: worker_name(),
             fetch_mode: None,
             merge_gap: None,
+            metrics: WorkerMetrics::default(),
         }
     }
 }
@@ -150,6 +155,7 @@ pub async fn run(options: WorkerOptions, shutdown: watch::Receiver<bool>) -> Res
         shutdown,
         transient_in_a_row: 0,
         pause: None,
+        metrics: options.metrics.clone(),
     };
     worker.run().await
 }
@@ -167,6 +173,7 @@ struct Worker {
     /// How long to wait before the next lease (after a transient failure), so that a
     /// rate-limited or failing Hub is not met with lease after lease.
     pause: Option<Duration>,
+    metrics: WorkerMetrics,
 }
 
 impl Worker {
@@ -191,7 +198,12 @@ impl Worker {
                     .await;
                 continue;
             }
-            let done = self.run_lease(Lease::from_reply(reply)?).await?;
+            let lease = Lease::from_reply(reply)?;
+            let tasks = lease.tasks.len();
+            self.metrics.leased(tasks);
+            let done = self.run_lease(lease).await;
+            self.metrics.let_go(tasks);
+            let done = done?;
             summary.completed += done.completed;
             summary.failed += done.failed;
             summary.released += done.released;
@@ -256,7 +268,9 @@ impl Worker {
         let weights = match fetched {
             Ok(weights) => weights,
             Err(e) => {
-                summary.failed += report::fetch_failed(&self.coordinator, lease, &e).await?;
+                let failed = report::fetch_failed(&self.coordinator, lease, &e).await?;
+                self.metrics.failed(failed);
+                summary.failed += failed;
                 if report::failure_class(&e) == proto::FailureClass::Transient {
                     self.transient_in_a_row += 1;
                     let pause =
@@ -266,7 +280,8 @@ impl Worker {
                 return Ok(true);
             }
         };
-        let mut reporter = Reporter::new(&self.coordinator, weights.metrics(), lease);
+        let mut reporter =
+            Reporter::new(&self.coordinator, weights.metrics(), lease, &self.metrics);
         let (mut outcomes, compute) = compute::start(weights, lease);
         loop {
             let next = tokio::select! {

@@ -14,6 +14,7 @@ use tracing::Instrument as _;
 use crate::compute::Outcome;
 use crate::coordinator::Coordinator;
 use crate::lease::Lease;
+use crate::metrics::WorkerMetrics;
 
 /// Reports one lease's outcomes.
 pub(crate) struct Reporter<'a> {
@@ -23,15 +24,22 @@ pub(crate) struct Reporter<'a> {
     tasks: u64,
     /// Results reported so far.
     completed: u64,
+    metrics: &'a WorkerMetrics,
 }
 
 impl<'a> Reporter<'a> {
-    pub(crate) fn new(coordinator: &'a Coordinator, fetch: FetchMetrics, lease: &Lease) -> Self {
+    pub(crate) fn new(
+        coordinator: &'a Coordinator,
+        fetch: FetchMetrics,
+        lease: &Lease,
+        metrics: &'a WorkerMetrics,
+    ) -> Self {
         Reporter {
             coordinator,
             fetch,
             tasks: lease.tasks.len() as u64,
             completed: 0,
+            metrics,
         }
     }
 
@@ -58,6 +66,7 @@ impl<'a> Reporter<'a> {
                 self.coordinator
                     .fail(task.task_id, task.attempt, &message, class, None)
                     .await?;
+                self.metrics.failed(1);
                 return Ok(false);
             }
         };
@@ -74,11 +83,14 @@ impl<'a> Reporter<'a> {
             fetch_mode: fetch.mode.to_string(),
         };
         self.completed += 1;
+        let (bytes, requests) = (request.bytes_fetched, u64::from(request.requests));
         let reply = self
             .coordinator
             .complete(request)
             .instrument(task_span.clone())
             .await?;
+        self.metrics
+            .completed(&fetch.mode.to_string(), bytes, requests, compute_ms);
         task_span.in_scope(|| {
             tracing::info!(
                 alpha0 = result.alpha0,
