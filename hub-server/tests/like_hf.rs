@@ -43,15 +43,6 @@ async fn start_like_hf(root: &Path, profile: HfProfile, token: Option<&str>) -> 
     .unwrap()
 }
 
-/// A client that shows redirects instead of following them.
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 fn resolve_url(hub: &RunningHub, file: &str) -> String {
     format!("{}/{REPO}/resolve/main/{file}", hub.endpoint())
 }
@@ -91,7 +82,7 @@ async fn lfs_files_redirect_to_a_cdn_that_answers_like_one() {
     let root = tempfile::tempdir().unwrap();
     let (config, model) = tree(root.path());
     let hub = start_like_hf(root.path(), HfProfile::default(), None).await;
-    let c = no_redirects();
+    let c = no_redirect_client();
     let cdn_port = hub.cdn_addr.unwrap().port();
     assert_ne!(cdn_port, hub.addr.port());
     let sha = sha256_hex(&model);
@@ -217,7 +208,7 @@ async fn files_in_git_can_be_answered_at_once() {
         ..HfProfile::default()
     };
     let hub = start_like_hf(root.path(), profile, None).await;
-    let r = no_redirects()
+    let r = no_redirect_client()
         .get(resolve_url(&hub, "config.json"))
         .header("range", "bytes=1-5")
         .send()
@@ -240,7 +231,7 @@ async fn signed_urls_expire_and_cannot_be_forged() {
         ..HfProfile::default()
     };
     let hub = start_like_hf(root.path(), profile, None).await;
-    let c = no_redirects();
+    let c = no_redirect_client();
     let loc = location(&c, &resolve_url(&hub, "model.safetensors")).await;
     let get = |url: String| {
         let c = c.clone();
@@ -286,7 +277,7 @@ async fn buckets_meter_requests_in_fixed_windows() {
         ..HfProfile::default()
     };
     let hub = start_like_hf(root.path(), profile, None).await;
-    let c = no_redirects();
+    let c = no_redirect_client();
     let resolve = || c.head(resolve_url(&hub, "model.safetensors")).send();
     let paths_info = || {
         c.post(format!(
@@ -353,7 +344,7 @@ async fn paths_info_takes_form_fields_and_json_and_answers_in_the_hubs_shapes() 
     let c = direct_client();
     let url = format!("{}/api/models/{REPO}/paths-info/main", hub.endpoint());
     let commit = header(
-        &no_redirects()
+        &no_redirect_client()
             .head(resolve_url(&hub, "model.safetensors"))
             .send()
             .await
@@ -500,7 +491,7 @@ async fn xet_files_redirect_to_the_bridge_and_reconstruct_by_range() {
         ..HfProfile::default()
     };
     let hub = start_like_hf(root.path(), profile, None).await;
-    let c = no_redirects();
+    let c = no_redirect_client();
 
     let r = c
         .get(resolve_url(&hub, "model.safetensors"))
@@ -605,7 +596,7 @@ async fn faults_fail_cut_and_delay_on_demand() {
         ..HfProfile::default()
     };
     let hub = start_like_hf(root.path(), profile, None).await;
-    let c = no_redirects();
+    let c = no_redirect_client();
     let url = resolve_url(&hub, "model.safetensors");
     for _ in 0..2 {
         let r = c.get(&url).send().await.unwrap();
@@ -695,7 +686,7 @@ async fn latency_and_connection_bandwidth_are_added() {
         ..HfProfile::default()
     };
     let hub = start_like_hf(root.path(), profile, None).await;
-    let c = no_redirects();
+    let c = no_redirect_client();
     let started = Instant::now();
     let loc = location(&c, &resolve_url(&hub, "model.safetensors")).await;
     assert!(started.elapsed() >= Duration::from_millis(150));
