@@ -75,3 +75,60 @@ fn like_hf_flags_reach_the_server() {
     assert_eq!(stats["rate_limited"], 1);
     assert_eq!(stats["injected_errors"], 1);
 }
+
+#[test]
+fn a_virtual_hub_is_precomputed_then_served() {
+    let root = tempfile::tempdir().unwrap();
+    let facts = root.path().join("facts.jsonl");
+    let virtual_args = [
+        "--virtual",
+        "pythia",
+        "--models",
+        "pythia-14m",
+        "--steps",
+        "0,143000",
+        "--facts",
+        facts.to_str().unwrap(),
+    ];
+    let out = assert_cmd::Command::cargo_bin("neuromfa")
+        .unwrap()
+        .args(["hub", "precompute"])
+        .args(virtual_args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("distinct files"), "{stderr}");
+    let kept = std::fs::read_to_string(&facts).unwrap().lines().count();
+    assert!(kept >= 3, "config.json and each step's weights: {kept}");
+
+    let port = free_port();
+    let mut args = vec!["hub", "serve", "--listen"];
+    let listen = format!("127.0.0.1:{port}");
+    args.push(&listen);
+    args.extend(virtual_args);
+    let _hub = Proc::spawn(&args, &[], root.path().join("hub.log"));
+    wait_for_port(port);
+    let (head, body) = request(
+        port,
+        "GET",
+        "/api/models/EleutherAI/pythia-14m/revision/step0",
+    );
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(info["siblings"].as_array().unwrap().len() >= 2, "{info}");
+    let (head, _) = request(
+        port,
+        "HEAD",
+        "/EleutherAI/pythia-14m/resolve/step1000/config.json",
+    );
+    assert!(
+        head.starts_with("http/1.1 404"),
+        "step1000 is not served: {head}"
+    );
+    // Serving hashed nothing more.
+    assert_eq!(
+        std::fs::read_to_string(&facts).unwrap().lines().count(),
+        kept
+    );
+}
