@@ -197,13 +197,7 @@ fn default_seeds() -> Seeds {
     Seeds::Count(10)
 }
 
-/// The 154 published Pythia checkpoints: 0, 1, 2, 4 … 512, then every 1000 to 143000.
-pub fn pythia_steps() -> Vec<u64> {
-    let mut steps = vec![0];
-    steps.extend((0..10).map(|k| 1u64 << k));
-    steps.extend((1..=143).map(|k| k * 1000));
-    steps
-}
+pub use neuromfa_common::synth::pythia_steps;
 
 /// The 27 steps the NeuroMFA paper analysed: 0, 1, 2, 4 … 512, 1000, 3000, then every
 /// 10000 from 13000 to 143000.

@@ -22,6 +22,7 @@ pub(crate) enum HubError {
     RangeNotSatisfiable {
         len: u64,
     },
+    BadRequest(String),
     Internal(String),
 }
 
@@ -51,6 +52,7 @@ impl IntoResponse for HubError {
                 }
                 return resp;
             }
+            HubError::BadRequest(m) => (StatusCode::BAD_REQUEST, Some("BadRequest"), m, None),
             HubError::Internal(m) => {
                 tracing::error!(error = %m, "hub server internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, None, m, None)

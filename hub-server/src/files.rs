@@ -1,22 +1,26 @@
-//! File downloads: `HEAD` and `GET` on `/<org>/<name>/resolve/<revision>/<path>`, whole or
-//! one byte range, streamed from disk (small bodies read in one go), throttled when asked.
+//! File downloads: `HEAD` and `GET` on `/<org>/<name>/resolve/<revision>/<path>`.
+//!
+//! As an ideal mirror every file is answered here, whole or one byte range, streamed (small
+//! bodies read in one go), paced when asked. In the real-Hub profile an LFS file answers
+//! with a redirect to the CDN instead ([`crate::hf::redirect`]); a file kept in git is
+//! answered here, its ETag the git blob id, after a relative `307` to
+//! `/api/resolve-cache/models/<org>/<name>/<commit>/<path>` (as huggingface.co does for
+//! public repos) unless [`crate::HfProfile::resolve_cache`] is off.
 
-use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use neuromfa_hub::hashing::is_commit_hex;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
+use crate::content::{bytes_body, streamed_body, Pacing};
 use crate::error::{blocking, internal, lock, HubError};
-use crate::repo::{FileEntry, PinnedKey};
-use crate::throttle::throttled;
-use crate::{Shared, SMALL_BODY, STREAM_CHUNK, THROTTLED_CHUNK, X_REPO_COMMIT};
+use crate::range::{parse_range, RangeSpec};
+use crate::repo::{git_blob_id, FileEntry, PinnedKey};
+use crate::{hf, Shared, SMALL_BODY, X_REPO_COMMIT};
 
 /// A resolve request, as the route received it.
 struct FileRequest {
@@ -29,31 +33,53 @@ struct FileRequest {
     is_head: bool,
     /// Set when the request names a commit: the key of a file pinned to it.
     pinned_key: Option<PinnedKey>,
+    /// Answer with the file itself whatever the profile (the resolve-cache route).
+    direct: bool,
 }
 
-/// The file a request resolved to, the part of it to send, and that part when it is small
-/// enough to have been read already.
+/// The file a request resolved to, its ETag, the part of it to send, and that part when
+/// it is small enough to have been read already.
 struct Resolved {
     commit: String,
     file: FileEntry,
+    etag: String,
     range: RangeSpec,
     small: Option<axum::body::Bytes>,
 }
 
+/// What to answer a resolve request with.
+enum Outcome {
+    /// The file itself, from this server.
+    Direct(Resolved),
+    /// A redirect to the CDN (real-Hub profile, LFS files).
+    Redirect { commit: String, file: FileEntry },
+    /// A redirect to the commit-pinned resolve-cache URL (real-Hub profile, files in git).
+    ResolveCache { commit: String, etag: String },
+}
+
+/// `/<org>/<name>/resolve/<rev>/<path>`, and
+/// `/api/resolve-cache/models/<org>/<name>/<commit>/<path>` (a file kept in git, answered
+/// directly whatever the profile).
 pub(crate) async fn resolve(
     State(st): State<Arc<Shared>>,
     method: Method,
+    uri: Uri,
     UrlPath((org, name, rev, path)): UrlPath<(String, String, String, String)>,
+    Extension(pacing): Extension<Pacing>,
     req_headers: HeaderMap,
 ) -> Result<Response, HubError> {
+    let direct = uri.path().starts_with("/api/resolve-cache/");
+    let like_hf = st.hf.is_some();
     // A request naming a commit (every ranged fetch does) may use a file pinned to it.
-    let pinned_key = is_commit_hex(&rev).then(|| {
+    let pinned_key = (is_commit_hex(&rev) && !like_hf).then(|| {
         PinnedKey(
             format!("{org}/{name}"),
             rev.to_ascii_lowercase(),
             path.clone(),
         )
     });
+    let repo = format!("{org}/{name}");
+    let request_path = path.clone();
     let request = FileRequest {
         org,
         name,
@@ -65,10 +91,11 @@ pub(crate) async fn resolve(
             .map(str::to_string),
         is_head: method == Method::HEAD,
         pinned_key,
+        direct,
     };
     let is_head = request.is_head;
-    let resolved = match read_pinned(&st, &request) {
-        Some(done) => done,
+    let outcome = match read_pinned(&st, &request) {
+        Some(done) => Outcome::Direct(done),
         None => {
             let st = st.clone();
             // One trip to the blocking pool per request: resolving the revision and, for a
@@ -77,7 +104,21 @@ pub(crate) async fn resolve(
             blocking(move || resolve_on_disk(&st, request)).await?
         }
     };
-    respond(&st, resolved, is_head).await
+    match outcome {
+        Outcome::Direct(resolved) => respond(&st, resolved, is_head, &pacing).await,
+        Outcome::Redirect { commit, file } => {
+            let Some(profile) = &st.hf else {
+                return Err(HubError::Internal(
+                    "a redirect without the Hub profile".into(),
+                ));
+            };
+            let host = req_headers.get(header::HOST).and_then(|v| v.to_str().ok());
+            hf::redirect(&st, profile, &repo, &commit, &file, host)
+        }
+        Outcome::ResolveCache { commit, etag } => {
+            Ok(hf::to_resolve_cache(&repo, &commit, &request_path, &etag))
+        }
+    }
 }
 
 /// A small ranged GET of a file pinned to the commit it names, answered from the open file
@@ -96,16 +137,37 @@ fn read_pinned(st: &Shared, request: &FileRequest) -> Option<Resolved> {
     Some(Resolved {
         commit: key.1.clone(),
         file: pinned.entry.clone(),
+        etag: pinned.entry.sha256.clone(),
         range,
         small: Some(bytes),
     })
 }
 
-/// Resolves the revision on disk and, for a small body, reads it (blocking); pins the file
-/// when the request named its commit.
-fn resolve_on_disk(st: &Shared, request: FileRequest) -> Result<Resolved, HubError> {
+/// Resolves the revision and, for a small body, reads it (blocking); pins the file when the
+/// request named its commit.
+fn resolve_on_disk(st: &Shared, request: FileRequest) -> Result<Outcome, HubError> {
     let view = st.describe(&request.org, &request.name, &request.rev)?;
     let file = view.file(&request.path)?.clone();
+    let etag = match &st.hf {
+        None => file.sha256.clone(),
+        Some(_) if file.is_lfs() => {
+            return Ok(Outcome::Redirect {
+                commit: view.commit,
+                file,
+            })
+        }
+        Some(hf) => {
+            let etag = git_blob_id(&file)
+                .map_err(|e| internal(&format!("cannot read {}", file.content), e))?;
+            if hf.profile.resolve_cache && !request.direct {
+                return Ok(Outcome::ResolveCache {
+                    commit: view.commit,
+                    etag,
+                });
+            }
+            etag
+        }
+    };
     let range = request
         .range
         .as_deref()
@@ -124,25 +186,32 @@ fn resolve_on_disk(st: &Shared, request: FileRequest) -> Result<Resolved, HubErr
     if let Some(key) = request.pinned_key.filter(|key| key.1 == view.commit) {
         st.pin(key, &file);
     }
-    Ok(Resolved {
+    Ok(Outcome::Direct(Resolved {
         commit: view.commit,
         file,
+        etag,
         range,
         small,
-    })
+    }))
 }
 
 /// The answer: the Hub's headers, and for a GET the requested part of the file.
-async fn respond(st: &Shared, resolved: Resolved, is_head: bool) -> Result<Response, HubError> {
+async fn respond(
+    st: &Shared,
+    resolved: Resolved,
+    is_head: bool,
+    pacing: &Pacing,
+) -> Result<Response, HubError> {
     let Resolved {
         commit,
         file,
+        etag,
         range,
         small,
     } = resolved;
     let mut headers = HeaderMap::new();
-    let etag = HeaderValue::from_str(&format!("\"{}\"", file.sha256))
-        .map_err(|e| internal("bad ETag", e))?;
+    let etag =
+        HeaderValue::from_str(&format!("\"{etag}\"")).map_err(|e| internal("bad ETag", e))?;
     headers.insert(header::ETAG, etag);
     headers.insert(
         X_REPO_COMMIT,
@@ -174,66 +243,25 @@ async fn respond(st: &Shared, resolved: Resolved, is_head: bool) -> Result<Respo
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     let body = match small {
-        Some(bytes) => small_body(st, bytes),
-        None => streamed_body(st, &file, &commit, start, count).await?,
+        Some(bytes) => bytes_body(bytes, pacing),
+        None => streamed_body(&file.content, start, count, pacing)
+            .await
+            .map_err(|e| file_error(&file, &commit, "read", e))?,
     };
+    st.stats.file_bodies.fetch_add(1, Ordering::Relaxed);
+    st.stats.file_body_bytes.fetch_add(count, Ordering::Relaxed);
     Ok((status, headers, body).into_response())
 }
 
-/// A body already read.
-fn small_body(st: &Shared, bytes: axum::body::Bytes) -> Body {
-    st.stats.file_bodies.fetch_add(1, Ordering::Relaxed);
-    st.stats
-        .file_body_bytes
-        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-    match &st.throttle {
-        None => Body::from(bytes),
-        Some(throttle) => {
-            let chunks: Vec<io::Result<axum::body::Bytes>> = (0..bytes.len())
-                .step_by(THROTTLED_CHUNK)
-                .map(|at| Ok(bytes.slice(at..(at + THROTTLED_CHUNK).min(bytes.len()))))
-                .collect();
-            throttled(futures_util::stream::iter(chunks), throttle.clone())
-        }
-    }
-}
-
-/// `count` bytes of `file` from `start`, streamed from disk.
-async fn streamed_body(
-    st: &Shared,
-    file: &FileEntry,
-    commit: &str,
-    start: u64,
-    count: u64,
-) -> Result<Body, HubError> {
-    let mut f = tokio::fs::File::open(&file.abs)
-        .await
-        .map_err(|e| file_error(file, commit, "open", e))?;
-    if start > 0 {
-        f.seek(io::SeekFrom::Start(start))
-            .await
-            .map_err(|e| file_error(file, commit, "seek", e))?;
-    }
-    st.stats.file_bodies.fetch_add(1, Ordering::Relaxed);
-    st.stats.file_body_bytes.fetch_add(count, Ordering::Relaxed);
-    Ok(match &st.throttle {
-        None => Body::from_stream(ReaderStream::with_capacity(f.take(count), STREAM_CHUNK)),
-        Some(throttle) => throttled(
-            ReaderStream::with_capacity(f.take(count), THROTTLED_CHUNK),
-            throttle.clone(),
-        ),
-    })
-}
-
 /// A file that vanished since it was described is missing; anything else is our fault.
-fn file_error(file: &FileEntry, commit: &str, what: &str, e: io::Error) -> HubError {
-    if e.kind() == io::ErrorKind::NotFound {
+fn file_error(file: &FileEntry, commit: &str, what: &str, e: std::io::Error) -> HubError {
+    if e.kind() == std::io::ErrorKind::NotFound {
         HubError::EntryNotFound {
             message: format!("Entry not found: {}", file.path),
             commit: Some(commit.to_string()),
         }
     } else {
-        internal(&format!("cannot {what} {}", file.abs.display()), e)
+        internal(&format!("cannot {what} {}", file.content), e)
     }
 }
 
@@ -244,101 +272,7 @@ fn read_part(
     count: u64,
     commit: &str,
 ) -> Result<axum::body::Bytes, HubError> {
-    use std::io::{Read, Seek};
-    let context = |what: &str, e: io::Error| file_error(file, commit, what, e);
-    let mut f = std::fs::File::open(&file.abs).map_err(|e| context("open", e))?;
-    f.seek(io::SeekFrom::Start(start))
-        .map_err(|e| context("seek", e))?;
-    let mut buf = vec![0u8; count as usize];
-    f.read_exact(&mut buf).map_err(|e| context("read", e))?;
-    Ok(buf.into())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RangeSpec {
-    /// No usable Range: serve everything (RFC 9110 says to ignore malformed ones).
-    Full,
-    /// Inclusive byte positions.
-    Partial {
-        start: u64,
-        end: u64,
-    },
-    Unsatisfiable,
-}
-
-/// Parses a single `bytes=` range against a file of `len` bytes. Multiple ranges are not
-/// supported and fall back to the whole file, which RFC 9110 permits.
-fn parse_range(value: &str, len: u64) -> RangeSpec {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
-        return RangeSpec::Full;
-    };
-    if spec.contains(',') {
-        return RangeSpec::Full;
-    }
-    let Some((first, last)) = spec.split_once('-') else {
-        return RangeSpec::Full;
-    };
-    let (first, last) = (first.trim(), last.trim());
-    if first.is_empty() {
-        // Suffix range: the last `n` bytes.
-        let Ok(n) = last.parse::<u64>() else {
-            return RangeSpec::Full;
-        };
-        if n == 0 || len == 0 {
-            return RangeSpec::Unsatisfiable;
-        }
-        return RangeSpec::Partial {
-            start: len.saturating_sub(n),
-            end: len - 1,
-        };
-    }
-    let Ok(start) = first.parse::<u64>() else {
-        return RangeSpec::Full;
-    };
-    let end = if last.is_empty() {
-        u64::MAX
-    } else {
-        match last.parse::<u64>() {
-            Ok(end) if end >= start => end,
-            _ => return RangeSpec::Full,
-        }
-    };
-    if start >= len {
-        return RangeSpec::Unsatisfiable;
-    }
-    RangeSpec::Partial {
-        start,
-        end: end.min(len - 1),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        use RangeSpec::*;
-        let partial = |start, end| Partial { start, end };
-        for (header, len, expected) in [
-            ("bytes=0-9", 100, partial(0, 9)),
-            ("bytes=90-", 100, partial(90, 99)),
-            ("bytes=90-500", 100, partial(90, 99)),
-            ("bytes=-10", 100, partial(90, 99)),
-            ("bytes=-500", 100, partial(0, 99)),
-            ("bytes=100-", 100, Unsatisfiable),
-            ("bytes=-0", 100, Unsatisfiable),
-            ("bytes=0-0", 0, Unsatisfiable),
-            ("bytes=9-3", 100, Full),
-            ("bytes=0-1,5-6", 100, Full),
-            ("items=0-1", 100, Full),
-            ("bytes=x-1", 100, Full),
-        ] {
-            assert_eq!(
-                parse_range(header, len),
-                expected,
-                "{header} of {len} bytes"
-            );
-        }
-    }
+    file.content
+        .read(start, count)
+        .map_err(|e| file_error(file, commit, "read", e))
 }

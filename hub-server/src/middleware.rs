@@ -1,10 +1,12 @@
-//! What every request goes through: counting and logging, and the bearer token.
+//! What every request goes through: counting and logging, the bandwidth a body may use,
+//! and the bearer token.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -37,6 +39,16 @@ pub(crate) async fn log_request(
         "hub request"
     );
     resp
+}
+
+/// Gives the request the bandwidth limits of its connection ([`crate::content::Pacing`]).
+pub(crate) async fn pace(State(st): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| *peer);
+    req.extensions_mut().insert(st.pacing(peer));
+    next.run(req).await
 }
 
 pub(crate) async fn require_token(

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use neuromfa_hub::hashing::{hex, is_commit_hex, sha256_file};
 use sha2::{Digest, Sha256};
 
+use crate::content::Content;
 use crate::error::{internal, lock, HubError};
 use crate::{HashEntry, Shared, MAX_DEPTH, PINNED_READ_MAX};
 
@@ -48,11 +49,81 @@ impl PinnedFile {
 pub(crate) struct FileEntry {
     /// Path inside the revision, `/`-separated.
     pub(crate) path: String,
-    pub(crate) abs: PathBuf,
+    pub(crate) content: Content,
     pub(crate) size: u64,
     pub(crate) sha256: String,
 }
 
+/// Files the Hub's default `.gitattributes` sends to LFS, by name.
+const LFS_SUFFIXES: &[&str] = &[
+    ".7z",
+    ".arrow",
+    ".bin",
+    ".bz2",
+    ".ckpt",
+    ".ftz",
+    ".gguf",
+    ".gz",
+    ".h5",
+    ".joblib",
+    ".mlmodel",
+    ".model",
+    ".msgpack",
+    ".npy",
+    ".npz",
+    ".onnx",
+    ".ot",
+    ".parquet",
+    ".pb",
+    ".pickle",
+    ".pkl",
+    ".pt",
+    ".pth",
+    ".rar",
+    ".safetensors",
+    ".tar",
+    ".tflite",
+    ".tgz",
+    ".wasm",
+    ".xz",
+    ".zip",
+    ".zst",
+];
+
+/// Files at least this big go to LFS whatever their name (the Hub refuses bigger ones in
+/// git).
+const LFS_MIN_SIZE: u64 = 10 * 1024 * 1024;
+
+impl FileEntry {
+    /// Whether the Hub would store this file in LFS (and so redirect its downloads).
+    pub(crate) fn is_lfs(&self) -> bool {
+        self.size >= LFS_MIN_SIZE || LFS_SUFFIXES.iter().any(|s| self.path.ends_with(s))
+    }
+
+    /// The Git LFS pointer the Hub keeps in git for an LFS file.
+    pub(crate) fn lfs_pointer(&self) -> String {
+        format!(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n",
+            self.sha256, self.size
+        )
+    }
+}
+
+/// The git blob id of what git holds for `file`: the file itself, or its LFS pointer.
+/// Reads a file kept in git whole (such files are small).
+pub(crate) fn git_blob_id(file: &FileEntry) -> io::Result<String> {
+    let blob = if file.is_lfs() {
+        file.lfs_pointer().into_bytes().into()
+    } else {
+        file.content.read(0, file.size)?
+    };
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", blob.len()).as_bytes());
+    h.update(&blob);
+    Ok(hex(&h.finalize()))
+}
+
+#[derive(Clone)]
 pub(crate) struct RevisionView {
     pub(crate) repo_id: String,
     pub(crate) revision: String,
@@ -95,6 +166,22 @@ pub(crate) fn valid_path(p: &str) -> bool {
 }
 
 impl Shared {
+    /// The default branch (`main`) of a repository, if it has one.
+    pub(crate) fn default_revision(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<Option<RevisionView>, HubError> {
+        let has_main = match &self.virtual_hub {
+            Some(_) => true,
+            None => self.repo_dir(org, name)?.join("main").is_dir(),
+        };
+        match has_main {
+            true => self.describe(org, name, "main").map(Some),
+            false => Ok(None),
+        }
+    }
+
     pub(crate) fn repo_dir(&self, org: &str, name: &str) -> Result<PathBuf, HubError> {
         let not_found = || HubError::RepoNotFound(format!("Repository not found: {org}/{name}"));
         if !valid_segment(org) || !valid_segment(name) {
@@ -111,7 +198,10 @@ impl Shared {
     /// Resolves `rev` (a revision directory name or a commit id) and describes it.
     /// Holds `file` of `commit` open for later ranged reads naming that commit.
     pub(crate) fn pin(&self, key: PinnedKey, file: &FileEntry) {
-        let Ok(handle) = std::fs::File::open(&file.abs) else {
+        let Content::Disk(abs) = &file.content else {
+            return;
+        };
+        let Ok(handle) = std::fs::File::open(abs) else {
             return;
         };
         let Ok(meta) = handle.metadata() else {
@@ -134,6 +224,9 @@ impl Shared {
         name: &str,
         rev: &str,
     ) -> Result<RevisionView, HubError> {
+        if let Some(hub) = &self.virtual_hub {
+            return hub.describe(org, name, rev);
+        }
         let repo_dir = self.repo_dir(org, name)?;
         if valid_segment(rev) && repo_dir.join(rev).is_dir() {
             return self.describe_dir(org, name, rev, &repo_dir.join(rev));
@@ -182,7 +275,7 @@ impl Shared {
                 .map_err(|e| internal(&format!("cannot hash {}", abs.display()), e))?;
             files.push(FileEntry {
                 path,
-                abs,
+                content: Content::Disk(abs),
                 size: meta.len(),
                 sha256,
             });

@@ -1,9 +1,11 @@
-//! One bandwidth budget shared by every file body, so that a benchmark on one machine can
-//! stand in for a network.
+//! Bandwidth budgets for file bodies, so that a benchmark on one machine can stand in for
+//! a network: one shared by every body (the server's link), and one per connection (what
+//! one TCP stream moves across a long path).
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -11,7 +13,7 @@ use futures_util::StreamExt as _;
 
 use crate::error::lock;
 
-/// One bandwidth budget shared by every response body.
+/// One bandwidth budget.
 ///
 /// A virtual clock: each chunk reserves `len / rate` seconds from where the previous
 /// reservation ended, and is sent when its reservation ends. A sender that wakes a little
@@ -50,20 +52,53 @@ impl Throttle {
     }
 }
 
-/// A body whose chunks leave no faster than `throttle` allows.
-pub(crate) fn throttled<S>(chunks: S, throttle: Arc<Throttle>) -> Body
+/// A body whose chunks leave no faster than every one of `throttles` allows.
+pub(crate) fn throttled<S>(chunks: S, throttles: Vec<Arc<Throttle>>) -> Body
 where
     S: futures_util::Stream<Item = io::Result<axum::body::Bytes>> + Send + 'static,
 {
     Body::from_stream(chunks.then(move |chunk| {
-        let throttle = throttle.clone();
+        let throttles = throttles.clone();
         async move {
             if let Ok(bytes) = &chunk {
-                tokio::time::sleep_until(throttle.reserve(bytes.len()).into()).await;
+                let ready = throttles.iter().map(|t| t.reserve(bytes.len())).max();
+                if let Some(ready) = ready {
+                    tokio::time::sleep_until(ready.into()).await;
+                }
             }
             chunk
         }
     }))
+}
+
+/// One budget per client connection, found by the peer's address (a connection's
+/// address is unique while it is open; bodies hold their budget, so a budget lives as
+/// long as a body of its connection does).
+pub(crate) struct ConnectionThrottles {
+    bytes_per_sec: u64,
+    live: Mutex<HashMap<SocketAddr, Weak<Throttle>>>,
+}
+
+impl ConnectionThrottles {
+    pub(crate) fn new(bytes_per_sec: u64) -> Self {
+        ConnectionThrottles {
+            bytes_per_sec,
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn of(&self, peer: SocketAddr) -> Arc<Throttle> {
+        let mut live = lock(&self.live);
+        if let Some(t) = live.get(&peer).and_then(Weak::upgrade) {
+            return t;
+        }
+        if live.len() > 1024 {
+            live.retain(|_, t| t.strong_count() > 0);
+        }
+        let t = Arc::new(Throttle::new(self.bytes_per_sec));
+        live.insert(peer, Arc::downgrade(&t));
+        t
+    }
 }
 
 #[cfg(test)]

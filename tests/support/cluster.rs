@@ -21,6 +21,8 @@ pub fn binary() -> PathBuf {
 pub struct Proc {
     pub child: Child,
     pub log: PathBuf,
+    /// The lines of stdout after the first, for a service that prints more than its URL.
+    stdout_lines: Option<std::sync::mpsc::Receiver<String>>,
 }
 
 impl Proc {
@@ -56,10 +58,18 @@ impl Proc {
         let mut proc = Self::spawn_with_stdout(args, env, log, Stdio::piped());
         let stdout = proc.child.stdout.take().unwrap();
         let (line_tx, line_rx) = std::sync::mpsc::channel();
+        let (more_tx, more_rx) = std::sync::mpsc::channel();
+        proc.stdout_lines = Some(more_rx);
         std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(stdout);
             let mut line = String::new();
-            let read = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let read = std::io::BufRead::read_line(&mut reader, &mut line);
             let _ = line_tx.send(read.map(|_| line.trim().to_string()));
+            for line in std::io::BufRead::lines(reader).map_while(Result::ok) {
+                if more_tx.send(line.trim().to_string()).is_err() {
+                    return;
+                }
+            }
         });
         // Only a bound on failure: a start takes well under a second.
         match line_rx.recv_timeout(Duration::from_secs(120)) {
@@ -96,7 +106,18 @@ impl Proc {
         Proc {
             child: cmd.spawn().unwrap(),
             log,
+            stdout_lines: None,
         }
+    }
+
+    /// The next line a service started by [`Proc::spawn_listening`] prints after its URL
+    /// (`Err` with its log when it ends first).
+    pub fn next_stdout_line(&mut self) -> Result<String, String> {
+        let lines = self.stdout_lines.as_ref().ok_or("stdout is not read")?;
+        // Only a bound on failure: the line follows the URL at once.
+        lines
+            .recv_timeout(Duration::from_secs(120))
+            .map_err(|_| format!("no further line on stdout:\n{}", self.log_text()))
     }
 
     pub fn kill(&mut self) {

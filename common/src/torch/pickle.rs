@@ -154,8 +154,9 @@ impl Value {
     }
 }
 
-/// Opcodes of pickle protocols 2 to 5 that a state dict can use.
-mod op {
+/// Opcodes of pickle protocols 2 to 5 that a state dict can use (the reader's, and what the
+/// stand-in Hub's generated archives write).
+pub mod op {
     pub const PROTO: u8 = 0x80;
     pub const FRAME: u8 = 0x95;
     pub const STOP: u8 = b'.';
