@@ -1,10 +1,13 @@
 //! Load benchmark of the coordinator: 100 concurrent simulated workers complete 100,000
 //! no-op tasks over loopback gRPC against a coordinator process. Prints durable
-//! completions per second and the coordinator's peak memory.
+//! completions per second and the coordinator's peak memory, once without the dashboard
+//! and once with it serving 20 browsers that poll it as the page does (the snapshot every
+//! two seconds, each figure again whenever the results behind it changed).
 //!
 //!   cargo bench --bench coordinator_load [-- WORKERS TASKS]
 //!
-//! Targets: at least 5,000 completions/s and under 300 MiB.
+//! Targets: at least 5,000 completions/s and under 300 MiB; the dashboard with 20 browsers
+//! costs at most 5 % of the completions per second.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -61,15 +64,45 @@ fn main() {
     }
 }
 
+/// Browsers polling the dashboard in the second run.
+const BROWSERS: usize = 20;
+/// How often the page polls the snapshot (`POLL_MS` in src/dashboard/page.js).
+const POLL: Duration = Duration::from_secs(2);
+
 fn run(workers: usize, tasks: u64) -> Result<(), String> {
+    let alone = run_once(workers, tasks, false)?;
+    let watched = run_once(workers, tasks, true)?;
+    println!(
+        "dashboard with {BROWSERS} browsers polling: {:.0} against {alone:.0} completions per second without ({:+.1} %)",
+        watched,
+        100.0 * (watched - alone) / alone
+    );
+    Ok(())
+}
+
+/// One run; its completions per second.
+fn run_once(workers: usize, tasks: u64, dashboard: bool) -> Result<f64, String> {
     let seeds = 100u64;
     let steps = tasks.div_ceil(seeds);
     let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
-    let port = free_port(50_951);
-    let spec = write_spec(dir.path(), seeds, steps, port)?;
+    // Held, never listening: the coordinator checks every revision against it before it
+    // serves, and a refused connection fails at once instead of waiting on the real Hub.
+    let no_hub = tokio::net::TcpSocket::new_v4()
+        .and_then(|socket| socket.bind(([127, 0, 0, 1], 0).into()).map(|()| socket))
+        .and_then(|socket| socket.local_addr().map(|addr| (socket, addr)))
+        .map_err(|e| format!("cannot hold a loopback port: {e}"))?;
+    let spec = write_spec(dir.path(), seeds, steps, no_hub.1.port(), dashboard)?;
+    println!(
+        "{}",
+        if dashboard {
+            format!("with the dashboard and {BROWSERS} browsers polling it:")
+        } else {
+            "without the dashboard:".to_string()
+        }
+    );
 
     let started = Instant::now();
-    let mut coordinator = start_coordinator(&spec, port)?;
+    let (mut coordinator, url, dashboard_url) = start_coordinator(&spec, dashboard)?;
     println!(
         "coordinator up with {} tasks in {:.1} s",
         steps * seeds,
@@ -78,14 +111,24 @@ fn run(workers: usize, tasks: u64) -> Result<(), String> {
 
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("no runtime: {e}"))?;
     let completed = Arc::new(AtomicU64::new(0));
-    let url = format!("http://127.0.0.1:{port}");
     let run_started = Instant::now();
+    let polls = Arc::new(AtomicU64::new(0));
     runtime.block_on(async {
+        let finished = Arc::new(tokio::sync::Notify::new());
+        let browsers: Vec<_> = dashboard_url
+            .into_iter()
+            .flat_map(|base| std::iter::repeat_n(base, BROWSERS))
+            .map(|base| tokio::spawn(browser(base, finished.clone(), polls.clone())))
+            .collect();
         let handles: Vec<_> = (0..workers)
             .map(|w| tokio::spawn(simulated_worker(url.clone(), w, completed.clone())))
             .collect();
         for h in handles {
             let _ = h.await;
+        }
+        finished.notify_waiters();
+        for b in browsers {
+            let _ = b.await;
         }
     });
     let elapsed = run_started.elapsed().as_secs_f64();
@@ -96,60 +139,134 @@ fn run(workers: usize, tasks: u64) -> Result<(), String> {
         .status();
     let _ = coordinator.wait();
 
-    println!("workers: {workers}");
-    println!("durable completions: {done} in {elapsed:.2} s");
-    println!("completions per second: {:.0}", done as f64 / elapsed);
-    match rss {
-        Some(kib) => println!("coordinator peak RSS: {:.0} MiB", kib as f64 / 1024.0),
-        None => println!("coordinator peak RSS: unavailable"),
+    println!("  workers: {workers}");
+    println!("  durable completions: {done} in {elapsed:.2} s");
+    println!("  completions per second: {:.0}", done as f64 / elapsed);
+    if dashboard {
+        println!(
+            "  dashboard requests answered: {}",
+            polls.load(Ordering::Relaxed)
+        );
     }
-    Ok(())
+    match rss {
+        Some(kib) => println!("  coordinator peak RSS: {:.0} MiB", kib as f64 / 1024.0),
+        None => println!("  coordinator peak RSS: unavailable"),
+    }
+    Ok(done as f64 / elapsed)
 }
 
-/// A port free right now on loopback, or `fallback`.
-fn free_port(fallback: u16) -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(fallback)
+/// A browser showing the dashboard at `base`: the snapshot every [`POLL`], and each figure
+/// the page shows again whenever it is not of the latest results, until `finished`.
+async fn browser(base: String, finished: Arc<tokio::sync::Notify>, answered: Arc<AtomicU64>) {
+    let Ok(client) = reqwest::Client::builder().no_proxy().build() else {
+        return;
+    };
+    let auth = format!("Bearer {TOKEN}");
+    let mut etags: std::collections::HashMap<&str, String> = Default::default();
+    let get = |path: String, etag: Option<String>| {
+        let mut request = client
+            .get(format!("{base}{path}"))
+            .header("Authorization", &auth);
+        if let Some(etag) = etag {
+            request = request.header("If-None-Match", etag);
+        }
+        request.send()
+    };
+    loop {
+        if let Ok(response) = get("/api/live".into(), etags.get("live").cloned()).await {
+            answered.fetch_add(1, Ordering::Relaxed);
+            let etag = response
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if let (Some(etag), Ok(body)) = (etag, response.bytes().await) {
+                etags.insert("live", etag);
+                let version = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["figures_version"].as_str().map(|s| format!("\"{s}\"")));
+                for stem in ["emergence", "alpha0-width", "spectra-load-noop"] {
+                    if version.is_some() && etags.get(stem) != version.as_ref() {
+                        if let Ok(figure) =
+                            get(format!("/figure/{stem}"), etags.get(stem).cloned()).await
+                        {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                            if let Some(etag) =
+                                figure.headers().get("etag").and_then(|v| v.to_str().ok())
+                            {
+                                etags.insert(stem, etag.to_string());
+                            }
+                            let _ = figure.bytes().await;
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = finished.notified() => return,
+        }
+    }
 }
 
 /// The load sweep's spec in `dir`: one no-op model, `steps` × `seeds` tasks.
-fn write_spec(dir: &Path, seeds: u64, steps: u64, port: u16) -> Result<PathBuf, String> {
-    // The coordinator checks every revision before it serves: against a port nobody
-    // listens on that fails at once, instead of waiting on the real Hub (or on no network).
-    let hub_port = free_port(9);
+fn write_spec(
+    dir: &Path,
+    seeds: u64,
+    steps: u64,
+    hub_port: u16,
+    dashboard: bool,
+) -> Result<PathBuf, String> {
     let spec = dir.join("load.toml");
     let step_list: Vec<String> = (0..steps).map(|s| s.to_string()).collect();
     let text = format!(
         "name = \"load\"\nstate_dir = \"{}\"\nseeds = {seeds}\nsteps = [{}]\ntoken = \"{TOKEN}\"\n\
-         [coordinator]\nlisten = \"127.0.0.1:{port}\"\nlease_seconds = 60\n\
+         [coordinator]\nlisten = \"127.0.0.1:0\"\nlease_seconds = 60\n\
          [hub]\nendpoint = \"http://127.0.0.1:{hub_port}\"\n\
-         [[models]]\nrepo = \"load/noop\"\n",
+         [[models]]\nrepo = \"load/noop\"\n{}",
         dir.join("state").display(),
-        step_list.join(", ")
+        step_list.join(", "),
+        if dashboard {
+            "[dashboard]\nlisten = \"127.0.0.1:0\"\n"
+        } else {
+            ""
+        },
     );
     std::fs::write(&spec, text).map_err(|e| format!("cannot write spec: {e}"))?;
     Ok(spec)
 }
 
-/// `neuromfa coordinator SPEC`, once it listens on `port`.
-fn start_coordinator(spec: &Path, port: u16) -> Result<Child, String> {
-    let started = Instant::now();
+/// `neuromfa coordinator SPEC`, once it listens, the URL it prints then, and with
+/// `dashboard` the dashboard's URL it prints next (without its trailing slash).
+fn start_coordinator(
+    spec: &Path,
+    dashboard: bool,
+) -> Result<(Child, String, Option<String>), String> {
     let mut coordinator = Command::new(env!("CARGO_BIN_EXE_neuromfa"))
         .args(["coordinator", spec.to_str().unwrap_or_default()])
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start the coordinator: {e}"))?;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if started.elapsed() > Duration::from_secs(120) {
-            let _ = coordinator.kill();
-            return Err("the coordinator did not start".to_string());
+    let mut lines = Vec::new();
+    if let Some(stdout) = coordinator.stdout.take() {
+        let mut reader = std::io::BufReader::new(stdout);
+        for _ in 0..1 + usize::from(dashboard) {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut reader, &mut line);
+            lines.push(line.trim().to_string());
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(coordinator)
+    let url = lines.first().cloned().unwrap_or_default();
+    let dashboard_url = lines
+        .get(1)
+        .and_then(|l| l.strip_prefix("dashboard "))
+        .map(|u| u.trim_end_matches('/').to_string());
+    if url.is_empty() || dashboard != dashboard_url.is_some() {
+        let _ = coordinator.kill();
+        return Err("the coordinator did not start".to_string());
+    }
+    Ok((coordinator, url, dashboard_url))
 }
 
 /// A worker that registers, then leases and completes (with a fake result) until the

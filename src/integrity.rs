@@ -1,21 +1,23 @@
 //! Checkpoint integrity: what every (model, revision) of a grid really serves, resolved
 //! before anything is computed, and `neuromfa audit` to check a suite on its own.
 
+use std::io::Write;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use neuromfa_common::budget::Tier;
 use neuromfa_coordinator::integrity::groups;
-use neuromfa_coordinator::spec::{pythia_paper_steps, pythia_steps};
+use neuromfa_coordinator::spec::{pythia_paper_steps, pythia_steps, CheckpointKey};
+use neuromfa_coordinator::state::StateError;
 use neuromfa_coordinator::SweepState;
 use neuromfa_hub::budget::LocalBudget;
 use neuromfa_hub::resolve::{ResolvedRevision, Resolver};
 use neuromfa_hub::HubSettings;
-
-use crate::server::ClusterBudget;
 use serde::Serialize;
 use tokio::task::JoinSet;
+
+use crate::server::{ClusterBudget, StateHandle};
 
 /// Revisions resolved at once: enough to hide latency, few enough to be polite.
 const CONCURRENCY: usize = 16;
@@ -52,36 +54,54 @@ async fn resolve_all(
     out
 }
 
+/// What resolving some checkpoints gave: per (model, step), the resolution or why not.
+type Resolutions = Vec<(String, u64, Result<ResolvedRevision, String>)>;
+
+/// Resolves `keys` on the Hub, spending from the cluster's `budget`.
+async fn resolve_keys(
+    settings: &HubSettings,
+    budget: &ClusterBudget,
+    keys: Vec<CheckpointKey>,
+) -> Result<Resolutions> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let budget = Arc::new(LocalBudget::shared(budget.clone()));
+    let resolver =
+        Arc::new(Resolver::with_budget(settings, budget).context("checking checkpoints")?);
+    let revisions = keys
+        .into_iter()
+        .map(|k| (k.model, k.step, k.revision))
+        .collect();
+    Ok(resolve_all(resolver, revisions).await)
+}
+
+/// Records what resolved (warning about what did not) and applies the spec's duplicate
+/// policy, in the open transaction.
+fn record_resolutions(state: &mut SweepState, resolved: &Resolutions) -> Result<(), StateError> {
+    for (repo, step, result) in resolved {
+        match result {
+            Ok(r) => state.record_resolution(repo, *step, &r.weights_sha256, &r.weights)?,
+            Err(e) => {
+                tracing::warn!(model = %repo, step, error = %e, "cannot check this checkpoint's weights")
+            }
+        }
+    }
+    state.apply_duplicate_policy().map(drop)
+}
+
 /// Resolves every checkpoint of the grid not resolved yet (or resolved before weight formats
 /// were recorded), groups identical weights and applies the spec's duplicate policy. A
 /// revision that cannot be resolved is left as unique (its tasks still run, and fail with
-/// the reason if it does not exist). The requests spend from the cluster's `budget`.
+/// the reason if it does not exist; [`resolve_again`] tries it again later). The requests
+/// spend from the cluster's `budget`.
 pub async fn resolve_grid(
     state: &mut SweepState,
     settings: &HubSettings,
     budget: &ClusterBudget,
 ) -> Result<()> {
-    let unresolved = state.unresolved();
-    if !unresolved.is_empty() {
-        let budget = Arc::new(LocalBudget::shared(budget.clone()));
-        let resolver =
-            Arc::new(Resolver::with_budget(settings, budget).context("checking checkpoints")?);
-        let revisions = unresolved
-            .into_iter()
-            .map(|k| (k.model, k.step, k.revision))
-            .collect();
-        let resolved = resolve_all(resolver, revisions).await;
-        state.transaction(|s| {
-            for (repo, step, result) in &resolved {
-                match result {
-                    Ok(r) => s.record_resolution(repo, *step, &r.weights_sha256, &r.weights)?,
-                    Err(e) => tracing::warn!(model = %repo, step, error = %e, "cannot check this checkpoint's weights"),
-                }
-            }
-            Ok(())
-        })?;
-    }
-    state.transaction(|s| s.apply_duplicate_policy())?;
+    let resolved = resolve_keys(settings, budget, state.unresolved()).await?;
+    state.transaction(|s| record_resolutions(s, &resolved))?;
     for d in state.duplicate_steps() {
         tracing::warn!(
             model = %d.model, step = d.step, duplicate_of = d.duplicate_of,
@@ -90,6 +110,29 @@ pub async fn resolve_grid(
         );
     }
     Ok(())
+}
+
+/// Resolves, on a running coordinator, the checkpoints that could not be resolved when
+/// it started (a Hub that refused then may answer now), so that the exports name every
+/// checkpoint's weights. Returns how many are still unresolved.
+pub async fn resolve_again(
+    state: &StateHandle,
+    settings: &HubSettings,
+    budget: &ClusterBudget,
+) -> Result<usize> {
+    let unresolved = state.call(|s, _| Ok(s.unresolved())).await?;
+    if unresolved.is_empty() {
+        return Ok(0);
+    }
+    let resolved = resolve_keys(settings, budget, unresolved).await?;
+    let left = state
+        .call(move |s, _| {
+            record_resolutions(s, &resolved)?;
+            Ok(s.unresolved().len())
+        })
+        .await?;
+    tracing::info!(unresolved = left, "checkpoints resolved again");
+    Ok(left)
 }
 
 #[derive(Debug, Args)]
@@ -192,14 +235,20 @@ pub async fn audit(args: AuditArgs) -> Result<()> {
         })
         .collect();
     let grouped = groups(hashes.iter().map(|(s, h)| (*s, h.as_str())));
+    let mut out = std::io::stdout().lock();
     if args.json {
-        print_audit_json(&args.repo, &rows, &grouped)?;
+        print_audit_json(&mut out, &args.repo, &rows, &grouped)?;
     } else {
-        print_audit_table(&args.repo, &rows, &grouped);
+        print_audit_table(&mut out, &args.repo, &rows, &grouped)?;
     }
+    // An audit with holes cannot vouch for the suite: that is an error, before duplicates.
     let unresolved = rows.iter().filter(|r| r.error.is_some()).count();
     if unresolved > 0 {
-        eprintln!("warning: {unresolved} step(s) could not be checked");
+        bail!(
+            "{unresolved} of {} step(s) of {} could not be checked (see `unresolved` above)",
+            rows.len(),
+            args.repo
+        );
     }
     if !duplicates.is_empty() && !args.allow_duplicates {
         return Err(DuplicatesFound {
@@ -212,7 +261,12 @@ pub async fn audit(args: AuditArgs) -> Result<()> {
 }
 
 /// The audit as one JSON document: every step, and the groups of identical weights.
-fn print_audit_json(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>)]) -> Result<()> {
+fn print_audit_json(
+    out: &mut impl Write,
+    repo: &str,
+    rows: &[AuditRow],
+    grouped: &[(String, Vec<u64>)],
+) -> Result<()> {
     let doc = serde_json::json!({
         "repo": repo,
         "steps": rows,
@@ -221,24 +275,32 @@ fn print_audit_json(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>)
             .map(|(hash, steps)| serde_json::json!({"weights_sha256": hash, "steps": steps}))
             .collect::<Vec<_>>(),
     });
-    println!("{}", serde_json::to_string_pretty(&doc)?);
+    writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
     Ok(())
 }
 
 /// The audit as a table of steps, then the groups of identical weights.
-fn print_audit_table(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>)]) {
-    println!("{repo}: {} steps checked", rows.len());
-    println!(
+fn print_audit_table(
+    out: &mut impl Write,
+    repo: &str,
+    rows: &[AuditRow],
+    grouped: &[(String, Vec<u64>)],
+) -> std::io::Result<()> {
+    let checked = rows.iter().filter(|r| r.error.is_none()).count();
+    writeln!(out, "{repo}: {checked} of {} step(s) checked", rows.len())?;
+    writeln!(
+        out,
         "{:>8}  {:<12} {:<11} {:<16} note",
         "step", "commit", "format", "weights sha256"
-    );
+    )?;
     for r in rows {
         let note = match (&r.duplicate_of, &r.error) {
             (_, Some(e)) => format!("unresolved: {e}"),
             (Some(d), None) => format!("DUPLICATE of step {d}"),
             (None, None) => String::new(),
         };
-        println!(
+        writeln!(
+            out,
             "{:>8}  {:<12} {:<11} {:<16} {note}",
             r.step,
             r.commit.as_deref().map_or("-", |c| &c[..c.len().min(12)]),
@@ -246,16 +308,18 @@ fn print_audit_table(repo: &str, rows: &[AuditRow], grouped: &[(String, Vec<u64>
             r.weights_sha256
                 .as_deref()
                 .map_or("-", |h| &h[..h.len().min(16)]),
-        );
+        )?;
     }
-    println!("groups of identical weights:");
+    writeln!(out, "groups of identical weights:")?;
     for (hash, steps) in grouped {
         let list: Vec<String> = steps.iter().map(u64::to_string).collect();
-        println!(
+        writeln!(
+            out,
             "  {} : {} step(s): {}",
             &hash[..hash.len().min(16)],
             steps.len(),
             list.join(", ")
-        );
+        )?;
     }
+    Ok(())
 }

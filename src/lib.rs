@@ -6,6 +6,8 @@
 
 pub mod analyze;
 pub mod auth;
+pub mod dashboard;
+pub mod exit;
 pub mod hub;
 pub mod integrity;
 pub mod report;
@@ -13,6 +15,7 @@ pub mod server;
 pub mod slurm;
 pub mod sweep;
 pub mod synth;
+pub mod web;
 
 /// The coordinator–worker protocol (`neuromfa-proto`), under the name the server uses.
 pub use neuromfa_proto as proto;

@@ -4,16 +4,16 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use neuromfa_common::budget::{Bucket, Budgets, HubWindow};
+use neuromfa_common::budget::{Bucket, BucketStatus, Budgets, HubWindow};
 use neuromfa_common::SeedResult;
 use neuromfa_coordinator::budget::{grant, lease_needs, Grant, Needs};
 use neuromfa_coordinator::commit::{CallError, Context, GroupCommit};
 use neuromfa_coordinator::state::StateError;
-use neuromfa_coordinator::{StatusReport, SweepState, TaskMetrics};
+use neuromfa_coordinator::{Failure, FailureClass, StatusReport, SweepState, TaskMetrics};
 use tokio::sync::oneshot;
 use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status};
@@ -28,8 +28,13 @@ pub use neuromfa_coordinator::commit::now_ms;
 #[derive(Clone)]
 pub struct StateHandle {
     commit: GroupCommit,
-    /// Workers a lease reply has told that the sweep is finished.
+    /// Workers a lease reply has told that the sweep is over (finished, or stopped).
     told_finished: Arc<Mutex<HashSet<String>>>,
+    /// Why the coordinator is about to exit though tasks are pending (its breaker stopped
+    /// the sweep), once it is: lease replies tell the workers.
+    stopping: Arc<OnceLock<String>>,
+    /// The cluster's budget of Hub requests, which `status` and the dashboard report.
+    pub budget: ClusterBudget,
 }
 
 fn to_status(error: CallError) -> Status {
@@ -47,13 +52,18 @@ fn to_status(error: CallError) -> Status {
 
 impl StateHandle {
     /// Starts the state thread. It stops when every handle is dropped.
-    pub fn spawn(state: SweepState) -> anyhow::Result<(Self, std::thread::JoinHandle<()>)> {
+    pub fn spawn(
+        state: SweepState,
+        budget: ClusterBudget,
+    ) -> anyhow::Result<(Self, std::thread::JoinHandle<()>)> {
         let (commit, thread) =
             GroupCommit::spawn(state).context("cannot start the state thread")?;
         Ok((
             Self {
                 commit,
                 told_finished: Arc::default(),
+                stopping: Arc::default(),
+                budget,
             },
             thread,
         ))
@@ -79,13 +89,31 @@ impl StateHandle {
         self.commit.start_draining();
     }
 
+    /// The coordinator will exit with the sweep stopped for `reason`: no more leases, and
+    /// every lease reply says so, so that workers stop instead of waiting for it.
+    pub fn announce_stop(&self, reason: String) {
+        self.commit.start_draining();
+        let _ = self.stopping.set(reason);
+    }
+
     /// Why the state thread stopped by itself (its disk is full), once it has.
     pub fn halted(&self) -> Option<String> {
         self.commit.halted()
     }
 
     pub async fn status(&self) -> Result<StatusReport, Status> {
-        self.call(|s, c| Ok(s.status(c.now_ms, c.draining))).await
+        let mut report = self.call(|s, c| Ok(s.status(c.now_ms, c.draining))).await?;
+        report.budget = self.budget_status();
+        Ok(report)
+    }
+
+    /// What the cluster's budget granted, per bucket, as of now.
+    pub fn budget_status(&self) -> Vec<BucketStatus> {
+        self.budgets().status(Instant::now())
+    }
+
+    fn budgets(&self) -> std::sync::MutexGuard<'_, Budgets> {
+        self.budget.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -97,7 +125,6 @@ pub type ClusterBudget = Arc<Mutex<Budgets>>;
 pub struct CoordinatorService {
     state: StateHandle,
     announced: Arc<Announced>,
-    budget: ClusterBudget,
 }
 
 /// What the coordinator tells every worker, fixed for its run.
@@ -121,16 +148,15 @@ impl Announced {
 }
 
 impl CoordinatorService {
-    fn new(state: StateHandle, announced: Announced, budget: ClusterBudget) -> Self {
+    fn new(state: StateHandle, announced: Announced) -> Self {
         Self {
             state,
             announced: Arc::new(announced),
-            budget,
         }
     }
 
     fn budgets(&self) -> std::sync::MutexGuard<'_, Budgets> {
-        self.budget.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.budgets()
     }
 
     /// Books `needs` and says when they may be spent.
@@ -191,17 +217,20 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let worker_id = r.worker_id.clone();
         let announced = self.announced.clone();
+        let stopping = self.state.stopping.get().cloned();
         let (reply, needs) = self
             .state
             .call(move |s, c| {
                 let params_json = announced.params_json.clone();
                 // Draining for a stop or restart: no new work, but workers stay, so they
-                // carry on with the next coordinator on the same state.
+                // carry on with the next coordinator on the same state; unless it stops
+                // for good, with the sweep stopped.
                 if c.draining {
                     let reply = proto::LeaseReply {
                         tasks: Vec::new(),
                         params_json,
                         retry_after_ms: 1000,
+                        sweep_stopped: stopping.unwrap_or_default(),
                         ..proto::LeaseReply::default()
                     };
                     return Ok((reply, None));
@@ -236,6 +265,7 @@ impl Coordinator for CoordinatorService {
                         announced.heartbeat_ms.min(1000)
                     },
                     sweep_finished: finished,
+                    sweep_stopped: String::new(),
                     resolved_json: resolved
                         .and_then(|r| serde_json::to_string(&r).ok())
                         .unwrap_or_default(),
@@ -246,7 +276,7 @@ impl Coordinator for CoordinatorService {
             .await?;
         let mut reply = reply;
         reply.grant = needs.map(|needs| self.grant(needs));
-        if reply.sweep_finished {
+        if reply.sweep_finished || !reply.sweep_stopped.is_empty() {
             if let Ok(mut told) = self.state.told_finished.lock() {
                 told.insert(worker_id);
             }
@@ -302,11 +332,10 @@ impl Coordinator for CoordinatorService {
         request: Request<proto::FailRequest>,
     ) -> Result<Response<proto::FailReply>, Status> {
         let r = request.into_inner();
+        let failure = failure_of(&r);
         let will_retry = self
             .state
-            .call(move |s, c| {
-                s.decide(|d| d.fail(&r.worker_id, r.task_id, &r.error, r.permanent, c.now_ms))
-            })
+            .call(move |s, c| s.decide(|d| d.fail(&r.worker_id, r.task_id, failure, c.now_ms)))
             .await?;
         Ok(Response::new(proto::FailReply { will_retry }))
     }
@@ -329,8 +358,7 @@ impl Coordinator for CoordinatorService {
         &self,
         _request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusReply>, Status> {
-        let mut report = self.state.status().await?;
-        report.budget = self.budgets().status(Instant::now());
+        let report = self.state.status().await?;
         Ok(Response::new(proto::StatusReply {
             status_json: serde_json::to_string(&report).unwrap_or_default(),
         }))
@@ -369,6 +397,47 @@ impl Coordinator for CoordinatorService {
         let grant = (needs != Needs::default()).then(|| self.grant(needs));
         Ok(Response::new(proto::BudgetReply { grant }))
     }
+
+    async fn retry_failed(
+        &self,
+        _request: Request<proto::RetryFailedRequest>,
+    ) -> Result<Response<proto::RetryFailedReply>, Status> {
+        let requeued = self
+            .state
+            .call(|s, _| s.decide(|d| Ok(d.retry_failed())))
+            .await?;
+        tracing::info!(requeued, "failed tasks re-queued (retry-failed)");
+        Ok(Response::new(proto::RetryFailedReply {
+            requeued: requeued as u32,
+        }))
+    }
+
+    async fn resume(
+        &self,
+        _request: Request<proto::ResumeRequest>,
+    ) -> Result<Response<proto::ResumeReply>, Status> {
+        let stopped_because = self.state.call(|s, _| s.decide(|d| Ok(d.resume()))).await?;
+        Ok(Response::new(proto::ResumeReply {
+            stopped_because: stopped_because.unwrap_or_default(),
+        }))
+    }
+}
+
+/// A failure as the worker classified it; from an older worker, which only says whether
+/// it is permanent, a checkpoint's own failure or a transient one.
+fn failure_of(r: &proto::FailRequest) -> Failure {
+    use proto::FailureClass as Sent;
+    let class = match Sent::try_from(r.class).unwrap_or(Sent::Unspecified) {
+        Sent::Unspecified if r.permanent => FailureClass::Checkpoint,
+        Sent::Unspecified | Sent::Transient => FailureClass::Transient,
+        Sent::Checkpoint => FailureClass::Checkpoint,
+        Sent::HubAuth => FailureClass::HubAuth,
+        Sent::HubRepoMissing => FailureClass::HubRepoMissing,
+        Sent::HubUnprocessable => FailureClass::HubUnprocessable,
+        Sent::Protocol => FailureClass::Protocol,
+    };
+    Failure::new(class, r.error.clone())
+        .retry_after((r.retry_after_ms > 0).then_some(r.retry_after_ms))
 }
 
 /// A running coordinator: its address and a way to stop it.
@@ -401,8 +470,8 @@ impl RunningCoordinator {
                 .context("the TLS certificate and key cannot be used (are both PEM, and the key the certificate's?)")?;
         }
         let announced = Announced::of(&state, hub_endpoint);
-        let (handle, state_thread) = StateHandle::spawn(state)?;
-        let service = CoordinatorService::new(handle.clone(), announced, budget).into_server(token);
+        let (handle, state_thread) = StateHandle::spawn(state, budget)?;
+        let service = CoordinatorService::new(handle.clone(), announced).into_server(token);
         let (shutdown, stopped) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let server = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
@@ -430,8 +499,9 @@ impl RunningCoordinator {
     }
 
     /// Waits, up to `grace`, until every worker still around has been told by a lease reply
-    /// that the sweep is finished: workers learn it only so, and one that asks after the
-    /// coordinator is gone retries until it gives up, and fails.
+    /// that the sweep is over (finished, or stopped: see `StateHandle::announce_stop`):
+    /// workers learn it only so, and one that asks after the coordinator is gone retries
+    /// until it gives up, and fails.
     pub async fn tell_workers_finished(&self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         loop {

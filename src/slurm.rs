@@ -8,16 +8,16 @@
 //! Either way the tasks are leased again, and a requeued array task starts a fresh
 //! worker that registers and joins in.
 
-use std::io::Write as _;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use neuromfa_coordinator::SweepSpec;
 
+use crate::auth::is_loopback;
 use crate::sweep::{dial_address, load_spec, recorded_token, sweep_token, WorkerArgs};
 
 /// How long a coordinator started here may take to listen: it resolves every
@@ -188,7 +188,14 @@ fn submit(args: SubmitArgs) -> Result<()> {
     let (address, tls_ca) = (&plan.address, plan.tls_ca.as_deref());
     let text = plan.script.render();
     if args.dry_run {
-        print!("{text}");
+        std::io::stdout().lock().write_all(text.as_bytes())?;
+        let chosen_port = plan.spec.coordinator.address.is_none()
+            && args.coordinator.is_none()
+            && plan.spec.coordinator.listen.ends_with(":0");
+        let address = match chosen_port {
+            true => "<the URL the coordinator prints once it listens on the port the system chose>",
+            false => address.as_str(),
+        };
         eprintln!(
             "(dry run: nothing submitted; sbatch would run with NEUROMFA_COORDINATOR={address}{} and the sweep token in NEUROMFA_TOKEN)",
             tls_ca
@@ -209,7 +216,7 @@ fn submit(args: SubmitArgs) -> Result<()> {
         Some(url) => recorded_token(&plan.spec).ok_or_else(|| {
             anyhow!("no sweep token for the coordinator at {url}: set NEUROMFA_TOKEN, the spec's `token`, or run this where the coordinator's STATE_DIR/token is")
         })?,
-        None => sweep_token(&plan.spec)?,
+        None => sweep_token(&plan.spec, &plan.spec.coordinator.listen)?,
     };
     let log_dir = &plan.script.log_dir;
     std::fs::create_dir_all(log_dir)
@@ -220,12 +227,10 @@ fn submit(args: SubmitArgs) -> Result<()> {
 
     let mut started = match &args.coordinator {
         Some(_) => None,
-        None => Some(start_coordinator(
-            &plan.spec_path,
-            &plan.spec,
-            &plan.state_dir,
-        )?),
+        None => Some(start_coordinator(&plan.spec_path, &plan.state_dir)?),
     };
+    // A coordinator started here says where it listens (the port, when the spec's is 0).
+    let address = started.as_ref().map_or(address, |c| &c.url);
     let job_id = match sbatch(&script_path, address, &token, tls_ca) {
         Ok(job_id) => job_id,
         Err(error) => {
@@ -237,23 +242,29 @@ fn submit(args: SubmitArgs) -> Result<()> {
             return Err(error.context(format!("batch script: {}", script_path.display())));
         }
     };
+    let mut out = std::io::stdout().lock();
     if let Some(coordinator) = &started {
-        println!(
+        writeln!(
+            out,
             "coordinator: {address} (pid {}, log {}; stop it with `kill $(cat {})`)",
             coordinator.child.id(),
             coordinator.log.display(),
             coordinator.pid_file.display()
-        );
+        )?;
     } else {
-        println!("coordinator: {address}");
+        writeln!(out, "coordinator: {address}")?;
     }
-    println!(
+    writeln!(
+        out,
         "submitted job array {job_id}: {} worker(s); batch script {}, logs {}",
         args.workers,
         script_path.display(),
         log_dir.join(format!("worker-{job_id}_*.log")).display()
-    );
-    println!("watch: neuromfa status {address}    cancel: scancel {job_id}");
+    )?;
+    writeln!(
+        out,
+        "watch: neuromfa status {address}    cancel: scancel {job_id}"
+    )?;
     Ok(())
 }
 
@@ -352,16 +363,15 @@ struct StartedCoordinator {
     child: std::process::Child,
     log: PathBuf,
     pid_file: PathBuf,
+    /// The URL workers dial, as the coordinator printed it.
+    url: String,
 }
 
 /// Starts `neuromfa coordinator SPEC` in its own process group (so it outlives this
 /// command and the terminal's signals), logging to STATE_DIR/coordinator.log, and waits
-/// until it listens.
-fn start_coordinator(
-    spec_path: &Path,
-    spec: &SweepSpec,
-    state_dir: &Path,
-) -> Result<StartedCoordinator> {
+/// until it prints the URL it listens at (with port 0 in the spec, the port the system
+/// chose).
+fn start_coordinator(spec_path: &Path, state_dir: &Path) -> Result<StartedCoordinator> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let log = state_dir.join("coordinator.log");
@@ -371,81 +381,55 @@ fn start_coordinator(
         .append(true)
         .open(&log)
         .with_context(|| format!("opening {}", log.display()))?;
-    let log_err = log_file
-        .try_clone()
-        .with_context(|| format!("opening {}", log.display()))?;
     let mut command = Command::new(std::env::current_exe().context("finding this binary")?);
     command
         .arg("coordinator")
         .arg(spec_path)
         .stdin(Stdio::null())
-        .stdout(log_file)
-        .stderr(log_err);
+        .stdout(Stdio::piped())
+        .stderr(log_file);
     #[cfg(unix)]
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let mut child = command.spawn().context("starting the coordinator")?;
     std::fs::File::create(&pid_file)
         .and_then(|mut f| writeln!(f, "{}", child.id()))
         .with_context(|| format!("writing {}", pid_file.display()))?;
-    let probe = probe_address(&spec.coordinator.listen)?;
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().context("watching the coordinator")? {
+    let stdout = child
+        .stdout
+        .take()
+        .context("the coordinator's stdout was not captured")?;
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = line_tx.send(read.map(|_| line.trim().to_string()));
+    });
+    match line_rx.recv_timeout(COORDINATOR_START_TIMEOUT) {
+        Ok(Ok(url)) if !url.is_empty() => Ok(StartedCoordinator {
+            child,
+            log,
+            pid_file,
+            url,
+        }),
+        // Its stdout closed without a line: it exited before listening.
+        Ok(_) => {
+            let status = child.wait().context("watching the coordinator")?;
             let _ = std::fs::remove_file(&pid_file);
             bail!(
                 "the coordinator exited ({status}) before listening:\n{}",
                 log_tail(&log, 20)
-            );
+            )
         }
-        if TcpStream::connect_timeout(&probe, Duration::from_millis(500)).is_ok() {
-            return Ok(StartedCoordinator {
-                child,
-                log,
-                pid_file,
-            });
-        }
-        if started.elapsed() > COORDINATOR_START_TIMEOUT {
+        Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
             bail!(
-                "the coordinator did not listen on {} within {} s; see {}",
-                spec.coordinator.listen,
+                "the coordinator did not listen within {} s; see {}",
                 COORDINATOR_START_TIMEOUT.as_secs(),
                 log.display()
-            );
+            )
         }
-        std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Where to check that a coordinator listening on `listen` is up: the address itself,
-/// or loopback for "every interface".
-fn probe_address(listen: &str) -> Result<SocketAddr> {
-    let mut addr = listen
-        .to_socket_addrs()
-        .with_context(|| format!("coordinator.listen `{listen}` is not an address"))?
-        .next()
-        .ok_or_else(|| anyhow!("coordinator.listen `{listen}` resolves to nothing"))?;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    Ok(addr)
-}
-
-fn is_loopback(url: &str) -> bool {
-    let host = url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.rsplit_once(':').map(|(host, _)| host))
-        .unwrap_or_default();
-    host == "localhost"
-        || host
-            .trim_matches(|c| c == '[' || c == ']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn log_tail(path: &Path, lines: usize) -> String {
@@ -496,14 +480,5 @@ mod tests {
         assert!(check_worker_options(&["--cache-max-gb".into(), "5".into()]).is_ok());
         let err = check_worker_options(&["--no-such-flag".into()]).unwrap_err();
         assert!(err.to_string().contains("--no-such-flag"), "{err}");
-    }
-
-    #[test]
-    fn loopback_urls_are_recognised() {
-        assert!(is_loopback("http://127.0.0.1:50051"));
-        assert!(is_loopback("https://localhost:50051"));
-        assert!(is_loopback("http://[::1]:50051"));
-        assert!(!is_loopback("https://login1:50051"));
-        assert!(!is_loopback("http://10.1.2.3:50051"));
     }
 }

@@ -1,14 +1,16 @@
 //! The sweep commands: `coordinator`, `worker`, `sweep run`, `sweep retry-failed`,
-//! `status`, `export`.
+//! `sweep resume`, `status`, `export`.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use neuromfa_coordinator::{export, OpenMode, StatusReport, SweepSpec, SweepState};
+use neuromfa_coordinator::state::{recorded_spec, StateError};
+use neuromfa_coordinator::{export, OpenMode, StatusReport, SweepEnd, SweepSpec, SweepState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -16,10 +18,12 @@ use neuromfa_common::checkpoint::FetchMode;
 use neuromfa_hub::HubSettings;
 use neuromfa_hub_server::{self as hub_server, HubServerConfig, RunningHub};
 
-use crate::auth::generate_token;
-use crate::integrity::resolve_grid;
+use crate::auth::{generate_token, os_random};
+use crate::exit;
+use crate::integrity::{resolve_again, resolve_grid};
 use crate::proto;
 use crate::server::{ClusterBudget, RunningCoordinator};
+use crate::web::WebServer;
 use crate::worker::{self, WorkerOptions, WorkerSummary};
 
 const TOKEN_FILE: &str = "token";
@@ -42,16 +46,17 @@ pub(crate) fn recorded_token(spec: &SweepSpec) -> Option<String> {
         .filter(|existing| !existing.is_empty())
 }
 
-/// The spec's token (or `NEUROMFA_TOKEN`); without one, a fresh token is written to
-/// `STATE_DIR/token` (readable by the owner only) for workers started elsewhere.
-pub(crate) fn sweep_token(spec: &SweepSpec) -> Result<String> {
+/// The spec's token (or `NEUROMFA_TOKEN`); without one, a fresh token for a coordinator
+/// listening on `listen` is written to `STATE_DIR/token` (readable by the owner only) for
+/// workers started elsewhere.
+pub(crate) fn sweep_token(spec: &SweepSpec, listen: &str) -> Result<String> {
     if let Some(token) = recorded_token(spec) {
         return Ok(token);
     }
     let path = spec.state_dir.join(TOKEN_FILE);
     std::fs::create_dir_all(&spec.state_dir)
         .with_context(|| format!("creating {}", spec.state_dir.display()))?;
-    let token = generate_token();
+    let token = generate_token(listen, os_random)?;
     write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(path = %path.display(), "no token in the spec or NEUROMFA_TOKEN: generated one");
     Ok(token)
@@ -100,6 +105,34 @@ pub(crate) fn dial_address(spec: &SweepSpec) -> String {
 fn cluster_budget(spec: &SweepSpec) -> ClusterBudget {
     let budgets = neuromfa_coordinator::budget::cluster_budgets(spec.hub.quotas());
     std::sync::Arc::new(std::sync::Mutex::new(budgets))
+}
+
+/// Prints the URL a service can be reached at, once it listens, as the one line of its
+/// stdout: whoever started it (`slurm submit`, a script, a test) reads the port the system
+/// chose for `:0` there instead of picking one. A reader that has gone is no reason to stop.
+pub(crate) fn announce_listening(url: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{url}").and_then(|()| out.flush());
+}
+
+/// The URL of an HTTP listener bound at `addr`, with this host's name in place of an
+/// unspecified IP.
+fn http_url(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("http://{}:{}/", worker::hostname(), addr.port())
+    } else {
+        format!("http://{addr}/")
+    }
+}
+
+/// Serves the dashboard of `running`'s sweep on `listen`.
+async fn start_dashboard(
+    listen: &str,
+    running: &RunningCoordinator,
+    token: &str,
+) -> Result<WebServer> {
+    let listener = crate::web::bind(listen, "dashboard").await?;
+    crate::dashboard::start(listener, running.state.clone(), token).await
 }
 
 /// Hub endpoint workers should use when the spec names one (else theirs: HF_ENDPOINT or
@@ -163,7 +196,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     if let Some(listen) = args.listen {
         spec.coordinator.listen = listen;
     }
-    let token = sweep_token(&spec)?;
+    let token = sweep_token(&spec, &spec.coordinator.listen)?;
     let state_dir = spec.state_dir.clone();
     let mut state = SweepState::open(spec.clone(), open_mode(args.new_sweep))?;
     let hub = HubSettings {
@@ -180,53 +213,142 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&spec.coordinator.listen)
         .await
         .with_context(|| format!("cannot listen on {}", spec.coordinator.listen))?;
-    let running =
-        RunningCoordinator::start(state, listener, token, announced_hub(&spec), tls, budget)?;
+    let running = RunningCoordinator::start(
+        state,
+        listener,
+        token.clone(),
+        announced_hub(&spec),
+        tls,
+        budget.clone(),
+    )?;
+    // With port 0 the system chose one: workers must be told that one.
+    spec.coordinator.listen = running.addr.to_string();
+    record_listening(&state_dir, running.addr);
+    let url = dial_address(&spec);
     tracing::info!(
         sweep = %spec.name, addr = %running.addr, state_dir = %state_dir.display(), tls = spec.tls(),
-        "coordinator listening; start workers with: NEUROMFA_COORDINATOR={} neuromfa worker",
-        dial_address(&spec)
+        "coordinator listening; start workers with: NEUROMFA_COORDINATOR={url} neuromfa worker"
     );
-    let mut exported = false;
+    // After the log line: whoever reads this may act on the log at once.
+    announce_listening(&url);
+    let grace = Duration::from_secs(args.drain_seconds);
+    let resume_hint =
+        format!("`neuromfa sweep resume {url}` resumes it (a probe that succeeds does too)");
+    let retry_hint = format!("`neuromfa sweep retry-failed {url}`");
+    // The end last exported, and whether leasing was stopped at the last look.
+    let mut exported: Option<SweepEnd> = None;
+    let mut was_stopped = false;
+    let dashboard = match &spec.dashboard.listen {
+        Some(listen) => {
+            let dashboard = start_dashboard(listen, &running, &token).await?;
+            let dashboard_url = http_url(dashboard.addr);
+            tracing::info!(
+                url = %dashboard_url,
+                "dashboard listening; open it once with ?token= and the sweep token, scrape /metrics with `Authorization: Bearer` and the token"
+            );
+            // The second line of stdout, after the coordinator's own URL.
+            announce_listening(&format!("dashboard {dashboard_url}"));
+            Some(dashboard)
+        }
+        None => None,
+    };
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => {
                 tracing::info!("stopping: no new leases; in-flight work may finish for {} s", args.drain_seconds);
-                running.drain_and_stop(Duration::from_secs(args.drain_seconds)).await;
+                stop_dashboard(dashboard).await;
+                running.drain_and_stop(grace).await;
                 // The tables reflect everything acknowledged, finished or not.
                 let files = export::export(&state_dir, None)?;
                 tracing::info!(exports = %state_dir.join("exports").display(), files = files.len(), "stopped");
-                break;
+                if args.exit_when_done {
+                    return Err(exit::interrupted("start the coordinator again to resume"));
+                }
+                return Ok(());
             }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 let status = match running.status().await {
                     Ok(status) => status,
                     Err(e) => {
                         // Out of space: stop serving before saying why.
+                        stop_dashboard(dashboard).await;
                         running.stop().await;
                         return Err(e);
                     }
                 };
-                let finished = status.pending + status.leased == 0;
-                if finished && !exported {
-                    let files = export::export(&state_dir, None)?;
-                    tracing::info!(done = status.done, failed = status.failed, exports = %state_dir.join("exports").display(), files = files.len(), "sweep finished");
-                    exported = true;
+                let stopped = status.stopped.is_some();
+                if was_stopped && !stopped {
+                    // Resumed: a Hub that refused when the coordinator started may answer now.
+                    resolve_before_export(&running, &hub, grace).await;
                 }
-                if !finished {
-                    exported = false;
-                }
-                if finished && args.exit_when_done {
-                    running.tell_workers_finished(Duration::from_secs(args.drain_seconds)).await;
+                was_stopped = stopped;
+                let Some(end) = status.end() else {
+                    exported = None;
+                    continue;
+                };
+                if args.exit_when_done {
+                    if let SweepEnd::Stopped(reason) = &end {
+                        running.state.announce_stop(reason.clone());
+                    }
+                    running.tell_workers_finished(grace).await;
+                    if !stopped {
+                        resolve_before_export(&running, &hub, grace).await;
+                    }
+                    // The last status, once every worker has said how its lease ended; the
+                    // workers were told it stopped even if a late success resumed it.
+                    let status = running.status().await?;
+                    stop_dashboard(dashboard).await;
                     running.stop().await;
-                    break;
+                    export::export(&state_dir, None)?;
+                    log_end(&status, &state_dir);
+                    let end = status.end().unwrap_or(end);
+                    return exit::judge(&end, &status, &resume_hint, &retry_hint);
+                }
+                if exported.as_ref() != Some(&end) {
+                    if !stopped {
+                        resolve_before_export(&running, &hub, grace).await;
+                    }
+                    export::export(&state_dir, None)?;
+                    log_end(&status, &state_dir);
+                    exported = Some(end);
                 }
             }
         }
     }
-    Ok(())
+}
+
+/// Resolves again, for up to `grace`, the checkpoints still unresolved, so that the
+/// exports about to be written name every checkpoint's weights.
+async fn resolve_before_export(running: &RunningCoordinator, hub: &HubSettings, grace: Duration) {
+    let again = resolve_again(&running.state, hub, &running.state.budget);
+    match tokio::time::timeout(grace, again).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "resolving checkpoints again"),
+        Err(_) => tracing::warn!("resolving checkpoints again took too long; exporting without"),
+    }
+}
+
+/// Says in the log how the sweep ended (or stopped) and where its exports are.
+fn log_end(status: &StatusReport, state_dir: &Path) {
+    let exports = state_dir.join("exports");
+    match &status.stopped {
+        Some(breaker) if status.pending + status.leased > 0 => tracing::error!(
+            reason = %breaker.reason, pending = status.pending, exports = %exports.display(),
+            "sweep stopped by a systemic failure"
+        ),
+        _ => tracing::info!(
+            done = status.done, failed = status.failed, exports = %exports.display(),
+            "sweep finished"
+        ),
+    }
+}
+
+async fn stop_dashboard(dashboard: Option<WebServer>) {
+    if let Some(dashboard) = dashboard {
+        dashboard.stop().await;
+    }
 }
 
 #[derive(Debug, Args)]
@@ -266,6 +388,10 @@ pub struct WorkerArgs {
     /// spec's `hub.merge_gap`, else the gap the measured link prices.
     #[arg(long)]
     pub merge_gap: Option<u64>,
+    /// Serve this worker's metrics at http://ADDR/metrics in Prometheus' text format
+    /// (behind the sweep token, like the coordinator's dashboard).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 pub async fn worker(args: WorkerArgs) -> Result<()> {
@@ -283,13 +409,26 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
     options.give_up_after = Duration::from_secs(args.give_up_after);
     options.fetch_mode = args.fetch_mode;
     options.merge_gap = args.merge_gap;
+    let metrics = match &args.metrics_listen {
+        Some(listen) => {
+            let listener = crate::web::bind(listen, "worker metrics").await?;
+            let server = crate::web::metrics_server(listener, &options)?;
+            tracing::info!(url = %format!("{}metrics", http_url(server.addr)), "worker metrics listening");
+            Some(server)
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("stopping: releasing leases");
         let _ = stop_tx.send(true);
     });
-    let summary = worker::run(options, stop_rx).await?;
+    let summary = worker::run(options, stop_rx).await;
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
+    }
+    let summary = summary?;
     tracing::info!(
         completed = summary.completed,
         failed = summary.failed,
@@ -304,11 +443,28 @@ pub enum SweepCommand {
     /// Run a whole sweep on this machine: a coordinator and N workers in one process over
     /// loopback gRPC, with a progress bar; writes the exports at the end.
     Run(SweepRunArgs),
-    /// Re-queue every failed task of a stopped sweep with a fresh attempt budget.
-    RetryFailed {
-        /// The sweep's state directory.
-        state_dir: PathBuf,
-    },
+    /// Re-queue every failed task with a fresh attempt budget: over the coordinator's RPC
+    /// while it runs, else in the state directory.
+    RetryFailed(OperatorArgs),
+    /// Resume leasing after the breaker stopped the sweep (once its cause is fixed): over
+    /// the coordinator's RPC while it runs, else in the state directory.
+    Resume(OperatorArgs),
+}
+
+/// Which sweep an operator's command is for.
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// The sweep's state directory (its coordinator, if one runs on it, is told over RPC
+    /// at the address and with the token recorded there), or the URL of its coordinator
+    /// (http:// or https://).
+    pub target: String,
+    /// File holding the sweep token (else NEUROMFA_TOKEN; for a state directory, also the
+    /// token recorded there).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed an https:// coordinator's certificate.
+    #[arg(long, env = "NEUROMFA_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -329,13 +485,145 @@ pub struct SweepRunArgs {
 pub async fn sweep(command: SweepCommand) -> Result<()> {
     match command {
         SweepCommand::Run(args) => sweep_run(args).await,
-        SweepCommand::RetryFailed { state_dir } => {
-            let mut state = SweepState::open_existing(&state_dir)?;
-            let n = state.transaction(|s| s.decide(|d| Ok(d.retry_failed())))?;
-            println!("{n} failed task(s) re-queued in {}", state_dir.display());
+        SweepCommand::RetryFailed(args) => {
+            let (n, place) = match operator_target(&args)? {
+                Target::Offline(mut state, dir) => {
+                    let n = state.transaction(|s| s.decide(|d| Ok(d.retry_failed())))?;
+                    (n as u32, dir.display().to_string())
+                }
+                Target::Live(mut client, url) => {
+                    let reply = client
+                        .retry_failed(proto::RetryFailedRequest {})
+                        .await
+                        .map_err(|status| refused(&url, status))?;
+                    (
+                        reply.into_inner().requeued,
+                        format!("the coordinator at {url}"),
+                    )
+                }
+            };
+            writeln!(
+                std::io::stdout().lock(),
+                "{n} failed task(s) re-queued in {place}"
+            )?;
+            Ok(())
+        }
+        SweepCommand::Resume(args) => {
+            let (stopped_because, place) = match operator_target(&args)? {
+                Target::Offline(mut state, dir) => {
+                    let reason = state.transaction(|s| s.decide(|d| Ok(d.resume())))?;
+                    (reason.unwrap_or_default(), dir.display().to_string())
+                }
+                Target::Live(mut client, url) => {
+                    let reply = client
+                        .resume(proto::ResumeRequest {})
+                        .await
+                        .map_err(|status| refused(&url, status))?;
+                    (
+                        reply.into_inner().stopped_because,
+                        format!("the coordinator at {url}"),
+                    )
+                }
+            };
+            let mut out = std::io::stdout().lock();
+            match stopped_because.is_empty() {
+                true => writeln!(out, "leasing was not stopped in {place}")?,
+                false => writeln!(
+                    out,
+                    "leasing resumed in {place}; it had stopped: {stopped_because}"
+                )?,
+            }
             Ok(())
         }
     }
+}
+
+/// Where an operator's command goes.
+enum Target {
+    /// A stopped sweep's state, open (and locked) here.
+    Offline(Box<SweepState>, PathBuf),
+    /// A running coordinator, and its URL.
+    Live(worker::Client, String),
+}
+
+fn operator_target(args: &OperatorArgs) -> Result<Target> {
+    if args.target.starts_with("http://") || args.target.starts_with("https://") {
+        let token = client_token(args.token_file.as_deref())?;
+        let client = worker::connect(&args.target, &token, args.tls_ca.as_deref())?;
+        return Ok(Target::Live(client, args.target.clone()));
+    }
+    let dir = PathBuf::from(&args.target);
+    match SweepState::open_existing(&dir) {
+        Ok(state) => Ok(Target::Offline(Box::new(state), dir)),
+        // A coordinator runs on it: tell that one.
+        Err(StateError::Locked { .. }) => {
+            let mut spec = SweepSpec {
+                state_dir: dir.clone(),
+                ..recorded_spec(&dir)?
+            };
+            if let Some(addr) = recorded_listening(&dir) {
+                spec.coordinator.listen = addr;
+            }
+            let token = match client_token(args.token_file.as_deref()) {
+                Ok(token) => token,
+                Err(_) => recorded_token(&spec).with_context(|| {
+                    format!(
+                        "a coordinator runs on {} but no token was found for it: set \
+                         NEUROMFA_TOKEN or pass --token-file",
+                        dir.display()
+                    )
+                })?,
+            };
+            let url = local_address(&spec);
+            let client = worker::connect(&url, &token, args.tls_ca.as_deref())?;
+            Ok(Target::Live(client, url))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where the coordinator holding `state_dir` listens, beside its lock, so that operator
+/// commands given the directory find it even when the system chose its port.
+const LISTENING_FILE: &str = "listening";
+
+fn record_listening(state_dir: &Path, addr: std::net::SocketAddr) {
+    let path = state_dir.join(LISTENING_FILE);
+    // Only spares the operator the URL: a directory that cannot take it is no error.
+    if let Err(e) = std::fs::write(&path, addr.to_string()) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot record the listening address");
+    }
+}
+
+fn recorded_listening(state_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(state_dir.join(LISTENING_FILE)).ok()?;
+    let addr = text.trim();
+    addr.parse::<std::net::SocketAddr>().ok()?;
+    Some(addr.to_string())
+}
+
+/// Where this machine dials a coordinator of `spec`: the listen address, loopback for a
+/// coordinator listening on every interface.
+fn local_address(spec: &SweepSpec) -> String {
+    match spec.coordinator.listen.parse::<std::net::SocketAddr>() {
+        Ok(listen) => {
+            let scheme = if spec.tls() { "https" } else { "http" };
+            let ip = match listen.ip() {
+                ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+                ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+                ip => ip,
+            };
+            format!(
+                "{scheme}://{}",
+                std::net::SocketAddr::new(ip, listen.port())
+            )
+        }
+        Err(_) => spec.worker_address(),
+    }
+}
+
+/// A coordinator's refusal, or why it could not be reached, naming it.
+fn refused(url: &str, status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("coordinator {url}: {}", status.message())
 }
 
 async fn sweep_run(args: SweepRunArgs) -> Result<()> {
@@ -343,7 +631,9 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         bail!("--workers must be at least 1");
     }
     let spec = load_spec(&args.spec)?;
-    let token = sweep_token(&spec)?;
+    // Coordinator and workers meet on loopback inside this process.
+    const LISTEN: &str = "127.0.0.1:0";
+    let token = sweep_token(&spec, LISTEN)?;
     let state_dir = spec.state_dir.clone();
     let mut state = SweepState::open(spec.clone(), open_mode(args.new_sweep))?;
     let local_hub = serve_local_checkpoints(&spec).await?;
@@ -357,14 +647,29 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     };
     let budget = cluster_budget(&spec);
     resolve_grid(&mut state, &hub, &budget).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = tokio::net::TcpListener::bind(LISTEN)
         .await
         .context("cannot listen on loopback")?;
     // Loopback only, inside this process: no TLS needed. The workers hear of the Hub the
     // checkpoints were resolved on.
     let announced = hub.endpoint.clone().unwrap_or_default();
-    let running =
-        RunningCoordinator::start(state, listener, token.clone(), announced, None, budget)?;
+    let running = RunningCoordinator::start(
+        state,
+        listener,
+        token.clone(),
+        announced,
+        None,
+        budget.clone(),
+    )?;
+    record_listening(&state_dir, running.addr);
+    // The dashboard is always on here, on loopback unless the spec says where.
+    let listen = spec.dashboard.listen.as_deref().unwrap_or("127.0.0.1:0");
+    let dashboard = start_dashboard(listen, &running, &token).await?;
+    writeln!(
+        std::io::stdout().lock(),
+        "dashboard: {}?token={token}",
+        http_url(dashboard.addr)
+    )?;
     let mut options = WorkerOptions::new(format!("http://{}", running.addr), token);
     options.cache_dir = args
         .cache_dir
@@ -377,27 +682,30 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     let interrupted = follow_progress(&running, &workers).await?;
     let _ = stop_tx.send(true);
     let worker_error = join_workers(workers).await;
+    let end = running.state.status().await?.end();
+    if matches!(end, Some(SweepEnd::Done | SweepEnd::Failed(_))) {
+        resolve_before_export(&running, &hub, Duration::from_secs(30)).await;
+    }
     let status = running.state.status().await?;
+    dashboard.stop().await;
     running.stop().await;
     if let Some(hub) = local_hub {
         let _ = hub.shutdown().await;
     }
-    write_outputs(&state_dir, &status)?;
+    let mut out = std::io::stdout().lock();
+    write_outputs(&mut out, &state_dir, &status)?;
+    drop(out);
+    let again = "run the same command again to resume";
     if interrupted {
-        println!("interrupted: run the same command again to resume");
-    } else if status.failed > 0 {
-        println!(
-            "{} task(s) failed; `neuromfa sweep retry-failed {}` re-queues them",
-            status.failed,
-            state_dir.display()
-        );
+        return Err(exit::interrupted(again));
     }
-    if let Some(e) = worker_error {
-        if status.pending + status.leased > 0 {
-            return Err(e.context("workers stopped before the sweep finished"));
-        }
-    }
-    Ok(())
+    let Some(end) = status.end() else {
+        let why = worker_error.unwrap_or_else(|| anyhow::anyhow!("no worker is left"));
+        return Err(why.context("workers stopped before the sweep finished"));
+    };
+    let resume = format!("{again} (leasing starts with one probe task)");
+    let retry = format!("`neuromfa sweep retry-failed {}`", state_dir.display());
+    exit::judge(&end, &status, &resume, &retry)
 }
 
 /// A loopback Hub serving the spec's local checkpoint tree (`hub.serve_dir`), if it names
@@ -436,8 +744,8 @@ fn start_local_workers(
         .collect()
 }
 
-/// Shows progress until the sweep is finished, every worker has stopped, or the user
-/// interrupts; returns whether the user did.
+/// Shows progress until the sweep is finished or stopped by the breaker, every worker has
+/// stopped, or the user interrupts; returns whether the user did.
 async fn follow_progress(
     running: &RunningCoordinator,
     workers: &[JoinHandle<Result<WorkerSummary>>],
@@ -456,7 +764,8 @@ async fn follow_progress(
         bar.set_length(status.total as u64);
         bar.set_position((status.done + status.failed) as u64);
         bar.set_message(format!("({} failed)", status.failed));
-        if status.pending + status.leased == 0 {
+        // Finished, or stopped by the breaker: a one-shot run does not wait for probes.
+        if status.end().is_some() {
             break;
         }
         if workers.iter().all(|w| w.is_finished()) {
@@ -485,14 +794,15 @@ async fn join_workers(workers: Vec<JoinHandle<Result<WorkerSummary>>>) -> Option
 }
 
 /// The exports, the final status and, once anything is done, the report.
-fn write_outputs(state_dir: &Path, status: &StatusReport) -> Result<()> {
+fn write_outputs(out: &mut impl Write, state_dir: &Path, status: &StatusReport) -> Result<()> {
     let files = export::export(state_dir, None)?;
-    print_status(status);
-    println!(
+    print_status(out, status)?;
+    writeln!(
+        out,
         "exports: {} ({} files)",
         state_dir.join("exports").display(),
         files.len()
-    );
+    )?;
     if status.done > 0 {
         let report = crate::report::ReportArgs {
             state_dir: state_dir.to_path_buf(),
@@ -502,11 +812,12 @@ fn write_outputs(state_dir: &Path, status: &StatusReport) -> Result<()> {
             benchmarks: Vec::new(),
         };
         let written = crate::report::write(&report)?;
-        println!(
+        writeln!(
+            out,
             "report: {} ({} files: plots as SVG and PNG, tables, report.html)",
             state_dir.join("report/report.html").display(),
             written.len()
-        );
+        )?;
     }
     Ok(())
 }
@@ -519,6 +830,13 @@ pub struct StatusArgs {
     /// Redraw every two seconds until interrupted or the sweep finishes.
     #[arg(long)]
     pub watch: bool,
+    /// Wait until the sweep ends, then print its status and exit as `sweep run` does: 0
+    /// when every task is done, 4 when tasks failed, 5 when the breaker stopped it.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: exit (1) when the coordinator has been unreachable this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub give_up_after: u64,
     /// Print the status as JSON.
     #[arg(long)]
     pub json: bool,
@@ -531,31 +849,37 @@ pub struct StatusArgs {
 }
 
 pub async fn fetch_status(url: &str, token: &str, tls_ca: Option<&Path>) -> Result<StatusReport> {
-    let mut client = worker::connect(url, token, tls_ca)?;
-    let reply = match client.status(proto::StatusRequest {}).await {
-        Ok(reply) => reply,
+    let client = worker::connect(url, token, tls_ca)?;
+    match ask_status(client).await {
+        Ok(status) => status,
         Err(status) => {
             let why = crate::tls::tls_failure(url, &status)
                 .await
                 .unwrap_or_else(|| status.message().to_string());
             bail!("coordinator {url}: {why}");
         }
-    };
-    serde_json::from_str(&reply.into_inner().status_json).context("unreadable status")
+    }
+}
+
+/// One status call: the report, or the coordinator's refusal (or silence).
+async fn ask_status(mut client: worker::Client) -> Result<Result<StatusReport>, tonic::Status> {
+    let reply = client.status(proto::StatusRequest {}).await?;
+    Ok(serde_json::from_str(&reply.into_inner().status_json).context("unreadable status"))
 }
 
 pub async fn status(args: StatusArgs) -> Result<()> {
     let token = client_token(args.token_file.as_deref())?;
+    if args.wait {
+        return wait_for_end(&args, &token).await;
+    }
     loop {
         let status = fetch_status(&args.url, &token, args.tls_ca.as_deref()).await?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&status)?);
-        } else {
-            if args.watch {
-                print!("\x1b[2J\x1b[H");
-            }
-            print_status(&status);
-        }
+        show_status(
+            &mut std::io::stdout().lock(),
+            &status,
+            args.json,
+            args.watch,
+        )?;
         if !args.watch || status.pending + status.leased == 0 {
             return Ok(());
         }
@@ -563,8 +887,74 @@ pub async fn status(args: StatusArgs) -> Result<()> {
     }
 }
 
-fn print_status(s: &StatusReport) {
-    println!(
+fn show_status(
+    out: &mut impl Write,
+    status: &StatusReport,
+    json: bool,
+    redraw: bool,
+) -> Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(status)?)?;
+    } else {
+        if redraw {
+            write!(out, "\x1b[2J\x1b[H")?;
+        }
+        print_status(out, status)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `status --wait`: polls until the sweep ends (riding out a coordinator that restarts,
+/// for up to --give-up-after), prints its status, and ends as the sweep did.
+async fn wait_for_end(args: &StatusArgs, token: &str) -> Result<()> {
+    let client = worker::connect(&args.url, token, args.tls_ca.as_deref())?;
+    let give_up_after = Duration::from_secs(args.give_up_after);
+    let mut unreachable_since: Option<std::time::Instant> = None;
+    loop {
+        let status = match ask_status(client.clone()).await {
+            Ok(status) => status?,
+            Err(refusal) if refusal.code() != tonic::Code::Unavailable => {
+                let why = crate::tls::tls_failure(&args.url, &refusal)
+                    .await
+                    .unwrap_or_else(|| refusal.message().to_string());
+                bail!("coordinator {}: {why}", args.url);
+            }
+            Err(silence) => {
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= give_up_after {
+                    bail!(
+                        "coordinator {} unreachable for {:.0} s: {}",
+                        args.url,
+                        since.elapsed().as_secs_f64(),
+                        silence.message()
+                    );
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        unreachable_since = None;
+        if args.watch || status.end().is_some() {
+            show_status(
+                &mut std::io::stdout().lock(),
+                &status,
+                args.json,
+                args.watch,
+            )?;
+        }
+        if let Some(end) = status.end() {
+            let resume = format!("`neuromfa sweep resume {}` resumes it", args.url);
+            let retry = format!("`neuromfa sweep retry-failed {}`", args.url);
+            return exit::judge(&end, &status, &resume, &retry);
+        }
+        tokio::time::sleep(Duration::from_secs(if args.watch { 2 } else { 1 })).await;
+    }
+}
+
+fn print_status(out: &mut impl Write, s: &StatusReport) -> std::io::Result<()> {
+    writeln!(
+        out,
         "sweep {}: {}/{} done, {} leased, {} pending, {} failed, {} skipped; {} repeated result(s) ignored{}",
         s.sweep,
         s.done,
@@ -575,21 +965,48 @@ fn print_status(s: &StatusReport) {
         s.skipped,
         s.duplicates_ignored,
         if s.draining { " (draining)" } else { "" }
-    );
+    )?;
+    if let Some(b) = &s.stopped {
+        let probe = b
+            .next_probe_in_s
+            .map_or("a probe task is out".to_string(), |t| {
+                format!("next probe in {t:.0} s")
+            });
+        writeln!(
+            out,
+            "STOPPED by a systemic failure {:.0} s ago: {}\n  leasing resumes when a probe succeeds ({probe}, {} failed) or on `neuromfa sweep resume`",
+            b.seconds_stopped, b.reason, b.failed_probes
+        )?;
+    }
+    if s.retrying > 0 {
+        writeln!(
+            out,
+            "{} pending task(s) waiting to retry after a temporary failure",
+            s.retrying
+        )?;
+    }
+    if s.unresolved > 0 {
+        writeln!(out, "{} checkpoint(s) not resolved yet", s.unresolved)?;
+    }
     let eta = s
         .eta_seconds
         .map_or("-".to_string(), |e| format!("{:.0} s", e));
-    println!("throughput {:.2} tasks/s, eta {eta}", s.throughput_per_s);
+    writeln!(
+        out,
+        "throughput {:.2} tasks/s, eta {eta}",
+        s.throughput_per_s
+    )?;
     if !s.workers.is_empty() {
-        println!("workers:");
+        writeln!(out, "workers:")?;
         for w in &s.workers {
-            println!(
+            writeln!(
+                out,
                 "  {:<28} {:>3} cores {:>4} leased  seen {:.1} s ago  v{}",
                 w.id, w.cores, w.leased, w.seconds_since_seen, w.version
-            );
+            )?;
         }
     }
-    println!("models:");
+    writeln!(out, "models:")?;
     for m in &s.models {
         let e = m.latest_e.map_or("-".into(), |e| format!("{e:.4}"));
         let step = m.latest_step.map_or("-".into(), |v| v.to_string());
@@ -602,7 +1019,8 @@ fn print_status(s: &StatusReport) {
             true => "not resolved yet".to_string(),
             false => formats.join(", "),
         };
-        println!(
+        writeln!(
+            out,
             "  {:<40} {:>6}/{:<6} latest step {step:>7}  E {e}  fetched {:.1} MB in {} requests, {:.1} s  weights: {formats}",
             m.model,
             m.done,
@@ -610,7 +1028,7 @@ fn print_status(s: &StatusReport) {
             m.fetch.bytes_fetched as f64 / 1e6,
             m.fetch.requests,
             m.fetch.fetch_ms as f64 / 1000.0
-        );
+        )?;
     }
     if !s.budget.is_empty() {
         println!("hub budget (the cluster's requests to the Hub's rate-limited buckets):");
@@ -627,26 +1045,29 @@ fn print_status(s: &StatusReport) {
         }
     }
     if !s.duplicate_steps.is_empty() {
-        println!("steps serving the same weights as a later step:");
+        writeln!(out, "steps serving the same weights as a later step:")?;
         for d in &s.duplicate_steps {
-            println!(
+            writeln!(
+                out,
                 "  {} step {} = step {} (weights {})",
                 d.model,
                 d.step,
                 d.duplicate_of,
                 &d.weights_sha256[..d.weights_sha256.len().min(16)]
-            );
+            )?;
         }
     }
     if !s.failures.is_empty() {
-        println!("failures:");
+        writeln!(out, "failures:")?;
         for f in &s.failures {
-            println!(
+            writeln!(
+                out,
                 "  {} step {} seed {} ({} attempts): {}",
                 f.model, f.step, f.seed, f.attempts, f.error
-            );
+            )?;
         }
     }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -660,8 +1081,9 @@ pub struct ExportArgs {
 
 pub fn export_command(args: ExportArgs) -> Result<()> {
     let files = export::export(&args.state_dir, args.out.as_deref())?;
+    let mut out = std::io::stdout().lock();
     for f in files {
-        println!("{}", f.display());
+        writeln!(out, "{}", f.display())?;
     }
     Ok(())
 }

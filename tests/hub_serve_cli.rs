@@ -6,7 +6,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use support::cluster::{free_port, wait_for_port, Proc};
+use support::cluster::{port_of, Proc};
 
 /// One HTTP/1.1 request over a fresh connection; returns the status line and headers, and
 /// the body.
@@ -29,18 +29,17 @@ fn like_hf_flags_reach_the_server() {
     let dir = root.path().join("hub/org/model/main");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("model.safetensors"), vec![7u8; 1000]).unwrap();
-    let (hub_port, cdn_port) = (free_port(), free_port());
     let hub_dir = root.path().join("hub");
-    let _hub = Proc::spawn(
+    let (mut hub, hub_url) = Proc::spawn_listening(
         &[
             "hub",
             "serve",
             hub_dir.to_str().unwrap(),
             "--listen",
-            &format!("127.0.0.1:{hub_port}"),
+            "127.0.0.1:0",
             "--like-hf",
             "--cdn-listen",
-            &format!("127.0.0.1:{cdn_port}"),
+            "127.0.0.1:0",
             "--resolvers-quota",
             "1",
             "--window-secs",
@@ -50,9 +49,11 @@ fn like_hf_flags_reach_the_server() {
         ],
         &[],
         root.path().join("hub.log"),
-    );
-    wait_for_port(hub_port);
-    wait_for_port(cdn_port);
+    )
+    .unwrap();
+    let hub_port = port_of(&hub_url);
+    let cdn_line = hub.next_stdout_line().unwrap();
+    let cdn_port = port_of(cdn_line.strip_prefix("cdn ").unwrap());
     let resolve = "/org/model/resolve/main/model.safetensors";
     let (head, _) = request(hub_port, "HEAD", resolve);
     assert!(head.starts_with("http/1.1 302"), "{head}");
@@ -74,4 +75,58 @@ fn like_hf_flags_reach_the_server() {
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["rate_limited"], 1);
     assert_eq!(stats["injected_errors"], 1);
+}
+
+#[test]
+fn a_virtual_hub_is_precomputed_then_served() {
+    let root = tempfile::tempdir().unwrap();
+    let facts = root.path().join("facts.jsonl");
+    let virtual_args = [
+        "--virtual",
+        "pythia",
+        "--models",
+        "pythia-14m",
+        "--steps",
+        "0,143000",
+        "--facts",
+        facts.to_str().unwrap(),
+    ];
+    let out = assert_cmd::Command::cargo_bin("neuromfa")
+        .unwrap()
+        .args(["hub", "precompute"])
+        .args(virtual_args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("distinct files"), "{stderr}");
+    let kept = std::fs::read_to_string(&facts).unwrap().lines().count();
+    assert!(kept >= 3, "config.json and each step's weights: {kept}");
+
+    let mut args = vec!["hub", "serve", "--listen", "127.0.0.1:0"];
+    args.extend(virtual_args);
+    let (_hub, url) = Proc::spawn_listening(&args, &[], root.path().join("hub.log")).unwrap();
+    let port = port_of(&url);
+    let (head, body) = request(
+        port,
+        "GET",
+        "/api/models/EleutherAI/pythia-14m/revision/step0",
+    );
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(info["siblings"].as_array().unwrap().len() >= 2, "{info}");
+    let (head, _) = request(
+        port,
+        "HEAD",
+        "/EleutherAI/pythia-14m/resolve/step1000/config.json",
+    );
+    assert!(
+        head.starts_with("http/1.1 404"),
+        "step1000 is not served: {head}"
+    );
+    // Serving hashed nothing more.
+    assert_eq!(
+        std::fs::read_to_string(&facts).unwrap().lines().count(),
+        kept
+    );
 }

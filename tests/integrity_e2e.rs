@@ -161,3 +161,35 @@ fn audit_prints_the_groups_and_its_exit_code_follows_the_rule() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn audit_exits_1_when_steps_cannot_be_checked() {
+    let cluster = cluster_with_policy(None);
+    let audit_of = |repo: &str, steps: &str| {
+        Command::new(binary())
+            .args(["audit", repo, "--steps", steps])
+            .args(["--hub-endpoint", &cluster.hub_url])
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .output()
+            .unwrap()
+    };
+    // A repo that does not exist, and a step that does not exist in one that does.
+    for (repo, steps, checked, unchecked) in [
+        ("test-org/no-such-model", "0", "0 of 1", "1 of 1 step(s)"),
+        ("test-org/h64", "64,999", "1 of 2", "1 of 2 step(s)"),
+    ] {
+        let out = audit_of(repo, steps);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{repo} {steps}: {stdout}\n{stderr}"
+        );
+        assert!(stderr.contains(unchecked), "{stderr}");
+        assert!(
+            stdout.contains(&format!("{checked} step(s) checked")),
+            "{stdout}"
+        );
+    }
+}

@@ -1,5 +1,5 @@
 //! The Kubernetes manifests in scripts/k8s agree with each other, with the binary and with
-//! the README: required fields are there, every name one manifest refers to another by
+//! docs/clusters.md: required fields are there, every name one manifest refers to another by
 //! (labels, ports, volumes, claims, the Secret and ConfigMap) matches, every flag a
 //! container passes is one `neuromfa` accepts, and the environment they set is read.
 //! (CI also validates them against the Kubernetes schemas with kubernetes-validate.)
@@ -309,11 +309,10 @@ fn manifests_refer_to_each_other_consistently() {
         .unwrap();
     assert!(cache_volume["emptyDir"].is_object());
 
-    // The README creates exactly the Secret and ConfigMap the pods use, and applies
-    // these files.
-    let readme =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-            .unwrap();
+    // The documented commands create exactly the Secret and ConfigMap the pods use, and
+    // apply these files.
+    let page = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/clusters.md");
+    let readme = std::fs::read_to_string(page).unwrap();
     let secret = text_at(&env["NEUROMFA_TOKEN"], "/valueFrom/secretKeyRef/name");
     let secret_key = text_at(&env["NEUROMFA_TOKEN"], "/valueFrom/secretKeyRef/key");
     let config_map = text_at(volumes["spec"], "/configMap/name");
@@ -323,6 +322,9 @@ fn manifests_refer_to_each_other_consistently() {
         "kubectl apply -f scripts/k8s/coordinator.yaml".to_string(),
         "kubectl apply -f scripts/k8s/workers.yaml".to_string(),
     ] {
-        assert!(readme.contains(&expected), "the README lacks `{expected}`");
+        assert!(
+            readme.contains(&expected),
+            "docs/clusters.md lacks `{expected}`"
+        );
     }
 }

@@ -10,7 +10,9 @@ use std::process::{Command, Output};
 
 use neuromfa_common::{analyze_seed, Checkpoint, SeedResult};
 use neuromfa_coordinator::export::{self, ExportData};
-use neuromfa_coordinator::{Completion, OpenMode, SweepSpec, SweepState, TaskMetrics};
+use neuromfa_coordinator::{
+    Completion, Failure, FailureClass, OpenMode, SweepSpec, SweepState, TaskMetrics,
+};
 use serde_json::Value;
 
 const MODEL_A: &str = "EleutherAI/pythia-160m-deduped";
@@ -154,7 +156,8 @@ fn build_state(dir: &Path, real: bool) -> ExportData {
             if l.model == MODEL_B && l.step == 3000 && l.seed == 2 {
                 state
                     .transaction(|s| {
-                        s.decide(|d| d.fail(&worker, l.task_id, "corrupt checkpoint", true, 2))
+                        let failure = Failure::new(FailureClass::Checkpoint, "corrupt checkpoint");
+                        s.decide(|d| d.fail(&worker, l.task_id, failure, 2))
                     })
                     .unwrap();
                 continue;

@@ -194,32 +194,36 @@ fn without_slurm_submitting_says_so_and_stops_the_coordinator_it_started() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("cannot run sbatch"), "{stderr}");
-    // It had started and was listening (its log says so); now nothing listens.
+    // It had started and was listening (its log says where); now nothing listens there.
     let log = std::fs::read_to_string(cluster.state_dir.join("coordinator.log")).unwrap();
     assert!(log.contains("coordinator listening"), "{log}");
-    assert!(std::net::TcpStream::connect(("127.0.0.1", cluster.coordinator_port)).is_err());
+    let addr = log
+        .split(" addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the log names no address: {log}"));
+    assert!(std::net::TcpStream::connect(addr).is_err(), "{addr}");
 }
 
 #[test]
-fn the_readme_submit_command_is_accepted() {
-    let readme =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-            .unwrap();
+fn the_documented_submit_command_is_accepted() {
+    let page = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/clusters.md");
+    let readme = std::fs::read_to_string(page).unwrap();
     let start = readme
         .find("neuromfa slurm submit sweep.toml")
-        .expect("the README shows `neuromfa slurm submit`");
+        .expect("docs/clusters.md shows `neuromfa slurm submit`");
     let command = readme[start..]
         .split("\n```")
         .next()
         .unwrap()
         .replace("\\\n", " ");
     let command = command.lines().next().unwrap();
-    // The README's `[coordinator]` table for a cluster, as the spec's.
+    // The page's `[coordinator]` table for a cluster, as the spec's.
     let table = readme
         .split("```toml\n[coordinator]\n")
         .nth(1)
         .and_then(|rest| rest.split("```").next())
-        .expect("the README shows a [coordinator] table");
+        .expect("docs/clusters.md shows a [coordinator] table");
     let dir = tempfile::tempdir().unwrap();
     let spec = write_spec(dir.path(), table);
     let mut args: Vec<String> = command
@@ -265,17 +269,17 @@ fn slurm_missing() -> Option<String> {
 }
 
 /// True when Slurm is here. Without it: a failure under NEUROMFA_REQUIRE_SLURM=1, else a
-/// message on the real stderr (the harness would hide a captured one) and a skip.
+/// skip.
 fn slurm_or_skip(test: &str) -> bool {
     let Some(why) = slurm_missing() else {
         return true;
     };
-    if std::env::var("NEUROMFA_REQUIRE_SLURM").is_ok_and(|v| v == "1") {
-        panic!("NEUROMFA_REQUIRE_SLURM=1 but Slurm is not usable: {why}");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {why}. Start a one-node Slurm with `sudo scripts/slurm-single-node.sh up` to run it."
+    support::skip_or_fail(
+        support::required("NEUROMFA_REQUIRE_SLURM"),
+        test,
+        &format!(
+            "{why}. Start a one-node Slurm with `sudo scripts/slurm-single-node.sh up` to run it"
+        ),
     );
     false
 }
@@ -346,7 +350,7 @@ fn a_job_array_runs_the_sweep_and_a_cancelled_array_task_loses_nothing() {
 repo = "test-org/h128"
 steps = [0, 16, 64, 256, 512, 1000, 2000, 3000]
 "#;
-    let cluster = Cluster::with_lease(
+    let mut cluster = Cluster::with_lease(
         |hub| {
             for step in steps {
                 publish(
@@ -405,6 +409,13 @@ steps = [0, 16, 64, 256, 512, 1000, 2000, 3000]
         String::from_utf8_lossy(&out.stderr)
     );
     let coordinator_pid = coordinator_pid.expect("slurm submit records the coordinator's pid");
+    // The spec's port is 0: submit says which one the coordinator got.
+    let url = stdout
+        .split("coordinator: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("submit names no coordinator: {stdout}"));
+    cluster.coordinator_port = port_of(url);
     let script = std::fs::read_to_string(log_dir.join("worker-array.sh")).unwrap();
     assert!(!script.contains(TOKEN), "{script}");
     let log_of = |task: &str| {

@@ -11,18 +11,6 @@ use support::{data_dir, demo_step, AGGREGATE_FIELDS};
 
 const FINISH: Duration = Duration::from_secs(240);
 
-fn two_model_specs() -> &'static str {
-    r#"
-[[models]]
-repo = "test-org/tiny"
-steps = [0, 1000, 2000]
-
-[[models]]
-repo = "test-org/h64"
-steps = [0, 64, 512]
-"#
-}
-
 /// Both models of `two_model_specs` on a loopback Hub, `seeds` seeds, default settings.
 fn two_model_cluster(seeds: u32) -> Cluster {
     Cluster::new(
@@ -218,18 +206,7 @@ fn a_killed_workers_task_is_leased_again_and_completes() {
 
 #[test]
 fn a_corrupt_checkpoint_fails_its_tasks_with_the_reason_and_the_rest_complete() {
-    let mut cluster = Cluster::new(
-        |hub| {
-            publish_two_models(hub);
-            let bad = hub.join("test-org/tiny/step1000/model.safetensors");
-            let mut bytes = std::fs::read(&bad).unwrap();
-            bytes.truncate(bytes.len() / 3);
-            std::fs::write(&bad, bytes).unwrap();
-        },
-        two_model_specs(),
-        3,
-        "",
-    );
+    let mut cluster = Cluster::new(publish_two_models_one_corrupt, two_model_specs(), 3, "");
     // Kept running after the grid is done, so its last status can be read.
     cluster.start_coordinator_with(&[]);
     cluster.start_worker(TOKEN);
@@ -522,4 +499,59 @@ steps = [0, 1000, 2000]
         one_hop[1]["alpha0_mean"].as_f64(),
         expected[1]["alpha0_mean"].as_f64()
     );
+}
+
+/// Runs the binary with `args`, its stdout a pipe nobody reads (`neuromfa … | head` after
+/// `head` has gone).
+fn into_closed_pipe(args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    std::process::Command::new(binary())
+        .args(args)
+        .env("NEUROMFA_TOKEN", TOKEN)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdout(writer)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn printing_commands_end_quietly_on_a_closed_pipe() {
+    let mut cluster = Cluster::new(
+        |hub| publish(hub, "test-org/h64", "step0", &demo_step("h64", 0)),
+        "[[models]]\nrepo = \"test-org/h64\"\nsteps = [0]\n",
+        1,
+        "",
+    );
+    cluster.start_coordinator_with(&[]);
+    let url = cluster.coordinator_url();
+    let state_dir = cluster.state_dir.to_str().unwrap().to_string();
+    let step = demo_step("h64", 0);
+    let step = step.to_str().unwrap();
+    let commands: [&[&str]; 7] = [
+        &["status", &url],
+        &["status", "--json", &url],
+        &["export", &state_dir],
+        &[
+            "audit",
+            "test-org/h64",
+            "--steps",
+            "0",
+            "--hub-endpoint",
+            &cluster.hub_url,
+        ],
+        &["analyze", "--seeds", "0..2", step],
+        &["analyze", "--json", "--seeds", "0..2", step],
+        &["--help"],
+    ];
+    for args in commands {
+        let out = into_closed_pipe(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "neuromfa {}: {:?}\n{stderr}",
+            args.join(" "),
+            out.status
+        );
+    }
 }

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 
 use memmap2::{Mmap, MmapOptions};
-use safetensors::tensor::{Dtype, Metadata, SafeTensors};
+use safetensors::tensor::{Dtype, Metadata};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -28,6 +28,8 @@ pub const TORCH_SINGLE_FILE: &str = "pytorch_model.bin";
 pub const TORCH_INDEX_FILE: &str = "pytorch_model.bin.index.json";
 pub const CONFIG_FILE: &str = "config.json";
 const PAGE_SIZE: u64 = 4096;
+/// The largest safetensors header accepted (the safetensors crate's own limit).
+pub const MAX_SAFETENSORS_HEADER_LEN: u64 = 100_000_000;
 
 /// How a checkpoint's weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -294,7 +296,8 @@ struct TensorLocation {
 /// A weight file's format-specific index of its tensors.
 enum Contents {
     Safetensors {
-        header_len: usize,
+        /// `8 +` the header's length.
+        data_start: u64,
         metadata: Metadata,
     },
     Torch(TorchFile),
@@ -513,6 +516,52 @@ fn check_matrix(
     Ok(())
 }
 
+/// Where a safetensors file's data starts (`8 + n`), from its first 8 bytes (the header
+/// length `n`, little-endian) and the file's length. Refuses a header longer than
+/// [`MAX_SAFETENSORS_HEADER_LEN`] or than the file.
+pub fn safetensors_data_start(first: &[u8], file_len: u64) -> Result<u64, String> {
+    let Some(&prefix) = first.first_chunk::<8>() else {
+        return Err(format!(
+            "the file is {file_len} bytes, too short for a safetensors header"
+        ));
+    };
+    let n = u64::from_le_bytes(prefix);
+    if n > MAX_SAFETENSORS_HEADER_LEN {
+        return Err(format!(
+            "header length {n} exceeds {MAX_SAFETENSORS_HEADER_LEN} bytes"
+        ));
+    }
+    let data_start = 8 + n;
+    if data_start > file_len {
+        return Err(format!(
+            "header length {n} runs past the end of the {file_len}-byte file"
+        ));
+    }
+    Ok(data_start)
+}
+
+/// Parses and validates a safetensors header: `json` is the header (the file's bytes
+/// `8..data_start`), and the tensors it describes must fill the rest of the `file_len`
+/// bytes exactly. The safetensors crate checks each tensor's offsets against its shape and
+/// dtype; the sums here are checked too, so offsets near 2^64 cannot wrap around to look
+/// like a file that ends where it does.
+pub fn safetensors_metadata(
+    json: &[u8],
+    data_start: u64,
+    file_len: u64,
+) -> Result<Metadata, String> {
+    let metadata: Metadata =
+        serde_json::from_slice(json).map_err(|e| format!("not a valid safetensors header: {e}"))?;
+    let data_len = metadata.data_len() as u64;
+    if data_start.checked_add(data_len) != Some(file_len) {
+        return Err(format!(
+            "the header describes {data_len} bytes of tensor data after {data_start} bytes of \
+             header, but the file is {file_len} bytes"
+        ));
+    }
+    Ok(metadata)
+}
+
 /// Where tensor `name` lies in safetensors file `file`, whose data starts at `data_start`
 /// (after the header); `Ok(None)` when the header has no such tensor, `Err(dtype)` when
 /// its dtype cannot hold weights. The mapped and the ranged readers both place tensors so.
@@ -544,19 +593,16 @@ impl MappedFile {
         };
         match &self.contents {
             Contents::Safetensors {
-                header_len,
+                data_start,
                 metadata,
-            } => {
-                let data_start = (8 + header_len) as u64;
-                match safetensors_layout(metadata, data_start, name, &self.name) {
-                    Ok(layout) => layout.ok_or_else(missing),
-                    Err(dtype) => Err(Error::UnsupportedDtype {
-                        path: self.path.clone(),
-                        tensor: name.to_string(),
-                        dtype,
-                    }),
-                }
-            }
+            } => match safetensors_layout(metadata, *data_start, name, &self.name) {
+                Ok(layout) => layout.ok_or_else(missing),
+                Err(dtype) => Err(Error::UnsupportedDtype {
+                    path: self.path.clone(),
+                    tensor: name.to_string(),
+                    dtype,
+                }),
+            },
             Contents::Torch(torch) => match torch.layout(&self.map, name, &self.name) {
                 Ok(layout) => layout.ok_or_else(missing),
                 Err(problem) => Err(Error::torch(&self.path, problem)),
@@ -603,15 +649,20 @@ fn map_file(dir: &Path, name: &str, format: WeightFormat) -> Result<MappedFile, 
             .map(Contents::Torch)
             .map_err(|problem| Error::torch(&path, problem))?,
         WeightFormat::Safetensors => {
-            // Parsing validates the header, every tensor's offsets, and the file length.
-            let (header_len, metadata) =
-                SafeTensors::read_metadata(&map).map_err(|e| Error::CorruptFile {
+            // Validates the header, every tensor's offsets, and the file length.
+            let len = map.len() as u64;
+            let metadata = safetensors_data_start(&map, len)
+                .and_then(|start| {
+                    let json = &map[8..start as usize];
+                    Ok((start, safetensors_metadata(json, start, len)?))
+                })
+                .map_err(|message| Error::CorruptFile {
                     path: path.clone(),
-                    message: format!("{e:?}"),
+                    message,
                 })?;
             Contents::Safetensors {
-                header_len,
-                metadata,
+                data_start: metadata.0,
+                metadata: metadata.1,
             }
         }
     };

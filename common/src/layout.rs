@@ -1,5 +1,5 @@
 //! The GPT-NeoX (Pythia) neuron layout: shape from `config.json`, the four weight tensors
-//! per block that the interaction network is made of (SPEC §1).
+//! per block that the interaction network is made of (docs/method.md §1).
 
 use std::path::Path;
 
@@ -63,6 +63,24 @@ impl BlockTensor {
     }
 }
 
+/// Bounds on a config's dimensions, far above any GPT-NeoX's (pythia-12b: 5120, 36 blocks,
+/// 20480): whatever a `config.json` says, the shapes computed from it (`3 × hidden_size`,
+/// weight counts) cannot overflow, and a network sized from it stays addressable.
+pub const MAX_HIDDEN_SIZE: usize = 1 << 20;
+pub const MAX_INTERMEDIATE_SIZE: usize = 1 << 22;
+pub const MAX_BLOCKS: usize = 1 << 12;
+
+/// Refuses a dimension that is 0 or above `max`.
+fn check_dimension(key: &str, value: usize, max: usize) -> Result<(), String> {
+    match value {
+        0 => Err(format!("degenerate shape: `{key}` is 0")),
+        v if v > max => Err(format!(
+            "`{key}` is {v}, above the largest supported ({max})"
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Deserialize)]
 struct RawConfig {
     hidden_size: Option<usize>,
@@ -104,12 +122,15 @@ impl ModelShape {
         let num_blocks = raw
             .num_hidden_layers
             .ok_or_else(|| "config.json has no `num_hidden_layers`".to_string())?;
+        // Checked before anything is computed from it (the default below, the shapes).
+        check_dimension("hidden_size", hidden_size, MAX_HIDDEN_SIZE)?;
+        check_dimension("num_hidden_layers", num_blocks, MAX_BLOCKS)?;
         let intermediate_size = raw.intermediate_size.unwrap_or(4 * hidden_size);
-        if hidden_size == 0 || num_blocks == 0 || intermediate_size == 0 {
-            return Err(format!(
-                "degenerate shape: hidden_size {hidden_size}, num_hidden_layers {num_blocks}, intermediate_size {intermediate_size}"
-            ));
-        }
+        check_dimension(
+            "intermediate_size",
+            intermediate_size,
+            MAX_INTERMEDIATE_SIZE,
+        )?;
         Ok(ModelShape {
             hidden_size,
             num_blocks,

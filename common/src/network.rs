@@ -1,5 +1,5 @@
 //! The neuron interaction network of one sample (SNIN): layers of drawn neurons and the
-//! weighted edges between them (SPEC §1).
+//! weighted edges between them (docs/method.md §1).
 
 use serde::Serialize;
 

@@ -21,11 +21,11 @@ pub const DEFAULT_GAMMA: f64 = 5.0;
 #[serde(tag = "mode", rename_all = "kebab-case")]
 pub enum DistanceMode {
     /// `ω = 1/|w|` of the edge joining them, neighbours at `1 < ω ≤ T`: the reference
-    /// code's distance (SPEC §3).
+    /// code's distance (docs/method.md §3).
     #[default]
     OneHop,
     /// Paper Eq. 1: the least `Σω + λ·|P|^γ` over paths through every neuron of the
-    /// intermediate layers, neighbours at `d ≤ T` (SPEC §6).
+    /// intermediate layers, neighbours at `d ≤ T` (docs/method.md §6).
     ShortestPath { lambda: f64, gamma: f64 },
 }
 
@@ -112,8 +112,8 @@ impl AnalysisParams {
         Ok(())
     }
 
-    /// The neighbour rule of the distance mode: one-hop drops `ω ≤ 1` (SPEC §3), shortest
-    /// paths keep every distance up to `T` (SPEC §6).
+    /// The neighbour rule of the distance mode: one-hop drops `ω ≤ 1` (docs/method.md §3),
+    /// shortest paths keep every distance up to `T` (docs/method.md §6).
     pub fn neighbour_rule(&self) -> NeighbourRule {
         match self.distance {
             DistanceMode::OneHop => NeighbourRule::one_hop(self.threshold),

@@ -1,6 +1,6 @@
 //! Drawing the neurons of a sampled sub-network (SNIN), bit-compatible with the
 //! reference code's `np.random.seed(k); np.random.choice(np.arange(n), k, replace=False)`
-//! on numpy's legacy global generator (SPEC §2).
+//! on numpy's legacy global generator (docs/method.md §2).
 
 use rand_mt::Mt;
 use serde::{Deserialize, Serialize};
@@ -69,7 +69,7 @@ impl LegacyRandomState {
     }
 }
 
-/// The neurons drawn for one block (SPEC §1 table).
+/// The neurons drawn for one block (docs/method.md §1 table).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockDraw {
     /// `nums1`: block-input neurons, from `[0, d)`.

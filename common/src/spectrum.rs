@@ -1,4 +1,4 @@
-//! Box growing around each node and the multifractal spectrum (SPEC §3–4).
+//! Box growing around each node and the multifractal spectrum (docs/method.md §3–4).
 
 use std::collections::BTreeMap;
 
@@ -45,7 +45,7 @@ impl NeighbourRule {
         }
     }
 
-    /// Shortest-path mode: every distance up to `T` (SPEC §6).
+    /// Shortest-path mode: every distance up to `T` (docs/method.md §6).
     pub fn shortest_path(threshold: f64) -> Self {
         Self {
             threshold,
@@ -58,6 +58,9 @@ impl NeighbourRule {
         distance <= self.threshold && (!self.exclude_unit_and_below || distance > 1.0)
     }
 }
+
+/// The most values a q grid may have (the paper's has 61): each is a fit per seed.
+pub const MAX_Q_VALUES: usize = 10_001;
 
 /// `q` values `min, min+step, …, max`, each computed as an exact decimal quotient so that
 /// the default grid is exactly `k/100` for `k = -300, -290, …, 300`.
@@ -85,7 +88,14 @@ pub fn q_grid(min: f64, max: f64, step: f64) -> Result<Vec<f64>, SpectrumError> 
             "q-step {step} is below 1e-6"
         )));
     }
-    let count = ((hi - lo) / by).floor() as usize + 1;
+    // Compared as a float first: a grid of 1e300 values must not reach the cast.
+    let steps = ((hi - lo) / by).floor();
+    if steps >= MAX_Q_VALUES as f64 {
+        return Err(SpectrumError::InvalidQ(format!(
+            "the grid from {min} to {max} by {step} has more than {MAX_Q_VALUES} values"
+        )));
+    }
+    let count = steps as usize + 1;
     if count < 3 {
         return Err(SpectrumError::InvalidQ(format!(
             "the grid has {count} values; at least 3 are needed"

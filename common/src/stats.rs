@@ -1,4 +1,4 @@
-//! Statistics across seeds and the degree of emergence across steps (SPEC §5).
+//! Statistics across seeds and the degree of emergence across steps (docs/method.md §5).
 
 use std::collections::BTreeMap;
 

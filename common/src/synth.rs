@@ -57,6 +57,14 @@ pub const PRESETS: &[Preset] = &[
     preset("pythia-12b", 5120, 36, 40, 50688),
 ];
 
+/// The 154 published Pythia checkpoints: 0, 1, 2, 4 … 512, then every 1000 to 143000.
+pub fn pythia_steps() -> Vec<u64> {
+    let mut steps = vec![0];
+    steps.extend((0..10).map(|k| 1u64 << k));
+    steps.extend((1..=143).map(|k| k * 1000));
+    steps
+}
+
 /// Finds a preset by name; `-deduped` and an `EleutherAI/` prefix are accepted.
 pub fn find_preset(name: &str) -> Option<Preset> {
     let base = name.trim_start_matches("EleutherAI/");
@@ -65,14 +73,31 @@ pub fn find_preset(name: &str) -> Option<Preset> {
 }
 
 /// How a tensor's values are made.
-#[derive(Debug, Clone, Copy)]
-enum Fill {
-    Normal { std: f64 },
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fill {
+    /// Drawn from N(0, std), then moved along the trajectory.
+    Normal {
+        std: f64,
+    },
     Constant(f32),
 }
 
-/// Where along a synthetic training trajectory a checkpoint sits (SPEC-free: a model of
-/// the paper's toy experiments, Appendix A.2.4).
+/// One tensor of a synthetic checkpoint: its name, shape and fill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub fill: Fill,
+}
+
+impl TensorSpec {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Where along a synthetic training trajectory a checkpoint sits (not part of the method: a
+/// model of the paper's toy experiments, Appendix A.2.4).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct TrajectoryPoint {
     /// Rounds of the weight preferential-attachment adjustment (paper Algorithm 1): each
@@ -85,7 +110,7 @@ pub struct TrajectoryPoint {
 }
 
 /// Median of |w| for w ~ N(0, std): std · Φ⁻¹(3/4).
-fn median_magnitude(std: f64) -> f64 {
+pub fn median_magnitude(std: f64) -> f64 {
     std * 0.674_489_750_196_081_7
 }
 
@@ -101,8 +126,10 @@ impl TrajectoryPoint {
         }
     }
 
+    /// Moves `value` (a weight whose magnitudes have median `median`) to this point, on
+    /// an input neuron whose scale factor is `neuron_factor`.
     #[inline]
-    fn apply(&self, value: f64, median: f64, neuron_factor: f64) -> f64 {
+    pub fn apply(&self, value: f64, median: f64, neuron_factor: f64) -> f64 {
         let gain = if value.abs() >= median {
             1.0 + self.delta
         } else {
@@ -187,8 +214,8 @@ impl View for &SynthTensor {
     }
 }
 
-/// Every tensor of a transformers `GPTNeoXForCausalLM` state dict, in name order.
-fn tensors(p: &Preset, seed: u64, trajectory: TrajectoryPoint) -> Vec<(String, SynthTensor)> {
+/// Every weight of a transformers `GPTNeoXForCausalLM` state dict, in name order.
+pub fn tensor_specs(p: &Preset) -> Vec<TensorSpec> {
     let (d, m, v) = (p.hidden_size, p.intermediate_size, p.vocab_size);
     // Pythia's initialisation scale; small enough that most one-hop distances lie
     // within the default threshold, as in real checkpoints.
@@ -243,14 +270,22 @@ fn tensors(p: &Preset, seed: u64, trajectory: TrajectoryPoint) -> Vec<(String, S
     specs.sort_by(|a, b| a.0.cmp(&b.0));
     specs
         .into_iter()
+        .map(|(name, shape, fill)| TensorSpec { name, shape, fill })
+        .collect()
+}
+
+/// Every tensor of the checkpoint of `seed` at `trajectory`, in name order.
+fn tensors(p: &Preset, seed: u64, trajectory: TrajectoryPoint) -> Vec<(String, SynthTensor)> {
+    tensor_specs(p)
+        .into_iter()
         .enumerate()
-        .map(|(i, (name, shape, fill))| {
+        .map(|(i, spec)| {
             let stream = seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
             (
-                name,
+                spec.name,
                 SynthTensor {
-                    shape,
-                    fill,
+                    shape: spec.shape,
+                    fill: spec.fill,
                     stream,
                     trajectory,
                 },

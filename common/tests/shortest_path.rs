@@ -1,5 +1,5 @@
-//! Shortest-path distances (SPEC §6): the min-plus engine against a plain Dijkstra over the
-//! full layered graph, on small networks, every distance compared bit for bit.
+//! Shortest-path distances (docs/method.md §6): the min-plus engine against a plain Dijkstra
+//! over the full layered graph, on small networks, every distance compared bit for bit.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::StateError;
 use crate::state::SweepState;
@@ -222,6 +222,8 @@ fn apply_batch(
     halted: &OnceLock<String>,
     db: &Path,
 ) {
+    let started = Instant::now();
+    let requests = batch.len();
     let begun = state.begin();
     if let Err(e) = &begun {
         tracing::error!(error = %e, "cannot start a transaction");
@@ -251,6 +253,13 @@ fn apply_batch(
     } else {
         let committed = state.commit();
         note(Storage::of(&committed), halted, db);
+        if committed.is_ok() && requests > 0 {
+            let metrics = state.metrics();
+            metrics.batch_requests.observe(requests as f64);
+            metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
         committed.map_err(|e| {
             tracing::error!(error = %e, "commit failed");
             format!("coordinator storage error: {e}")

@@ -16,6 +16,7 @@ use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
 use crate::aggregate::Selection;
+use crate::breaker::Breaker;
 use crate::integrity::Ledger;
 use crate::record::StoredTask;
 use crate::spec::SweepSpec;
@@ -155,6 +156,8 @@ pub struct ExportData {
     pub spectra: Vec<SpectrumRow>,
     pub fetches: Vec<FetchRow>,
     pub fetch_by_model: Vec<FetchModelRow>,
+    /// Why the breaker stopped leasing, while it has.
+    pub stopped: Option<String>,
 }
 
 /// Reads a state directory into export rows (beside a running coordinator, too).
@@ -162,6 +165,12 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
     let store = Store::open_read(state_dir)?;
     let spec = store.recorded_spec()?;
     let ledger = Ledger::new(spec.checkpoints(), store.revisions()?);
+    let stopped = store.breaker()?.and_then(|stored| {
+        let breaker = Breaker::restore(spec.probe_ms(), stored, |name| {
+            ledger.slot(&name.model, name.step)
+        });
+        breaker.tripped().map(|t| t.reason(ledger.checkpoints()))
+    });
     let seeds: HashSet<u32> = spec.seed_list().into_iter().collect();
     let mut tasks = Vec::new();
     let mut fetches = Vec::new();
@@ -240,6 +249,7 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
         spectra,
         fetches,
         fetch_by_model,
+        stopped,
     })
 }
 
@@ -296,7 +306,8 @@ fn fetch_sums(spec: &SweepSpec, fetches: &[FetchRow]) -> Vec<FetchModelRow> {
         .collect()
 }
 
-fn spectrum_rows(model: &str, a: &StepAggregate, q: &[f64]) -> Vec<SpectrumRow> {
+/// A step's spectrum as rows, one per `q`.
+pub fn spectrum_rows(model: &str, a: &StepAggregate, q: &[f64]) -> Vec<SpectrumRow> {
     a.alpha
         .iter()
         .zip(&a.f_alpha)
@@ -408,6 +419,15 @@ fn summary_markdown(data: &ExportData) -> String {
         data.tasks.len(),
         failed.len()
     );
+    if let Some(reason) = &data.stopped {
+        let pending = data.tasks.iter().filter(|t| t.state == "pending").count();
+        let _ = writeln!(
+            md,
+            "**Stopped by a systemic failure:** {reason}. {pending} task(s) are pending with their \
+             attempts unspent; once the cause is fixed, `neuromfa sweep resume` (or a probe that \
+             succeeds) resumes the sweep.\n"
+        );
+    }
     model_tables(&mut md, data);
     duplicates_section(&mut md, data);
     fetch_section(&mut md, data);

@@ -135,6 +135,9 @@ pub enum Change {
     /// A result for a task already done: counted, not stored.
     DuplicateCounted,
     WorkerRegistered(StoredWorker),
+    /// The breaker's state, written whole (it changes only when tasks fail, or succeed
+    /// after failures).
+    BreakerUpdated(StoredBreaker),
     /// What a checkpoint's revision serves.
     RevisionResolved {
         model: String,
@@ -155,4 +158,130 @@ pub struct StoredRevision {
     pub weights_sha256: String,
     pub format: Option<WeightFormat>,
     pub resolved: Option<RevisionWeights>,
+}
+
+/// Why an attempt failed, as the worker classified it: what it costs the task and whether
+/// it says something about the whole sweep (see [`crate::breaker`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureClass {
+    /// Worth trying again later (rate limiting, 5xx, resets, timeouts, a worker's local
+    /// cache): the task is queued again after a wait and keeps its attempt.
+    Transient,
+    /// The checkpoint's own fault (its bytes or files are bad): the task fails at once.
+    Checkpoint,
+    /// The Hub refused the credentials (401, 403).
+    HubAuth,
+    /// The Hub does not know the repository.
+    HubRepoMissing,
+    /// The Hub refused the request as unprocessable (422).
+    HubUnprocessable,
+    /// The Hub and the client do not speak the same protocol (another 4xx, an answer the
+    /// client cannot read, byte ranges not honoured).
+    Protocol,
+}
+
+impl FailureClass {
+    pub const ALL: [FailureClass; 6] = [
+        FailureClass::Transient,
+        FailureClass::Checkpoint,
+        FailureClass::HubAuth,
+        FailureClass::HubRepoMissing,
+        FailureClass::HubUnprocessable,
+        FailureClass::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Transient => "transient",
+            FailureClass::Checkpoint => "checkpoint",
+            FailureClass::HubAuth => "hub-auth",
+            FailureClass::HubRepoMissing => "hub-repo-missing",
+            FailureClass::HubUnprocessable => "hub-unprocessable",
+            FailureClass::Protocol => "protocol",
+        }
+    }
+
+    /// A class that, seen on several checkpoints, is one cause rather than several.
+    pub fn is_systemic(self) -> bool {
+        !matches!(self, FailureClass::Transient | FailureClass::Checkpoint)
+    }
+}
+
+impl std::fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed attempt as a worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub class: FailureClass,
+    pub error: String,
+    /// How long the Hub asked to wait (`Retry-After`, `RateLimit`), for transient failures.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl Failure {
+    pub fn new(class: FailureClass, error: impl Into<String>) -> Self {
+        Failure {
+            class,
+            error: error.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    pub fn retry_after(mut self, ms: Option<u64>) -> Self {
+        self.retry_after_ms = ms;
+        self
+    }
+}
+
+/// A (model, step) as stored: grids may grow between runs, so records name checkpoints
+/// rather than number them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CheckpointName {
+    pub model: String,
+    pub step: u64,
+}
+
+/// Which rule tripped the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "kebab-case")]
+pub enum TripCause {
+    /// One systemic class on several checkpoints.
+    SameClass { class: FailureClass },
+    /// Failures on several checkpoints in a row, with no success between.
+    Streak,
+}
+
+/// A failure the breaker counts, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredStrike {
+    pub task_id: i64,
+    pub checkpoint: CheckpointName,
+    pub class: FailureClass,
+}
+
+/// A tripped breaker, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredTrip {
+    pub cause: TripCause,
+    /// The failure that tripped it.
+    pub error: String,
+    pub since_ms: u64,
+    /// Checkpoints whose failures tripped it or came while it was tripped.
+    pub implicated: Vec<CheckpointName>,
+    pub failed_probes: u32,
+}
+
+/// The breaker, as stored (the `breaker` row of the sweep's metadata).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredBreaker {
+    /// Failures counted since the last success.
+    pub streak: Vec<StoredStrike>,
+    pub trip: Option<StoredTrip>,
+    /// Checkpoints a trip implicated that proved to fail on their own once it closed.
+    pub cleared: Vec<CheckpointName>,
 }

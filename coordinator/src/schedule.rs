@@ -1,6 +1,7 @@
 //! Scheduling, in memory and pure: the grid's tasks, the pending queues in scheduling
-//! rank, leases and their deadlines, which worker holds which checkpoint, and the
-//! workers. Every decision returns an [`Outcome`]: its answer and the [`Change`]s the
+//! rank, tasks waiting out a transient failure, leases and their deadlines, which worker
+//! holds which checkpoint, the workers, and the [`Breaker`]'s say on failures and
+//! leasing. Every decision returns an [`Outcome`]: its answer and the [`Change`]s the
 //! store must make durable before the answer may be given. Nothing here does I/O, so
 //! tests drive it directly and the store never decides anything.
 
@@ -9,11 +10,23 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use neuromfa_common::SeedResult;
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::{Breaker, Leasing, Strike, Verdict};
 use crate::error::StateError;
-use crate::record::{Change, StoredTask, StoredWorker, TaskMetrics, TaskProgress, TaskState};
+use crate::record::{
+    Change, Failure, FailureClass, StoredBreaker, StoredTask, StoredWorker, TaskMetrics,
+    TaskProgress, TaskState,
+};
 use crate::spec::{CheckpointKey, SweepSpec};
 
 type Result<T> = std::result::Result<T, StateError>;
+
+/// Wait after a task's first transient failure when the Hub named none; doubled after
+/// each further one in a row.
+const TRANSIENT_FIRST_WAIT_MS: u64 = 1_000;
+/// Longest wait after transient failures when the Hub named none.
+const TRANSIENT_MAX_WAIT_MS: u64 = 300_000;
+/// Longest wait a Hub's `Retry-After` is honoured for.
+const RETRY_AFTER_MAX_MS: u64 = 3_600_000;
 
 /// One leased task as handed to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +87,34 @@ impl ResultSummary {
     }
 }
 
+/// What the schedule's decisions did since it was built (not stored: a restarted
+/// coordinator counts afresh, as a Prometheus counter may). Fetch costs are keyed by fetch
+/// mode (`full`, `ranges`; empty when the worker did not say).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Tasks leased (a lease of several seeds counts each).
+    pub leases: u64,
+    /// Results accepted.
+    pub completions: u64,
+    /// Leases that lapsed without a heartbeat.
+    pub expiries: u64,
+    /// Failed attempts (reported or lapsed) queued again.
+    pub retries: u64,
+    /// Tasks marked failed.
+    pub failures: u64,
+    /// Leases given back by stopping workers.
+    pub releases: u64,
+    /// Per fetch mode: bytes and requests of the accepted results.
+    pub fetched: BTreeMap<String, FetchCount>,
+}
+
+/// Bytes and requests fetched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchCount {
+    pub bytes: u64,
+    pub requests: u64,
+}
+
 /// One task of the grid.
 #[derive(Debug, Clone)]
 pub struct Task {
@@ -109,12 +150,20 @@ pub struct Schedule {
     slot_of_task: HashMap<i64, usize>,
     /// Pending task slots per checkpoint, keyed by scheduling rank.
     pending: BTreeMap<usize, BTreeSet<usize>>,
+    /// Pending tasks waiting out a transient failure, by when they may go out again (not
+    /// stored: a restarted coordinator tries them at once).
+    waiting: BTreeSet<(u64, usize)>,
+    wait_of: HashMap<usize, u64>,
+    /// Transient failures in a row per task, for the wait after the next.
+    transient_failures: HashMap<usize, u32>,
     leased: HashSet<usize>,
     /// The worker that last leased each checkpoint: its seeds go there first.
     owner: HashMap<usize, String>,
     workers: BTreeMap<String, Worker>,
     /// Results received for tasks already done.
     duplicates: u64,
+    breaker: Breaker,
+    tally: Tally,
 }
 
 impl Schedule {
@@ -152,10 +201,15 @@ impl Schedule {
             tasks: Vec::new(),
             slot_of_task: HashMap::new(),
             pending: BTreeMap::new(),
+            waiting: BTreeSet::new(),
+            wait_of: HashMap::new(),
+            transient_failures: HashMap::new(),
             leased: HashSet::new(),
             owner: HashMap::new(),
             workers: BTreeMap::new(),
             duplicates,
+            breaker: Breaker::new(spec.probe_ms()),
+            tally: Tally::default(),
         };
         schedule.place_tasks(tasks, &spec.seed_list());
         for w in workers {
@@ -173,14 +227,18 @@ impl Schedule {
         schedule
     }
 
-    fn place_tasks(&mut self, stored: impl IntoIterator<Item = StoredTask>, seeds: &[u32]) {
-        let in_grid: HashSet<u32> = seeds.iter().copied().collect();
-        let slot_of_checkpoint: HashMap<(&str, u64), usize> = self
-            .checkpoints
+    /// Each checkpoint's index, by (model, step).
+    fn slot_of_checkpoint(&self) -> HashMap<(&str, u64), usize> {
+        self.checkpoints
             .iter()
             .enumerate()
             .map(|(i, k)| ((k.model.as_str(), k.step), i))
-            .collect();
+            .collect()
+    }
+
+    fn place_tasks(&mut self, stored: impl IntoIterator<Item = StoredTask>, seeds: &[u32]) {
+        let in_grid: HashSet<u32> = seeds.iter().copied().collect();
+        let slot_of_checkpoint = self.slot_of_checkpoint();
         let mut tasks = Vec::new();
         for t in stored {
             let Some(&checkpoint) = slot_of_checkpoint.get(&(t.model.as_str(), t.step)) else {
@@ -220,6 +278,17 @@ impl Schedule {
         }
     }
 
+    /// The same schedule with the breaker as `stored` left it.
+    pub fn with_breaker(mut self, stored: Option<StoredBreaker>) -> Self {
+        if let Some(stored) = stored {
+            let slot_of = self.slot_of_checkpoint();
+            self.breaker = Breaker::restore(self.breaker.probe_ms(), stored, |name| {
+                slot_of.get(&(name.model.as_str(), name.step)).copied()
+            });
+        }
+        self
+    }
+
     /// Keeps what `old` knew of its workers' liveness and caches, which is not stored
     /// (after a rebuild from the store).
     pub fn keep_liveness(&mut self, old: Schedule) {
@@ -253,9 +322,41 @@ impl Schedule {
         self.duplicates
     }
 
-    /// True when no task is pending or leased.
+    /// What the decisions did since the schedule was built.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    /// Puts back a tally taken earlier (the state rolls a failed batch back).
+    pub fn set_tally(&mut self, tally: Tally) {
+        self.tally = tally;
+    }
+
+    /// The task with this id.
+    pub fn task(&self, task_id: i64) -> Option<&Task> {
+        self.slot_of_task
+            .get(&task_id)
+            .map(|&slot| &self.tasks[slot])
+    }
+
+    /// True when no task is pending (waiting or not) or leased.
     pub fn finished(&self) -> bool {
-        self.pending.is_empty() && self.leased.is_empty()
+        self.pending.is_empty() && self.waiting.is_empty() && self.leased.is_empty()
+    }
+
+    /// Pending tasks waiting out a transient failure.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The breaker, tripped or not.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// Why leasing stopped, while the breaker is tripped.
+    pub fn stopped(&self) -> Option<String> {
+        self.breaker.tripped().map(|t| t.reason(&self.checkpoints))
     }
 
     /// Tasks per state, every state present.
@@ -357,7 +458,33 @@ impl Schedule {
             .copied()
     }
 
-    /// Leases up to `max_tasks` seeds of one checkpoint to `worker`.
+    /// The checkpoint to probe a tripped breaker with: the first pending one the trip did
+    /// not implicate, else the first.
+    fn choose_probe(&self) -> Option<usize> {
+        let implicated = |rank: &&usize| self.breaker.implicates(self.checkpoint_at_rank[**rank]);
+        let mut ranks = self.pending.keys();
+        ranks
+            .clone()
+            .find(|rank| !implicated(rank))
+            .or_else(|| ranks.next())
+            .copied()
+    }
+
+    /// Queues again the tasks whose wait is over.
+    fn wake(&mut self, now_ms: u64) {
+        while let Some(&(at, slot)) = self.waiting.first() {
+            if at > now_ms {
+                break;
+            }
+            self.waiting.pop_first();
+            self.wait_of.remove(&slot);
+            let rank = self.rank_of_checkpoint[self.tasks[slot].checkpoint];
+            self.pending.entry(rank).or_default().insert(slot);
+        }
+    }
+
+    /// Leases up to `max_tasks` seeds of one checkpoint to `worker`; while the breaker is
+    /// tripped, nothing, or one task when a probe is due.
     pub fn lease(
         &mut self,
         worker: &str,
@@ -365,7 +492,13 @@ impl Schedule {
         now_ms: u64,
     ) -> Result<Outcome<Vec<Lease>>> {
         self.touch_worker(worker, now_ms)?;
-        let Some(rank) = self.choose_checkpoint(worker, now_ms) else {
+        self.wake(now_ms);
+        let (rank, max_tasks) = match self.breaker.leasing(now_ms) {
+            Leasing::Open => (self.choose_checkpoint(worker, now_ms), max_tasks),
+            Leasing::Probe => (self.choose_probe(), 1),
+            Leasing::Held => (None, 0),
+        };
+        let Some(rank) = rank else {
             return Ok(Outcome::unchanged(Vec::new()));
         };
         let slots: Vec<usize> = match self.pending.get_mut(&rank) {
@@ -391,6 +524,7 @@ impl Schedule {
             task.progress.worker = Some(worker.to_string());
             task.progress.deadline_ms = deadline;
             self.leased.insert(slot);
+            self.tally.leases += 1;
             changes.push(self.task_row(slot));
             let task = &self.tasks[slot];
             let key = &self.checkpoints[task.checkpoint];
@@ -410,6 +544,13 @@ impl Schedule {
             if let Some(w) = self.workers.get_mut(worker) {
                 w.cached.insert(checkpoint);
             }
+        }
+        if let (Some(probe), Some(_)) = (leases.first(), self.breaker.tripped()) {
+            self.breaker.probe_sent(probe.task_id);
+            tracing::info!(
+                model = %probe.model, step = probe.step, seed = probe.seed, worker,
+                "leasing is stopped: probing with one task"
+            );
         }
         Ok(Outcome {
             value: leases,
@@ -470,6 +611,9 @@ impl Schedule {
                 if set.is_empty() {
                     self.pending.remove(&rank);
                 }
+            }
+            if let Some(at) = self.wait_of.remove(&slot) {
+                self.waiting.remove(&(at, slot));
             }
         }
         if task.progress.state == TaskState::Leased {
@@ -534,9 +678,18 @@ impl Schedule {
             });
         }
         self.set_state(slot, TaskState::Done);
+        self.transient_failures.remove(&slot);
         let task = &mut self.tasks[slot];
         task.progress.last_error = None;
         task.result = Some(ResultSummary::new(result.alpha0, result.width, &metrics));
+        self.tally.completions += 1;
+        let fetched = self
+            .tally
+            .fetched
+            .entry(metrics.fetch_mode.clone())
+            .or_default();
+        fetched.bytes += metrics.bytes_fetched;
+        fetched.requests += u64::from(metrics.requests);
         let stored = Change::ResultStored {
             task_id,
             worker: worker.to_string(),
@@ -544,19 +697,37 @@ impl Schedule {
             metrics,
             finished_ms: now_ms,
         };
+        let mut changes = vec![stored, self.task_row(slot)];
+        let (changed, closed) = self.breaker.succeeded();
+        if let Some(trip) = closed {
+            tracing::info!(
+                reason = %trip.reason(&self.checkpoints), task = task_id,
+                "a task succeeded: leasing resumes"
+            );
+        }
+        if changed {
+            changes.push(self.breaker_row());
+        }
         Ok(Outcome {
             value: Completion::Accepted,
-            changes: vec![stored, self.task_row(slot)],
+            changes,
         })
     }
 
-    /// Records a failed attempt. Returns whether the task will be tried again.
+    /// The breaker's whole record, to store.
+    fn breaker_row(&self) -> Change {
+        Change::BreakerUpdated(self.breaker.record(&self.checkpoints))
+    }
+
+    /// Records a failed attempt. A transient failure queues the task again after a wait
+    /// and costs nothing; any other goes by the breaker: it fails the task, or gives the
+    /// attempt back (tripping the breaker, or while it is tripped). Returns whether the
+    /// task will be tried again.
     pub fn fail(
         &mut self,
         worker: &str,
         task_id: i64,
-        error: &str,
-        permanent: bool,
+        failure: Failure,
         now_ms: u64,
     ) -> Result<Outcome<bool>> {
         let slot = self.slot(task_id)?;
@@ -567,18 +738,118 @@ impl Schedule {
         if self.held_by(task_id, worker).is_none() {
             return Ok(Outcome::unchanged(false));
         }
-        let (exhausted, change) = self.record_failed_attempt(slot, error.to_string(), permanent);
         let task = &self.tasks[slot];
-        let key = &self.checkpoints[task.checkpoint];
+        let checkpoint = task.checkpoint;
+        let key = &self.checkpoints[checkpoint];
         tracing::warn!(
             model = %key.model, step = key.step, seed = task.seed,
-            attempt = task.progress.attempts, worker, error, will_retry = !exhausted,
-            "task failed"
+            attempt = task.progress.attempts, worker, error = %failure.error,
+            class = %failure.class, "task failed"
         );
+        if failure.class == FailureClass::Transient {
+            let change = self.retry_later(slot, failure, now_ms);
+            return Ok(Outcome {
+                value: true,
+                changes: vec![change],
+            });
+        }
+        let strike = Strike {
+            task_id,
+            checkpoint,
+            class: failure.class,
+        };
+        let verdict = self.breaker.failed(strike, &failure.error, now_ms);
+        let mut changes = Vec::new();
+        let will_retry = match verdict {
+            Verdict::Charge => {
+                let (exhausted, change) = self.record_failed_attempt(slot, failure.error, true);
+                changes.push(change);
+                !exhausted
+            }
+            Verdict::Hold => {
+                changes.push(self.give_back(slot, Some(failure.error)));
+                true
+            }
+            Verdict::Trip(tasks) => {
+                self.tasks[slot].progress.last_error = Some(failure.error);
+                for id in tasks {
+                    if let Some(&given) = self.slot_of_task.get(&id) {
+                        changes.push(self.give_back(given, None));
+                    }
+                }
+                if let Some(trip) = self.breaker.tripped() {
+                    tracing::error!(
+                        reason = %trip.reason(&self.checkpoints), held = changes.len(),
+                        "systemic failure: leasing stopped, the failed tasks are pending again \
+                         with their attempts (`neuromfa sweep resume` to resume now)"
+                    );
+                }
+                true
+            }
+        };
+        changes.push(self.breaker_row());
         Ok(Outcome {
-            value: !exhausted,
-            changes: vec![change],
+            value: will_retry,
+            changes,
         })
+    }
+
+    /// Queues a task that failed transiently again once the wait the Hub asked for (or
+    /// its own, growing with the failures in a row) is over; the attempt is given back.
+    fn retry_later(&mut self, slot: usize, failure: Failure, now_ms: u64) -> Change {
+        let in_a_row = self.transient_failures.entry(slot).or_insert(0);
+        *in_a_row += 1;
+        let wait = match failure.retry_after_ms {
+            Some(ms) => ms.min(RETRY_AFTER_MAX_MS),
+            None => TRANSIENT_FIRST_WAIT_MS
+                .saturating_mul(1 << (*in_a_row - 1).min(16))
+                .min(TRANSIENT_MAX_WAIT_MS),
+        };
+        let change = self.give_back(slot, Some(failure.error));
+        let rank = self.rank_of_checkpoint[self.tasks[slot].checkpoint];
+        if let Some(set) = self.pending.get_mut(&rank) {
+            set.remove(&slot);
+            if set.is_empty() {
+                self.pending.remove(&rank);
+            }
+        }
+        let at = now_ms.saturating_add(wait);
+        self.waiting.insert((at, slot));
+        self.wait_of.insert(slot, at);
+        change
+    }
+
+    /// Gives a leased or failed task its last attempt back and queues it again (`error`
+    /// as its last, when given); a task in any other state is left as it is.
+    fn give_back(&mut self, slot: usize, error: Option<String>) -> Change {
+        if matches!(
+            self.tasks[slot].progress.state,
+            TaskState::Leased | TaskState::Failed
+        ) {
+            let task_id = self.tasks[slot].id;
+            self.breaker.lease_ended(task_id);
+            let progress = &mut self.tasks[slot].progress;
+            progress.attempts = progress.attempts.saturating_sub(1);
+            if let Some(error) = error {
+                progress.last_error = Some(error);
+            }
+            self.set_state(slot, TaskState::Pending);
+        }
+        self.task_row(slot)
+    }
+
+    /// Resumes leasing if the breaker is tripped (told to, by someone who fixed the
+    /// cause); returns why it had stopped.
+    pub fn resume(&mut self) -> Outcome<Option<String>> {
+        let Some(trip) = self.breaker.resume() else {
+            return Outcome::unchanged(None);
+        };
+        let reason = trip.reason(&self.checkpoints);
+        tracing::info!(%reason, "told to resume: leasing resumes");
+        Outcome {
+            value: Some(reason),
+            changes: vec![self.breaker_row()],
+        }
     }
 
     /// Records why an attempt failed and requeues the task, or marks it failed when it is
@@ -590,6 +861,11 @@ impl Schedule {
         permanent: bool,
     ) -> (bool, Change) {
         let exhausted = permanent || self.tasks[slot].progress.attempts >= self.max_attempts;
+        if exhausted {
+            self.tally.failures += 1;
+        } else {
+            self.tally.retries += 1;
+        }
         self.tasks[slot].progress.last_error = Some(error);
         let next = if exhausted {
             TaskState::Failed
@@ -605,10 +881,8 @@ impl Schedule {
         let mut changes = Vec::new();
         for &id in task_ids {
             if let Some(slot) = self.held_by(id, worker) {
-                let progress = &mut self.tasks[slot].progress;
-                progress.attempts = progress.attempts.saturating_sub(1);
-                self.set_state(slot, TaskState::Pending);
-                changes.push(self.task_row(slot));
+                self.tally.releases += 1;
+                changes.push(self.give_back(slot, None));
             }
         }
         Outcome {
@@ -639,8 +913,11 @@ impl Schedule {
                 "lease expired: worker {worker} stopped heartbeating (attempt {})",
                 task.progress.attempts
             );
+            let task_id = task.id;
+            self.breaker.lease_ended(task_id);
             changes.push(self.record_failed_attempt(slot, error, false).1);
         }
+        self.tally.expiries += lapsed.len() as u64;
         Outcome {
             value: lapsed.len(),
             changes,

@@ -1,8 +1,9 @@
-//! The sweep spec: a TOML file (every scalar key overridable by a `NEUROMFA_…` environment
-//! variable) naming models, steps, seeds, analysis settings, the Hub and the coordinator.
+//! The sweep spec: a TOML file (every key outside `[[models]]` overridable by a `NEUROMFA_…`
+//! environment variable) naming models, steps, seeds, analysis settings, the Hub and the coordinator.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use neuromfa_common::budget::{Quota, Quotas, Tier};
 use neuromfa_common::checkpoint::FetchMode;
@@ -11,6 +12,8 @@ use neuromfa_common::spectrum::{q_grid, Alpha0Method};
 use neuromfa_common::{AnalysisParams, DistanceMode};
 
 use crate::integrity::DuplicatePolicy;
+use crate::spec_keys::keys_of;
+pub use crate::spec_keys::{KeyKind, SpecKey, TraceError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +27,9 @@ pub enum SpecError {
         message: String,
     },
 }
+
+/// The most seeds a sweep may count (`seeds = N`); the paper draws 10 per checkpoint.
+pub const MAX_SEEDS: u32 = 100_000;
 
 /// Seeds: a count `N` (seeds `0..N`) or an explicit list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +185,9 @@ pub struct CoordinatorSpec {
     pub lease_seconds: f64,
     /// Attempts before a task is marked failed.
     pub max_attempts: u32,
+    /// While the breaker has stopped leasing, wait this long before leasing one task as a
+    /// probe (doubled after each probe that fails, up to 16 times).
+    pub breaker_probe_seconds: f64,
     /// PEM certificate (chain) the coordinator serves TLS with; with `tls_key`. Relative
     /// paths are relative to the spec file.
     pub tls_cert: Option<PathBuf>,
@@ -193,10 +202,20 @@ impl Default for CoordinatorSpec {
             address: None,
             lease_seconds: 600.0,
             max_attempts: 3,
+            breaker_probe_seconds: 30.0,
             tls_cert: None,
             tls_key: None,
         }
     }
+}
+
+/// The coordinator's web dashboard and `/metrics` (off unless `listen` is set; `sweep run`
+/// always serves it, on a loopback port of its own choosing unless `listen` is set).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardSpec {
+    /// Address the dashboard's HTTP listener binds, e.g. `127.0.0.1:8080`.
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,6 +235,8 @@ pub struct SweepSpec {
     pub hub: HubSpec,
     #[serde(default)]
     pub coordinator: CoordinatorSpec,
+    #[serde(default)]
+    pub dashboard: DashboardSpec,
     /// Shared secret every RPC must carry (`NEUROMFA_TOKEN` overrides).
     #[serde(default)]
     pub token: Option<String>,
@@ -228,13 +249,7 @@ fn default_seeds() -> Seeds {
     Seeds::Count(10)
 }
 
-/// The 154 published Pythia checkpoints: 0, 1, 2, 4 … 512, then every 1000 to 143000.
-pub fn pythia_steps() -> Vec<u64> {
-    let mut steps = vec![0];
-    steps.extend((0..10).map(|k| 1u64 << k));
-    steps.extend((1..=143).map(|k| k * 1000));
-    steps
-}
+pub use neuromfa_common::synth::pythia_steps;
 
 /// The 27 steps the NeuroMFA paper analysed: 0, 1, 2, 4 … 512, 1000, 3000, then every
 /// 10000 from 13000 to 143000.
@@ -246,40 +261,6 @@ pub fn pythia_paper_steps() -> Vec<u64> {
     steps
 }
 
-/// Scalar keys a `NEUROMFA_…` variable may set (`__` separates sections).
-const ENV_KEYS: &[&str] = &[
-    "name",
-    "state_dir",
-    "seeds",
-    "steps",
-    "token",
-    "duplicates",
-    "analysis.layer_sample",
-    "analysis.threshold",
-    "analysis.q_min",
-    "analysis.q_max",
-    "analysis.q_step",
-    "analysis.alpha0",
-    "analysis.distance",
-    "analysis.lambda",
-    "analysis.gamma",
-    "hub.endpoint",
-    "hub.token",
-    "hub.serve_dir",
-    "hub.fetch_mode",
-    "hub.merge_gap",
-    "hub.budget",
-    "hub.budget_resolvers",
-    "hub.budget_api",
-    "hub.budget_window_seconds",
-    "coordinator.listen",
-    "coordinator.address",
-    "coordinator.lease_seconds",
-    "coordinator.max_attempts",
-    "coordinator.tls_cert",
-    "coordinator.tls_key",
-];
-
 /// One (model, step) of the grid.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CheckpointKey {
@@ -289,6 +270,16 @@ pub struct CheckpointKey {
 }
 
 impl SweepSpec {
+    /// Every key the spec accepts, from its own `Deserialize` implementations.
+    pub fn keys() -> Result<&'static [SpecKey], TraceError> {
+        static KEYS: OnceLock<Vec<SpecKey>> = OnceLock::new();
+        if let Some(keys) = KEYS.get() {
+            return Ok(keys);
+        }
+        let keys = keys_of::<SweepSpec>()?;
+        Ok(KEYS.get_or_init(|| keys))
+    }
+
     /// Reads `path`, applies `NEUROMFA_…` overrides from `env`, and validates.
     pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Self, SpecError> {
         let load_error = |message: String| SpecError::Load {
@@ -297,34 +288,30 @@ impl SweepSpec {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| load_error(format!("cannot read the sweep spec: {e}")))?;
-        let overrides: HashMap<String, String> = env
-            .iter()
-            .filter_map(|(name, value)| {
-                let key = name
-                    .strip_prefix("NEUROMFA_")?
-                    .to_lowercase()
-                    .replace("__", ".");
-                ENV_KEYS
-                    .contains(&key.as_str())
-                    .then(|| (key, value.clone()))
-            })
-            .collect();
+        check_keys(&text, path)?;
+        let keys = Self::keys().map_err(|e| load_error(e.to_string()))?;
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(&text, config::FileFormat::Toml));
-        for (key, value) in &overrides {
+        let mut from_env = BTreeSet::new();
+        for (name, value) in env {
+            let Some(key) = env_key(keys, name) else {
+                continue;
+            };
             builder = builder
-                .set_override(key.as_str(), parse_env_value(value))
-                .map_err(|e| load_error(format!("override {key}: {e}")))?;
+                .set_override(key.name.as_str(), env_value(key.kind, value))
+                .map_err(|e| load_error(format!("override {}: {e}", key.name)))?;
+            from_env.insert(key.name.as_str());
         }
         let spec: SweepSpec = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| load_error(e.to_string()))?;
-        spec.finish(path)
+        spec.finish(path, &from_env)
     }
 
     /// Parses TOML text without environment overrides.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, SpecError> {
+        check_keys(text, path)?;
         let spec: SweepSpec = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
@@ -333,19 +320,25 @@ impl SweepSpec {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
-        spec.finish(path)
+        spec.finish(path, &BTreeSet::new())
     }
 
-    /// Resolves paths that are relative to the spec file, then validates.
-    fn finish(mut self, path: &Path) -> Result<Self, SpecError> {
+    /// Makes every relative path the file gives relative to the file's folder, as config
+    /// files are read; those from `NEUROMFA_…` variables (`from_env`) are left relative to
+    /// the current directory, like command-line flags. Then validates.
+    fn finish(mut self, path: &Path, from_env: &BTreeSet<&str>) -> Result<Self, SpecError> {
         let base = path.parent().unwrap_or(Path::new(""));
-        for file in [
-            &mut self.hub.serve_dir,
-            &mut self.coordinator.tls_cert,
-            &mut self.coordinator.tls_key,
-        ] {
-            if let Some(relative) = file.as_ref().filter(|f| f.is_relative()) {
-                *file = Some(base.join(relative));
+        let paths = [
+            ("state_dir", Some(&mut self.state_dir)),
+            ("hub.serve_dir", self.hub.serve_dir.as_mut()),
+            ("coordinator.tls_cert", self.coordinator.tls_cert.as_mut()),
+            ("coordinator.tls_key", self.coordinator.tls_key.as_mut()),
+        ];
+        for (key, file) in paths {
+            let Some(file) = file else { continue };
+            // An empty path is left for validation to name.
+            if file.is_relative() && !file.as_os_str().is_empty() && !from_env.contains(key) {
+                *file = base.join(&*file);
             }
         }
         self.validate(path)?;
@@ -371,6 +364,15 @@ impl SweepSpec {
         }
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "must not be empty"));
+        }
+        if let Seeds::Count(n) = self.seeds {
+            // Checked before the list is made: a count is a few bytes of TOML.
+            if n > MAX_SEEDS {
+                return Err(invalid(
+                    "seeds",
+                    format!("{n} seeds; at most {MAX_SEEDS} per sweep"),
+                ));
+            }
         }
         let seeds = self.seed_list();
         if seeds.is_empty() {
@@ -503,6 +505,13 @@ impl SweepSpec {
         (self.coordinator.lease_seconds * 1000.0).round().max(1.0) as u64
     }
 
+    /// Wait before the breaker's first probe.
+    pub fn probe_ms(&self) -> u64 {
+        (self.coordinator.breaker_probe_seconds * 1000.0)
+            .round()
+            .max(1.0) as u64
+    }
+
     /// Whether the coordinator serves TLS.
     pub fn tls(&self) -> bool {
         self.coordinator.tls_cert.is_some()
@@ -519,14 +528,67 @@ impl SweepSpec {
     }
 }
 
-/// Environment values are strings; numbers and booleans are passed as such so they
-/// deserialize into numeric keys.
-fn parse_env_value(value: &str) -> config::Value {
-    if let Ok(i) = value.parse::<i64>() {
-        return config::Value::from(i);
+/// Refuses a key that is not a plain name (letters, digits, `_`, `-`) before `config` reads
+/// the text: it takes a quoted key such as `"x[4000000000]"` for a path into an array and
+/// allocates the array up to that index. Syntax errors are left to `config` to report.
+fn check_keys(text: &str, path: &Path) -> Result<(), SpecError> {
+    fn plain(table: &toml::Table, at: &str) -> Result<(), String> {
+        for (key, value) in table {
+            let name = if at.is_empty() {
+                key.clone()
+            } else {
+                format!("{at}.{key}")
+            };
+            let simple = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !simple {
+                return Err(name);
+            }
+            let tables: Vec<&toml::Table> = match value {
+                toml::Value::Table(t) => vec![t],
+                toml::Value::Array(items) => items.iter().filter_map(|v| v.as_table()).collect(),
+                _ => Vec::new(),
+            };
+            for t in tables {
+                plain(t, &name)?;
+            }
+        }
+        Ok(())
     }
-    if let Ok(f) = value.parse::<f64>() {
-        return config::Value::from(f);
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    plain(&table, "").map_err(|key| SpecError::Invalid {
+        path: path.to_path_buf(),
+        key,
+        message: "is not a key of a sweep spec".to_string(),
+    })
+}
+
+/// The key a `NEUROMFA_…` variable sets (sections joined by `__`): any key outside the
+/// `[[models]]` list.
+fn env_key<'k>(keys: &'k [SpecKey], variable: &str) -> Option<&'k SpecKey> {
+    let name = variable
+        .strip_prefix("NEUROMFA_")?
+        .to_lowercase()
+        .replace("__", ".");
+    keys.iter()
+        .find(|key| key.name == name && !key.name.contains("[]"))
+}
+
+/// An environment value as its key takes it: text stays text (`NEUROMFA_TOKEN=007` is the
+/// token `007`), numeric keys convert text themselves, and a key of several shapes
+/// (`seeds`: a count or a list) gets a number when the text is one.
+fn env_value(kind: KeyKind, value: &str) -> config::Value {
+    if kind == KeyKind::Any {
+        if let Ok(i) = value.parse::<i64>() {
+            return config::Value::from(i);
+        }
+        if let Ok(f) = value.parse::<f64>() {
+            return config::Value::from(f);
+        }
     }
     config::Value::from(value.to_string())
 }
@@ -592,6 +654,12 @@ impl CoordinatorSpec {
         if self.max_attempts == 0 {
             return Err(invalid("coordinator.max_attempts", "must be at least 1"));
         }
+        if !(self.breaker_probe_seconds.is_finite() && self.breaker_probe_seconds > 0.0) {
+            return Err(invalid(
+                "coordinator.breaker_probe_seconds",
+                format!("must be positive (got {})", self.breaker_probe_seconds),
+            ));
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => Err(invalid(
                 "coordinator.tls_key",
@@ -625,6 +693,19 @@ max_step = 140000
 
     fn parse(text: &str) -> Result<SweepSpec, SpecError> {
         SweepSpec::from_toml(text, Path::new("spec.toml"))
+    }
+
+    /// Loads `text` as a spec file in a fresh folder (returned, to keep it) with `env`.
+    fn load_with(text: &str, env: &[(&str, &str)]) -> (tempfile::TempDir, SweepSpec) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.toml");
+        std::fs::write(&path, text).unwrap();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        let spec = SweepSpec::load(&path, &env).unwrap();
+        (dir, spec)
     }
 
     #[test]
@@ -756,29 +837,36 @@ max_step = 140000
     }
 
     #[test]
+    fn relative_paths_in_the_spec_start_from_its_folder_and_from_the_environment_here() {
+        let text = format!("{MINIMAL}\n[hub]\nserve_dir = \"hub\"\n");
+        let spec = SweepSpec::from_toml(&text, Path::new("conf/spec.toml")).unwrap();
+        assert_eq!(spec.state_dir, Path::new("conf/state"));
+        assert_eq!(spec.hub.serve_dir.as_deref(), Some(Path::new("conf/hub")));
+
+        let (dir, spec) = load_with(&text, &[]);
+        assert_eq!(spec.state_dir, dir.path().join("state"));
+        // A variable is set where the command runs, like a flag: it stays as given.
+        let env = [
+            ("NEUROMFA_STATE_DIR", "here/state"),
+            ("NEUROMFA_HUB__SERVE_DIR", "here/hub"),
+        ];
+        let (_dir, spec) = load_with(&text, &env);
+        assert_eq!(spec.state_dir, Path::new("here/state"));
+        assert_eq!(spec.hub.serve_dir.as_deref(), Some(Path::new("here/hub")));
+    }
+
+    #[test]
     fn environment_overrides_scalars() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spec.toml");
-        std::fs::write(&path, MINIMAL).unwrap();
-        let env = HashMap::from([
-            ("NEUROMFA_TOKEN".to_string(), "s3cret".to_string()),
-            (
-                "NEUROMFA_ANALYSIS__THRESHOLD".to_string(),
-                "200".to_string(),
-            ),
-            (
-                "NEUROMFA_COORDINATOR__LEASE_SECONDS".to_string(),
-                "2.5".to_string(),
-            ),
-            ("NEUROMFA_UNRELATED".to_string(), "x".to_string()),
-            (
-                "NEUROMFA_ANALYSIS__DISTANCE".to_string(),
-                "shortest-path".to_string(),
-            ),
-            ("NEUROMFA_ANALYSIS__LAMBDA".to_string(), "2".to_string()),
-            ("NEUROMFA_ANALYSIS__GAMMA".to_string(), "4.5".to_string()),
-        ]);
-        let spec = SweepSpec::load(&path, &env).unwrap();
+        let env = [
+            ("NEUROMFA_TOKEN", "s3cret"),
+            ("NEUROMFA_ANALYSIS__THRESHOLD", "200"),
+            ("NEUROMFA_COORDINATOR__LEASE_SECONDS", "2.5"),
+            ("NEUROMFA_UNRELATED", "x"),
+            ("NEUROMFA_ANALYSIS__DISTANCE", "shortest-path"),
+            ("NEUROMFA_ANALYSIS__LAMBDA", "2"),
+            ("NEUROMFA_ANALYSIS__GAMMA", "4.5"),
+        ];
+        let (_dir, spec) = load_with(MINIMAL, &env);
         assert_eq!(
             spec.analysis_params().distance,
             DistanceMode::ShortestPath {
@@ -789,5 +877,52 @@ max_step = 140000
         assert_eq!(spec.token.as_deref(), Some("s3cret"));
         assert_eq!(spec.analysis.threshold, 200.0);
         assert_eq!(spec.lease_ms(), 2500);
+    }
+
+    #[test]
+    fn the_keys_are_read_off_the_spec_types() {
+        let keys = SweepSpec::keys().unwrap();
+        let kind = |name: &str| {
+            keys.iter()
+                .find(|k| k.name == name)
+                .map(|k| k.kind)
+                .unwrap_or_else(|| panic!("{name} not among {keys:?}"))
+        };
+        assert_eq!(kind("name"), KeyKind::Text);
+        assert_eq!(kind("seeds"), KeyKind::Any);
+        assert_eq!(kind("models[].repo"), KeyKind::Text);
+        assert_eq!(kind("models[].max_step"), KeyKind::Number);
+        assert_eq!(kind("analysis.threshold"), KeyKind::Number);
+        assert_eq!(kind("analysis.distance"), KeyKind::Text);
+        assert_eq!(kind("hub.serve_dir"), KeyKind::Text);
+        assert_eq!(kind("coordinator.tls_key"), KeyKind::Text);
+        assert_eq!(kind("duplicates"), KeyKind::Text);
+        assert!(env_key(keys, "NEUROMFA_COORDINATOR__LISTEN").is_some());
+        assert!(env_key(keys, "NEUROMFA_MODELS__REPO").is_none());
+        assert!(env_key(keys, "NEUROMFA_UNRELATED").is_none());
+    }
+
+    #[test]
+    fn environment_strings_stay_strings_whatever_they_look_like() {
+        let env = [
+            ("NEUROMFA_TOKEN", "007"),
+            ("NEUROMFA_STATE_DIR", "0123"),
+            ("NEUROMFA_NAME", "1e3"),
+            ("NEUROMFA_HUB__TOKEN", "0x10"),
+            ("NEUROMFA_SEEDS", "4"),
+            ("NEUROMFA_HUB__MERGE_GAP", "0100"),
+        ];
+        let (_dir, spec) = load_with(MINIMAL, &env);
+        assert_eq!(spec.token.as_deref(), Some("007"));
+        assert!(
+            spec.state_dir.ends_with("0123"),
+            "{}",
+            spec.state_dir.display()
+        );
+        assert_eq!(spec.name, "1e3");
+        assert_eq!(spec.hub.token.as_deref(), Some("0x10"));
+        // Numbers still become numbers where the key is one.
+        assert_eq!(spec.seed_list(), vec![0, 1, 2, 3]);
+        assert_eq!(spec.hub.merge_gap, Some(100));
     }
 }

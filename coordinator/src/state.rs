@@ -6,14 +6,17 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Instant;
 
 use neuromfa_common::stats::StepAggregate;
 use neuromfa_common::{AnalysisParams, RevisionWeights};
 
 pub use crate::error::StateError;
 use crate::integrity::{DuplicatePolicy, Ledger};
-use crate::record::Change;
-use crate::schedule::{Outcome, Schedule};
+use crate::live::{self, LiveView, SpectraCache};
+use crate::metrics::StateMetrics;
+use crate::record::{Change, TaskState};
+use crate::schedule::{Outcome, Schedule, Tally};
 use crate::spec::{CheckpointKey, SweepSpec};
 use crate::status::{self, DuplicateStatus, StatusReport, Throughput};
 use crate::store::Store;
@@ -29,14 +32,26 @@ pub struct SweepState {
     throughput: Throughput,
     spec: SweepSpec,
     params: AnalysisParams,
+    metrics: StateMetrics,
+    /// The tally as the open transaction found it, put back if it is rolled back.
+    tally_at_begin: Tally,
+    /// Compute seconds of the results in the open transaction, observed once it commits.
+    uncommitted_compute: Vec<f64>,
+    /// Whether the open transaction wrote anything (an empty commit has no fsync to time).
+    wrote: bool,
+    /// The spectra of results, for the live view (only once it is enabled).
+    spectra: Option<SpectraCache>,
 }
 
 /// The schedule and the ledger as the store holds them.
 fn load(store: &Store, spec: &SweepSpec) -> Result<(Schedule, Ledger)> {
     let (workers, duplicates) = (store.workers()?, store.duplicates_counted()?);
-    let schedule = store.read_tasks(false, |tasks| {
-        Schedule::restore(spec, tasks, workers, duplicates)
-    })?;
+    let breaker = store.breaker()?;
+    let schedule = store
+        .read_tasks(false, |tasks| {
+            Schedule::restore(spec, tasks, workers, duplicates)
+        })?
+        .with_breaker(breaker);
     let ledger = Ledger::new(schedule.checkpoints().to_vec(), store.revisions()?);
     Ok((schedule, ledger))
 }
@@ -53,6 +68,11 @@ impl SweepState {
             throughput: Throughput::default(),
             params: spec.analysis_params(),
             spec,
+            metrics: StateMetrics::default(),
+            tally_at_begin: Tally::default(),
+            uncommitted_compute: Vec::new(),
+            wrote: false,
+            spectra: None,
         })
     }
 
@@ -79,14 +99,26 @@ impl SweepState {
 
     /// Starts a transaction that the next `commit` makes durable.
     pub fn begin(&mut self) -> Result<()> {
+        self.tally_at_begin = self.schedule.tally().clone();
+        self.uncommitted_compute.clear();
+        self.wrote = false;
         self.store.begin()
     }
 
     /// Makes everything since `begin` durable. Only then may callers acknowledge.
     pub fn commit(&mut self) -> Result<()> {
+        let started = Instant::now();
         if let Err(e) = self.store.commit() {
             self.reload()?;
             return Err(e);
+        }
+        if std::mem::take(&mut self.wrote) {
+            self.metrics
+                .fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        for seconds in self.uncommitted_compute.drain(..) {
+            self.metrics.compute_seconds.observe(seconds);
         }
         Ok(())
     }
@@ -100,10 +132,17 @@ impl SweepState {
     fn reload(&mut self) -> Result<()> {
         let (schedule, ledger) = load(&self.store, &self.spec)?;
         let old = std::mem::replace(&mut self.schedule, schedule);
-        // Liveness is not durable; keep what we knew.
+        // Liveness is not durable; keep what we knew. Counts of what was rolled back go.
         self.schedule.keep_liveness(old);
+        self.schedule.set_tally(self.tally_at_begin.clone());
+        self.uncommitted_compute.clear();
         self.ledger = ledger;
         Ok(())
+    }
+
+    /// The histograms of what the state thread does (shared with whoever encodes them).
+    pub fn metrics(&self) -> &StateMetrics {
+        &self.metrics
     }
 
     /// Runs `f` in its own transaction (for callers without group commit).
@@ -136,9 +175,23 @@ impl SweepState {
     /// Writes a decision's changes and returns its answer.
     fn store<T>(&mut self, outcome: Outcome<T>) -> Result<T> {
         self.store.apply(&outcome.changes)?;
+        self.wrote |= !outcome.changes.is_empty();
         for change in &outcome.changes {
-            if let Change::ResultStored { finished_ms, .. } = change {
+            if let Change::ResultStored {
+                finished_ms,
+                task_id,
+                result,
+                metrics,
+                ..
+            } = change
+            {
                 self.throughput.record(*finished_ms);
+                self.uncommitted_compute
+                    .push(metrics.compute_ms as f64 / 1000.0);
+                let checkpoint = self.schedule.task(*task_id).map(|t| t.checkpoint);
+                if let (Some(spectra), Some(checkpoint)) = (&mut self.spectra, checkpoint) {
+                    spectra.add(checkpoint, result.point());
+                }
             }
         }
         Ok(outcome.value)
@@ -163,6 +216,47 @@ impl SweepState {
             now_ms,
             draining,
         )
+    }
+
+    /// Keeps the spectra of results as they arrive, from now on and from the store, for
+    /// [`SweepState::live_view`].
+    pub fn enable_live_view(&mut self) -> Result<()> {
+        let mut spectra = SpectraCache::default();
+        for stored in self.store.tasks(true)? {
+            let Some(task) = self.schedule.task(stored.id) else {
+                continue; // outside the grid
+            };
+            let json = stored.result.as_ref().and_then(|r| r.json.as_deref());
+            if let (TaskState::Done, Some(json)) = (task.progress.state, json) {
+                match serde_json::from_str::<neuromfa_common::SeedResult>(json) {
+                    Ok(result) => spectra.add(task.checkpoint, result.point()),
+                    Err(e) => {
+                        tracing::warn!(task = stored.id, error = %e, "stored result is unreadable; left out of the live spectra")
+                    }
+                }
+            }
+        }
+        self.spectra = Some(spectra);
+        Ok(())
+    }
+
+    /// The dashboard's snapshot at `now_ms`: the status report and, beside it, the grid,
+    /// the leases, the live aggregates and the finished steps' spectra.
+    pub fn live_view(&mut self, now_ms: u64, draining: bool) -> Result<LiveView> {
+        if self.spectra.as_ref().is_some_and(SpectraCache::stale) {
+            self.enable_live_view()?;
+        }
+        let status = self.status(now_ms, draining);
+        let mut no_spectra = SpectraCache::default();
+        let spectra = self.spectra.as_mut().unwrap_or(&mut no_spectra);
+        Ok(live::build(
+            &self.spec,
+            &self.schedule,
+            &self.ledger,
+            status,
+            spectra,
+            now_ms,
+        ))
     }
 
     /// Checkpoints whose weights have not been resolved yet.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Selection;
 use crate::integrity::{DuplicatePolicy, Ledger};
-use crate::record::TaskState;
+use crate::record::{CheckpointName, TaskState, TripCause};
 use crate::schedule::Schedule;
 use crate::spec::SweepSpec;
 
@@ -68,6 +68,31 @@ pub struct DuplicateStatus {
     pub weights_sha256: String,
 }
 
+/// Why leasing stopped, while the breaker is tripped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BreakerStatus {
+    /// The rule, the checkpoints and the last error, in one line.
+    pub reason: String,
+    pub cause: TripCause,
+    pub seconds_stopped: f64,
+    /// Checkpoints whose failures tripped it or came while it was tripped.
+    pub implicated: Vec<CheckpointName>,
+    pub failed_probes: u32,
+    /// When the next probe goes out (none while one is out).
+    pub next_probe_in_s: Option<f64>,
+}
+
+/// How a sweep ended, once it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SweepEnd {
+    /// Every task done (or skipped as a duplicate).
+    Done,
+    /// Nothing left to run, and this many tasks failed.
+    Failed(usize),
+    /// The breaker stopped leasing (the reason); tasks are left pending.
+    Stopped(String),
+}
+
 /// Everything `neuromfa status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -90,10 +115,35 @@ pub struct StatusReport {
     /// Steps serving the same weights as a later step of their model.
     #[serde(default)]
     pub duplicate_steps: Vec<DuplicateStatus>,
+    /// Pending tasks waiting out a transient failure before they are leased again.
+    #[serde(default)]
+    pub retrying: usize,
+    /// Checkpoints whose weights could not be resolved yet.
+    #[serde(default)]
+    pub unresolved: usize,
+    /// Set while the breaker has stopped leasing.
+    #[serde(default)]
+    pub stopped: Option<BreakerStatus>,
     /// Per Hub bucket, what the cluster's budget granted and the waits it imposed (filled in
     /// by the service that holds the budget).
     #[serde(default)]
     pub budget: Vec<BucketStatus>,
+}
+
+impl StatusReport {
+    /// How the sweep ended: when nothing is pending or leased, done or with failures;
+    /// else stopped, while the breaker holds the pending tasks; else not yet.
+    pub fn end(&self) -> Option<SweepEnd> {
+        if self.pending + self.leased == 0 {
+            return Some(match self.failed {
+                0 => SweepEnd::Done,
+                failed => SweepEnd::Failed(failed),
+            });
+        }
+        self.stopped
+            .as_ref()
+            .map(|b| SweepEnd::Stopped(b.reason.clone()))
+    }
 }
 
 /// Completion times of the last minute, for throughput (not stored: a restarted
@@ -178,8 +228,34 @@ pub fn report(
         failures: failures(schedule),
         models: models(spec, schedule, ledger),
         duplicate_steps: duplicate_steps(ledger),
+        retrying: schedule.waiting(),
+        unresolved: ledger.unresolved().len(),
+        stopped: breaker(schedule, now_ms),
         budget: Vec::new(),
     }
+}
+
+fn breaker(schedule: &Schedule, now_ms: u64) -> Option<BreakerStatus> {
+    let breaker = schedule.breaker();
+    let trip = breaker.tripped()?;
+    let checkpoints = schedule.checkpoints();
+    Some(BreakerStatus {
+        reason: trip.reason(checkpoints),
+        cause: trip.cause,
+        seconds_stopped: now_ms.saturating_sub(trip.since_ms) as f64 / 1000.0,
+        implicated: trip
+            .implicated
+            .iter()
+            .map(|&c| CheckpointName {
+                model: checkpoints[c].model.clone(),
+                step: checkpoints[c].step,
+            })
+            .collect(),
+        failed_probes: trip.failed_probes,
+        next_probe_in_s: breaker
+            .next_probe_ms()
+            .map(|at| at.saturating_sub(now_ms) as f64 / 1000.0),
+    })
 }
 
 /// Workers seen within a lease period or holding leases.

@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::error::StateError;
 use crate::record::{
-    Change, StoredResult, StoredRevision, StoredTask, StoredWorker, TaskMetrics, TaskProgress,
-    TaskState,
+    Change, StoredBreaker, StoredResult, StoredRevision, StoredTask, StoredWorker, TaskMetrics,
+    TaskProgress, TaskState,
 };
 use crate::spec::SweepSpec;
 
@@ -346,6 +346,22 @@ impl Store {
         Ok(value.unwrap_or(0).max(0) as u64)
     }
 
+    /// The breaker as last stored (none before anything failed).
+    pub fn breaker(&self) -> Result<Option<StoredBreaker>> {
+        let text: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'breaker'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.db())?;
+        text.map(|t| {
+            serde_json::from_str(&t)
+                .map_err(|e| StateError::Corrupt(format!("the breaker's record: {e}")))
+        })
+        .transpose()
+    }
+
     /// Every resolved checkpoint. A format this build does not know reads as not known
     /// (resolved again on the next start).
     pub fn revisions(&self) -> Result<Vec<StoredRevision>> {
@@ -462,6 +478,15 @@ impl Store {
                      ON CONFLICT(name) DO UPDATE SET value = value + 1",
                 )
                 .and_then(|mut s| s.execute([])),
+            Change::BreakerUpdated(breaker) => {
+                let json = serde_json::to_string(breaker).map_err(|e| {
+                    StateError::Corrupt(format!("cannot encode the breaker's record: {e}"))
+                })?;
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('breaker', ?1)",
+                )
+                .and_then(|mut s| s.execute(params![json]))
+            }
             Change::WorkerRegistered(w) => conn
                 .prepare_cached(
                     "INSERT INTO workers (id, host, cores, version, registered_ms)

@@ -4,35 +4,14 @@
 
 mod support;
 
-use std::path::Path;
-
-use neuromfa_coordinator::record::{StoredTask, TaskProgress};
+use neuromfa_coordinator::record::TaskProgress;
 use neuromfa_coordinator::schedule::Outcome;
 use neuromfa_coordinator::{
-    Change, Completion, Lease, Schedule, StateError, TaskMetrics, TaskState,
+    Change, Completion, Failure, FailureClass, Lease, Schedule, StateError, TaskMetrics, TaskState,
 };
 
-/// A fresh grid's schedule: every (checkpoint, seed) pending, ids from 1 as the store
-/// numbers them.
 fn schedule(steps: &str, seeds: u32) -> Schedule {
-    let spec = support::two_models(Path::new("unused"), steps, seeds, "");
-    let mut id = 0;
-    let mut tasks = Vec::new();
-    for key in spec.checkpoints() {
-        for seed in spec.seed_list() {
-            id += 1;
-            tasks.push(StoredTask {
-                id,
-                model: key.model.clone(),
-                step: key.step,
-                revision: key.revision.clone(),
-                seed,
-                progress: TaskProgress::pending(),
-                result: None,
-            });
-        }
-    }
-    Schedule::restore(&spec, tasks, Vec::new(), 0)
+    support::schedule(steps, seeds, "")
 }
 
 fn register(s: &mut Schedule, host: &str) -> String {
@@ -184,37 +163,59 @@ fn expired_leases_requeue_then_fail_with_reason() {
     assert_eq!(task_state(&s, id), TaskState::Done);
 }
 
+fn ids(leases: &[Lease]) -> Vec<i64> {
+    leases.iter().map(|l| l.task_id).collect()
+}
+
+fn progress_of(changes: &[Change], task_id: i64) -> &TaskProgress {
+    changes
+        .iter()
+        .find_map(|c| match c {
+            Change::TaskUpdated { id, progress } if *id == task_id => Some(progress),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no row for task {task_id} in {changes:?}"))
+}
+
 #[test]
-fn failures_retry_until_the_limit_and_retry_failed_requeues() {
+fn transient_failures_wait_and_cost_nothing_and_a_checkpoints_own_fail_at_once() {
     let mut s = schedule("[0]", 2);
     let w = register(&mut s, "h");
     let leases = lease(&mut s, &w, 10, 0);
     let (a, b) = (leases[0].task_id, leases[1].task_id);
-    assert!(s.fail(&w, a, "network blip", false, 1).unwrap().value);
-    assert!(!s.fail(&w, b, "corrupt header", true, 1).unwrap().value);
-    let retry = lease(&mut s, &w, 10, 2);
-    assert_eq!(retry.iter().map(|l| l.task_id).collect::<Vec<_>>(), vec![a]);
-    assert!(!s.fail(&w, a, "network blip again", false, 3).unwrap().value);
-    assert_eq!(s.counts()["failed"], 2);
-    let errors: Vec<&str> = s
-        .tasks()
-        .iter()
-        .filter_map(|t| t.progress.last_error.as_deref())
-        .collect();
-    assert!(errors.contains(&"corrupt header"), "{errors:?}");
+    let limited = Failure::new(FailureClass::Transient, "HTTP 429").retry_after(Some(3_000));
+    let outcome = s.fail(&w, a, limited, 1).unwrap();
+    assert!(outcome.value);
+    let p = progress_of(&outcome.changes, a);
+    assert_eq!((p.state, p.attempts), (TaskState::Pending, 0));
+    assert_eq!(p.last_error.as_deref(), Some("HTTP 429"));
+    let corrupt = Failure::new(FailureClass::Checkpoint, "corrupt header");
+    assert!(!s.fail(&w, b, corrupt, 1).unwrap().value);
+    assert_eq!(task_state(&s, b), TaskState::Failed);
+
+    // Until the Hub's wait is over only the other model's task goes out.
+    let other = lease(&mut s, &w, 10, 2);
+    assert!(other.iter().all(|l| l.model == "org/b"), "{other:?}");
+    assert!(lease(&mut s, &w, 10, 3_000).is_empty());
+    assert_eq!((s.waiting(), s.finished()), (1, false));
+    let retry = lease(&mut s, &w, 10, 3_001);
+    assert_eq!((ids(&retry), retry[0].attempt), (vec![a], 1));
+    // With no wait named, its own, doubling with the failures in a row: 2 s after the second.
+    let reset = Failure::new(FailureClass::Transient, "connection reset");
+    assert!(s.fail(&w, a, reset, 3_002).unwrap().value);
+    assert!(lease(&mut s, &w, 10, 5_001).is_empty());
+    assert_eq!(ids(&lease(&mut s, &w, 10, 5_002)), [a]);
 
     // Only the holder of a lease speaks for its task.
-    let other = register(&mut s, "other");
-    let fresh = lease(&mut s, &w, 1, 4).remove(0);
-    let ignored = s.fail(&other, fresh.task_id, "not mine", true, 4).unwrap();
+    let stranger = register(&mut s, "other");
+    let not_mine = Failure::new(FailureClass::Checkpoint, "not mine");
+    let ignored = s.fail(&stranger, a, not_mine, 5_003).unwrap();
     assert!(!ignored.value && ignored.changes.is_empty());
-    assert_eq!(task_state(&s, fresh.task_id), TaskState::Leased);
+    assert_eq!(task_state(&s, a), TaskState::Leased);
 
-    assert_eq!(s.retry_failed().value, 2);
-    // The two retried and the other model's one left.
-    assert_eq!(s.counts()["pending"], 3);
-    let retried = lease(&mut s, &w, 10, 5);
-    assert!(retried.iter().all(|l| l.attempt == 1), "{retried:?}");
+    assert_eq!(s.retry_failed().value, 1);
+    let retried = lease(&mut s, &w, 10, 5_004);
+    assert_eq!((ids(&retried), retried[0].attempt), (vec![b], 1));
 }
 
 #[test]
@@ -282,4 +283,140 @@ fn skipped_checkpoints_leave_the_queue_and_come_back() {
     assert_eq!(s.skip_checkpoints(|_| false).value, 4);
     assert_eq!(s.counts()["skipped"], 0);
     assert!(lease(&mut s, &w, 10, 1).iter().all(|l| l.step == 0));
+}
+
+/// The tasks' attempts, summed: what failures have cost.
+fn attempts_spent(s: &Schedule) -> u32 {
+    s.tasks().iter().map(|t| t.progress.attempts).sum()
+}
+
+fn fail_all(s: &mut Schedule, worker: &str, leases: &[Lease], class: FailureClass, now: u64) {
+    for l in leases {
+        let failure = Failure::new(class, format!("{class} at step {}", l.step));
+        // In memory only: nothing here stores what the decision changed.
+        let _ = s.fail(worker, l.task_id, failure, now).unwrap();
+    }
+}
+
+#[test]
+fn one_systemic_class_on_two_checkpoints_stops_leasing_and_gives_the_attempts_back() {
+    let mut s = schedule("[0, 10]", 2);
+    let (w1, w2) = (register(&mut s, "one"), register(&mut s, "two"));
+    let (a, b) = (lease(&mut s, &w1, 10, 0), lease(&mut s, &w2, 10, 0));
+    let refused = FailureClass::HubUnprocessable;
+    fail_all(&mut s, &w1, &a, refused, 1);
+    // One checkpoint refused may be that repository's business: its tasks fail.
+    assert_eq!((s.counts()["failed"], s.stopped()), (2, None));
+
+    let tripping = Failure::new(refused, "HTTP 422 listing org/b");
+    let outcome = s.fail(&w2, b[0].task_id, tripping, 2).unwrap();
+    assert!(outcome.value, "given back to be tried again");
+    let stored = outcome
+        .changes
+        .iter()
+        .find_map(|c| match c {
+            Change::BreakerUpdated(record) => record.trip.clone(),
+            _ => None,
+        })
+        .expect("the trip is stored with the decision");
+    assert_eq!(stored.implicated.len(), 2);
+    let reason = s.stopped().expect("stopped");
+    assert!(
+        reason.contains("hub-unprocessable failures on 2 checkpoints"),
+        "{reason}"
+    );
+    assert!(reason.contains("HTTP 422 listing org/b"), "{reason}");
+    // The lease still out fails too, and costs nothing either.
+    fail_all(&mut s, &w2, &b[1..], refused, 3);
+    assert_eq!(s.counts()["failed"], 0);
+    assert_eq!(s.counts()["pending"], 8);
+    assert_eq!(attempts_spent(&s), 0);
+    assert!(lease(&mut s, &w1, 10, 4).is_empty());
+    assert!(!s.finished());
+}
+
+#[test]
+fn a_tripped_breaker_probes_one_task_at_a_time_and_a_success_resumes() {
+    let mut s = schedule("[0, 10]", 2);
+    let w = register(&mut s, "one");
+    let auth = FailureClass::HubAuth;
+    let first = lease(&mut s, &w, 10, 0);
+    fail_all(&mut s, &w, &first, auth, 1);
+    let second = lease(&mut s, &w, 10, 2);
+    fail_all(&mut s, &w, &second, auth, 2);
+    assert!(s.stopped().is_some());
+    let implicated: Vec<(String, u64)> = [&first[0], &second[0]]
+        .iter()
+        .map(|l| (l.model.clone(), l.step))
+        .collect();
+
+    // The first probe 30 s (the default) after the trip, from a checkpoint it did not
+    // implicate, and nothing else while it is out.
+    assert!(lease(&mut s, &w, 10, 30_001).is_empty());
+    let probe = lease(&mut s, &w, 10, 30_002);
+    assert_eq!(probe.len(), 1);
+    assert!(!implicated.contains(&(probe[0].model.clone(), probe[0].step)));
+    assert!(lease(&mut s, &w, 10, 30_003).is_empty());
+    // A failed probe doubles the wait.
+    fail_all(&mut s, &w, &probe, auth, 31_000);
+    assert!(lease(&mut s, &w, 10, 90_999).is_empty());
+    let probe = lease(&mut s, &w, 10, 91_000);
+    assert_eq!((probe.len(), probe[0].attempt), (1, 1));
+    // A probe given back (its worker stopping) lets the next lease probe again.
+    assert_eq!(s.release(&w, &[probe[0].task_id]).value, 1);
+    let probe = lease(&mut s, &w, 10, 91_001);
+    assert_eq!(probe.len(), 1);
+
+    let outcome = complete(&mut s, &w, &probe[0], 91_500);
+    assert!(outcome
+        .changes
+        .iter()
+        .any(|c| matches!(c, Change::BreakerUpdated(r) if r.trip.is_none())));
+    assert_eq!(s.stopped(), None);
+    assert_eq!(lease(&mut s, &w, 10, 91_501).len(), 2);
+    assert_eq!(s.counts()["failed"], 0);
+}
+
+#[test]
+fn five_checkpoints_failing_in_a_row_trip_it_whatever_the_class() {
+    let mut s = schedule("[0, 10, 20]", 1);
+    let w = register(&mut s, "one");
+    let corrupt = FailureClass::Checkpoint;
+    // A success between failures: each fails alone.
+    for now in 0..3 {
+        let l = lease(&mut s, &w, 10, now);
+        fail_all(&mut s, &w, &l, corrupt, now);
+    }
+    let ok = lease(&mut s, &w, 10, 3);
+    assert_eq!(complete(&mut s, &w, &ok[0], 3).value, Completion::Accepted);
+    for now in 4..6 {
+        let l = lease(&mut s, &w, 10, now);
+        fail_all(&mut s, &w, &l, corrupt, now);
+    }
+    assert_eq!((s.counts()["failed"], s.stopped()), (5, None));
+
+    // Five distinct checkpoints in a row, none succeeding between.
+    let mut s = schedule("[0, 10, 20]", 1);
+    let w = register(&mut s, "one");
+    for now in 0..4 {
+        let l = lease(&mut s, &w, 10, now);
+        fail_all(&mut s, &w, &l, corrupt, now);
+    }
+    assert_eq!((s.counts()["failed"], s.stopped()), (4, None));
+    let fifth = lease(&mut s, &w, 10, 4);
+    fail_all(&mut s, &w, &fifth, corrupt, 4);
+    let reason = s.stopped().expect("stopped");
+    assert!(reason.contains("5 checkpoints failed in a row"), "{reason}");
+    assert_eq!((s.counts()["failed"], attempts_spent(&s)), (0, 0));
+
+    // Told to resume, the five are tried again; failing on their own bytes once more,
+    // they fail alone, without tripping it again.
+    let resumed = s.resume();
+    assert!(resumed.value.is_some_and(|r| r.contains("in a row")));
+    assert!(s.resume().value.is_none(), "resumed already");
+    for now in 10..15 {
+        let l = lease(&mut s, &w, 10, now);
+        fail_all(&mut s, &w, &l, corrupt, now);
+    }
+    assert_eq!((s.counts()["failed"], s.stopped()), (5, None));
 }

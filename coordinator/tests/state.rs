@@ -7,7 +7,9 @@ mod support;
 use neuromfa_common::WeightFormat;
 use neuromfa_coordinator::export;
 use neuromfa_coordinator::state::StateError;
-use neuromfa_coordinator::{Completion, Lease, OpenMode, SweepState, TaskMetrics};
+use neuromfa_coordinator::{
+    Completion, Failure, FailureClass, Lease, OpenMode, SweepEnd, SweepState, TaskMetrics,
+};
 use support::{decide, result, two_models as spec};
 
 fn done(state: &mut SweepState, worker: &str, lease: &Lease, now: u64) -> Completion {
@@ -86,7 +88,8 @@ fn every_kind_of_decision_survives_a_reopen() {
     assert_eq!(done(&mut state, &w, a, 1), Completion::Accepted);
     assert_eq!(done(&mut state, &w, a, 2), Completion::Duplicate);
     decide(&mut state, |d| {
-        d.fail(&w, b.task_id, "corrupt header", true, 3)
+        let failure = Failure::new(FailureClass::Checkpoint, "corrupt header");
+        d.fail(&w, b.task_id, failure, 3)
     });
     let held = decide(&mut state, |d| d.lease(&w, 2, 4));
     decide(&mut state, |d| d.heartbeat(&w, &[held[0].task_id], 5_000));
@@ -355,4 +358,58 @@ fn resolved(commit: &str, format: WeightFormat) -> neuromfa_common::RevisionWeig
             sha256: "0".repeat(64),
         }],
     }
+}
+
+#[test]
+fn a_tripped_breaker_survives_a_reopen_and_probes_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(dir.path(), "[0, 10]", 1, "");
+    let mut state = SweepState::open(s.clone(), OpenMode::Resume).unwrap();
+    let w = decide(&mut state, |d| Ok(d.register_worker("h", 1, "v", 0)));
+    for now in 1..3 {
+        let leases = decide(&mut state, |d| d.lease(&w, 4, now));
+        decide(&mut state, |d| {
+            let failure = Failure::new(FailureClass::HubAuth, "HTTP 401");
+            d.fail(&w, leases[0].task_id, failure, now)
+        });
+    }
+    let before = state.status(3, false).stopped.expect("tripped");
+    assert!(decide(&mut state, |d| d.lease(&w, 4, 4)).is_empty());
+    drop(state);
+    // The summary says why while it is tripped, and nothing once it is not.
+    let summary = |dir: &std::path::Path| {
+        export::export(dir, None).unwrap();
+        std::fs::read_to_string(dir.join("exports/summary.md")).unwrap()
+    };
+    let stopped = summary(dir.path());
+    assert!(
+        stopped.contains("Stopped by a systemic failure"),
+        "{stopped}"
+    );
+    assert!(stopped.contains(&before.reason), "{stopped}");
+
+    let mut state = SweepState::open(s.clone(), OpenMode::Resume).unwrap();
+    let status = state.status(5, false);
+    let after = status
+        .stopped
+        .clone()
+        .expect("still tripped after a reopen");
+    assert_eq!(
+        (&after.reason, &after.implicated),
+        (&before.reason, &before.implicated)
+    );
+    assert_eq!(status.end(), Some(SweepEnd::Stopped(before.reason.clone())));
+    assert_eq!((status.pending, status.failed), (4, 0));
+    // Whoever started it again may have fixed the cause: one probe at once.
+    assert_eq!(decide(&mut state, |d| d.lease(&w, 4, 5)).len(), 1);
+    let resumed = decide(&mut state, |d| Ok(d.resume()));
+    assert_eq!(resumed, Some(before.reason));
+    drop(state);
+
+    let mut state = SweepState::open(s, OpenMode::Resume).unwrap();
+    assert!(
+        state.status(6, false).stopped.is_none(),
+        "the resume is stored"
+    );
+    assert!(!summary(dir.path()).contains("Stopped by a systemic failure"));
 }

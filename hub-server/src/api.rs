@@ -30,13 +30,8 @@ pub(crate) async fn model_info(
     UrlPath((org, name)): UrlPath<(String, String)>,
 ) -> Result<Json<Value>, HubError> {
     blocking(move || {
-        let repo_dir = st.repo_dir(&org, &name)?;
         // The Hub reports the default branch; a tree without `main` has no sha to give.
-        let view = if repo_dir.join("main").is_dir() {
-            Some(st.describe(&org, &name, "main")?)
-        } else {
-            None
-        };
+        let view = st.default_revision(&org, &name)?;
         Ok(Json(info_json(&org, &name, view.as_ref())))
     })
     .await

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use crate::throttle::{throttled, Throttle};
+use crate::virtual_hub::VirtualFile;
 use crate::{SMALL_BODY, STREAM_CHUNK, THROTTLED_CHUNK};
 
 /// The source of a file's bytes.
@@ -20,12 +21,15 @@ use crate::{SMALL_BODY, STREAM_CHUNK, THROTTLED_CHUNK};
 pub(crate) enum Content {
     /// A file on disk.
     Disk(PathBuf),
+    /// A file of the virtual hub, generated when read.
+    Virtual(Arc<VirtualFile>),
 }
 
 impl std::fmt::Display for Content {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Content::Disk(path) => write!(f, "{}", path.display()),
+            Content::Virtual(file) => write!(f, "virtual {}", file.label),
         }
     }
 }
@@ -40,6 +44,15 @@ impl Content {
                 let mut buf = vec![0u8; count as usize];
                 f.read_exact_at(&mut buf, start)?;
                 Ok(buf.into())
+            }
+            Content::Virtual(file) => {
+                if start + count > file.size() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} has {} bytes", file.label, file.size()),
+                    ));
+                }
+                Ok(file.read(start, count).into())
             }
         }
     }
@@ -58,6 +71,25 @@ impl Content {
                     f.seek(io::SeekFrom::Start(start)).await?;
                 }
                 Ok(ReaderStream::with_capacity(f.take(count), chunk).boxed())
+            }
+            Content::Virtual(_) => {
+                // Generated a piece at a time on the blocking pool.
+                let (content, end) = (self.clone(), start + count);
+                let pieces = futures_util::stream::unfold(start, move |at| {
+                    let content = content.clone();
+                    async move {
+                        if at >= end {
+                            return None;
+                        }
+                        let n = (chunk as u64).min(end - at);
+                        let piece = tokio::task::spawn_blocking(move || content.read(at, n))
+                            .await
+                            .map_err(io::Error::other)
+                            .and_then(|r| r);
+                        Some((piece, at + n))
+                    }
+                });
+                Ok(pieces.boxed())
             }
         }
     }

@@ -56,10 +56,15 @@ mod range;
 mod repo;
 mod signing;
 mod throttle;
+mod virtual_hub;
 mod xet;
 
 pub use faults::FaultPlan;
 pub use profile::{HfProfile, Plan, Quota, XetFiles};
+pub use virtual_hub::{
+    Description, DuplicateGroup, Format, Formats, ModelDescription, Precomputed, StepList,
+    VirtualHub,
+};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -116,6 +121,8 @@ pub struct HubServerConfig {
     /// Behave like the real Hub (a CDN listener, redirects, rate limits, Xet, faults);
     /// `None` for an ideal mirror.
     pub like_hf: Option<HfProfile>,
+    /// Serve these generated repositories instead of `root` (which is then not read).
+    pub virtual_hub: Option<VirtualHub>,
 }
 
 impl std::fmt::Debug for HubServerConfig {
@@ -125,6 +132,7 @@ impl std::fmt::Debug for HubServerConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("throttle_bytes_per_sec", &self.throttle_bytes_per_sec)
             .field("like_hf", &self.like_hf)
+            .field("virtual_hub", &self.virtual_hub)
             .finish()
     }
 }
@@ -248,6 +256,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Clock,
     /// The real-Hub profile's state, when it is on.
     pub(crate) hf: Option<HfState>,
+    /// Generated repositories served instead of `root`.
+    pub(crate) virtual_hub: Option<VirtualHub>,
 }
 
 impl Shared {
@@ -278,15 +288,17 @@ impl std::fmt::Debug for HubServer {
 }
 
 impl HubServer {
-    /// Checks that `config.root` is a directory.
+    /// Checks that `config.root` is a directory (unless repositories are virtual).
     pub fn new(config: HubServerConfig) -> anyhow::Result<Self> {
-        let meta = std::fs::metadata(&config.root)
-            .with_context(|| format!("hub root {} is not readable", config.root.display()))?;
-        anyhow::ensure!(
-            meta.is_dir(),
-            "hub root {} is not a directory",
-            config.root.display()
-        );
+        if config.virtual_hub.is_none() {
+            let meta = std::fs::metadata(&config.root)
+                .with_context(|| format!("hub root {} is not readable", config.root.display()))?;
+            anyhow::ensure!(
+                meta.is_dir(),
+                "hub root {} is not a directory",
+                config.root.display()
+            );
+        }
         Ok(HubServer {
             shared: Arc::new(Shared {
                 root: config.root,
@@ -301,6 +313,7 @@ impl HubServer {
                     .map(|rate| Arc::new(Throttle::new(rate))),
                 clock: Clock::new(),
                 hf: config.like_hf.map(HfState::new).transpose()?,
+                virtual_hub: config.virtual_hub,
             }),
         })
     }

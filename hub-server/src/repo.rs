@@ -123,6 +123,7 @@ pub(crate) fn git_blob_id(file: &FileEntry) -> io::Result<String> {
     Ok(hex(&h.finalize()))
 }
 
+#[derive(Clone)]
 pub(crate) struct RevisionView {
     pub(crate) repo_id: String,
     pub(crate) revision: String,
@@ -165,6 +166,22 @@ pub(crate) fn valid_path(p: &str) -> bool {
 }
 
 impl Shared {
+    /// The default branch (`main`) of a repository, if it has one.
+    pub(crate) fn default_revision(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<Option<RevisionView>, HubError> {
+        let has_main = match &self.virtual_hub {
+            Some(_) => true,
+            None => self.repo_dir(org, name)?.join("main").is_dir(),
+        };
+        match has_main {
+            true => self.describe(org, name, "main").map(Some),
+            false => Ok(None),
+        }
+    }
+
     pub(crate) fn repo_dir(&self, org: &str, name: &str) -> Result<PathBuf, HubError> {
         let not_found = || HubError::RepoNotFound(format!("Repository not found: {org}/{name}"));
         if !valid_segment(org) || !valid_segment(name) {
@@ -181,7 +198,9 @@ impl Shared {
     /// Resolves `rev` (a revision directory name or a commit id) and describes it.
     /// Holds `file` of `commit` open for later ranged reads naming that commit.
     pub(crate) fn pin(&self, key: PinnedKey, file: &FileEntry) {
-        let Content::Disk(abs) = &file.content;
+        let Content::Disk(abs) = &file.content else {
+            return;
+        };
         let Ok(handle) = std::fs::File::open(abs) else {
             return;
         };
@@ -205,6 +224,9 @@ impl Shared {
         name: &str,
         rev: &str,
     ) -> Result<RevisionView, HubError> {
+        if let Some(hub) = &self.virtual_hub {
+            return hub.describe(org, name, rev);
+        }
         let repo_dir = self.repo_dir(org, name)?;
         if valid_segment(rev) && repo_dir.join(rev).is_dir() {
             return self.describe_dir(org, name, rev, &repo_dir.join(rev));

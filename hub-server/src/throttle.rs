@@ -100,3 +100,23 @@ impl ConnectionThrottles {
         t
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each reservation is its own length over the rate, from where the previous one ended
+    /// (or from now, after an idle link): read off the clock, not measured.
+    #[test]
+    fn reservations_follow_each_other_at_the_rate() {
+        let throttle = Throttle::new(4_000_000);
+        let before = Instant::now();
+        let first = throttle.reserve(200_000);
+        let after = Instant::now();
+        let range_time = Duration::from_secs_f64(200_000.0 / 4_000_000.0);
+        assert!(first >= before + range_time && first <= after + range_time);
+        // A range is charged its own length: the next body starts where it ends.
+        let second = throttle.reserve(1_000_000);
+        assert_eq!(second - first, Duration::from_millis(250));
+    }
+}

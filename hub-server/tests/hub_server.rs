@@ -518,8 +518,9 @@ async fn throttled_bodies_take_at_least_size_over_rate() {
     let one = started.elapsed();
     assert_eq!(one_body.len(), size);
     let floor = Duration::from_secs_f64(size as f64 / rate as f64);
+    // Lower bounds only: a loaded machine makes anything slower, never faster. That each
+    // body is charged exactly its own length is the throttle's unit test.
     assert!(one >= floor, "{one:?} < {floor:?}");
-    assert!(one < floor * 20, "{one:?}");
 
     // The budget is shared: two bodies at once take twice as long. (After a pause, so the
     // link is idle and the measurement starts from an empty budget.)
@@ -536,5 +537,4 @@ async fn throttled_bodies_take_at_least_size_over_rate() {
     let part = body(&client, &url, Some("bytes=0-199999")).await;
     assert_eq!(part.len(), 200_000);
     assert!(started.elapsed() >= floor / 5);
-    assert!(started.elapsed() < floor, "{:?}", started.elapsed());
 }

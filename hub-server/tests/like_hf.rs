@@ -29,10 +29,17 @@ fn tree(root: &Path) -> (Vec<u8>, Vec<u8>) {
     (config, model)
 }
 
-async fn start_like_hf(root: &Path, profile: HfProfile, token: Option<&str>) -> RunningHub {
-    spawn(
+/// [`tree`] served with `profile`: its directory (kept while the test runs), the two
+/// files' contents, and the server.
+async fn served(
+    profile: HfProfile,
+    token: Option<&str>,
+) -> (tempfile::TempDir, (Vec<u8>, Vec<u8>), RunningHub) {
+    let root = tempfile::tempdir().unwrap();
+    let files = tree(root.path());
+    let hub = spawn(
         HubServerConfig {
-            root: root.to_path_buf(),
+            root: root.path().to_path_buf(),
             token: token.map(str::to_string),
             like_hf: Some(profile),
             ..Default::default()
@@ -40,16 +47,20 @@ async fn start_like_hf(root: &Path, profile: HfProfile, token: Option<&str>) -> 
         "127.0.0.1:0".parse().unwrap(),
     )
     .await
-    .unwrap()
+    .unwrap();
+    (root, files, hub)
 }
 
-/// A client that shows redirects instead of following them.
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
+/// hf-hub 1.0's client of `hub`, caching in `cache`.
+fn hf_client(hub: &RunningHub, token: Option<&str>, cache: &Path) -> hf_hub::HFClient {
+    let builder = hf_hub::HFClient::builder()
+        .endpoint(hub.endpoint())
+        .cache_dir(cache)
+        .retry_max_attempts(0);
+    match token {
+        Some(token) => builder.token(token).build().unwrap(),
+        None => builder.build().unwrap(),
+    }
 }
 
 fn resolve_url(hub: &RunningHub, file: &str) -> String {
@@ -88,10 +99,8 @@ fn quota(requests: u64, secs: u64) -> Quota {
 
 #[tokio::test]
 async fn lfs_files_redirect_to_a_cdn_that_answers_like_one() {
-    let root = tempfile::tempdir().unwrap();
-    let (config, model) = tree(root.path());
-    let hub = start_like_hf(root.path(), HfProfile::default(), None).await;
-    let c = no_redirects();
+    let (_root, (config, model), hub) = served(HfProfile::default(), None).await;
+    let c = no_redirect_client();
     let cdn_port = hub.cdn_addr.unwrap().port();
     assert_ne!(cdn_port, hub.addr.port());
     let sha = sha256_hex(&model);
@@ -210,14 +219,12 @@ async fn lfs_files_redirect_to_a_cdn_that_answers_like_one() {
 
 #[tokio::test]
 async fn files_in_git_can_be_answered_at_once() {
-    let root = tempfile::tempdir().unwrap();
-    let (config, _) = tree(root.path());
     let profile = HfProfile {
         resolve_cache: false,
         ..HfProfile::default()
     };
-    let hub = start_like_hf(root.path(), profile, None).await;
-    let r = no_redirects()
+    let (_root, (config, _), hub) = served(profile, None).await;
+    let r = no_redirect_client()
         .get(resolve_url(&hub, "config.json"))
         .header("range", "bytes=1-5")
         .send()
@@ -233,14 +240,12 @@ async fn files_in_git_can_be_answered_at_once() {
 
 #[tokio::test]
 async fn signed_urls_expire_and_cannot_be_forged() {
-    let root = tempfile::tempdir().unwrap();
-    let (_, model) = tree(root.path());
     let profile = HfProfile {
         url_lifetime: Duration::from_secs(30),
         ..HfProfile::default()
     };
-    let hub = start_like_hf(root.path(), profile, None).await;
-    let c = no_redirects();
+    let (_root, (_, model), hub) = served(profile, None).await;
+    let c = no_redirect_client();
     let loc = location(&c, &resolve_url(&hub, "model.safetensors")).await;
     let get = |url: String| {
         let c = c.clone();
@@ -278,15 +283,13 @@ async fn signed_urls_expire_and_cannot_be_forged() {
 
 #[tokio::test]
 async fn buckets_meter_requests_in_fixed_windows() {
-    let root = tempfile::tempdir().unwrap();
-    tree(root.path());
     let profile = HfProfile {
         resolvers: quota(3, 60),
         api: quota(2, 60),
         ..HfProfile::default()
     };
-    let hub = start_like_hf(root.path(), profile, None).await;
-    let c = no_redirects();
+    let (_root, (_, _), hub) = served(profile, None).await;
+    let c = no_redirect_client();
     let resolve = || c.head(resolve_url(&hub, "model.safetensors")).send();
     let paths_info = || {
         c.post(format!(
@@ -347,13 +350,11 @@ async fn buckets_meter_requests_in_fixed_windows() {
 
 #[tokio::test]
 async fn paths_info_takes_form_fields_and_json_and_answers_in_the_hubs_shapes() {
-    let root = tempfile::tempdir().unwrap();
-    let (config, model) = tree(root.path());
-    let hub = start_like_hf(root.path(), HfProfile::default(), None).await;
+    let (_root, (config, model), hub) = served(HfProfile::default(), None).await;
     let c = direct_client();
     let url = format!("{}/api/models/{REPO}/paths-info/main", hub.endpoint());
     let commit = header(
-        &no_redirects()
+        &no_redirect_client()
             .head(resolve_url(&hub, "model.safetensors"))
             .send()
             .await
@@ -493,14 +494,12 @@ async fn read_through_xet(c: &reqwest::Client, link: &str, start: u64, end: u64)
 
 #[tokio::test]
 async fn xet_files_redirect_to_the_bridge_and_reconstruct_by_range() {
-    let root = tempfile::tempdir().unwrap();
-    let (_, model) = tree(root.path());
     let profile = HfProfile {
         xet: XetFiles::Matching(vec!["*.safetensors".into()]),
         ..HfProfile::default()
     };
-    let hub = start_like_hf(root.path(), profile, None).await;
-    let c = no_redirects();
+    let (_root, (_, model), hub) = served(profile, None).await;
+    let c = no_redirect_client();
 
     let r = c
         .get(resolve_url(&hub, "model.safetensors"))
@@ -594,8 +593,6 @@ async fn xet_files_redirect_to_the_bridge_and_reconstruct_by_range() {
 
 #[tokio::test]
 async fn faults_fail_cut_and_delay_on_demand() {
-    let root = tempfile::tempdir().unwrap();
-    let (_, model) = tree(root.path());
     let profile = HfProfile {
         hub_faults: FaultPlan {
             error_next: 2,
@@ -604,8 +601,8 @@ async fn faults_fail_cut_and_delay_on_demand() {
         },
         ..HfProfile::default()
     };
-    let hub = start_like_hf(root.path(), profile, None).await;
-    let c = no_redirects();
+    let (_root, (_, model), hub) = served(profile, None).await;
+    let c = no_redirect_client();
     let url = resolve_url(&hub, "model.safetensors");
     for _ in 0..2 {
         let r = c.get(&url).send().await.unwrap();
@@ -687,15 +684,13 @@ async fn faults_fail_cut_and_delay_on_demand() {
 
 #[tokio::test]
 async fn latency_and_connection_bandwidth_are_added() {
-    let root = tempfile::tempdir().unwrap();
-    let (_, model) = tree(root.path());
     let profile = HfProfile {
         latency: Duration::from_millis(150),
         connection_bytes_per_sec: Some(1_000_000),
         ..HfProfile::default()
     };
-    let hub = start_like_hf(root.path(), profile, None).await;
-    let c = no_redirects();
+    let (_root, (_, model), hub) = served(profile, None).await;
+    let c = no_redirect_client();
     let started = Instant::now();
     let loc = location(&c, &resolve_url(&hub, "model.safetensors")).await;
     assert!(started.elapsed() >= Duration::from_millis(150));
@@ -712,17 +707,9 @@ async fn latency_and_connection_bandwidth_are_added() {
 
 #[tokio::test]
 async fn hf_hub_downloads_through_the_redirects_without_leaking_its_token() {
-    let root = tempfile::tempdir().unwrap();
-    let (config, model) = tree(root.path());
-    let hub = start_like_hf(root.path(), HfProfile::plan(Plan::Pro), Some("hub-token")).await;
+    let (_root, (config, model), hub) = served(HfProfile::plan(Plan::Pro), Some("hub-token")).await;
     let cache = tempfile::tempdir().unwrap();
-    let client = hf_hub::HFClient::builder()
-        .endpoint(hub.endpoint())
-        .token("hub-token")
-        .cache_dir(cache.path())
-        .retry_max_attempts(0)
-        .build()
-        .unwrap();
+    let client = hf_client(&hub, Some("hub-token"), cache.path());
     let repo = client.model("EleutherAI", "tiny");
     for (file, expected) in [("model.safetensors", &model), ("config.json", &config)] {
         let path = repo.download_file().filename(file).send().await.unwrap();
@@ -755,20 +742,13 @@ async fn hf_hub_downloads_through_the_redirects_without_leaking_its_token() {
 
 #[tokio::test]
 async fn hf_hub_downloads_xet_files_through_the_reconstruction_api() {
-    let root = tempfile::tempdir().unwrap();
-    let (_, model) = tree(root.path());
     let profile = HfProfile {
         xet: XetFiles::All,
         ..HfProfile::default()
     };
-    let hub = start_like_hf(root.path(), profile, None).await;
+    let (_root, (_, model), hub) = served(profile, None).await;
     let cache = tempfile::tempdir().unwrap();
-    let client = hf_hub::HFClient::builder()
-        .endpoint(hub.endpoint())
-        .cache_dir(cache.path())
-        .retry_max_attempts(0)
-        .build()
-        .unwrap();
+    let client = hf_client(&hub, None, cache.path());
     let repo = client.model("EleutherAI", "tiny");
     let path = repo
         .download_file()

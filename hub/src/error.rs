@@ -4,6 +4,7 @@
 //! same for every task of a sweep, a `5xx` or a reset is not.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::fetch::MAX_ATTEMPTS;
 
@@ -71,6 +72,9 @@ pub enum FetchError {
         at: Box<FileRef>,
         status: Option<u16>,
         detail: String,
+        /// How long the server asked to wait (`Retry-After`, `RateLimit`), when it said: the
+        /// coordinator leases the task again no sooner.
+        retry_after: Option<Duration>,
     },
     /// The local cache could not be read or written (disk full, permissions).
     #[error(
@@ -132,6 +136,14 @@ impl FetchError {
             FetchError::RepoNotFound { .. }
             | FetchError::RevisionNotFound { .. }
             | FetchError::FileNotFound { .. } => Some(404),
+            _ => None,
+        }
+    }
+
+    /// How long the server asked to wait before trying again, when it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FetchError::Transient { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -212,6 +224,7 @@ impl Names {
             at: self.at(file),
             status: None,
             detail,
+            retry_after: None,
         }
     }
 
@@ -247,13 +260,15 @@ impl Names {
     }
 
     /// What an answer of `status` about `file` means. `error_code` is the Hub's
-    /// `X-Error-Code`, which tells a missing repository, revision and file apart.
-    pub(crate) fn from_status(
+    /// `X-Error-Code`, which tells a missing repository, revision and file apart;
+    /// `retry_after` the wait the answer named (a `429`'s window, a `503`'s `Retry-After`).
+    pub(crate) fn for_status(
         &self,
         file: &str,
         status: u16,
         error_code: Option<&str>,
         detail: String,
+        retry_after: Option<Duration>,
     ) -> FetchError {
         let at = self.at(file);
         match (status, error_code) {
@@ -266,6 +281,7 @@ impl Names {
                 at,
                 status: Some(status),
                 detail,
+                retry_after,
             },
             _ => FetchError::Hub {
                 at,

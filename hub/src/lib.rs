@@ -16,6 +16,7 @@ mod client;
 mod error;
 pub mod fetch;
 pub mod hashing;
+pub mod headers;
 mod hfcache;
 mod listing;
 pub mod ranges;

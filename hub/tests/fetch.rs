@@ -267,11 +267,11 @@ async fn missing_repo_revision_or_file_is_a_permanent_error_naming_it() {
 
 #[tokio::test]
 async fn a_server_that_is_down_is_a_transient_error() {
-    // A port that was just free: nothing listens there.
-    let addr: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A port held without listening: connections to it are refused, and no other process
+    // can start listening there meanwhile.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr: SocketAddr = held.local_addr().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let e = fetcher(&format!("http://{addr}"), cache.path(), None)
         .fetch_checkpoint(REPO, "step0")

@@ -5,6 +5,7 @@ mod common;
 mod ranged;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -18,11 +19,12 @@ use neuromfa_common::{analyze_seed, AnalysisParams, Checkpoint, Error};
 use neuromfa_hub::fetch::Fetcher;
 use neuromfa_hub::ranges::{
     fetch_for_seeds, fetch_for_seeds_with, plan_for_seeds, FetchMode, FetchedWeights, Link,
-    RangeOptions,
+    RangeOptions, MAX_CONCURRENCY,
 };
 use neuromfa_hub::FetchError;
 use neuromfa_hub_server::RunningHub;
 use ranged::*;
+use tokio::sync::{Notify, Semaphore};
 
 const REPO: &str = "EleutherAI/tiny";
 const REV: &str = "step1000";
@@ -580,14 +582,22 @@ async fn auto_picks_ranges_for_sparse_samples_and_full_for_dense_ones() {
     assert_eq!(m.requests, 1, "{m:?}");
 }
 
-/// Ranged GETs that reached [`slow_ranges`].
-static SLOW_RANGED_GETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Ranged GETs that reached [`gate_ranges`], and a wake-up for each.
+static RANGED_GETS: AtomicUsize = AtomicUsize::new(0);
+static RANGED_GET_ARRIVED: Notify = Notify::const_new();
+/// Ranged GETs beyond this many wait for [`GATE`] to open.
+const LET_THROUGH: usize = 32;
+static GATE: Semaphore = Semaphore::const_new(0);
 
-/// Counts ranged GETs and answers each 20 ms late.
-async fn slow_ranges(req: Request, next: Next) -> Response {
+/// Counts ranged GETs; holds every one after the first [`LET_THROUGH`] until the gate opens.
+async fn gate_ranges(req: Request, next: Next) -> Response {
     if req.headers().contains_key(header::RANGE) {
-        SLOW_RANGED_GETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let arrived = RANGED_GETS.fetch_add(1, Ordering::SeqCst) + 1;
+        RANGED_GET_ARRIVED.notify_waiters();
+        if arrived > LET_THROUGH {
+            // Never closed: an error only if the gate were, and then the request just goes.
+            let _ = GATE.acquire().await.map(|permit| permit.forget());
+        }
     }
     next.run(req).await
 }
@@ -596,30 +606,42 @@ async fn slow_ranges(req: Request, next: Next) -> Response {
 async fn an_abandoned_ranged_fetch_stops_reading() {
     let root = tempfile::tempdir().unwrap();
     install(root.path(), REPO, REV, &golden_step1000());
-    let endpoint = start_with_layer(root.path(), slow_ranges).await;
+    let (endpoint, connections) = start_counting_connections(root.path(), gate_ranges).await;
     let cache = tempfile::tempdir().unwrap();
     let f = fetcher(&endpoint, cache.path());
-    // Merge gap 0: thousands of requests, 20 ms each, 64 at a time: seconds of reads.
+    // Merge gap 0: thousands of requests, MAX_CONCURRENCY at a time. Past the first
+    // LET_THROUGH they wait at the gate, so the fetch cannot finish before it is dropped.
     let seeds = [0, 1, 2, 3];
     let p = params(8);
     let fetch = fetch_for_seeds(&f, REPO, REV, &p, &seeds, FetchMode::Ranges, 0);
-    let abandoned = tokio::time::timeout(Duration::from_millis(500), fetch).await;
+    let held = async {
+        loop {
+            let arrived = RANGED_GET_ARRIVED.notified();
+            if RANGED_GETS.load(Ordering::SeqCst) > LET_THROUGH {
+                return;
+            }
+            arrived.await;
+        }
+    };
+    tokio::select! {
+        _ = fetch => panic!("the fetch finished past a closed gate"),
+        () = held => {}
+    }
+    // The fetch is dropped, and the fetcher with the connections it read the layout on.
+    // Open the gate for good: a reading thread still running would
+    // now get its answers and go on through the thousands of requests left.
+    drop(f);
+    let at_drop = RANGED_GETS.load(Ordering::SeqCst);
+    GATE.add_permits(Semaphore::MAX_PERMITS);
+    // A stopped thread closes its connections; only then is the count final. (The bound
+    // turns a hang into a failure; the test does not wait for it.)
+    tokio::time::timeout(Duration::from_secs(60), connections.all_closed())
+        .await
+        .expect("the ranged reads kept their connections open after the fetch was dropped");
+    let total = RANGED_GETS.load(Ordering::SeqCst);
+    // At the drop at most MAX_CONCURRENCY requests were out; some may arrive later.
     assert!(
-        abandoned.is_err(),
-        "the fetch finished before it was abandoned"
-    );
-
-    // Requests already sent may still arrive; none is sent after that.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let settled = SLOW_RANGED_GETS.load(std::sync::atomic::Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let later = SLOW_RANGED_GETS.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(
-        settled > 16,
-        "only {settled} ranged reads started in 500 ms"
-    );
-    assert_eq!(
-        settled, later,
-        "ranged reads went on after the fetch was dropped"
+        total <= at_drop + MAX_CONCURRENCY,
+        "ranged reads went on after the fetch was dropped: {at_drop} at the drop, {total} in all"
     );
 }

@@ -1,5 +1,6 @@
 //! Benchmark accuracies to set beside `E`: a CSV `model,step,benchmark,accuracy`, an
-//! lm-evaluation-harness results JSON file, or a directory of such files.
+//! lm-evaluation-harness results JSON file, or a directory of such files (subdirectories
+//! included).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,7 +45,7 @@ pub fn load(paths: &[PathBuf], models: &[String]) -> anyhow::Result<Evals> {
             let files = eval_files_in(path)?;
             if files.is_empty() {
                 bail!(
-                    "{}: the directory holds no .json or .csv evaluation files",
+                    "{}: the directory and its subdirectories hold no .json or .csv evaluation files",
                     path.display()
                 );
             }
@@ -58,20 +59,27 @@ pub fn load(paths: &[PathBuf], models: &[String]) -> anyhow::Result<Evals> {
     Ok(evals)
 }
 
+/// The `.json` and `.csv` files in `dir` and its subdirectories (one folder per model, as
+/// lm-evaluation-harness output is often kept).
 fn eval_files_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
     let mut files = Vec::new();
-    for entry in entries {
-        let path = entry
-            .with_context(|| format!("cannot list {}", dir.display()))?
-            .path();
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        if path.is_file() && matches!(ext.as_deref(), Some("json" | "csv")) {
-            files.push(path);
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let entries = std::fs::read_dir(&folder)
+            .with_context(|| format!("cannot list {}", folder.display()))?;
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("cannot list {}", folder.display()))?
+                .path();
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.is_file() && matches!(ext.as_deref(), Some("json" | "csv")) {
+                files.push(path);
+            }
         }
     }
     // Sorted so that warnings and conflicts come out in the same order on every machine.
@@ -128,10 +136,12 @@ fn load_file(
     Ok(())
 }
 
-type Row = (String, String, u64, f64);
+/// (model, benchmark, step, accuracy).
+pub type Row = (String, String, u64, f64);
 
-/// `model,step,benchmark,accuracy` with a header; extra columns are ignored.
-fn csv_rows(
+/// `model,step,benchmark,accuracy` with a header; extra columns are ignored. `path` names
+/// the file in messages.
+pub fn csv_rows(
     text: &str,
     path: &Path,
     models: &[String],
@@ -206,7 +216,7 @@ fn csv_rows(
 
 /// One lm-evaluation-harness results file: `results.<task>.acc`, model and step from
 /// `config.model_args` (step also from a `_step<N>` file name).
-fn lm_eval_rows(
+pub fn lm_eval_rows(
     text: &str,
     path: &Path,
     models: &[String],
@@ -380,5 +390,23 @@ mod tests {
                 .into(),
         )));
         assert_eq!(args["revision"], "step0");
+    }
+
+    #[test]
+    fn a_directory_of_per_model_folders_is_read_whole() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/evals");
+        let models = vec![
+            "EleutherAI/pythia-160m-deduped".to_string(),
+            "EleutherAI/pythia-1.4b-deduped".to_string(),
+        ];
+        let evals = load(&[dir], &models).unwrap();
+        for model in &models {
+            let steps = evals.accuracy.get(model).and_then(|b| b.get("sciq"));
+            assert!(
+                steps.is_some_and(|s| s.contains_key(&1000)),
+                "{model}: {evals:?}"
+            );
+        }
+        assert!(evals.warnings.is_empty(), "{:?}", evals.warnings);
     }
 }

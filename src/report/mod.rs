@@ -10,6 +10,7 @@ mod render;
 pub mod tables;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -35,7 +36,8 @@ pub struct ReportArgs {
     pub out: Option<PathBuf>,
     /// Benchmark accuracies to set beside E: a CSV `model,step,benchmark,accuracy`, an
     /// lm-evaluation-harness results JSON file (`results.<task>.acc`; model and step from
-    /// `config.model_args`), or a directory of such files. Repeatable.
+    /// `config.model_args`), or a directory of such files, subdirectories included.
+    /// Repeatable.
     #[arg(long = "evals", value_name = "PATH")]
     pub evals: Vec<PathBuf>,
     /// Steps at which to compare E across model sizes (default: the last step every model
@@ -62,8 +64,9 @@ const PAPER_BENCHMARKS: &[&str] = &[
 const MAX_DEFAULT_BENCHMARKS: usize = 8;
 
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     for path in write(&args)? {
-        println!("{}", path.display());
+        writeln!(out, "{}", path.display())?;
     }
     Ok(())
 }
@@ -252,10 +255,90 @@ impl Report {
     }
 }
 
-fn model_rows<'a>(data: &'a ExportData, warnings: &mut Vec<String>) -> Vec<ModelRows<'a>> {
+/// File-name slugs of `repos`, distinct: two repos may slug alike (`org/a` and `org-a`),
+/// and file names must not collide.
+fn unique_slugs<'a>(repos: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut slugs = BTreeSet::new();
+    repos
+        .into_iter()
+        .map(|repo| {
+            let base = slug(repo);
+            let mut name = base.clone();
+            let mut k = 2;
+            while !slugs.insert(name.clone()) {
+                name = format!("{base}-{k}");
+                k += 1;
+            }
+            name
+        })
+        .collect()
+}
+
+/// One model's results as a running sweep has them, for the dashboard.
+pub struct LiveModel<'a> {
+    pub repo: &'a str,
+    /// Per step with results, steps ascending.
+    pub aggregates: &'a [StepAggregate],
+    /// Per step whose spectrum is known: its rows in `q` order.
+    pub spectra: BTreeMap<u64, Vec<SpectrumRow>>,
+}
+
+/// The figures the report draws that a running sweep can show, as (stem, title): `α0`
+/// and `w`, `E`, and each model's spectra, in that order.
+pub fn live_figure_stems(repos: &[&str]) -> Vec<(String, String)> {
+    let mut stems = vec![
+        ("emergence".to_string(), "E against step".to_string()),
+        (
+            "alpha0-width".to_string(),
+            "α0 and w against step".to_string(),
+        ),
+    ];
+    for (repo, slug) in repos.iter().zip(unique_slugs(repos.iter().copied())) {
+        stems.push((format!("spectra-{slug}"), format!("Spectra, {repo}")));
+    }
+    stems
+}
+
+/// The report's figure `stem` (see [`live_figure_stems`]) drawn from live results as SVG,
+/// exactly as the report draws it; None while no model it shows has results.
+pub fn live_figure_svg(models: &[LiveModel], stem: &str) -> anyhow::Result<Option<String>> {
+    let slugs = unique_slugs(models.iter().map(|m| m.repo));
+    let rows: Vec<ModelRows> = models
+        .iter()
+        .zip(slugs)
+        .map(|(m, slug)| ModelRows {
+            repo: m.repo,
+            slug,
+            aggregates: m.aggregates.iter().collect(),
+            parameters: 0,
+            spectra: m
+                .spectra
+                .iter()
+                .map(|(step, rows)| (*step, rows.iter().collect()))
+                .collect(),
+        })
+        .collect();
+    let with_results: Vec<ModelRows> = rows
+        .into_iter()
+        .filter(|m| !m.aggregates.is_empty())
+        .collect();
+    let figure = match stem {
+        _ if with_results.is_empty() => None,
+        "emergence" => Some(emergence_figure(&with_results)),
+        "alpha0-width" => Some(alpha0_width_figure(&with_results)),
+        _ => with_results
+            .iter()
+            .find(|m| stem.strip_prefix("spectra-") == Some(m.slug.as_str()))
+            .filter(|m| !m.spectra.is_empty())
+            .map(spectra_figure),
+    };
+    figure.map(|f| render::svg(&f)).transpose()
+}
+
+fn model_rows<'a>(data: &'a ExportData, warnings: &mut Vec<String>) -> Vec<ModelRows<'a>> {
+    let slugs = unique_slugs(data.spec.models.iter().map(|m| m.repo.as_str()));
     let mut out = Vec::new();
-    for model in &data.spec.models {
+    for (model, name) in data.spec.models.iter().zip(slugs) {
         let rows = || data.aggregates.iter().filter(|a| a.model == model.repo);
         let aggregates: Vec<&StepAggregate> = rows().map(|a| &a.aggregate).collect();
         if aggregates.is_empty() {
@@ -268,14 +351,6 @@ fn model_rows<'a>(data: &'a ExportData, warnings: &mut Vec<String>) -> Vec<Model
         let mut spectra: BTreeMap<u64, Vec<&SpectrumRow>> = BTreeMap::new();
         for row in data.spectra.iter().filter(|s| s.model == model.repo) {
             spectra.entry(row.step).or_default().push(row);
-        }
-        // Two repos may slug alike (`org/a` and `org-a`); file names must not collide.
-        let base = slug(&model.repo);
-        let mut name = base.clone();
-        let mut k = 2;
-        while !slugs.insert(name.clone()) {
-            name = format!("{base}-{k}");
-            k += 1;
         }
         out.push(ModelRows {
             repo: &model.repo,

@@ -7,8 +7,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::chaos::TASKS;
-
 /// The exports that must not depend on how the sweep went: all but the `fetch` files
 /// and the summary, which sums them (README "Exports").
 pub fn compared() -> Vec<&'static str> {
@@ -32,9 +30,19 @@ pub struct StateFacts {
     pub duplicates: u64,
 }
 
-/// Checks that the state holds every task of the grid done exactly once, with one result
-/// that is that task's, and nothing damaged; returns what it counts.
-pub fn check_state(state_dir: &Path) -> StateFacts {
+impl std::fmt::Display for StateFacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tasks recomputed: {} (leases beyond the first, over {} tasks); duplicate results ignored: {}",
+            self.extra_leases, self.releases, self.duplicates
+        )
+    }
+}
+
+/// Checks that the state holds every task of the grid (`tasks` of them) done exactly once,
+/// with one result that is that task's, and nothing damaged; returns what it counts.
+pub fn check_state(state_dir: &Path, tasks: u64) -> StateFacts {
     use rusqlite::{Connection, OpenFlags};
     let conn = Connection::open_with_flags(
         state_dir.join("sweep.sqlite"),
@@ -46,7 +54,7 @@ pub fn check_state(state_dir: &Path) -> StateFacts {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(integrity, "ok");
-    assert_eq!(one("SELECT COUNT(*) FROM tasks") as u64, TASKS);
+    assert_eq!(one("SELECT COUNT(*) FROM tasks") as u64, tasks);
     let states: BTreeMap<String, i64> = conn
         .prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")
         .unwrap()
@@ -54,13 +62,13 @@ pub fn check_state(state_dir: &Path) -> StateFacts {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(states, BTreeMap::from([("done".to_string(), TASKS as i64)]));
+    assert_eq!(states, BTreeMap::from([("done".to_string(), tasks as i64)]));
     assert_eq!(
         one("SELECT COUNT(*) FROM tasks WHERE worker IS NOT NULL"),
         0
     );
     assert_eq!(one("SELECT COUNT(*) FROM tasks WHERE attempts < 1"), 0);
-    assert_eq!(one("SELECT COUNT(*) FROM results") as u64, TASKS);
+    assert_eq!(one("SELECT COUNT(*) FROM results") as u64, tasks);
     let mut stmt = conn
         .prepare(
             "SELECT c.step, t.seed, r.result_json FROM results r
@@ -72,7 +80,7 @@ pub fn check_state(state_dir: &Path) -> StateFacts {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(rows.len() as u64, TASKS, "a result without its task");
+    assert_eq!(rows.len() as u64, tasks, "a result without its task");
     for (step, seed, json) in rows {
         let result: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(

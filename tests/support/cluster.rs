@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::faulty_hub::{Fault, FaultyHub};
 use super::{data_dir, demo_step};
 
 pub const TOKEN: &str = "test-sweep-token";
@@ -16,24 +17,82 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_neuromfa"))
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// A child process killed when dropped; its stderr goes to a log file.
 pub struct Proc {
     pub child: Child,
     pub log: PathBuf,
+    /// The lines of stdout after the first, for a service that prints more than its URL.
+    stdout_lines: Option<std::sync::mpsc::Receiver<String>>,
 }
 
 impl Proc {
     pub fn spawn(args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Proc {
+        Self::spawn_with_stdout(args, env, log, Stdio::null())
+    }
+
+    /// Spawns a service (`coordinator`, `hub serve`) and waits for the URL it prints once
+    /// it listens: on port 0 the system picks the port, so no test picks one that another
+    /// process may take first. `Err` holds its log when it exits (or stalls) instead.
+    pub fn spawn_listening(
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Result<(Proc, String), String> {
+        match Self::spawn_until_listening(args, env, log)? {
+            (proc, Some(url)) => Ok((proc, url)),
+            (mut proc, None) => Err(format!(
+                "{args:?} exited ({:?}) before listening:\n{}",
+                proc.child.wait(),
+                proc.log_text()
+            )),
+        }
+    }
+
+    /// [`Proc::spawn_listening`], except that a process exiting with success before it
+    /// listens (a coordinator whose sweep is finished) gives `None` instead of an error.
+    pub fn spawn_until_listening(
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Result<(Proc, Option<String>), String> {
+        let mut proc = Self::spawn_with_stdout(args, env, log, Stdio::piped());
+        let stdout = proc.child.stdout.take().unwrap();
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        let (more_tx, more_rx) = std::sync::mpsc::channel();
+        proc.stdout_lines = Some(more_rx);
+        std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            let read = std::io::BufRead::read_line(&mut reader, &mut line);
+            let _ = line_tx.send(read.map(|_| line.trim().to_string()));
+            for line in std::io::BufRead::lines(reader).map_while(Result::ok) {
+                if more_tx.send(line.trim().to_string()).is_err() {
+                    return;
+                }
+            }
+        });
+        // Only a bound on failure: a start takes well under a second.
+        match line_rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(Ok(url)) if !url.is_empty() => Ok((proc, Some(url))),
+            Ok(_) => match proc.child.wait() {
+                Ok(status) if status.success() => Ok((proc, None)),
+                status => Err(format!(
+                    "{args:?} exited ({status:?}) before listening:\n{}",
+                    proc.log_text()
+                )),
+            },
+            Err(_) => Err(format!(
+                "{args:?} did not listen in 120 s:\n{}",
+                proc.log_text()
+            )),
+        }
+    }
+
+    fn spawn_with_stdout(args: &[&str], env: &[(&str, &str)], log: PathBuf, stdout: Stdio) -> Proc {
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(binary());
         cmd.args(args)
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(file)
             .env_remove("NEUROMFA_TOKEN")
             .env_remove("NEUROMFA_COORDINATOR")
@@ -47,7 +106,18 @@ impl Proc {
         Proc {
             child: cmd.spawn().unwrap(),
             log,
+            stdout_lines: None,
         }
+    }
+
+    /// The next line a service started by [`Proc::spawn_listening`] prints after its URL
+    /// (`Err` with its log when it ends first).
+    pub fn next_stdout_line(&mut self) -> Result<String, String> {
+        let lines = self.stdout_lines.as_ref().ok_or("stdout is not read")?;
+        // Only a bound on failure: the line follows the URL at once.
+        lines
+            .recv_timeout(Duration::from_secs(120))
+            .map_err(|_| format!("no further line on stdout:\n{}", self.log_text()))
     }
 
     pub fn kill(&mut self) {
@@ -124,6 +194,19 @@ pub fn publish_all(hub: &Path, repo: &str, revision: &str, source: &Path) {
     }
 }
 
+/// The spec's `[[models]]` for what [`publish_two_models`] publishes.
+pub fn two_model_specs() -> &'static str {
+    r#"
+[[models]]
+repo = "test-org/tiny"
+steps = [0, 1000, 2000]
+
+[[models]]
+repo = "test-org/h64"
+steps = [0, 64, 512]
+"#
+}
+
 /// Two models × three steps, from the golden tiny GPT-NeoX and the trained history.
 pub fn publish_two_models(hub: &Path) -> Vec<(String, u64, PathBuf)> {
     let mut published = Vec::new();
@@ -140,10 +223,34 @@ pub fn publish_two_models(hub: &Path) -> Vec<(String, u64, PathBuf)> {
     published
 }
 
+/// `publish_two_models`, with test-org/tiny step 1000's weights cut short: its tasks fail.
+pub fn publish_two_models_one_corrupt(hub: &Path) {
+    publish_two_models(hub);
+    let bad = hub.join("test-org/tiny/step1000/model.safetensors");
+    let mut bytes = std::fs::read(&bad).unwrap();
+    bytes.truncate(bytes.len() / 3);
+    std::fs::write(&bad, bytes).unwrap();
+}
+
+/// The cluster's Hub: `neuromfa hub serve`, or one in the test's process whose faults the
+/// test switches.
+pub enum TestHub {
+    Process(Proc),
+    Faulty(FaultyHub),
+}
+
+/// How a cluster's Hub runs: `neuromfa hub serve` with these flags, or a [`FaultyHub`].
+enum HubKind<'a> {
+    Serve(&'a [&'a str]),
+    Faulty,
+}
+
 pub struct Cluster {
     pub root: tempfile::TempDir,
-    pub hub: Proc,
+    pub hub: TestHub,
     pub hub_url: String,
+    /// The port the first coordinator got from the system (0 before it started); later
+    /// ones are restarted on it, as a coordinator is in production.
     pub coordinator_port: u16,
     pub coordinator: Option<Proc>,
     pub workers: Vec<Proc>,
@@ -175,7 +282,62 @@ impl Cluster {
         extra: &str,
         lease_seconds: u32,
     ) -> Cluster {
-        Self::build(publish, models, seeds, extra, lease_seconds, None)
+        Self::build(
+            publish,
+            models,
+            seeds,
+            extra,
+            lease_seconds,
+            None,
+            HubKind::Serve(&[]),
+        )
+    }
+
+    /// A cluster whose Hub is a [`FaultyHub`], healthy until [`Cluster::hub_fault`].
+    pub fn with_faulty_hub(
+        publish: impl FnOnce(&Path),
+        models: &str,
+        seeds: u32,
+        extra: &str,
+    ) -> Cluster {
+        Self::build(publish, models, seeds, extra, 3, None, HubKind::Faulty)
+    }
+
+    /// A cluster whose Hub serves file bodies at `mbps` megabytes per second in all, so a
+    /// sweep lasts long enough to be watched.
+    pub fn throttled(
+        publish: impl FnOnce(&Path),
+        models: &str,
+        seeds: u32,
+        extra: &str,
+        mbps: f64,
+    ) -> Cluster {
+        let mbps = mbps.to_string();
+        Self::build(
+            publish,
+            models,
+            seeds,
+            extra,
+            3,
+            None,
+            HubKind::Serve(&["--throttle", &mbps]),
+        )
+    }
+
+    /// Makes the Hub misbehave as `fault` says (a cluster built with a faulty Hub only).
+    pub fn hub_fault(&self, fault: Fault) {
+        match &self.hub {
+            TestHub::Faulty(hub) => hub.set(fault),
+            TestHub::Process(_) => panic!("this cluster's Hub has no faults to switch"),
+        }
+    }
+
+    /// Requests the faulty Hub answered with a fault.
+    pub fn hub_refused(&self) -> u64 {
+        match &self.hub {
+            TestHub::Faulty(hub) => hub.refused(),
+            TestHub::Process(_) => 0,
+        }
     }
 
     /// A coordinator that serves TLS with `tls`; workers and `status` trust `tls.ca`.
@@ -185,7 +347,15 @@ impl Cluster {
         seeds: u32,
         tls: TlsFiles,
     ) -> Cluster {
-        Self::build(publish, models, seeds, "", 3, Some(tls))
+        Self::build(
+            publish,
+            models,
+            seeds,
+            "",
+            3,
+            Some(tls),
+            HubKind::Serve(&[]),
+        )
     }
 
     fn build(
@@ -195,6 +365,7 @@ impl Cluster {
         extra: &str,
         lease_seconds: u32,
         tls: Option<TlsFiles>,
+        hub_kind: HubKind,
     ) -> Cluster {
         let tls_keys = tls.as_ref().map_or(String::new(), |t| {
             format!(
@@ -206,21 +377,26 @@ impl Cluster {
         let root = tempfile::tempdir().unwrap();
         let hub_dir = root.path().join("hub");
         publish(&hub_dir);
-        let hub_port = free_port();
-        let hub_url = format!("http://127.0.0.1:{hub_port}");
-        let hub = Proc::spawn(
-            &[
-                "hub",
-                "serve",
-                hub_dir.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{hub_port}"),
-            ],
-            &[],
-            root.path().join("hub.log"),
-        );
-        wait_for_port(hub_port);
-        let coordinator_port = free_port();
+        let (hub, hub_url) = match hub_kind {
+            HubKind::Faulty => {
+                let hub = FaultyHub::start(&hub_dir);
+                let url = hub.url.clone();
+                (TestHub::Faulty(hub), url)
+            }
+            HubKind::Serve(flags) => {
+                let mut args = vec![
+                    "hub",
+                    "serve",
+                    hub_dir.to_str().unwrap(),
+                    "--listen",
+                    "127.0.0.1:0",
+                ];
+                args.extend_from_slice(flags);
+                let (hub, url) =
+                    Proc::spawn_listening(&args, &[], root.path().join("hub.log")).unwrap();
+                (TestHub::Process(hub), url)
+            }
+        };
         let state_dir = root.path().join("state");
         let spec = root.path().join("spec.toml");
         std::fs::write(
@@ -236,7 +412,7 @@ token = "{TOKEN}"
 endpoint = "{hub_url}"
 
 [coordinator]
-listen = "127.0.0.1:{coordinator_port}"
+listen = "127.0.0.1:0"
 lease_seconds = {lease_seconds}
 max_attempts = 3
 {tls_keys}
@@ -253,7 +429,7 @@ max_attempts = 3
             root,
             hub,
             hub_url,
-            coordinator_port,
+            coordinator_port: 0,
             coordinator: None,
             workers: Vec::new(),
             spec,
@@ -264,6 +440,7 @@ max_attempts = 3
     }
 
     pub fn coordinator_url(&self) -> String {
+        assert_ne!(self.coordinator_port, 0, "no coordinator has listened yet");
         let scheme = if self.tls_ca.is_some() {
             "https"
         } else {
@@ -290,10 +467,14 @@ max_attempts = 3
             .root
             .path()
             .join(format!("coordinator{}.log", self.starts));
+        let listen = format!("127.0.0.1:{}", self.coordinator_port);
         let mut args = vec!["coordinator", self.spec.to_str().unwrap()];
+        if self.coordinator_port != 0 {
+            args.extend(["--listen", &listen]);
+        }
         args.extend_from_slice(flags);
-        let proc = Proc::spawn(&args, &[], log);
-        wait_for_port(self.coordinator_port);
+        let (proc, url) = Proc::spawn_listening(&args, &[], log).unwrap();
+        self.coordinator_port = port_of(&url);
         self.coordinator = Some(proc);
     }
 
@@ -359,13 +540,7 @@ max_attempts = 3
 
     /// `neuromfa sweep run` on the spec with `workers` workers; its stdout, once it succeeded.
     pub fn sweep_run(&self, workers: u32) -> String {
-        let out = Command::new(binary())
-            .args(["sweep", "run", self.spec.to_str().unwrap()])
-            .args(["--workers", &workers.to_string(), "--cache-dir"])
-            .arg(self.root.path().join("cache"))
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .output()
-            .unwrap();
+        let out = self.sweep_run_output(workers);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
@@ -373,6 +548,27 @@ max_attempts = 3
             String::from_utf8_lossy(&out.stderr)
         );
         stdout
+    }
+
+    /// `neuromfa sweep run` on the spec with `workers` workers, however it ended.
+    pub fn sweep_run_output(&self, workers: u32) -> std::process::Output {
+        Command::new(binary())
+            .args(["sweep", "run", self.spec.to_str().unwrap()])
+            .args(["--workers", &workers.to_string(), "--cache-dir"])
+            .arg(self.root.path().join("cache"))
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .output()
+            .unwrap()
+    }
+
+    /// `neuromfa ARGS` as an operator on this machine runs it, with the sweep's token.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary())
+            .args(args)
+            .env("NEUROMFA_TOKEN", TOKEN)
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .output()
+            .unwrap()
     }
 
     /// Sets `[hub] fetch_mode` in the spec.
@@ -440,12 +636,12 @@ pub fn log_tails(dirs: &[&Path]) -> String {
     text
 }
 
-pub fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The port of a URL like `http://127.0.0.1:41234`.
+pub fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|port| port.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url}"))
 }
 
 /// Rows of a CSV file as header → value maps.

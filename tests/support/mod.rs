@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -21,6 +22,23 @@ pub const AGGREGATE_FIELDS: [&str; 9] = [
     "E_per_seed_mean",
     "E_per_seed_var",
 ];
+
+/// A test that cannot run on this machine (`why`): a failure when `required` (CI sets the
+/// variable that says so), else a message on the real stderr (the harness would hide a
+/// captured one) and a skip.
+pub fn skip_or_fail(required: Option<&str>, test: &str, why: &str) {
+    if let Some(variable) = required {
+        panic!("{variable}=1 but {test} cannot run: {why}");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// `Some(variable)` when the environment sets it to 1: what a test needs must be there.
+pub fn required(variable: &str) -> Option<&str> {
+    std::env::var(variable)
+        .is_ok_and(|v| v == "1")
+        .then_some(variable)
+}
 
 pub fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
@@ -112,5 +130,8 @@ fn convert(
 pub mod chaos;
 pub mod chaos_checks;
 pub mod cluster;
+pub mod faulty_hub;
+pub mod partition;
 pub mod procfs;
+pub mod proxy;
 pub mod tmpfs;

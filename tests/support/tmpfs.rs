@@ -6,6 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The variable that turns a tmpfs that cannot be mounted from a skip into a failure.
+pub const REQUIRE_TMPFS: &str = "NEUROMFA_REQUIRE_TMPFS";
+
 pub struct Tmpfs {
     pub dir: PathBuf,
 }
@@ -26,6 +29,29 @@ impl Tmpfs {
         Ok(Tmpfs {
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Mounts a tmpfs of `size` on `dir` for `test`; when it cannot, the test is skipped,
+    /// or fails under `NEUROMFA_REQUIRE_TMPFS=1` (as CI, which runs as root, sets).
+    pub fn mount_or_skip(test: &str, dir: &Path, size: &str) -> Option<Tmpfs> {
+        Self::mount_or_skip_unless(super::required(REQUIRE_TMPFS), test, dir, size)
+    }
+
+    /// [`Tmpfs::mount_or_skip`], with the requirement given.
+    pub fn mount_or_skip_unless(
+        required: Option<&str>,
+        test: &str,
+        dir: &Path,
+        size: &str,
+    ) -> Option<Tmpfs> {
+        match Tmpfs::mount(dir, size) {
+            Ok(disk) => Some(disk),
+            Err(why) => {
+                let why = format!("no tmpfs for a disk that fills up ({why}); it needs root");
+                super::skip_or_fail(required, test, &why);
+                None
+            }
+        }
     }
 
     /// Writes `name` until the file system is full; returns the bytes written.

@@ -16,12 +16,32 @@ use tonic::{Code, Status};
 
 pub type Client = CoordinatorClient<InterceptedService<Channel, AddToken>>;
 
+/// How often an idle connection is checked before the coordinator has said how often
+/// workers beat (its registration answer).
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(10);
+
 /// Connects lazily: the channel reconnects by itself once the coordinator is back. An
 /// `https://` URL is dialled over TLS, trusting `tls_ca` (PEM) or else the system's roots.
 pub fn connect(url: &str, token: &str, tls_ca: Option<&Path>) -> Result<Client> {
+    connect_checking_every(url, token, tls_ca, DEFAULT_KEEPALIVE)
+}
+
+/// [`connect`], with the connection checked by an HTTP/2 ping `every` so long, and given
+/// up when a ping goes unanswered for twice that: a connection the network silently lost
+/// (a partition, a peer gone behind a NAT) holds calls forever otherwise, as its bytes
+/// leave and nothing comes back, and the TCP stack may never notice.
+fn connect_checking_every(
+    url: &str,
+    token: &str,
+    tls_ca: Option<&Path>,
+    every: Duration,
+) -> Result<Client> {
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .with_context(|| format!("`{url}` is not a coordinator URL (e.g. http://host:50051)"))?
         .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(every)
+        .keep_alive_timeout(every * 2)
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     if endpoint.uri().scheme_str() == Some("https") {
         endpoint = endpoint
@@ -38,10 +58,21 @@ pub fn connect(url: &str, token: &str, tls_ca: Option<&Path>) -> Result<Client> 
     Ok(CoordinatorClient::with_interceptor(channel, token))
 }
 
+/// The least time one attempt of a call is given, however little of `give_up_after` is left.
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// Whether a call that failed so may succeed if tried again. A connection cut in the middle
+/// of a call fails it as `Cancelled` ("operation was canceled"), though nobody cancelled it:
+/// the coordinator never answers a call so.
 fn transient(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Aborted | Code::Internal
+        Code::Unavailable
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::Internal
+            | Code::Cancelled
     )
 }
 
@@ -58,10 +89,12 @@ pub(crate) struct Coordinator {
 }
 
 impl Coordinator {
-    /// Registers `host` (with `cores`) at the coordinator `client` dials at `url`.
+    /// Registers `host` (with `cores`) at the coordinator `client` dials at `url` (with
+    /// `token`, trusting `tls_ca`), then checks the connection as often as the coordinator
+    /// asks workers to beat.
     pub(crate) async fn register(
         client: Client,
-        url: &str,
+        (url, token, tls_ca): (&str, &str, Option<&Path>),
         give_up_after: Duration,
         shutdown: watch::Receiver<bool>,
         host: &str,
@@ -86,6 +119,8 @@ impl Coordinator {
             })
             .await?;
         coordinator.worker_id = reply.worker_id.clone();
+        let beat = Duration::from_millis(reply.heartbeat_ms.max(50));
+        coordinator.client = connect_checking_every(url, token, tls_ca, beat)?;
         Ok((coordinator, reply))
     }
 
@@ -122,21 +157,25 @@ impl Coordinator {
         .await
     }
 
-    /// Reports that task `task_id`'s attempt `attempt` failed; `permanent` when retrying the
-    /// same bytes cannot help.
+    /// Reports that task `task_id`'s attempt `attempt` failed, why (`class`), and for a
+    /// transient failure how long the Hub asked to wait.
     pub(crate) async fn fail(
         &self,
         task_id: i64,
         attempt: u32,
         error: &str,
-        permanent: bool,
+        class: proto::FailureClass,
+        retry_after: Option<Duration>,
     ) -> Result<()> {
         let request = proto::FailRequest {
             worker_id: self.worker_id.clone(),
             task_id,
             attempt,
             error: error.to_string(),
-            permanent,
+            // What an older coordinator reads instead of the class.
+            permanent: class != proto::FailureClass::Transient,
+            class: class.into(),
+            retry_after_ms: retry_after.map_or(0, |d| d.as_millis() as u64),
         };
         self.call("fail", |mut c| {
             let request = request.clone();
@@ -186,7 +225,9 @@ impl Coordinator {
     }
 
     /// Retries `call` while the coordinator is unreachable, with capped exponential backoff;
-    /// gives up after `give_up_after` of continuous failure, or at once on a refusal.
+    /// gives up after `give_up_after` of continuous failure, or at once on a refusal. No
+    /// attempt outlasts what is left of `give_up_after`: one that gets no answer (its
+    /// request or the reply lost) fails as unreachable.
     async fn call<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T>
     where
         F: FnMut(Client) -> Fut,
@@ -195,9 +236,12 @@ impl Coordinator {
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
-            let status = match call(self.client.clone()).await {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status) => status,
+            let left = self.give_up_after.saturating_sub(started.elapsed());
+            let attempt = tokio::time::timeout(left.max(MIN_ATTEMPT), call(self.client.clone()));
+            let status = match attempt.await {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) => status,
+                Err(_) => Status::deadline_exceeded("no answer"),
             };
             if status.code() == Code::Unauthenticated {
                 bail!("coordinator {} refused us: {}", self.url, status.message());
@@ -223,5 +267,20 @@ impl Coordinator {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_cut_with_its_connection_is_tried_again_and_a_refusal_is_not() {
+        // What tonic reports for a call whose connection closed under it.
+        assert!(transient(&Status::cancelled("operation was canceled")));
+        assert!(transient(&Status::unavailable("transport error")));
+        assert!(transient(&Status::deadline_exceeded("no answer")));
+        assert!(!transient(&Status::invalid_argument("no such task")));
+        assert!(!transient(&Status::unauthenticated("wrong token")));
     }
 }

@@ -10,6 +10,7 @@ mod compute;
 mod coordinator;
 mod fetch;
 mod lease;
+mod metrics;
 mod report;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use neuromfa_common::checkpoint::FetchMode;
+use neuromfa_proto as proto;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
@@ -25,6 +27,7 @@ pub use coordinator::{connect, Client};
 use fetch::FetchStage;
 pub use lease::{CheckpointRef, Lease, LeasedTask};
 use lease::{Heartbeat, HeldTasks};
+pub use metrics::WorkerMetrics;
 use report::Reporter;
 
 /// How a worker connects and what it may use.
@@ -51,6 +54,8 @@ pub struct WorkerOptions {
     pub fetch_mode: Option<FetchMode>,
     /// Overrides the merge gap the coordinator announces.
     pub merge_gap: Option<u64>,
+    /// Where the worker counts what it does (shared by clones).
+    pub metrics: WorkerMetrics,
 }
 
 impl WorkerOptions {
@@ -68,6 +73,7 @@ impl WorkerOptions {
             host: worker_name(),
             fetch_mode: None,
             merge_gap: None,
+            metrics: WorkerMetrics::default(),
         }
     }
 }
@@ -101,6 +107,19 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "worker".to_string())
 }
 
+/// The coordinator stopped the sweep and is about to exit (its breaker tripped, see
+/// `docs/failures.md`): no task will come from it. Holds its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepStopped(pub String);
+
+impl std::fmt::Display for SweepStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the coordinator stopped the sweep: {}", self.0)
+    }
+}
+
+impl std::error::Error for SweepStopped {}
+
 /// What a worker did before it stopped.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WorkerSummary {
@@ -118,7 +137,11 @@ pub async fn run(options: WorkerOptions, shutdown: watch::Receiver<bool>) -> Res
     )?;
     let (coordinator, registration) = Coordinator::register(
         client,
-        &options.coordinator,
+        (
+            &options.coordinator,
+            &options.token,
+            options.tls_ca.as_deref(),
+        ),
         options.give_up_after,
         shutdown.clone(),
         &options.host,
@@ -131,6 +154,9 @@ pub async fn run(options: WorkerOptions, shutdown: watch::Receiver<bool>) -> Res
         heartbeat_every: Duration::from_millis(registration.heartbeat_ms.max(50)),
         max_tasks: options.max_tasks,
         shutdown,
+        transient_in_a_row: 0,
+        pause: None,
+        metrics: options.metrics.clone(),
     };
     worker.run().await
 }
@@ -143,6 +169,12 @@ struct Worker {
     /// Seeds leased at a time.
     max_tasks: u32,
     shutdown: watch::Receiver<bool>,
+    /// Leases in a row whose fetch failed transiently.
+    transient_in_a_row: u32,
+    /// How long to wait before the next lease (after a transient failure), so that a
+    /// rate-limited or failing Hub is not met with lease after lease.
+    pause: Option<Duration>,
+    metrics: WorkerMetrics,
 }
 
 impl Worker {
@@ -160,19 +192,39 @@ impl Worker {
                     tracing::info!(worker = %self.coordinator.worker_id(), "sweep finished");
                     break;
                 }
-                let wait = Duration::from_millis(reply.retry_after_ms.max(50));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.shutdown.changed() => {}
+                if !reply.sweep_stopped.is_empty() {
+                    return Err(SweepStopped(reply.sweep_stopped).into());
                 }
+                self.wait(Duration::from_millis(reply.retry_after_ms.max(50)))
+                    .await;
                 continue;
             }
-            let done = self.run_lease(Lease::from_reply(reply)?).await?;
+            let lease = Lease::from_reply(reply)?;
+            let tasks = lease.tasks.len();
+            self.metrics.leased(tasks);
+            let done = self.run_lease(lease).await;
+            self.metrics.let_go(tasks);
+            let done = done?;
             summary.completed += done.completed;
             summary.failed += done.failed;
             summary.released += done.released;
+            if let Some(pause) = self.pause.take() {
+                tracing::info!(
+                    pause_ms = pause.as_millis() as u64,
+                    "waiting before the next lease after a temporary failure"
+                );
+                self.wait(pause).await;
+            }
         }
         Ok(summary)
+    }
+
+    /// Sleeps for `duration`, or until asked to stop.
+    async fn wait(&mut self, duration: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => {}
+            _ = self.shutdown.changed() => {}
+        }
     }
 
     /// One lease, with heartbeats beside it; on shutdown its unfinished tasks are given back
@@ -217,11 +269,20 @@ impl Worker {
         let weights = match fetched {
             Ok(weights) => weights,
             Err(e) => {
-                summary.failed += report::fetch_failed(&self.coordinator, lease, &e).await?;
+                let failed = report::fetch_failed(&self.coordinator, lease, &e).await?;
+                self.metrics.failed(failed);
+                summary.failed += failed;
+                if report::failure_class(&e) == proto::FailureClass::Transient {
+                    self.transient_in_a_row += 1;
+                    let pause =
+                        report::pause_after_transient(e.retry_after(), self.transient_in_a_row);
+                    self.pause = Some(pause);
+                }
                 return Ok(true);
             }
         };
-        let mut reporter = Reporter::new(&self.coordinator, weights.metrics(), lease);
+        let mut reporter =
+            Reporter::new(&self.coordinator, weights.metrics(), lease, &self.metrics);
         let (mut outcomes, compute) = compute::start(weights, lease);
         loop {
             let next = tokio::select! {
@@ -234,6 +295,7 @@ impl Worker {
             let task_id = outcome.task.task_id;
             if reporter.report(outcome).await? {
                 summary.completed += 1;
+                self.transient_in_a_row = 0;
             } else {
                 summary.failed += 1;
             }

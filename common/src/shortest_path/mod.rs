@@ -1,5 +1,5 @@
 //! Shortest-path distances between the nodes of each sample, as the paper defines them
-//! (Eq. 1, SPEC §6), computed exactly.
+//! (Eq. 1, docs/method.md §6), computed exactly.
 //!
 //! The full network is layered: per block `A` (d) → `QKV` (3d) → `ATT` (d) → `D` (d) → `M`
 //! (m) → the next block's `A`, the last block's `M` feeding `out` (d). Every edge joins

@@ -35,7 +35,8 @@ pub struct StorageRef {
 /// The tensors of a pickled state dict (a `dict` or `OrderedDict` of name → tensor), in
 /// the order they were pickled. Entries that are not tensors are left out.
 pub fn parse_state_dict(pickle: &[u8]) -> Result<Vec<PickledTensor>, TorchError> {
-    let root = Unpickler::new(pickle).run()?;
+    let mut unpickler = Unpickler::new(pickle);
+    let root = unpickler.run()?;
     let Value::Dict(map) = root else {
         return Err(TorchError::BadPickle {
             offset: 0,
@@ -48,6 +49,15 @@ pub fn parse_state_dict(pickle: &[u8]) -> Result<Vec<PickledTensor>, TorchError>
     let mut tensors = Vec::new();
     for (key, value) in &map.pairs {
         if let (Value::Str(name), Value::Tensor(tensor)) = (key, value) {
+            // A memoised tensor or name may be named again and again for a few bytes each.
+            let storage = &tensor.storage;
+            unpickler.charge(
+                std::mem::size_of::<PickledTensor>()
+                    + name.len()
+                    + storage.key.len()
+                    + storage.storage_type.len()
+                    + 16 * tensor.shape.len(),
+            )?;
             tensors.push(PickledTensor {
                 name: name.to_string(),
                 storage: tensor.storage.as_ref().clone(),
@@ -62,7 +72,15 @@ pub fn parse_state_dict(pickle: &[u8]) -> Result<Vec<PickledTensor>, TorchError>
 
 /// Deeper nesting than any state dict has; bounding it keeps dropping values off the
 /// native stack's limits whatever the input.
-const MAX_DEPTH: u32 = 64;
+pub const MAX_DEPTH: u32 = 64;
+/// More dimensions than any tensor has (torch itself stops at 64).
+pub const MAX_DIMS: usize = 64;
+/// Bytes the unpickler may copy out of values that are shared (memoised containers changed
+/// in place, arguments and strings used again, tensors named again), per byte of pickle,
+/// and in all besides: a real state dict copies less than its own size, and without a
+/// bound a few bytes that reuse a large value would cost quadratic time and memory.
+pub const COPY_BYTES_PER_BYTE: usize = 32;
+pub const COPY_BYTES_FIXED: usize = 1 << 20;
 
 /// The globals a state dict may name.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,8 +154,9 @@ impl Value {
     }
 }
 
-/// Opcodes of pickle protocols 2 to 5 that a state dict can use.
-mod op {
+/// Opcodes of pickle protocols 2 to 5 that a state dict can use (the reader's, and what the
+/// stand-in Hub's generated archives write).
+pub mod op {
     pub const PROTO: u8 = 0x80;
     pub const FRAME: u8 = 0x95;
     pub const STOP: u8 = b'.';
@@ -195,8 +214,8 @@ struct Unpickler<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
-    /// Container elements copied because a memoised container was changed in place; an
-    /// input that forces many such copies is refused instead of taking quadratic time.
+    /// Bytes left to copy out of shared values (see [`COPY_BYTES_PER_BYTE`]); an input
+    /// that needs more is refused instead of taking quadratic time and memory.
     copy_budget: usize,
 }
 
@@ -209,7 +228,10 @@ impl<'a> Unpickler<'a> {
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
-            copy_budget: 8 * bytes.len() + 4096,
+            copy_budget: bytes
+                .len()
+                .saturating_mul(COPY_BYTES_PER_BYTE)
+                .saturating_add(COPY_BYTES_FIXED),
         }
     }
 
@@ -220,7 +242,7 @@ impl<'a> Unpickler<'a> {
         }
     }
 
-    fn run(mut self) -> Result<Value, TorchError> {
+    fn run(&mut self) -> Result<Value, TorchError> {
         loop {
             self.op_at = self.at;
             let code = self.take(1)?[0];
@@ -387,26 +409,29 @@ impl<'a> Unpickler<'a> {
     }
 
     fn global(&mut self, code: u8) -> Result<Global, TorchError> {
-        let (module, name) = if code == op::GLOBAL {
-            (self.line()?, self.line()?)
+        // STACK_GLOBAL's strings may be memoised ones used again: they are compared, and
+        // copied only into the error that ends the parse.
+        let (module, name): (Rc<str>, Rc<str>) = if code == op::GLOBAL {
+            (self.line()?.into(), self.line()?.into())
         } else {
             let name = self.pop()?;
             let module = self.pop()?;
             match (module, name) {
-                (Value::Str(m), Value::Str(n)) => (m.to_string(), n.to_string()),
+                (Value::Str(m), Value::Str(n)) => (m, n),
                 _ => return Err(self.error("STACK_GLOBAL without two strings")),
             }
         };
-        match (module.as_str(), name.as_str()) {
+        match (&*module, &*name) {
             ("collections", "OrderedDict") => Ok(Global::OrderedDict),
             ("torch._utils", "_rebuild_tensor_v2") => Ok(Global::RebuildTensor),
             ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
                 Ok(Global::RebuildParameter)
             }
-            ("torch", storage) if storage.ends_with("Storage") => {
-                Ok(Global::StorageType(storage.into()))
-            }
-            _ => Err(TorchError::UnknownGlobal { module, name }),
+            ("torch", storage) if storage.ends_with("Storage") => Ok(Global::StorageType(name)),
+            _ => Err(TorchError::UnknownGlobal {
+                module: module.to_string(),
+                name: name.to_string(),
+            }),
         }
     }
 
@@ -434,6 +459,8 @@ impl<'a> Unpickler<'a> {
         match args {
             [] => {}
             [Value::List(pairs)] | [Value::Tuple(pairs)] => {
+                // The pairs may be a memoised list passed again and again.
+                self.charge(pairs.items.len() * 2 * std::mem::size_of::<Value>())?;
                 let mut items = Vec::with_capacity(pairs.items.len() * 2);
                 for pair in &pairs.items {
                     match pair {
@@ -450,13 +477,21 @@ impl<'a> Unpickler<'a> {
 
     /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
     /// backward_hooks[, metadata])`.
-    fn rebuild_tensor(&self, args: &[Value]) -> Result<Value, TorchError> {
+    fn rebuild_tensor(&mut self, args: &[Value]) -> Result<Value, TorchError> {
         let [Value::Storage(storage), Value::Int(offset), Value::Tuple(shape), Value::Tuple(strides), ..] =
             args
         else {
             return Err(self
                 .error("_rebuild_tensor_v2 without (storage, offset, size, stride, …) arguments"));
         };
+        if shape.items.len() > MAX_DIMS {
+            return Err(self.error(format!(
+                "a tensor with {} dimensions (at most {MAX_DIMS})",
+                shape.items.len()
+            )));
+        }
+        // Size and strides may be memoised tuples used by many tensors.
+        self.charge(16 * shape.items.len())?;
         let count = |v: &i64| u64::try_from(*v).ok();
         let ints = |seq: &Seq| -> Option<Vec<u64>> {
             seq.items
@@ -518,6 +553,8 @@ impl<'a> Unpickler<'a> {
         let storage = storage.ok_or_else(|| {
             self.error("persistent id is not ('storage', type, key, location, numel)")
         })?;
+        // The key and type may be memoised strings named by many storages.
+        self.charge(storage.key.len() + storage.storage_type.len())?;
         self.stack.push(Value::Storage(Rc::new(storage)));
         Ok(())
     }
@@ -546,7 +583,7 @@ impl<'a> Unpickler<'a> {
             Some(Value::List(list)) => list,
             _ => return Err(self.error("APPEND to something that is not a list")),
         };
-        self.charge_copy(&list, list.items.len())?;
+        self.charge_copy(&list, list.items.len() * std::mem::size_of::<Value>())?;
         let seq = Rc::make_mut(&mut list);
         seq.depth = seq.depth.max(depth);
         seq.items.extend(items);
@@ -564,7 +601,10 @@ impl<'a> Unpickler<'a> {
             Some(Value::Dict(dict)) => dict,
             _ => return Err(self.error("SETITEM on something that is not a dict")),
         };
-        self.charge_copy(&dict, dict.pairs.len())?;
+        self.charge_copy(
+            &dict,
+            dict.pairs.len() * std::mem::size_of::<(Value, Value)>(),
+        )?;
         let map = Rc::make_mut(&mut dict);
         map.depth = map.depth.max(depth);
         let mut items = items.into_iter();
@@ -575,14 +615,21 @@ impl<'a> Unpickler<'a> {
         Ok(())
     }
 
-    /// Counts the elements `Rc::make_mut` is about to copy when `shared` is also held by
+    /// Charges the `bytes` `Rc::make_mut` is about to copy when `shared` is also held by
     /// the memo.
-    fn charge_copy<T>(&mut self, shared: &Rc<T>, len: usize) -> Result<(), TorchError> {
+    fn charge_copy<T>(&mut self, shared: &Rc<T>, bytes: usize) -> Result<(), TorchError> {
         if Rc::strong_count(shared) > 1 {
-            self.copy_budget = self.copy_budget.checked_sub(len).ok_or_else(|| {
-                self.error("too many changes to memoised containers for a state dict")
-            })?;
+            self.charge(bytes)?;
         }
+        Ok(())
+    }
+
+    /// Takes `bytes` copied out of shared values from the budget.
+    fn charge(&mut self, bytes: usize) -> Result<(), TorchError> {
+        self.copy_budget = self
+            .copy_budget
+            .checked_sub(bytes)
+            .ok_or_else(|| self.error("copies more of its shared values than a state dict does"))?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use neuromfa_common::SeedResult;
+use neuromfa_coordinator::record::{StoredTask, TaskProgress};
 use neuromfa_coordinator::schedule::Outcome;
 use neuromfa_coordinator::{Schedule, StateError, SweepSpec, SweepState};
 
@@ -25,6 +26,29 @@ pub fn two_models(dir: &Path, steps: &str, seeds: u32, extra: &str) -> SweepSpec
              repo = \"org/b\"\n[coordinator]\nlease_seconds = 10\nmax_attempts = 2\n{extra}"
         ),
     )
+}
+
+/// A fresh grid's schedule of [`two_models`]: every (checkpoint, seed) pending, ids from 1
+/// as the store numbers them.
+pub fn schedule(steps: &str, seeds: u32, extra: &str) -> Schedule {
+    let spec = two_models(Path::new("unused"), steps, seeds, extra);
+    let mut id = 0;
+    let mut tasks = Vec::new();
+    for key in spec.checkpoints() {
+        for seed in spec.seed_list() {
+            id += 1;
+            tasks.push(StoredTask {
+                id,
+                model: key.model.clone(),
+                step: key.step,
+                revision: key.revision.clone(),
+                seed,
+                progress: TaskProgress::pending(),
+                result: None,
+            });
+        }
+    }
+    Schedule::restore(&spec, tasks, Vec::new(), 0)
 }
 
 /// A result that differs by step and seed (α0 falls with the step), so a point counted

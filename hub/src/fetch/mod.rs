@@ -313,7 +313,18 @@ impl Session {
                 return Ok(());
             }
         }
-        let (commit, fetched) = self.fetch_small(CONFIG_FILE, &at).await?;
+        let (commit, fetched) = match self.fetch_small(CONFIG_FILE, &at).await {
+            // The commit is gone from the Hub (its history squashed, or the branch
+            // rewritten): the revision as it is now is what there is to read.
+            Err(FetchError::RevisionNotFound { .. }) if self.known.is_some() => {
+                let revision = self.names().revision().to_string();
+                tracing::warn!(commit = %at, %revision, "the commit the revision resolved to is no longer on the Hub; reading the revision as it is now");
+                self.known = None;
+                self.commit.clear();
+                self.fetch_small(CONFIG_FILE, &revision).await?
+            }
+            other => other?,
+        };
         self.commit = commit;
         self.config = Some((self.dir().join(CONFIG_FILE), fetched));
         Ok(())

@@ -19,8 +19,6 @@ use crate::transport::RemoteFile;
 
 /// The first read of a file: its header length and, usually, the whole header.
 const HEADER_PROBE: u64 = 64 * 1024;
-/// The largest header accepted (the safetensors crate's own limit).
-const MAX_HEADER_LEN: u64 = 100_000_000;
 
 /// A checkpoint's weight files and where each block tensor lies in them.
 pub(super) struct Layout {
@@ -173,29 +171,14 @@ fn safetensors_layout(
 async fn read_header(reads: &Reads, file: &RemoteFile) -> Result<(u64, Metadata), FetchError> {
     let name = file.name.as_str();
     let invalid = |detail: String| reads.names().invalid(name, detail);
-    if file.size < 8 {
-        return Err(invalid(format!(
-            "the file is {} bytes, too short for a safetensors header",
-            file.size
-        )));
-    }
     let probe_end = file.size.min(HEADER_PROBE);
-    let first = reads.read(file, 0..probe_end).await?;
-    let n = u64::from_le_bytes([
-        first[0], first[1], first[2], first[3], first[4], first[5], first[6], first[7],
-    ]);
-    if n > MAX_HEADER_LEN {
-        return Err(invalid(format!(
-            "not a valid safetensors file: header length {n} exceeds {MAX_HEADER_LEN} bytes"
-        )));
-    }
-    let data_start = 8 + n;
-    if data_start > file.size {
-        return Err(invalid(format!(
-            "not a valid safetensors file: header length {n} runs past the end of the {}-byte file",
-            file.size
-        )));
-    }
+    let first = match file.size {
+        // Too short to hold the header length: said so without a request.
+        0..8 => Vec::new(),
+        _ => reads.read(file, 0..probe_end).await?,
+    };
+    let data_start = checkpoint::safetensors_data_start(&first, file.size)
+        .map_err(|e| invalid(format!("not a valid safetensors file: {e}")))?;
     let header = if data_start <= probe_end {
         first[8..data_start as usize].to_vec()
     } else {
@@ -204,17 +187,7 @@ async fn read_header(reads: &Reads, file: &RemoteFile) -> Result<(u64, Metadata)
         header.extend_from_slice(&rest);
         header
     };
-    // Validates dtypes, shapes against offsets, and that the offsets are contiguous.
-    let metadata: Metadata = serde_json::from_slice(&header)
-        .map_err(|e| invalid(format!("not a valid safetensors header: {e}")))?;
-    let expected = data_start + metadata.data_len() as u64;
-    if expected != file.size {
-        return Err(invalid(format!(
-            "not a valid safetensors file: the header describes {} bytes of tensor data after \
-             {data_start} bytes of header, but the file is {} bytes",
-            metadata.data_len(),
-            file.size
-        )));
-    }
+    let metadata = checkpoint::safetensors_metadata(&header, data_start, file.size)
+        .map_err(|e| invalid(format!("not a valid safetensors file: {e}")))?;
     Ok((data_start, metadata))
 }

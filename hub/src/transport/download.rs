@@ -137,11 +137,12 @@ impl Transport {
                 }
             }
             StatusCode::FORBIDDEN if !location.own => {
-                return Err(Failure::Expired(scope.names.from_status(
+                return Err(Failure::Expired(scope.names.for_status(
                     name,
                     403,
                     None,
                     format!("HTTP 403 from {}", host_and_path(&location.url)),
+                    None,
                 )))
             }
             _ => return Err(Self::unexpected(scope, name, &response, "downloading")),

@@ -236,10 +236,16 @@ impl Retry {
 
 fn error_with_detail(error: FetchError, why: String) -> FetchError {
     match error {
-        FetchError::Transient { at, status, detail } => FetchError::Transient {
+        FetchError::Transient {
+            at,
+            status,
+            detail,
+            retry_after,
+        } => FetchError::Transient {
             at,
             status,
             detail: format!("{detail}; {why}"),
+            retry_after,
         },
         other => other,
     }
@@ -388,11 +394,12 @@ impl Transport {
                 .map(|(_, w)| w.resets_in)
                 .or_else(|| retry_after(headers))
                 .unwrap_or(UNNAMED_RESET);
-            let error = scope.names.from_status(
+            let error = scope.names.for_status(
                 file,
                 429,
                 None,
                 format!("HTTP 429 from {}", host_and_path(response.url())),
+                Some(resets_in),
             );
             return Err(Failure::Throttled {
                 bucket: seen.map(|(b, _)| b).or(bucket),
@@ -426,9 +433,13 @@ impl Transport {
             response.status(),
             host_and_path(response.url())
         );
-        let error = scope
-            .names
-            .from_status(file, status, code.as_deref(), detail);
+        let error = scope.names.for_status(
+            file,
+            status,
+            code.as_deref(),
+            detail,
+            retry_after(response.headers()),
+        );
         match status {
             408 | 500..=599 => Failure::Retry(error),
             _ => Failure::Final(error),
@@ -508,8 +519,7 @@ impl Transport {
             .ok_or_else(|| invalid("size (X-Linked-Size or Content-Length)"))?;
         let etag = header(headers, X_LINKED_ETAG)
             .or_else(|| header(headers, ETAG.as_str()))
-            .map(|e| unquote_etag(&e))
-            .filter(|e| !e.is_empty() && !e.contains(['/', '\\']))
+            .and_then(|e| crate::headers::etag(&e))
             .ok_or_else(|| invalid("ETag"))?;
         let xet_hash = header(headers, X_XET_HASH);
         if let Some(links) = header(headers, "link") {
@@ -603,8 +613,7 @@ impl Transport {
         let commit = header(headers, X_REPO_COMMIT);
         let etag = header(headers, X_LINKED_ETAG)
             .or_else(|| header(headers, ETAG.as_str()))
-            .map(|e| unquote_etag(&e))
-            .filter(|e| !e.is_empty() && !e.contains(['/', '\\']));
+            .and_then(|e| crate::headers::etag(&e));
         let announced = response.content_length();
         let bytes = response
             .bytes()
@@ -715,13 +724,6 @@ pub(crate) fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// An ETag without its weak marker and quotes.
-fn unquote_etag(etag: &str) -> String {
-    etag.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .to_string()
-}
-
 /// `host/path` of a URL, never its query: signed URLs carry their signature there.
 pub(crate) fn host_and_path(url: &Url) -> String {
     format!(

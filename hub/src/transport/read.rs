@@ -117,11 +117,12 @@ impl Transport {
             }
             // The CDN refuses a signature past its end: resolve again.
             StatusCode::FORBIDDEN if !location.own => {
-                return Err(Failure::Expired(names.from_status(
+                return Err(Failure::Expired(names.for_status(
                     name,
                     403,
                     None,
                     format!("HTTP 403 from {}", host_and_path(&location.url)),
+                    None,
                 )))
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
@@ -140,11 +141,9 @@ impl Transport {
             .get(CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let expected = format!("bytes {}-{}/", range.start, range.end - 1);
-        let total_ok = content_range
-            .strip_prefix(&expected)
-            .is_some_and(|total| total == "*" || total.parse::<u64>() == Ok(file.size));
-        if !total_ok {
+        let exact = crate::headers::content_range(content_range)
+            .is_some_and(|answered| answered.is(range, file.size));
+        if !exact {
             return Err(unsupported(format!(
                 "and the answer's Content-Range is {content_range:?}"
             )));

@@ -3,6 +3,10 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::extract::Request;
 use axum::middleware::Next;
@@ -14,6 +18,7 @@ use neuromfa_hub::fetch::Fetcher;
 use neuromfa_hub::ranges::{FetchedWeights, RangedCheckpoint};
 use neuromfa_hub::HubSettings;
 use neuromfa_hub_server::{HubServer, HubServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::common::write;
 
@@ -33,6 +38,18 @@ where
     F: Fn(Request, Next) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response> + Send + 'static,
 {
+    start_counting_connections(root, layer).await.0
+}
+
+/// [`start_with_layer`], also counting the connections clients hold open.
+pub async fn start_counting_connections<F, Fut>(
+    root: &Path,
+    layer: F,
+) -> (String, Arc<OpenConnections>)
+where
+    F: Fn(Request, Next) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response> + Send + 'static,
+{
     let server = HubServer::new(HubServerConfig {
         root: root.to_path_buf(),
         ..Default::default()
@@ -41,8 +58,98 @@ where
     let router: Router = server.router().layer(axum::middleware::from_fn(layer));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    format!("http://{addr}")
+    let open = Arc::new(OpenConnections::default());
+    let counting = CountingListener {
+        listener,
+        open: open.clone(),
+    };
+    tokio::spawn(async move { axum::serve(counting, router).await });
+    (format!("http://{addr}"), open)
+}
+
+/// How many connections the server holds, and a wake-up whenever one closes.
+#[derive(Default)]
+pub struct OpenConnections {
+    count: AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+impl OpenConnections {
+    /// Returns once every connection accepted so far has closed.
+    pub async fn all_closed(&self) {
+        loop {
+            let closed = self.closed.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+struct CountingListener {
+    listener: tokio::net::TcpListener,
+    open: Arc<OpenConnections>,
+}
+
+impl axum::serve::Listener for CountingListener {
+    type Io = CountedStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (CountedStream, std::net::SocketAddr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+        self.open.count.fetch_add(1, Ordering::SeqCst);
+        let stream = CountedStream {
+            stream,
+            open: self.open.clone(),
+        };
+        (stream, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A served connection, counted out when the server drops it.
+struct CountedStream {
+    stream: tokio::net::TcpStream,
+    open: Arc<OpenConnections>,
+}
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        self.open.count.fetch_sub(1, Ordering::SeqCst);
+        self.open.closed.notify_waiters();
+    }
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 pub fn fetcher(endpoint: &str, cache: &Path) -> Fetcher {

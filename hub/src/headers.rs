@@ -1,0 +1,106 @@
+//! The response headers the client reads from the Hub and its CDN, parsed strictly: each
+//! parser takes a header's text and says what it means, or `None` for text that does not
+//! follow the header's grammar. Every one is a fuzz target (`fuzz/`).
+
+/// `Content-Range: bytes FIRST-LAST/COMPLETE` (RFC 9110 §14.4), `COMPLETE` being `*` when
+/// the server does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    pub first: u64,
+    /// Inclusive, as the header writes it.
+    pub last: u64,
+    pub complete_length: Option<u64>,
+}
+
+impl ContentRange {
+    /// Whether this is exactly `range` (end exclusive) of a `size`-byte file.
+    pub fn is(&self, range: &std::ops::Range<u64>, size: u64) -> bool {
+        Some(self.first) == Some(range.start)
+            && range.end.checked_sub(1) == Some(self.last)
+            && self.complete_length.is_none_or(|total| total == size)
+    }
+}
+
+/// Parses a `Content-Range` of a `206` answer; `None` for anything else, the unsatisfied
+/// form `bytes */N` included, and for ranges that end before they start or past the
+/// complete length.
+pub fn content_range(value: &str) -> Option<ContentRange> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, complete) = rest.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last) = (decimal(first)?, decimal(last)?);
+    let complete_length = match complete {
+        "*" => None,
+        n => Some(decimal(n)?),
+    };
+    let within = complete_length.is_none_or(|n| last < n);
+    (first <= last && within).then_some(ContentRange {
+        first,
+        last,
+        complete_length,
+    })
+}
+
+/// A number of ASCII digits only: `u64::from_str` would also take a sign.
+fn decimal(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// The opaque value of an `ETag` (or `X-Linked-Etag`): without its weak marker and quotes.
+/// `None` when it is empty or holds characters no entity tag has (RFC 9110 §8.8.3: no
+/// quotes, spaces or controls inside) or a path separator: the Hub's ETags are hashes,
+/// and caches name files after them.
+pub fn etag(value: &str) -> Option<String> {
+    let value = value.trim();
+    let value = value.strip_prefix("W/").unwrap_or(value);
+    let value = value.trim_matches('"');
+    let allowed = |c: char| c.is_ascii_graphic() && !matches!(c, '"' | '/' | '\\');
+    (!value.is_empty() && value.chars().all(allowed)).then(|| value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges_follow_the_grammar() {
+        let range = content_range("bytes 0-499/1234").unwrap();
+        assert_eq!(
+            (range.first, range.last, range.complete_length),
+            (0, 499, Some(1234))
+        );
+        assert!(range.is(&(0..500), 1234));
+        assert!(!range.is(&(0..500), 1235));
+        assert_eq!(
+            content_range("bytes 5-5/*").map(|r| r.complete_length),
+            Some(None)
+        );
+        for bad in [
+            "bytes */1234",
+            "bytes 5-4/10",
+            "bytes 0-10/10",
+            "bytes +0-4/10",
+            "bytes 0-4/-1",
+            "items 0-4/10",
+            "bytes 0-18446744073709551616/*",
+            "bytes 0 -4/10",
+        ] {
+            assert_eq!(content_range(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn etags_lose_their_quotes_and_weak_marker() {
+        assert_eq!(etag("W/\"abc123\"").as_deref(), Some("abc123"));
+        assert_eq!(etag("\"abc\"").as_deref(), Some("abc"));
+        assert_eq!(etag("abc").as_deref(), Some("abc"));
+        for bad in [
+            "", "\"\"", "W/\"\"", "\"a/b\"", "\"a b\"", "\"a\"b\"", "..\\x",
+        ] {
+            assert_eq!(etag(bad), None, "{bad}");
+        }
+    }
+}

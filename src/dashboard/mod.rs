@@ -1,0 +1,300 @@
+//! The coordinator's dashboard: one self-contained page (HTML, script and style compiled
+//! into the binary; no build step, nothing fetched from elsewhere) that polls a JSON
+//! snapshot of the sweep, the report's figures drawn from the live results, and
+//! `/metrics` for Prometheus. Read-only: every route reads a snapshot the state thread
+//! builds (`SweepState::live_view`, from the same state `status` reads), and one snapshot
+//! serves every viewer, so twenty browsers cost what one does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use neuromfa_coordinator::export::spectrum_rows;
+use neuromfa_coordinator::live::LiveView;
+use neuromfa_coordinator::metrics::{self, StateMetrics};
+use tokio::sync::Mutex;
+
+use crate::report::{live_figure_stems, live_figure_svg, LiveModel};
+use crate::server::StateHandle;
+use crate::web::WebServer;
+
+const PAGE: &str = include_str!("page.html");
+const SCRIPT: &str = include_str!("page.js");
+const STYLE: &str = include_str!("page.css");
+
+/// How old a snapshot the page may be shown (its poll interval): polls within it share one.
+const SNAPSHOT_MAX_AGE: Duration = Duration::from_millis(2000);
+/// How often a figure is redrawn at most while results keep arriving.
+const FIGURE_MIN_INTERVAL: Duration = Duration::from_secs(5);
+/// Spectra drawn per model at most: past that, steps evenly spread by rank (first and last
+/// kept). A thousand curves cost seconds to draw and megabytes to send, and read as one.
+const MAX_SPECTRA: usize = 40;
+
+/// A snapshot and its JSON.
+struct Snapshot {
+    view: LiveView,
+    json: Bytes,
+    etag: String,
+    taken: Instant,
+}
+
+/// A figure as last drawn.
+struct Drawn {
+    version: String,
+    drawn: Instant,
+    svg: Option<Bytes>,
+}
+
+/// The snapshots and figures every request shares.
+struct Feed {
+    state: StateHandle,
+    metrics: StateMetrics,
+    /// The sweep's `q` grid: the spectra's rows.
+    q: Vec<f64>,
+    /// (stem, title) of the figures, fixed for the sweep.
+    figures: Bytes,
+    latest: Mutex<Option<Arc<Snapshot>>>,
+    drawn: Mutex<HashMap<String, Arc<Drawn>>>,
+}
+
+impl Feed {
+    /// The latest snapshot if it is at most `max_age` old, else a new one. Concurrent
+    /// callers wait for the one being taken instead of each asking the state thread.
+    async fn snapshot(&self, max_age: Duration) -> Result<Arc<Snapshot>, Response> {
+        let mut latest = self.latest.lock().await;
+        if let Some(snapshot) = latest.as_ref().filter(|s| s.taken.elapsed() <= max_age) {
+            return Ok(snapshot.clone());
+        }
+        let view = self
+            .state
+            .call(|s, c| s.live_view(c.now_ms, c.draining))
+            .await
+            .map_err(|status| unavailable(status.message()))?;
+        let json = serde_json::to_vec(&view).map_err(|e| unavailable(&e.to_string()))?;
+        let snapshot = Arc::new(Snapshot {
+            etag: format!("\"{}\"", view.generated_ms),
+            json: json.into(),
+            view,
+            taken: Instant::now(),
+        });
+        *latest = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+
+    /// The figure `stem` for the current results, redrawn at most every
+    /// [`FIGURE_MIN_INTERVAL`]: the version drawn may lag the latest by that much.
+    async fn figure(&self, stem: &str) -> Result<Arc<Drawn>, Response> {
+        let snapshot = self.snapshot(SNAPSHOT_MAX_AGE).await?;
+        let mut drawn = self.drawn.lock().await;
+        if let Some(d) = drawn.get(stem) {
+            if d.version == snapshot.view.figures_version || d.drawn.elapsed() < FIGURE_MIN_INTERVAL
+            {
+                return Ok(d.clone());
+            }
+        }
+        let q = self.q.clone();
+        let name = stem.to_string();
+        let version = snapshot.view.figures_version.clone();
+        let svg = tokio::task::spawn_blocking(move || draw(&snapshot.view, &q, &name))
+            .await
+            .map_err(|e| unavailable(&e.to_string()))?
+            .map_err(|e| unavailable(&format!("{e:#}")))?;
+        let d = Arc::new(Drawn {
+            version,
+            drawn: Instant::now(),
+            svg: svg.map(Bytes::from),
+        });
+        drawn.insert(stem.to_string(), d.clone());
+        Ok(d)
+    }
+}
+
+/// Draws the report's figure `stem` from the snapshot's results.
+fn draw(view: &LiveView, q: &[f64], stem: &str) -> anyhow::Result<Option<String>> {
+    let models: Vec<LiveModel> = view
+        .models
+        .iter()
+        .map(|m| LiveModel {
+            repo: &m.model,
+            aggregates: &m.aggregates,
+            spectra: spread(&m.spectra, MAX_SPECTRA)
+                .map(|(step, a)| (*step, spectrum_rows(&m.model, a, q)))
+                .collect::<BTreeMap<_, _>>(),
+        })
+        .collect();
+    live_figure_svg(&models, stem)
+}
+
+/// At most `n` of `items`, evenly spread by rank, the first and the last among them.
+fn spread<T>(items: &[T], n: usize) -> impl Iterator<Item = &T> {
+    let len = items.len();
+    let picked: std::collections::BTreeSet<usize> = if len <= n || n < 2 {
+        (0..len.min(n)).collect()
+    } else {
+        (0..n).map(|i| i * (len - 1) / (n - 1)).collect()
+    };
+    picked.into_iter().map(move |i| &items[i])
+}
+
+fn unavailable(why: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the sweep's state cannot be read: {why}\n"),
+    )
+        .into_response()
+}
+
+/// `body` with `content_type`, or 304 when the browser holds `etag` already.
+fn tagged(headers: &HeaderMap, etag: &str, content_type: &'static str, body: Bytes) -> Response {
+    let held = headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+    let etag = HeaderValue::from_str(etag).unwrap_or(HeaderValue::from_static("\"\""));
+    if held {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::ETAG, etag),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+type Shared = State<Arc<Feed>>;
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:",
+            ),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+async fn style() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+}
+
+async fn live(State(feed): Shared, headers: HeaderMap) -> Response {
+    match feed.snapshot(SNAPSHOT_MAX_AGE).await {
+        Ok(s) => tagged(&headers, &s.etag, "application/json", s.json.clone()),
+        Err(response) => response,
+    }
+}
+
+async fn figures(State(feed): Shared) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        feed.figures.clone(),
+    )
+        .into_response()
+}
+
+async fn figure(State(feed): Shared, Path(stem): Path<String>, headers: HeaderMap) -> Response {
+    let stem = stem.strip_suffix(".svg").unwrap_or(&stem);
+    match feed.figure(stem).await {
+        Ok(d) => match &d.svg {
+            Some(svg) => tagged(
+                &headers,
+                &format!("\"{}\"", d.version),
+                "image/svg+xml",
+                svg.clone(),
+            ),
+            None => (StatusCode::NOT_FOUND, "no results to draw yet\n").into_response(),
+        },
+        Err(response) => response,
+    }
+}
+
+/// Scrapes see the state as it is now, not a snapshot a page took a second ago.
+async fn prometheus(State(feed): Shared) -> Response {
+    let snapshot = match feed.snapshot(Duration::ZERO).await {
+        Ok(s) => s,
+        Err(response) => return response,
+    };
+    match metrics::encode(&snapshot.view, &feed.metrics) {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => unavailable("the metrics could not be encoded"),
+    }
+}
+
+/// The dashboard's routes over the sweep `state` holds.
+async fn router(state: StateHandle) -> anyhow::Result<Router> {
+    let (metrics, q, repos) = state
+        .call(|s, _| {
+            s.enable_live_view()?;
+            let repos: Vec<String> = s.spec().models.iter().map(|m| m.repo.clone()).collect();
+            Ok((s.metrics().clone(), s.params().q.clone(), repos))
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("the sweep's state: {}", status.message()))?;
+    let repos: Vec<&str> = repos.iter().map(String::as_str).collect();
+    let stems: Vec<serde_json::Value> = live_figure_stems(&repos)
+        .into_iter()
+        .map(|(stem, title)| serde_json::json!({ "stem": stem, "title": title }))
+        .collect();
+    let feed = Arc::new(Feed {
+        state,
+        metrics,
+        q,
+        figures: serde_json::to_vec(&stems)?.into(),
+        latest: Mutex::new(None),
+        drawn: Mutex::new(HashMap::new()),
+    });
+    Ok(Router::new()
+        .route("/", get(page))
+        .route("/dashboard.js", get(script))
+        .route("/dashboard.css", get(style))
+        .route("/api/live", get(live))
+        .route("/api/figures", get(figures))
+        .route("/figure/{stem}", get(figure))
+        .route("/metrics", get(prometheus))
+        .with_state(feed))
+}
+
+/// Serves the dashboard of the sweep `state` holds on `listener`, behind `token`.
+pub async fn start(
+    listener: tokio::net::TcpListener,
+    state: StateHandle,
+    token: &str,
+) -> anyhow::Result<WebServer> {
+    let router = router(state).await?;
+    WebServer::start(listener, router, token, "dashboard")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    #[test]
+    fn many_spectra_are_thinned_evenly_keeping_the_ends() {
+        let steps: Vec<u32> = (0..1000).collect();
+        let picked: Vec<u32> = spread(&steps, 40).copied().collect();
+        assert_eq!(picked.len(), 40);
+        assert_eq!((picked[0], picked[39]), (0, 999));
+        let few: Vec<u32> = spread(&steps[..7], 40).copied().collect();
+        assert_eq!(few, (0..7).collect::<Vec<_>>());
+    }
+}
