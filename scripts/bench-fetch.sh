@@ -17,7 +17,21 @@
 # With taskset and two or more CPUs, the Hub runs on CPU 1 and the fetches on CPU 0: a real
 # Hub does not take the worker's CPU, and tens of thousands of small requests cost the server as
 # much CPU as the client, so sharing cores would measure the stand-in as much as the worker.
+#
+#   scripts/bench-fetch.sh --like-hf [MBPS] [MODEL]
+#
+# The same checkpoint through the stand-in's real-Hub profile (302 to a signed CDN URL, a free
+# account's rate limits, RateLimit headers) at round trips of ${RTTS:-0 30 100} ms: ten seeds
+# by ranges (REPEAT times) and the whole file (once), with the Resolver and API requests each
+# took and the bytes against the file. Targets at 30 ms: at most 5 Resolver and 3 API
+# requests per checkpoint, at most 15 % of the file's bytes, ranges at least 5x faster than
+# the whole file.
 set -euo pipefail
+like_hf=0
+if [ "${1:-}" = "--like-hf" ]; then
+  like_hf=1
+  shift
+fi
 mbps=${1:-100}
 model=${2:-pythia-1b}
 repeat=${REPEAT:-3}
@@ -37,14 +51,88 @@ if [ ! -f "$ckpt/model.safetensors" ]; then
 fi
 bin_repo=$repo-bin
 bin_ckpt=$hub_dir/$bin_repo/step0
-if [ ! -f "$bin_ckpt/pytorch_model.bin" ]; then
+if [ "$like_hf" = 0 ] && [ ! -f "$bin_ckpt/pytorch_model.bin" ]; then
   python3 "$root/scripts/make-bin-fixtures.py" --convert "$ckpt" "$bin_ckpt"
 fi
 # Every path reads the served files from page cache, so disk speed does not decide.
-cat "$ckpt/model.safetensors" "$bin_ckpt/pytorch_model.bin" > /dev/null
+cat "$ckpt/model.safetensors" "$bin_ckpt/pytorch_model.bin" > /dev/null 2>&1 || true
 
 # The fetcher refuses a loopback endpoint that proxy settings would capture.
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
+
+if [ "$like_hf" = 1 ]; then
+  work=$(mktemp -d "$data/fetch-bench.XXXXXX")
+  hub_pid=
+  cleanup() {
+    [ -n "$hub_pid" ] && kill "$hub_pid" 2> /dev/null || true
+    rm -rf "$work"
+  }
+  trap cleanup EXIT
+  hub_cpu=() worker_cpu=()
+  if command -v taskset > /dev/null && [ "$(nproc)" -ge 2 ]; then
+    hub_cpu=(taskset -c 1) worker_cpu=(taskset -c 0)
+  fi
+  results=$work/results.txt
+  for rtt in ${RTTS:-0 30 100}; do
+    # The Hub prints its URL, then the CDN's, on stdout once it listens.
+    RUST_LOG=warn "${hub_cpu[@]}" "$bin" hub serve "$hub_dir" --listen 127.0.0.1:0 --like-hf \
+      --plan free --latency-ms "$rtt" --throttle "$mbps" > "$work/hub.out" 2> "$work/hub.log" &
+    hub_pid=$!
+    for _ in $(seq 300); do
+      [ "$(wc -l < "$work/hub.out")" -ge 2 ] && break
+      sleep 0.1
+    done
+    endpoint=$(head -1 "$work/hub.out")
+    [ -n "$endpoint" ] || { cat "$work/hub.log"; exit 1; }
+    echo "== round trip $rtt ms: the Hub at $endpoint, $mbps MB/s, a free account's limits"
+    for mode in $(yes ranges | head -n "$repeat") full; do
+      cache=$work/cache-$rtt-$mode
+      "${worker_cpu[@]}" "$bench" --endpoint "$endpoint" --revision step0 --layer-sample 32 \
+        --repo "$repo" --seeds 0..10 --mode "$mode" --cache "$cache" \
+        | sed "s/^fetch /fetch rtt=$rtt /" | tee -a "$results"
+      rm -rf "$cache"
+    done
+    python3 -c 'import json, sys, urllib.request
+s = json.load(urllib.request.urlopen(sys.argv[1] + "/_stand-in/stats"))
+print("  stand-in: 429s %d, CDN requests %d, Authorization at the CDN %d"
+      % (s["rate_limited"], s["cdn_requests"], s["cdn_authorization"]))' "$endpoint"
+    kill "$hub_pid"
+    wait "$hub_pid" 2> /dev/null || true
+    hub_pid=
+  done
+  python3 - "$results" "$mbps" <<'PY'
+import statistics
+import sys
+runs = {}
+for line in open(sys.argv[1]):
+    kind, *fields = line.split()
+    if kind != "fetch":
+        continue
+    kv = dict(f.split("=", 1) for f in fields)
+    runs.setdefault((int(kv["rtt"]), kv["mode"]), []).append(kv)
+print(f"\n{'rtt':>5} {'mode':7} {'downloaded':>12} {'of file':>8} {'requests':>9} {'resolvers':>9} "
+      f"{'api':>4} {'wall (median)':>14}")
+wall = {}
+for (rtt, mode), rs in sorted(runs.items()):
+    wall[(rtt, mode)] = statistics.median(float(r["wall_s"]) for r in rs)
+    r = rs[0]
+    print(f"{rtt:>3}ms {mode:7} {int(r['bytes']) / 1e6:>9.1f} MB {100 * float(r['share']):>7.2f}% "
+          f"{r['requests']:>9} {r['resolvers']:>9} {r['api']:>4} {wall[(rtt, mode)]:>13.2f}s")
+for rtt in sorted({k[0] for k in runs}):
+    if (rtt, "full") in wall and (rtt, "ranges") in wall:
+        print(f"{rtt} ms: ranges {wall[(rtt, 'full')] / wall[(rtt, 'ranges')]:.1f}x faster than the whole file")
+if (30, "ranges") in runs and (30, "full") in wall:
+    r = runs[(30, "ranges")][0]
+    ok = lambda good: "met" if good else "MISSED"
+    res, api, share = int(r["resolvers"]), int(r["api"]), 100 * float(r["share"])
+    speedup = wall[(30, "full")] / wall[(30, "ranges")]
+    print(f"target at 30 ms, Resolver requests <= 5: {res} {ok(res <= 5)}")
+    print(f"target at 30 ms, API requests <= 3: {api} {ok(api <= 3)}")
+    print(f"target at 30 ms, bytes <= 15 % of the file: {share:.2f} % {ok(share <= 15)}")
+    print(f"target at 30 ms, ranges >= 5x faster than the whole file: {speedup:.1f}x {ok(speedup >= 5)}")
+PY
+  exit 0
+fi
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 endpoint=http://127.0.0.1:$port
 work=$(mktemp -d "$data/fetch-bench.XXXXXX")
