@@ -671,6 +671,9 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         http_url(dashboard.addr)
     )?;
     let mut options = WorkerOptions::new(format!("http://{}", running.addr), token);
+    // The workers fetch as whom the coordinator resolved: a token for a gated or private
+    // repository (or a Hub that wants one) is needed by both.
+    options.hub_token = hub.token.clone();
     options.cache_dir = args
         .cache_dir
         .clone()
