@@ -58,8 +58,7 @@ fn like_hf_cluster(resolvers: u32, api: u32) -> (Cluster, StandIn) {
         "--url-lifetime-secs",
         &lifetime,
     ];
-    let mut cluster =
-        Cluster::with_hub_flags(publish, two_model_specs(), SEEDS, "", &flags);
+    let mut cluster = Cluster::with_hub_flags(publish, two_model_specs(), SEEDS, "", &flags);
     cluster.set_hub_keys(&format!("token = \"{HUB_TOKEN}\""));
     cluster.worker_hub_token = Some(HUB_TOKEN.to_string());
     let hub = StandIn::new(&cluster.hub_url, Some(HUB_TOKEN));
@@ -97,19 +96,18 @@ fn assert_sweep_as_ideal(cluster: &Cluster, stats: &Value) {
 fn a_sweep_through_spent_windows_expired_signatures_and_faults_ends_as_against_an_ideal_hub() {
     let (mut cluster, hub) = like_hf_cluster(6, 3);
     cluster.set_fetch_mode("ranges");
-    // The clients' clocks now see every signature an hour longer-lived than the CDN does:
-    // they never renew one before the CDN refuses it, so expiries are met as 403s.
+    // The Hub's clock runs an hour ahead of the cluster's: the clients see every signature
+    // an hour longer-lived than the CDN does, never renew one before the CDN refuses it,
+    // and so meet every expiry as a 403.
     hub.advance_clock(3600);
     // The coordinator's resolution meets server errors.
     hub.set_faults("hub", json!({ "error_next": 2, "error_status": 500 }));
     cluster.start_coordinator();
-    // Every signature the coordinator resolved, which the leases carry, is now past its
-    // end at the CDN. The workers' first requests to the Hub and the CDN fail; no request
-    // is failed more than twice, so none runs out of its attempts.
-    hub.advance_clock(3600);
+    // So do the workers' first requests to the Hub and to the CDN. No request fails more
+    // than twice, so none runs out of its attempts.
     hub.set_faults("hub", json!({ "error_next": 2, "error_status": 503 }));
-    // The first answer of the CDN is also held past the signature's life: the retry of
-    // the same read finds its signature expired (mid-fetch), and renews it.
+    // The CDN's first answer is also held past the signature's life: the retry of that
+    // read finds its signature expired, mid-fetch, and renews it.
     hub.set_faults(
         "cdn",
         json!({
@@ -126,9 +124,18 @@ fn a_sweep_through_spent_windows_expired_signatures_and_faults_ends_as_against_a
 
     assert_sweep_as_ideal(&cluster, &stats);
     let fetches = csv_rows(&cluster.export_file("fetch.csv"));
-    assert!(fetches.iter().all(|f| f["fetch_mode"] == "ranges"), "{fetches:?}");
-    assert!(count(&stats, "rate_limited") > 0, "no window was spent: {stats}");
-    assert!(count(&stats, "cdn_expired") > 0, "no signature expired: {stats}");
+    assert!(
+        fetches.iter().all(|f| f["fetch_mode"] == "ranges"),
+        "{fetches:?}"
+    );
+    assert!(
+        count(&stats, "rate_limited") > 0,
+        "no window was spent: {stats}"
+    );
+    assert!(
+        count(&stats, "cdn_expired") > 0,
+        "no signature expired: {stats}"
+    );
     assert_eq!(count(&stats, "injected_errors"), 5, "{stats}");
     assert_eq!(count(&stats, "injected_resets"), 1, "{stats}");
     let coordinator = cluster.coordinator.as_ref().unwrap().log_text();
@@ -141,8 +148,10 @@ fn a_sweep_through_spent_windows_expired_signatures_and_faults_ends_as_against_a
 
 #[test]
 fn with_the_specs_budget_at_the_hubs_quota_three_workers_draw_no_429() {
-    // The sweep asks about 24 Resolver and 6 API requests: more than one window holds.
-    let (resolvers, api) = (16, 4);
+    // The sweep sends about 24 Resolver and 6 API requests, more than one window holds.
+    // The cluster's pacing counts grants over the window plus the 15 s a grant may take to
+    // be spent, so each window's worth beyond the first costs 17 s: these quotas need one.
+    let (resolvers, api) = (20, 4);
     let (cluster, hub) = like_hf_cluster(resolvers, api);
     cluster.set_hub_keys(&format!(
         "budget_resolvers = {resolvers}\nbudget_api = {api}\nbudget_window_seconds = {WINDOW_SECS}\nfetch_mode = \"full\""
@@ -153,7 +162,10 @@ fn with_the_specs_budget_at_the_hubs_quota_three_workers_draw_no_429() {
 
     assert_sweep_as_ideal(&cluster, &stats);
     let fetches = csv_rows(&cluster.export_file("fetch.csv"));
-    assert!(fetches.iter().all(|f| f["fetch_mode"] == "full"), "{fetches:?}");
+    assert!(
+        fetches.iter().all(|f| f["fetch_mode"] == "full"),
+        "{fetches:?}"
+    );
     assert_eq!(count(&stats, "rate_limited"), 0, "{stats}");
     // More than one window's quota of each bucket was asked for: the pacing held the
     // cluster back, not an idle Hub.
@@ -162,4 +174,20 @@ fn with_the_specs_budget_at_the_hubs_quota_three_workers_draw_no_429() {
         "{stats}"
     );
     assert!(count(&stats, "api_requests") > u64::from(api), "{stats}");
+    // The status the sweep ends with says so: no bucket drew a 429, and the cluster
+    // waited for its budget.
+    let buckets: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains(" granted ") && l.contains(" throttled"))
+        .collect();
+    assert_eq!(buckets.len(), 2, "no budget in the status:\n{said}");
+    let waited = |line: &str| -> f64 {
+        let after = &line[line.find("waited ").unwrap() + "waited ".len()..];
+        after[..after.find(' ').unwrap()].parse().unwrap()
+    };
+    assert!(
+        buckets.iter().all(|l| l.contains(", 0 throttled")),
+        "{said}"
+    );
+    assert!(buckets.iter().any(|l| waited(l) > 0.0), "{said}");
 }

@@ -51,7 +51,10 @@ impl StandIn {
         let mut headers = vec![("Content-Type", "application/json")];
         headers.extend(bearer.as_deref().map(|b| ("Authorization", b)));
         let (head, body) = request(self.port, method, path, &headers, body);
-        assert!(head.starts_with("http/1.1 200"), "{method} {path}: {head}\n{body}");
+        assert!(
+            head.starts_with("http/1.1 200"),
+            "{method} {path}: {head}\n{body}"
+        );
         body
     }
 
