@@ -72,19 +72,21 @@ fn count(stats: &Value, name: &str) -> u64 {
 }
 
 /// What every sweep against the Hub profile must show: the exports of the ideal run, every
-/// fetch done at its first attempt, paths-info sent as form fields only, and no token on
-/// the CDN's listener, which was used.
-fn assert_sweep_as_ideal(cluster: &Cluster, stats: &Value) {
-    let exports = cluster.state_dir.join("exports");
-    assert_same_exports(ideal_exports(), &exports);
+/// fetch in `mode` and done at its task's first attempt, paths-info sent as form fields
+/// only, and no token on the CDN's listener, which was used, nor in any export.
+fn assert_sweep_as_ideal(cluster: &Cluster, stats: &Value, mode: &str) {
+    assert_same_exports(ideal_exports(), &cluster.state_dir.join("exports"));
     let fetches = csv_rows(&cluster.export_file("fetch.csv"));
     assert_eq!(fetches.len(), 6 * SEEDS as usize, "{fetches:?}");
-    assert!(fetches.iter().all(|f| f["attempts"] == "1"), "{fetches:?}");
+    let as_asked = |f: &std::collections::HashMap<String, String>| {
+        f["attempts"] == "1" && f["fetch_mode"] == mode
+    };
+    assert!(fetches.iter().all(as_asked), "{fetches:?}");
     assert!(count(stats, "paths_info_form") > 0, "{stats}");
     assert_eq!(count(stats, "paths_info_json"), 0, "{stats}");
     assert!(count(stats, "cdn_requests") > 0, "{stats}");
     assert_eq!(count(stats, "cdn_authorization"), 0, "{stats}");
-    for name in read_exports(&exports).keys() {
+    for name in neuromfa_coordinator::export::EXPORT_FILES {
         assert!(
             !cluster.export_file(name).contains(HUB_TOKEN),
             "{name} holds the Hub token"
@@ -122,12 +124,7 @@ fn a_sweep_through_spent_windows_expired_signatures_and_faults_ends_as_against_a
     let stats = hub.stats();
     eprintln!("{stats:#}");
 
-    assert_sweep_as_ideal(&cluster, &stats);
-    let fetches = csv_rows(&cluster.export_file("fetch.csv"));
-    assert!(
-        fetches.iter().all(|f| f["fetch_mode"] == "ranges"),
-        "{fetches:?}"
-    );
+    assert_sweep_as_ideal(&cluster, &stats, "ranges");
     assert!(
         count(&stats, "rate_limited") > 0,
         "no window was spent: {stats}"
@@ -160,12 +157,7 @@ fn with_the_specs_budget_at_the_hubs_quota_three_workers_draw_no_429() {
     let stats = hub.stats();
     eprintln!("{said}\n{stats:#}");
 
-    assert_sweep_as_ideal(&cluster, &stats);
-    let fetches = csv_rows(&cluster.export_file("fetch.csv"));
-    assert!(
-        fetches.iter().all(|f| f["fetch_mode"] == "full"),
-        "{fetches:?}"
-    );
+    assert_sweep_as_ideal(&cluster, &stats, "full");
     assert_eq!(count(&stats, "rate_limited"), 0, "{stats}");
     // More than one window's quota of each bucket was asked for: the pacing held the
     // cluster back, not an idle Hub.
