@@ -671,6 +671,9 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         http_url(dashboard.addr)
     )?;
     let mut options = WorkerOptions::new(format!("http://{}", running.addr), token);
+    // The workers fetch as whom the coordinator resolved: a token for a gated or private
+    // repository (or a Hub that wants one) is needed by both.
+    options.hub_token = hub.token.clone();
     options.cache_dir = args
         .cache_dir
         .clone()
@@ -1035,7 +1038,11 @@ fn print_status(out: &mut impl Write, s: &StatusReport) -> std::io::Result<()> {
         for b in &s.budget {
             let bucket = b.bucket.map_or("?", |b| b.as_str());
             let paused = match b.paused_seconds > 0.0 {
-                true => format!(", paused {:.0} s more by a 429", b.paused_seconds),
+                // A 429 pauses grants, and so does the Hub reporting its window spent.
+                true => format!(
+                    ", paused {:.1} s more until the Hub's window resets",
+                    b.paused_seconds
+                ),
                 false => String::new(),
             };
             println!(

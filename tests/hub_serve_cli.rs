@@ -3,24 +3,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
 use support::cluster::{port_of, Proc};
+use support::stand_in;
 
-/// One HTTP/1.1 request over a fresh connection; returns the status line and headers, and
-/// the body.
+/// One request without headers or body.
 fn request(port: u16, method: &str, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    (head.to_ascii_lowercase(), body.to_string())
+    stand_in::request(port, method, path, &[], "")
 }
 
 #[test]

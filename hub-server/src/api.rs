@@ -153,12 +153,17 @@ pub(crate) struct PathsInfoQuery {
 
 impl PathsInfoQuery {
     /// A JSON body (`{"paths": [...], "expand": true}`) or form fields
-    /// (`paths=a&paths=b&expand=True`, as huggingface_hub sends them).
-    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Self, HubError> {
+    /// (`paths=a&paths=b&expand=True`, as huggingface_hub sends them), counted by kind.
+    fn parse(st: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Self, HubError> {
         let is_json = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().starts_with("application/json"));
+        let counter = match is_json {
+            true => &st.stats.paths_info_json,
+            false => &st.stats.paths_info_form,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         if is_json {
             return serde_json::from_slice(body)
                 .map_err(|e| HubError::BadRequest(format!("paths-info: {e}")));
@@ -183,7 +188,7 @@ pub(crate) async fn paths_info(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Vec<Value>>, HubError> {
-    let query = PathsInfoQuery::parse(&headers, &body)?;
+    let query = PathsInfoQuery::parse(&st, &headers, &body)?;
     blocking(move || {
         let view = st.describe(&org, &name, &rev)?;
         let mut out = Vec::new();

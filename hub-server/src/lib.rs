@@ -176,6 +176,10 @@ pub struct HubStats {
     pub reconstructions: u64,
     /// Xorb range requests.
     pub xorb_requests: u64,
+    /// paths-info requests whose paths came as form fields (as huggingface_hub sends them).
+    pub paths_info_form: u64,
+    /// paths-info requests whose paths came as a JSON body.
+    pub paths_info_json: u64,
     /// Injected server errors, cut bodies and delayed answers (both listeners).
     pub injected_errors: u64,
     pub injected_resets: u64,
@@ -218,6 +222,8 @@ counters!(
     xet_tokens,
     reconstructions,
     xorb_requests,
+    paths_info_form,
+    paths_info_json,
     injected_errors,
     injected_resets,
     injected_delays,

@@ -389,6 +389,8 @@ async fn paths_info_takes_form_fields_and_json_and_answers_in_the_hubs_shapes() 
         .unwrap();
     assert_eq!(form, json);
     assert_eq!(form.len(), 2);
+    let counted = hub.stats();
+    assert_eq!((counted.paths_info_form, counted.paths_info_json), (1, 1));
     let (cfg, weights) = (&form[0], &form[1]);
     assert_eq!(cfg["type"], "file");
     assert_eq!(cfg["path"], "config.json");

@@ -258,6 +258,8 @@ pub struct Cluster {
     pub state_dir: PathBuf,
     /// The CA clients trust when the coordinator serves TLS.
     pub tls_ca: Option<PathBuf>,
+    /// The Hub token workers started from now on find in `HF_TOKEN`.
+    pub worker_hub_token: Option<String>,
     starts: usize,
 }
 
@@ -313,6 +315,17 @@ impl Cluster {
         mbps: f64,
     ) -> Cluster {
         let mbps = mbps.to_string();
+        Self::with_hub_flags(publish, models, seeds, extra, &["--throttle", &mbps])
+    }
+
+    /// A cluster whose Hub is `neuromfa hub serve` with more `flags` (e.g. `--like-hf`).
+    pub fn with_hub_flags(
+        publish: impl FnOnce(&Path),
+        models: &str,
+        seeds: u32,
+        extra: &str,
+        flags: &[&str],
+    ) -> Cluster {
         Self::build(
             publish,
             models,
@@ -320,7 +333,7 @@ impl Cluster {
             extra,
             3,
             None,
-            HubKind::Serve(&["--throttle", &mbps]),
+            HubKind::Serve(flags),
         )
     }
 
@@ -435,6 +448,7 @@ max_attempts = 3
             spec,
             state_dir,
             tls_ca: tls.map(|t| t.ca),
+            worker_hub_token: None,
             starts: 0,
         }
     }
@@ -490,7 +504,9 @@ max_attempts = 3
         let mut flags = vec!["--give-up-after".to_string(), "60".to_string()];
         flags.extend(self.tls_flags());
         flags.extend(extra.iter().map(|f| f.to_string()));
-        let proc = spawn_worker(&self.coordinator_url(), token, &cache, &flags, log);
+        let hub_token = self.worker_hub_token.as_deref();
+        let env: Vec<(&str, &str)> = hub_token.map(|t| ("HF_TOKEN", t)).into_iter().collect();
+        let proc = spawn_worker_with_env(&self.coordinator_url(), token, &cache, &flags, &env, log);
         self.workers.push(proc);
         index
     }
@@ -556,6 +572,7 @@ max_attempts = 3
             .args(["sweep", "run", self.spec.to_str().unwrap()])
             .args(["--workers", &workers.to_string(), "--cache-dir"])
             .arg(self.root.path().join("cache"))
+            .env_remove("HF_TOKEN")
             .env("NO_PROXY", "127.0.0.1,localhost")
             .output()
             .unwrap()
@@ -573,8 +590,13 @@ max_attempts = 3
 
     /// Sets `[hub] fetch_mode` in the spec.
     pub fn set_fetch_mode(&self, mode: &str) {
+        self.set_hub_keys(&format!("fetch_mode = \"{mode}\""));
+    }
+
+    /// Adds `lines` (TOML `key = value` lines) to the spec's `[hub]` table.
+    pub fn set_hub_keys(&self, lines: &str) {
         let spec = std::fs::read_to_string(&self.spec).unwrap();
-        let spec = spec.replace("[hub]\n", &format!("[hub]\nfetch_mode = \"{mode}\"\n"));
+        let spec = spec.replace("[hub]\n", &format!("[hub]\n{}\n", lines.trim()));
         std::fs::write(&self.spec, spec).unwrap();
     }
 
@@ -586,6 +608,18 @@ max_attempts = 3
 
 /// `neuromfa worker` for the coordinator at `url`, caching in `cache`, with more `flags`.
 pub fn spawn_worker(url: &str, token: &str, cache: &Path, flags: &[String], log: PathBuf) -> Proc {
+    spawn_worker_with_env(url, token, cache, flags, &[], log)
+}
+
+/// [`spawn_worker`] with more environment variables.
+pub fn spawn_worker_with_env(
+    url: &str,
+    token: &str,
+    cache: &Path,
+    flags: &[String],
+    env: &[(&str, &str)],
+    log: PathBuf,
+) -> Proc {
     let mut args = vec![
         "worker",
         "--coordinator",
@@ -594,7 +628,9 @@ pub fn spawn_worker(url: &str, token: &str, cache: &Path, flags: &[String], log:
         cache.to_str().unwrap(),
     ];
     args.extend(flags.iter().map(String::as_str));
-    Proc::spawn(&args, &[("NEUROMFA_TOKEN", token)], log)
+    let mut env = env.to_vec();
+    env.push(("NEUROMFA_TOKEN", token));
+    Proc::spawn(&args, &env, log)
 }
 
 /// `neuromfa status --json` against the coordinator at `url`, or `None` while it does not answer.

@@ -134,4 +134,5 @@ pub mod faulty_hub;
 pub mod partition;
 pub mod procfs;
 pub mod proxy;
+pub mod stand_in;
 pub mod tmpfs;
