@@ -150,3 +150,13 @@ fn a_spec_key_that_indexes_an_array_is_refused_before_config_reads_it() {
     let huge = "\"0[4000000000]\" = 1\n";
     assert!(SweepSpec::from_toml(huge, Path::new("spec.toml")).is_err());
 }
+
+/// A `429` naming a wait of 2^64 − 1 seconds: added to the instant it came at, it overflowed
+/// (a panic), and slept on, it stopped the worker for good. Now taken as an hour.
+#[test]
+fn a_rate_limit_naming_a_wait_of_2_to_the_64_seconds_is_taken_as_an_hour() {
+    let input = kept("rate_limit", "wait-of-2-64-minus-1-seconds");
+    let (_, window) = neuromfa_hub::headers::rate_limit(text(&input)).unwrap();
+    assert_eq!(window.resets_in, neuromfa_hub::headers::MAX_NAMED_WAIT);
+    assert_eq!(window.remaining, 0);
+}

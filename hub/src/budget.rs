@@ -96,72 +96,17 @@ impl Budget for LocalBudget {
 
 /// What an answer's `RateLimit` header says: the bucket and its window.
 pub(crate) fn rate_limit(headers: &reqwest::header::HeaderMap) -> Option<(Bucket, HubWindow)> {
-    let value = headers.get("ratelimit")?.to_str().ok()?;
-    let fields = structured_fields(value);
-    let bucket = fields.names.iter().find_map(|n| n.parse::<Bucket>().ok())?;
-    let remaining = fields.param("r")?;
-    let resets_in = Duration::from_secs(fields.param("t")?);
-    Some((
-        bucket,
-        HubWindow {
-            remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
-            resets_in,
-        },
-    ))
+    crate::headers::rate_limit(headers.get("ratelimit")?.to_str().ok()?)
 }
 
 /// What an answer's `RateLimit-Policy` header says: the bucket and its quota.
 pub(crate) fn rate_limit_policy(headers: &reqwest::header::HeaderMap) -> Option<(Bucket, Quota)> {
-    let value = headers.get("ratelimit-policy")?.to_str().ok()?;
-    let fields = structured_fields(value);
-    let bucket = fields.names.iter().find_map(|n| n.parse::<Bucket>().ok())?;
-    Some((
-        bucket,
-        Quota {
-            requests: u32::try_from(fields.param("q")?).unwrap_or(u32::MAX),
-            window: Duration::from_secs(fields.param("w")?),
-        },
-    ))
+    crate::headers::rate_limit_policy(headers.get("ratelimit-policy")?.to_str().ok()?)
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not worth a date parser here: the Hub
-/// sends `RateLimit` as well).
+/// `Retry-After` in seconds.
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// The quoted names and `key=number` parameters of a structured header such as
-/// `"fixed window";"resolvers";q=5000;w=300`.
-struct Fields<'a> {
-    names: Vec<&'a str>,
-    params: Vec<(&'a str, &'a str)>,
-}
-
-impl Fields<'_> {
-    fn param(&self, key: &str) -> Option<u64> {
-        self.params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .and_then(|(_, v)| v.parse().ok())
-    }
-}
-
-fn structured_fields(value: &str) -> Fields<'_> {
-    let mut fields = Fields {
-        names: Vec::new(),
-        params: Vec::new(),
-    };
-    for part in value.split([';', ',']).map(str::trim) {
-        if let Some(name) = part.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
-            fields.names.push(name);
-        } else if let Some((key, value)) = part.split_once('=') {
-            fields
-                .params
-                .push((key.trim(), value.trim().trim_matches('"')));
-        }
-    }
-    fields
+    crate::headers::retry_after(headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?)
 }
 
 #[cfg(test)]

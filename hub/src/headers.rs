@@ -2,6 +2,16 @@
 //! parser takes a header's text and says what it means, or `None` for text that does not
 //! follow the header's grammar. Every one is a fuzz target (`fuzz/`).
 
+use std::time::Duration;
+
+use neuromfa_common::budget::{Bucket, HubWindow, Quota};
+
+/// The longest wait a server's answer is taken at its word for (`RateLimit`'s `t`,
+/// `Retry-After`, a policy's window): the Hub's windows are five minutes, and a wait named
+/// in the billions of seconds would otherwise stop a worker for good, or overflow the
+/// instant it is added to.
+pub const MAX_NAMED_WAIT: Duration = Duration::from_secs(3600);
+
 /// `Content-Range: bytes FIRST-LAST/COMPLETE` (RFC 9110 §14.4), `COMPLETE` being `*` when
 /// the server does not say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +71,84 @@ pub fn etag(value: &str) -> Option<String> {
     (!value.is_empty() && value.chars().all(allowed)).then(|| value.to_string())
 }
 
+/// `RateLimit: "resolvers";r=REMAINING;t=SECONDS` (the Hub's form of the IETF draft): the
+/// bucket and its window, the wait capped at [`MAX_NAMED_WAIT`]. `None` without a known
+/// bucket, `r` or `t`.
+pub fn rate_limit(value: &str) -> Option<(Bucket, HubWindow)> {
+    let fields = structured_fields(value);
+    let bucket = fields.bucket()?;
+    let remaining = fields.param("r")?;
+    let resets_in = named_wait(fields.param("t")?);
+    Some((
+        bucket,
+        HubWindow {
+            remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+            resets_in,
+        },
+    ))
+}
+
+/// `RateLimit-Policy: "fixed window";"resolvers";q=QUOTA;w=SECONDS`: the bucket and its
+/// quota, the window capped at [`MAX_NAMED_WAIT`].
+pub fn rate_limit_policy(value: &str) -> Option<(Bucket, Quota)> {
+    let fields = structured_fields(value);
+    let bucket = fields.bucket()?;
+    Some((
+        bucket,
+        Quota {
+            requests: u32::try_from(fields.param("q")?).unwrap_or(u32::MAX),
+            window: named_wait(fields.param("w")?),
+        },
+    ))
+}
+
+/// `Retry-After` in seconds, capped at [`MAX_NAMED_WAIT`] (the HTTP-date form is not worth
+/// a date parser here: the Hub sends `RateLimit` as well).
+pub fn retry_after(value: &str) -> Option<Duration> {
+    decimal(value.trim()).map(named_wait)
+}
+
+fn named_wait(seconds: u64) -> Duration {
+    Duration::from_secs(seconds).min(MAX_NAMED_WAIT)
+}
+
+/// The quoted names and `key=number` parameters of a structured header such as
+/// `"fixed window";"resolvers";q=5000;w=300`.
+struct Fields<'a> {
+    names: Vec<&'a str>,
+    params: Vec<(&'a str, &'a str)>,
+}
+
+impl Fields<'_> {
+    fn bucket(&self) -> Option<Bucket> {
+        self.names.iter().find_map(|n| n.parse::<Bucket>().ok())
+    }
+
+    fn param(&self, key: &str) -> Option<u64> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .and_then(|(_, v)| decimal(v))
+    }
+}
+
+fn structured_fields(value: &str) -> Fields<'_> {
+    let mut fields = Fields {
+        names: Vec::new(),
+        params: Vec::new(),
+    };
+    for part in value.split([';', ',']).map(str::trim) {
+        if let Some(name) = part.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
+            fields.names.push(name);
+        } else if let Some((key, value)) = part.split_once('=') {
+            fields
+                .params
+                .push((key.trim(), value.trim().trim_matches('"')));
+        }
+    }
+    fields
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +190,18 @@ mod tests {
         ] {
             assert_eq!(etag(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_named_wait_is_taken_up_to_an_hour() {
+        let (_, window) = rate_limit("\"api\";r=0;t=18446744073709551615").unwrap();
+        assert_eq!(window.resets_in, MAX_NAMED_WAIT);
+        // The instant it names can be reached without overflow.
+        let _ = std::time::Instant::now() + window.resets_in;
+        assert_eq!(retry_after("99999999999999999999"), None);
+        assert_eq!(retry_after(" 18446744073709551615 "), Some(MAX_NAMED_WAIT));
+        assert_eq!(retry_after("+12"), None);
+        let (_, quota) = rate_limit_policy("\"resolvers\";q=5000;w=9999999").unwrap();
+        assert_eq!(quota.window, MAX_NAMED_WAIT);
     }
 }

@@ -18,7 +18,7 @@ pub mod fetch;
 pub mod hashing;
 pub mod headers;
 mod hfcache;
-mod listing;
+pub mod listing;
 pub mod ranges;
 pub mod resolve;
 mod transport;

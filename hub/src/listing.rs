@@ -19,6 +19,25 @@ use crate::fetch::{FetchedFile, Session};
 use crate::hashing::is_commit_hex;
 use crate::transport::{RemoteFile, Scope, Transport};
 
+/// One entry of a paths-info answer.
+#[derive(serde::Deserialize)]
+struct Listed {
+    #[serde(rename = "type")]
+    kind: String,
+    path: String,
+}
+
+/// The files a paths-info answer (a JSON array of tree entries, as the Hub and its mirrors
+/// give it) lists; folders are left out.
+pub fn listed_files(answer: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    let listed: Vec<Listed> = serde_json::from_slice(answer)?;
+    Ok(listed
+        .into_iter()
+        .filter(|l| l.kind == "file")
+        .map(|l| l.path)
+        .collect())
+}
+
 /// A sharded checkpoint's index, in the cache.
 pub(crate) struct ShardIndex {
     pub(crate) file: FetchedFile,
@@ -49,11 +68,7 @@ pub(crate) async fn list_weight_files(
     let listed = transport
         .paths_info(scope, revision, &WeightFiles::candidates())
         .await?;
-    let present: Vec<String> = listed
-        .into_iter()
-        .filter(|l| l.kind == "file")
-        .map(|l| l.path)
-        .collect();
+    let present = listed;
     let files = choose_weight_files(&present).ok_or_else(|| FetchError::FileNotFound {
         at: scope.names.at(&weight_file_names()),
     })?;

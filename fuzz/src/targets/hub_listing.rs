@@ -1,8 +1,10 @@
-//! The Hub's listings: a paths-info answer and a tree page are both arrays of tree
-//! entries, read into `hf-hub`'s type; the weight files are chosen from their names.
+//! The Hub's listings: a paths-info answer (an array of tree entries) read as the Hub
+//! client reads it, and the same bytes as a tree page into `hf-hub`'s type; the weight
+//! files are chosen from the names listed.
 
 use hf_hub::repository::RepoTreeEntry;
 use neuromfa_common::checkpoint::choose_weight_files;
+use neuromfa_hub::listing::listed_files;
 
 use crate::{Cap, Target};
 
@@ -26,6 +28,10 @@ const SEEDS: [&str; 3] = [
 ];
 
 fn run(data: &[u8]) {
+    if let Ok(files) = listed_files(data) {
+        let names: Vec<&str> = files.iter().map(String::as_str).collect();
+        std::hint::black_box(choose_weight_files(&names));
+    }
     let Ok(entries) = serde_json::from_slice::<Vec<RepoTreeEntry>>(data) else {
         return;
     };

@@ -11,6 +11,7 @@ mod evals_json;
 mod hub_listing;
 mod hub_model_info;
 mod pickle;
+mod rate_limit;
 mod safetensors_header;
 mod shard_index;
 mod sweep_spec;
@@ -29,6 +30,7 @@ pub const ALL: &[&Target] = &[
     &hub_model_info::TARGET,
     &content_range::TARGET,
     &etag::TARGET,
+    &rate_limit::TARGET,
     &evals_json::TARGET,
     &evals_csv::TARGET,
     &sweep_spec::TARGET,

@@ -29,7 +29,6 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, ACCEPT_ENCODING, CONTENT_LENGTH, ETAG, LOCATION};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
-use serde::Deserialize;
 
 use crate::budget::{rate_limit, rate_limit_policy, retry_after, Bucket, Budget};
 use crate::client::{http_client, paths_info_url, resolve_url, same_origin};
@@ -272,14 +271,6 @@ pub(crate) struct SmallFile {
     pub(crate) commit: Option<String>,
     /// The blob name: `X-Linked-Etag`, else `ETag`.
     pub(crate) etag: Option<String>,
-}
-
-/// One entry of a paths-info answer.
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct Listed {
-    #[serde(rename = "type")]
-    pub(crate) kind: String,
-    pub(crate) path: String,
 }
 
 /// The Hub's client for one endpoint: see the module docs.
@@ -645,7 +636,7 @@ impl Transport {
         scope: &Scope,
         revision: &str,
         paths: &[&str],
-    ) -> Result<Vec<Listed>, FetchError> {
+    ) -> Result<Vec<String>, FetchError> {
         let url = paths_info_url(&self.base_url, scope.names.repo(), revision);
         let form: Vec<(&str, &str)> = paths.iter().map(|p| ("paths", *p)).collect();
         let json = serde_json::json!({ "paths": paths });
@@ -673,15 +664,13 @@ impl Transport {
                     .bytes()
                     .await
                     .map_err(|e| Failure::Retry(self.transport_error(scope, file, &e)))?;
-                serde_json::from_slice::<Vec<Listed>>(&bytes)
-                    .map(Some)
-                    .map_err(|e| {
-                        Failure::Final(FetchError::Hub {
-                            at: scope.names.at(file),
-                            status: None,
-                            detail: format!("the paths-info answer is not a listing: {e}"),
-                        })
+                crate::listing::listed_files(&bytes).map(Some).map_err(|e| {
+                    Failure::Final(FetchError::Hub {
+                        at: scope.names.at(file),
+                        status: None,
+                        detail: format!("the paths-info answer is not a listing: {e}"),
                     })
+                })
             };
             match attempt.await {
                 Ok(Some(listed)) => return Ok(listed),
