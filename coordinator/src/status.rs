@@ -154,7 +154,7 @@ impl Throughput {
     }
 
     /// Completions per second over the last minute.
-    fn per_second(&mut self, now_ms: u64) -> f64 {
+    pub fn per_second(&mut self, now_ms: u64) -> f64 {
         while self
             .recent
             .front()
@@ -194,17 +194,17 @@ pub fn live_aggregates<'a>(
     Selection::new(ledger, policy).aggregates(results)
 }
 
-/// The status report at `now_ms`.
+/// The status report at `now_ms`, with `throughput` completions per second (see
+/// [`Throughput::per_second`]).
 pub fn report(
     spec: &SweepSpec,
     schedule: &Schedule,
     ledger: &Ledger,
-    throughput: &mut Throughput,
+    throughput: f64,
     now_ms: u64,
     draining: bool,
 ) -> StatusReport {
     let counts = schedule.counts();
-    let throughput = throughput.per_second(now_ms);
     let remaining = counts["pending"] + counts["leased"];
     let eta = (throughput > 0.0).then(|| remaining as f64 / throughput);
     StatusReport {

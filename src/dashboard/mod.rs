@@ -1,9 +1,10 @@
 //! The coordinator's dashboard: one self-contained page (HTML, script and style compiled
 //! into the binary; no build step, nothing fetched from elsewhere) that polls a JSON
 //! snapshot of the sweep, the report's figures drawn from the live results, and
-//! `/metrics` for Prometheus. Read-only: every route reads a snapshot the state thread
-//! builds (`SweepState::live_view`, from the same state `status` reads), and one snapshot
-//! serves every viewer, so twenty browsers cost what one does.
+//! `/metrics` for Prometheus. Read-only: every route reads a snapshot derived from a copy
+//! of the state `status` reads (`SweepState::live_source`, the only part that runs on the
+//! state thread), and one snapshot serves every viewer, so twenty browsers cost what one
+//! does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use neuromfa_coordinator::export::spectrum_rows;
-use neuromfa_coordinator::live::LiveView;
+use neuromfa_coordinator::live::{LiveSource, LiveView, SpectraCache};
 use neuromfa_coordinator::metrics::{self, StateMetrics};
 use tokio::sync::Mutex;
 
@@ -51,6 +52,13 @@ struct Drawn {
     svg: Option<Bytes>,
 }
 
+/// The latest snapshot, and the spectra the next one is derived from.
+#[derive(Default)]
+struct Snapshots {
+    latest: Option<Arc<Snapshot>>,
+    spectra: SpectraCache,
+}
+
 /// The snapshots and figures every request shares.
 struct Feed {
     state: StateHandle,
@@ -59,7 +67,7 @@ struct Feed {
     q: Vec<f64>,
     /// (stem, title) of the figures, fixed for the sweep.
     figures: Bytes,
-    latest: Mutex<Option<Arc<Snapshot>>>,
+    snapshots: Mutex<Snapshots>,
     drawn: Mutex<HashMap<String, Arc<Drawn>>>,
 }
 
@@ -67,24 +75,48 @@ impl Feed {
     /// The latest snapshot if it is at most `max_age` old, else a new one. Concurrent
     /// callers wait for the one being taken instead of each asking the state thread.
     async fn snapshot(&self, max_age: Duration) -> Result<Arc<Snapshot>, Response> {
-        let mut latest = self.latest.lock().await;
-        if let Some(snapshot) = latest.as_ref().filter(|s| s.taken.elapsed() <= max_age) {
+        let mut snapshots = self.snapshots.lock().await;
+        if let Some(snapshot) = snapshots
+            .latest
+            .as_ref()
+            .filter(|s| s.taken.elapsed() <= max_age)
+        {
             return Ok(snapshot.clone());
         }
-        let view = self
-            .state
-            .call(|s, c| s.live_view(c.now_ms, c.draining))
-            .await
-            .map_err(|status| unavailable(status.message()))?;
-        let json = serde_json::to_vec(&view).map_err(|e| unavailable(&e.to_string()))?;
-        let snapshot = Arc::new(Snapshot {
-            etag: format!("\"{}\"", view.generated_ms),
-            json: json.into(),
-            view,
-            taken: Instant::now(),
-        });
-        *latest = Some(snapshot.clone());
+        let mut spectra = std::mem::take(&mut snapshots.spectra);
+        let mut source = self.source(!spectra.complete()).await?;
+        spectra.take(std::mem::take(&mut source.points));
+        if !spectra.complete() {
+            // A late result for a step already reduced: start again from every result.
+            source = self.source(true).await?;
+            spectra.take(std::mem::take(&mut source.points));
+        }
+        // Deriving and serialising take tens of milliseconds on a large sweep: not on the
+        // state thread, nor on a thread serving requests.
+        let (snapshot, spectra) = tokio::task::spawn_blocking(move || {
+            let view = source.view(&mut spectra);
+            let snapshot = serde_json::to_vec(&view).map(|json| Snapshot {
+                etag: format!("\"{}\"", view.generated_ms),
+                json: json.into(),
+                view,
+                taken: Instant::now(),
+            });
+            (snapshot, spectra)
+        })
+        .await
+        .map_err(|e| unavailable(&e.to_string()))?;
+        snapshots.spectra = spectra;
+        let snapshot = Arc::new(snapshot.map_err(|e| unavailable(&e.to_string()))?);
+        snapshots.latest = Some(snapshot.clone());
         Ok(snapshot)
+    }
+
+    /// A copy of what a snapshot is derived from, with every stored result if `all`.
+    async fn source(&self, all: bool) -> Result<LiveSource, Response> {
+        self.state
+            .call(move |s, c| s.live_source(c.now_ms, c.draining, all))
+            .await
+            .map_err(|status| unavailable(status.message()))
     }
 
     /// The figure `stem` for the current results, redrawn at most every
@@ -244,7 +276,7 @@ async fn prometheus(State(feed): Shared) -> Response {
 async fn router(state: StateHandle) -> anyhow::Result<Router> {
     let (metrics, q, repos) = state
         .call(|s, _| {
-            s.enable_live_view()?;
+            s.enable_live_view();
             let repos: Vec<String> = s.spec().models.iter().map(|m| m.repo.clone()).collect();
             Ok((s.metrics().clone(), s.params().q.clone(), repos))
         })
@@ -260,7 +292,7 @@ async fn router(state: StateHandle) -> anyhow::Result<Router> {
         metrics,
         q,
         figures: serde_json::to_vec(&stems)?.into(),
-        latest: Mutex::new(None),
+        snapshots: Mutex::default(),
         drawn: Mutex::new(HashMap::new()),
     });
     Ok(Router::new()
