@@ -246,6 +246,14 @@ fn run_once(workers: usize, tasks: u64, dashboard: bool) -> Result<Run, String> 
     })
 }
 
+/// The one field of a snapshot a simulated browser acts on. A real browser reads all of it
+/// on its own machine; building it all here would only take CPU from the coordinator on
+/// this one.
+#[derive(serde::Deserialize)]
+struct FiguresVersion {
+    figures_version: String,
+}
+
 /// A browser showing the dashboard at `base`: the snapshot every [`POLL`], and each figure
 /// the page shows again whenever it is not of the latest results, until `finished`.
 async fn browser(base: String, finished: Arc<tokio::sync::Notify>, answered: Arc<AtomicU64>) {
@@ -273,9 +281,9 @@ async fn browser(base: String, finished: Arc<tokio::sync::Notify>, answered: Arc
                 .map(str::to_string);
             if let (Some(etag), Ok(body)) = (etag, response.bytes().await) {
                 etags.insert("live", etag);
-                let version = serde_json::from_slice::<serde_json::Value>(&body)
+                let version = serde_json::from_slice::<FiguresVersion>(&body)
                     .ok()
-                    .and_then(|v| v["figures_version"].as_str().map(|s| format!("\"{s}\"")));
+                    .map(|v| format!("\"{}\"", v.figures_version));
                 for stem in ["emergence", "alpha0-width", "spectra-load-noop"] {
                     if version.is_some() && etags.get(stem) != version.as_ref() {
                         if let Ok(figure) =

@@ -164,10 +164,14 @@ impl LiveSource {
     /// The snapshot, given the spectra of earlier snapshots once they have taken
     /// [`LiveSource::points`] (it reduces those of checkpoints just finished).
     pub fn view(&self, spectra: &mut SpectraCache) -> LiveView {
+        // Once for both: the costliest part of a snapshot.
+        let aggregates =
+            status::live_aggregates(&self.schedule, &self.ledger, self.spec.duplicates);
         let status = status::report(
             &self.spec,
             &self.schedule,
             &self.ledger,
+            &aggregates,
             self.throughput,
             self.now_ms,
             self.draining,
@@ -177,6 +181,7 @@ impl LiveSource {
             &self.schedule,
             &self.ledger,
             status,
+            aggregates,
             spectra,
             self.now_ms,
         )
@@ -234,13 +239,14 @@ fn state_letter(state: TaskState) -> u8 {
     }
 }
 
-/// The snapshot at `now_ms`, given the status report taken at the same moment. Reduces
-/// the spectra of checkpoints that have just finished.
+/// The snapshot at `now_ms`, given the status report and the live aggregates of the same
+/// moment. Reduces the spectra of checkpoints that have just finished.
 fn build(
     spec: &SweepSpec,
     schedule: &Schedule,
     ledger: &Ledger,
     mut status: StatusReport,
+    mut aggregates: BTreeMap<&str, Vec<StepAggregate>>,
     spectra: &mut SpectraCache,
     now_ms: u64,
 ) -> LiveView {
@@ -298,7 +304,6 @@ fn build(
     }
 
     let selection = Selection::new(ledger, spec.duplicates);
-    let mut aggregates = status::live_aggregates(schedule, ledger, spec.duplicates);
     let mut models: Vec<ModelLive> = spec
         .models
         .iter()

@@ -218,11 +218,13 @@ impl SweepState {
     }
 
     pub fn status(&mut self, now_ms: u64, draining: bool) -> StatusReport {
+        let throughput = self.throughput.per_second(now_ms);
         status::report(
             &self.spec,
             &self.schedule,
             &self.ledger,
-            self.throughput.per_second(now_ms),
+            &self.live_aggregates(),
+            throughput,
             now_ms,
             draining,
         )

@@ -195,11 +195,12 @@ pub fn live_aggregates<'a>(
 }
 
 /// The status report at `now_ms`, with `throughput` completions per second (see
-/// [`Throughput::per_second`]).
+/// [`Throughput::per_second`]) and the [`live_aggregates`] of the same moment.
 pub fn report(
     spec: &SweepSpec,
     schedule: &Schedule,
     ledger: &Ledger,
+    aggregates: &BTreeMap<&str, Vec<StepAggregate>>,
     throughput: f64,
     now_ms: u64,
     draining: bool,
@@ -221,7 +222,7 @@ pub fn report(
         draining,
         workers: workers(schedule, now_ms),
         failures: failures(schedule),
-        models: models(spec, schedule, ledger),
+        models: models(spec, schedule, ledger, aggregates),
         duplicate_steps: duplicate_steps(ledger),
         retrying: schedule.waiting(),
         unresolved: ledger.unresolved().len(),
@@ -289,7 +290,12 @@ fn failures(schedule: &Schedule) -> Vec<FailureStatus> {
 }
 
 /// Per model in spec order: tasks done, fetch costs, and the latest step's `E`.
-fn models(spec: &SweepSpec, schedule: &Schedule, ledger: &Ledger) -> Vec<ModelProgress> {
+fn models(
+    spec: &SweepSpec,
+    schedule: &Schedule,
+    ledger: &Ledger,
+    aggregates: &BTreeMap<&str, Vec<StepAggregate>>,
+) -> Vec<ModelProgress> {
     let mut progress: HashMap<&str, (usize, usize, FetchTotals)> = HashMap::new();
     for t in schedule.tasks() {
         let model = schedule.checkpoints()[t.checkpoint].model.as_str();
@@ -309,7 +315,6 @@ fn models(spec: &SweepSpec, schedule: &Schedule, ledger: &Ledger) -> Vec<ModelPr
             *counts.entry(format.to_string()).or_default() += 1;
         }
     }
-    let aggregates = live_aggregates(schedule, ledger, spec.duplicates);
     spec.models
         .iter()
         .map(|m| {

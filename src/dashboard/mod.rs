@@ -31,6 +31,10 @@ const STYLE: &str = include_str!("page.css");
 
 /// How old a snapshot the page may be shown (its poll interval): polls within it share one.
 const SNAPSHOT_MAX_AGE: Duration = Duration::from_millis(2000);
+/// A snapshot serves the page for at least this many times what taking it took: on a
+/// large sweep (or a busy machine) the page's snapshots then cost at most about 1 % of a
+/// core, renewed every few seconds instead of every poll.
+const SNAPSHOT_AGE_PER_COST: u32 = 100;
 /// How often a figure is redrawn at most while results keep arriving.
 const FIGURE_MIN_INTERVAL: Duration = Duration::from_secs(5);
 /// Spectra drawn per model at most: past that, steps evenly spread by rank (first and last
@@ -43,6 +47,16 @@ struct Snapshot {
     json: Bytes,
     etag: String,
     taken: Instant,
+    /// How long deriving and serialising it took.
+    cost: Duration,
+}
+
+impl Snapshot {
+    /// Whether it may serve a request that accepts snapshots `max_age` old (none: zero).
+    fn fresh(&self, max_age: Duration) -> bool {
+        let age = self.taken.elapsed();
+        age <= max_age || (!max_age.is_zero() && age <= self.cost * SNAPSHOT_AGE_PER_COST)
+    }
 }
 
 /// A figure as last drawn.
@@ -72,15 +86,12 @@ struct Feed {
 }
 
 impl Feed {
-    /// The latest snapshot if it is at most `max_age` old, else a new one. Concurrent
-    /// callers wait for the one being taken instead of each asking the state thread.
+    /// The latest snapshot if it is fresh enough (see [`Snapshot::fresh`]), else a new
+    /// one. Concurrent callers wait for the one being taken instead of each asking the
+    /// state thread.
     async fn snapshot(&self, max_age: Duration) -> Result<Arc<Snapshot>, Response> {
         let mut snapshots = self.snapshots.lock().await;
-        if let Some(snapshot) = snapshots
-            .latest
-            .as_ref()
-            .filter(|s| s.taken.elapsed() <= max_age)
-        {
+        if let Some(snapshot) = snapshots.latest.as_ref().filter(|s| s.fresh(max_age)) {
             return Ok(snapshot.clone());
         }
         let mut spectra = std::mem::take(&mut snapshots.spectra);
@@ -94,12 +105,15 @@ impl Feed {
         // Deriving and serialising take tens of milliseconds on a large sweep: not on the
         // state thread, nor on a thread serving requests.
         let (snapshot, spectra) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let view = source.view(&mut spectra);
+            drop(source);
             let snapshot = serde_json::to_vec(&view).map(|json| Snapshot {
                 etag: format!("\"{}\"", view.generated_ms),
                 json: json.into(),
                 view,
                 taken: Instant::now(),
+                cost: started.elapsed(),
             });
             (snapshot, spectra)
         })
