@@ -3,7 +3,7 @@
 //! completions per second, the coordinator's CPU time and its peak memory, for runs
 //! without the dashboard and with it serving 20 browsers that poll it as the page does
 //! (the snapshot every two seconds, each figure again whenever the results behind it
-//! changed). The two kinds of run alternate, ROUNDS times each (3 unless told), so that a
+//! changed). The two kinds of run alternate, ROUNDS times each (5 unless told), so that a
 //! change in the machine's load falls on both; the dashboard's cost is the median of the
 //! rounds' differences, printed beside the spread of the runs without it (the noise).
 //!
@@ -62,7 +62,7 @@ fn main() {
         .collect();
     let workers: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(100);
     let tasks: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
     if let Err(e) = run(workers, tasks, rounds.max(1)) {
         eprintln!("{e}");
     }
