@@ -1,10 +1,13 @@
 //! Load benchmark of the coordinator: 100 concurrent simulated workers complete 100,000
 //! no-op tasks over loopback gRPC against a coordinator process. Prints durable
-//! completions per second and the coordinator's peak memory, once without the dashboard
-//! and once with it serving 20 browsers that poll it as the page does (the snapshot every
-//! two seconds, each figure again whenever the results behind it changed).
+//! completions per second, the coordinator's CPU time and its peak memory, for runs
+//! without the dashboard and with it serving 20 browsers that poll it as the page does
+//! (the snapshot every two seconds, each figure again whenever the results behind it
+//! changed). The two kinds of run alternate, ROUNDS times each (5 unless told), so that a
+//! change in the machine's load falls on both; the dashboard's cost is the median of the
+//! rounds' differences, printed beside the spread of the runs without it (the noise).
 //!
-//!   cargo bench --bench coordinator_load [-- WORKERS TASKS]
+//!   cargo bench --bench coordinator_load [-- WORKERS TASKS ROUNDS]
 //!
 //! Targets: at least 5,000 completions/s and under 300 MiB; the dashboard with 20 browsers
 //! costs at most 5 % of the completions per second.
@@ -59,7 +62,8 @@ fn main() {
         .collect();
     let workers: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(100);
     let tasks: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    if let Err(e) = run(workers, tasks) {
+    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
+    if let Err(e) = run(workers, tasks, rounds.max(1)) {
         eprintln!("{e}");
     }
 }
@@ -69,19 +73,98 @@ const BROWSERS: usize = 20;
 /// How often the page polls the snapshot (`POLL_MS` in src/dashboard/page.js).
 const POLL: Duration = Duration::from_secs(2);
 
-fn run(workers: usize, tasks: u64) -> Result<(), String> {
-    let alone = run_once(workers, tasks, false)?;
-    let watched = run_once(workers, tasks, true)?;
+/// What one run measured.
+struct Run {
+    completions_per_s: f64,
+    /// The coordinator's CPU time (user and system) per 1,000 completions.
+    cpu_ms_per_1000: Option<f64>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unavailable".into())
+}
+
+fn run(workers: usize, tasks: u64, rounds: usize) -> Result<(), String> {
+    println!("load average before: {}", load_average());
+    let mut alone = Vec::new();
+    let mut watched = Vec::new();
+    for round in 1..=rounds {
+        println!("round {round} of {rounds}");
+        alone.push(run_once(workers, tasks, false)?);
+        watched.push(run_once(workers, tasks, true)?);
+    }
+    println!("load average after: {}", load_average());
+    let rates = |runs: &[Run]| runs.iter().map(|r| r.completions_per_s).collect::<Vec<_>>();
+    let list = |values: &[f64]| {
+        values
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (alone_rates, watched_rates) = (rates(&alone), rates(&watched));
+    let (alone_median, watched_median) =
+        (median(alone_rates.clone()), median(watched_rates.clone()));
+    let spread = alone_rates.iter().cloned().fold(f64::MIN, f64::max)
+        - alone_rates.iter().cloned().fold(f64::MAX, f64::min);
     println!(
-        "dashboard with {BROWSERS} browsers polling: {:.0} against {alone:.0} completions per second without ({:+.1} %)",
-        watched,
-        100.0 * (watched - alone) / alone
+        "completions per second without the dashboard: {} (median {alone_median:.0}; runs differ by up to {:.1} %)",
+        list(&alone_rates),
+        100.0 * spread / alone_median
+    );
+    println!(
+        "completions per second with {BROWSERS} browsers polling it: {} (median {watched_median:.0})",
+        list(&watched_rates)
+    );
+    let changes: Vec<f64> = alone_rates
+        .iter()
+        .zip(&watched_rates)
+        .map(|(a, w)| 100.0 * (w - a) / a)
+        .collect();
+    let cpu = |runs: &[Run]| {
+        runs.iter()
+            .map(|r| r.cpu_ms_per_1000)
+            .collect::<Option<Vec<f64>>>()
+            .map(median)
+    };
+    if let (Some(alone_cpu), Some(watched_cpu)) = (cpu(&alone), cpu(&watched)) {
+        println!(
+            "coordinator CPU per 1,000 completions (median): {watched_cpu:.0} ms with the dashboard against {alone_cpu:.0} ms without ({:+.1} %)",
+            100.0 * (watched_cpu - alone_cpu) / alone_cpu
+        );
+    }
+    println!(
+        "dashboard with {BROWSERS} browsers polling: {watched_median:.0} against {alone_median:.0} completions per second without; change per round {} %, median {:+.1} %",
+        changes.iter().map(|c| format!("{c:+.1}")).collect::<Vec<_>>().join(", "),
+        median(changes.clone())
     );
     Ok(())
 }
 
-/// One run; its completions per second.
-fn run_once(workers: usize, tasks: u64, dashboard: bool) -> Result<f64, String> {
+/// User and system CPU time of process `pid` so far, in milliseconds.
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // In clock ticks of USER_HZ, which Linux fixes at 100 per second for /proc.
+    Some(10.0 * ticks)
+}
+
+/// One run: what it measured.
+fn run_once(workers: usize, tasks: u64, dashboard: bool) -> Result<Run, String> {
     let seeds = 100u64;
     let steps = tasks.div_ceil(seeds);
     let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
@@ -134,6 +217,7 @@ fn run_once(workers: usize, tasks: u64, dashboard: bool) -> Result<f64, String> 
     let elapsed = run_started.elapsed().as_secs_f64();
     let done = completed.load(Ordering::Relaxed);
     let rss = peak_rss_kib(coordinator.id());
+    let cpu = cpu_ms(coordinator.id());
     let _ = Command::new("kill")
         .args(["-TERM", &coordinator.id().to_string()])
         .status();
@@ -142,6 +226,10 @@ fn run_once(workers: usize, tasks: u64, dashboard: bool) -> Result<f64, String> 
     println!("  workers: {workers}");
     println!("  durable completions: {done} in {elapsed:.2} s");
     println!("  completions per second: {:.0}", done as f64 / elapsed);
+    let cpu_ms_per_1000 = cpu.filter(|_| done > 0).map(|ms| 1000.0 * ms / done as f64);
+    if let Some(ms) = cpu_ms_per_1000 {
+        println!("  coordinator CPU per 1,000 completions: {ms:.0} ms");
+    }
     if dashboard {
         println!(
             "  dashboard requests answered: {}",
@@ -152,7 +240,18 @@ fn run_once(workers: usize, tasks: u64, dashboard: bool) -> Result<f64, String> 
         Some(kib) => println!("  coordinator peak RSS: {:.0} MiB", kib as f64 / 1024.0),
         None => println!("  coordinator peak RSS: unavailable"),
     }
-    Ok(done as f64 / elapsed)
+    Ok(Run {
+        completions_per_s: done as f64 / elapsed,
+        cpu_ms_per_1000,
+    })
+}
+
+/// The one field of a snapshot a simulated browser acts on. A real browser reads all of it
+/// on its own machine; building it all here would only take CPU from the coordinator on
+/// this one.
+#[derive(serde::Deserialize)]
+struct FiguresVersion {
+    figures_version: String,
 }
 
 /// A browser showing the dashboard at `base`: the snapshot every [`POLL`], and each figure
@@ -182,9 +281,9 @@ async fn browser(base: String, finished: Arc<tokio::sync::Notify>, answered: Arc
                 .map(str::to_string);
             if let (Some(etag), Ok(body)) = (etag, response.bytes().await) {
                 etags.insert("live", etag);
-                let version = serde_json::from_slice::<serde_json::Value>(&body)
+                let version = serde_json::from_slice::<FiguresVersion>(&body)
                     .ok()
-                    .and_then(|v| v["figures_version"].as_str().map(|s| format!("\"{s}\"")));
+                    .map(|v| format!("\"{}\"", v.figures_version));
                 for stem in ["emergence", "alpha0-width", "spectra-load-noop"] {
                     if version.is_some() && etags.get(stem) != version.as_ref() {
                         if let Ok(figure) =

@@ -1,9 +1,12 @@
-//! What the dashboard shows: one snapshot of the sweep, built on the state thread from the
-//! same schedule and ledger `status` reads (the [`StatusReport`] itself is part of it),
-//! plus what a page needs beyond it: every task's state on the step × seed grid, who
-//! holds which lease, the live aggregates, and the spectra of the steps whose tasks are
-//! all finished. One snapshot serves every viewer and every scrape, so its cost does not
-//! grow with them.
+//! What the dashboard shows: one snapshot of the sweep, derived from the same schedule and
+//! ledger `status` reads (the [`StatusReport`] itself is part of it), plus what a page
+//! needs beyond it: every task's state on the step × seed grid, who holds which lease,
+//! the live aggregates, and the spectra of the steps whose tasks are all finished. One
+//! snapshot serves every viewer and every scrape, so its cost does not grow with them.
+//!
+//! The state thread only copies what a snapshot is derived from (a [`LiveSource`]: a few
+//! milliseconds for 100,000 tasks); the derivation, tens of milliseconds at that size,
+//! runs elsewhere, so leases and results never wait for it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -79,23 +82,25 @@ pub struct LeasedCheckpoint {
 }
 
 /// The spectra results carry, kept per checkpoint only until its tasks are all finished,
-/// then reduced to their aggregate: memory stays small however large the sweep.
+/// then reduced to their aggregate: memory stays small however large the sweep. A new
+/// cache holds nothing and asks for every stored result (see [`SpectraCache::complete`]).
 #[derive(Debug, Default)]
 pub struct SpectraCache {
     /// Per checkpoint still running: its results' points by seed.
     pending: HashMap<usize, BTreeMap<u32, SeedPoint>>,
     /// Per finished checkpoint: the aggregate over its seeds.
     finished: HashMap<usize, Arc<StepAggregate>>,
-    /// A result came for a checkpoint already reduced: reload every result.
-    stale: bool,
+    /// Holds every stored result: filled from all of them, and no result came since for
+    /// a checkpoint already reduced (a late result for a task that had failed).
+    complete: bool,
 }
 
 impl SpectraCache {
     /// Takes a stored result of `checkpoint`.
-    pub fn add(&mut self, checkpoint: usize, point: SeedPoint) {
+    fn add(&mut self, checkpoint: usize, point: SeedPoint) {
         if self.finished.contains_key(&checkpoint) {
-            // A late result for a task that had failed: the reduced spectrum lacks it.
-            self.stale = true;
+            // The reduced spectrum lacks it: only every result read again can add it.
+            self.complete = false;
             return;
         }
         self.pending
@@ -104,9 +109,24 @@ impl SpectraCache {
             .insert(point.seed, point);
     }
 
-    /// Whether every result must be read again (see [`SpectraCache::add`]).
-    pub fn stale(&self) -> bool {
-        self.stale
+    /// Takes the new results `points` carries, or starts again from them when they are
+    /// every stored result.
+    pub fn take(&mut self, points: NewPoints) {
+        if points.all {
+            *self = SpectraCache {
+                complete: true,
+                ..SpectraCache::default()
+            };
+        }
+        for (checkpoint, point) in points.points {
+            self.add(checkpoint, point);
+        }
+    }
+
+    /// Whether it holds every stored result; if not, the next [`NewPoints`] must be all
+    /// of them.
+    pub fn complete(&self) -> bool {
+        self.complete
     }
 
     /// Reduces the points of `checkpoint` (at `step`), once its tasks are all finished.
@@ -117,6 +137,54 @@ impl SpectraCache {
                 self.finished.insert(checkpoint, Arc::new(a));
             }
         }
+    }
+}
+
+/// Spectra of stored results, per checkpoint: those stored since the last snapshot, or
+/// (`all`) every stored one.
+#[derive(Debug, Default)]
+pub struct NewPoints {
+    pub all: bool,
+    pub points: Vec<(usize, SeedPoint)>,
+}
+
+/// What a snapshot is derived from, copied on the state thread.
+pub struct LiveSource {
+    pub spec: SweepSpec,
+    pub schedule: Schedule,
+    pub ledger: Ledger,
+    /// Completions per second over the last minute.
+    pub throughput: f64,
+    pub now_ms: u64,
+    pub draining: bool,
+    pub points: NewPoints,
+}
+
+impl LiveSource {
+    /// The snapshot, given the spectra of earlier snapshots once they have taken
+    /// [`LiveSource::points`] (it reduces those of checkpoints just finished).
+    pub fn view(&self, spectra: &mut SpectraCache) -> LiveView {
+        // Once for both: the costliest part of a snapshot.
+        let aggregates =
+            status::live_aggregates(&self.schedule, &self.ledger, self.spec.duplicates);
+        let status = status::report(
+            &self.spec,
+            &self.schedule,
+            &self.ledger,
+            &aggregates,
+            self.throughput,
+            self.now_ms,
+            self.draining,
+        );
+        build(
+            &self.spec,
+            &self.schedule,
+            &self.ledger,
+            status,
+            aggregates,
+            spectra,
+            self.now_ms,
+        )
     }
 }
 
@@ -171,13 +239,14 @@ fn state_letter(state: TaskState) -> u8 {
     }
 }
 
-/// The snapshot at `now_ms`, given the status report taken at the same moment. Reduces
-/// the spectra of checkpoints that have just finished.
-pub fn build(
+/// The snapshot at `now_ms`, given the status report and the live aggregates of the same
+/// moment. Reduces the spectra of checkpoints that have just finished.
+fn build(
     spec: &SweepSpec,
     schedule: &Schedule,
     ledger: &Ledger,
     mut status: StatusReport,
+    mut aggregates: BTreeMap<&str, Vec<StepAggregate>>,
     spectra: &mut SpectraCache,
     now_ms: u64,
 ) -> LiveView {
@@ -235,7 +304,6 @@ pub fn build(
     }
 
     let selection = Selection::new(ledger, spec.duplicates);
-    let mut aggregates = status::live_aggregates(schedule, ledger, spec.duplicates);
     let mut models: Vec<ModelLive> = spec
         .models
         .iter()

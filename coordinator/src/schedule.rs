@@ -138,7 +138,8 @@ pub struct Worker {
 }
 
 /// The sweep's tasks, queues, leases and workers.
-#[derive(Debug)]
+// Clone: the dashboard derives its snapshot from a copy, away from the state thread.
+#[derive(Debug, Clone)]
 pub struct Schedule {
     checkpoints: Vec<CheckpointKey>,
     /// Scheduling rank of each checkpoint (step-major), and its inverse.

@@ -13,7 +13,7 @@ use neuromfa_common::{AnalysisParams, RevisionWeights};
 
 pub use crate::error::StateError;
 use crate::integrity::{DuplicatePolicy, Ledger};
-use crate::live::{self, LiveView, SpectraCache};
+use crate::live::{LiveSource, NewPoints};
 use crate::metrics::StateMetrics;
 use crate::record::{Change, TaskState};
 use crate::schedule::{Outcome, Schedule, Tally};
@@ -39,8 +39,9 @@ pub struct SweepState {
     uncommitted_compute: Vec<f64>,
     /// Whether the open transaction wrote anything (an empty commit has no fsync to time).
     wrote: bool,
-    /// The spectra of results, for the live view (only once it is enabled).
-    spectra: Option<SpectraCache>,
+    /// The spectra of results stored since the last live source was taken (only once the
+    /// live view is enabled); `all` once they must be read from the store again.
+    live_points: Option<NewPoints>,
 }
 
 /// The schedule and the ledger as the store holds them.
@@ -72,7 +73,7 @@ impl SweepState {
             tally_at_begin: Tally::default(),
             uncommitted_compute: Vec::new(),
             wrote: false,
-            spectra: None,
+            live_points: None,
         })
     }
 
@@ -137,6 +138,13 @@ impl SweepState {
         self.schedule.set_tally(self.tally_at_begin.clone());
         self.uncommitted_compute.clear();
         self.ledger = ledger;
+        if let Some(points) = &mut self.live_points {
+            // Those of what was rolled back are among them.
+            *points = NewPoints {
+                all: true,
+                points: Vec::new(),
+            };
+        }
         Ok(())
     }
 
@@ -189,8 +197,10 @@ impl SweepState {
                 self.uncommitted_compute
                     .push(metrics.compute_ms as f64 / 1000.0);
                 let checkpoint = self.schedule.task(*task_id).map(|t| t.checkpoint);
-                if let (Some(spectra), Some(checkpoint)) = (&mut self.spectra, checkpoint) {
-                    spectra.add(checkpoint, result.point());
+                if let (Some(live), Some(checkpoint)) = (&mut self.live_points, checkpoint) {
+                    if !live.all {
+                        live.points.push((checkpoint, result.point()));
+                    }
                 }
             }
         }
@@ -208,20 +218,56 @@ impl SweepState {
     }
 
     pub fn status(&mut self, now_ms: u64, draining: bool) -> StatusReport {
+        let throughput = self.throughput.per_second(now_ms);
         status::report(
             &self.spec,
             &self.schedule,
             &self.ledger,
-            &mut self.throughput,
+            &self.live_aggregates(),
+            throughput,
             now_ms,
             draining,
         )
     }
 
-    /// Keeps the spectra of results as they arrive, from now on and from the store, for
-    /// [`SweepState::live_view`].
-    pub fn enable_live_view(&mut self) -> Result<()> {
-        let mut spectra = SpectraCache::default();
+    /// Keeps the spectra of results as they arrive, from now on, for
+    /// [`SweepState::live_source`]; the first source holds every stored one.
+    pub fn enable_live_view(&mut self) {
+        self.live_points = Some(NewPoints {
+            all: true,
+            points: Vec::new(),
+        });
+    }
+
+    /// What the dashboard's snapshot at `now_ms` is derived from: a copy of the schedule
+    /// and the ledger, and the spectra of the results stored since the last call (of
+    /// every stored result with `all`, or when they must be read again). Cheap next to
+    /// the derivation, which the caller runs away from the state thread.
+    pub fn live_source(&mut self, now_ms: u64, draining: bool, all: bool) -> Result<LiveSource> {
+        let wanted_all = all || self.live_points.as_ref().is_none_or(|p| p.all);
+        let points = if wanted_all {
+            NewPoints {
+                all: true,
+                points: self.stored_points()?,
+            }
+        } else {
+            self.live_points.take().unwrap_or_default()
+        };
+        self.live_points = Some(NewPoints::default());
+        Ok(LiveSource {
+            spec: self.spec.clone(),
+            schedule: self.schedule.clone(),
+            ledger: self.ledger.clone(),
+            throughput: self.throughput.per_second(now_ms),
+            now_ms,
+            draining,
+            points,
+        })
+    }
+
+    /// The spectrum of every stored result of a task in the grid, by checkpoint.
+    fn stored_points(&self) -> Result<Vec<(usize, neuromfa_common::stats::SeedPoint)>> {
+        let mut points = Vec::new();
         for stored in self.store.tasks(true)? {
             let Some(task) = self.schedule.task(stored.id) else {
                 continue; // outside the grid
@@ -229,34 +275,14 @@ impl SweepState {
             let json = stored.result.as_ref().and_then(|r| r.json.as_deref());
             if let (TaskState::Done, Some(json)) = (task.progress.state, json) {
                 match serde_json::from_str::<neuromfa_common::SeedResult>(json) {
-                    Ok(result) => spectra.add(task.checkpoint, result.point()),
+                    Ok(result) => points.push((task.checkpoint, result.point())),
                     Err(e) => {
                         tracing::warn!(task = stored.id, error = %e, "stored result is unreadable; left out of the live spectra")
                     }
                 }
             }
         }
-        self.spectra = Some(spectra);
-        Ok(())
-    }
-
-    /// The dashboard's snapshot at `now_ms`: the status report and, beside it, the grid,
-    /// the leases, the live aggregates and the finished steps' spectra.
-    pub fn live_view(&mut self, now_ms: u64, draining: bool) -> Result<LiveView> {
-        if self.spectra.as_ref().is_some_and(SpectraCache::stale) {
-            self.enable_live_view()?;
-        }
-        let status = self.status(now_ms, draining);
-        let mut no_spectra = SpectraCache::default();
-        let spectra = self.spectra.as_mut().unwrap_or(&mut no_spectra);
-        Ok(live::build(
-            &self.spec,
-            &self.schedule,
-            &self.ledger,
-            status,
-            spectra,
-            now_ms,
-        ))
+        Ok(points)
     }
 
     /// Checkpoints whose weights have not been resolved yet.

@@ -159,7 +159,7 @@ impl Throughput {
     }
 
     /// Completions per second over the last minute.
-    fn per_second(&mut self, now_ms: u64) -> f64 {
+    pub fn per_second(&mut self, now_ms: u64) -> f64 {
         while self
             .recent
             .front()
@@ -199,17 +199,18 @@ pub fn live_aggregates<'a>(
     Selection::new(ledger, policy).aggregates(results)
 }
 
-/// The status report at `now_ms`.
+/// The status report at `now_ms`, with `throughput` completions per second (see
+/// [`Throughput::per_second`]) and the [`live_aggregates`] of the same moment.
 pub fn report(
     spec: &SweepSpec,
     schedule: &Schedule,
     ledger: &Ledger,
-    throughput: &mut Throughput,
+    aggregates: &BTreeMap<&str, Vec<StepAggregate>>,
+    throughput: f64,
     now_ms: u64,
     draining: bool,
 ) -> StatusReport {
     let counts = schedule.counts();
-    let throughput = throughput.per_second(now_ms);
     let remaining = counts["pending"] + counts["leased"];
     let eta = (throughput > 0.0).then(|| remaining as f64 / throughput);
     StatusReport {
@@ -226,7 +227,7 @@ pub fn report(
         draining,
         workers: workers(schedule, now_ms),
         failures: failures(schedule),
-        models: models(spec, schedule, ledger),
+        models: models(spec, schedule, ledger, aggregates),
         duplicate_steps: duplicate_steps(ledger),
         retrying: schedule.waiting(),
         unresolved: ledger.unresolved().len(),
@@ -295,7 +296,12 @@ fn failures(schedule: &Schedule) -> Vec<FailureStatus> {
 }
 
 /// Per model in spec order: tasks done, fetch costs, and the latest step's `E`.
-fn models(spec: &SweepSpec, schedule: &Schedule, ledger: &Ledger) -> Vec<ModelProgress> {
+fn models(
+    spec: &SweepSpec,
+    schedule: &Schedule,
+    ledger: &Ledger,
+    aggregates: &BTreeMap<&str, Vec<StepAggregate>>,
+) -> Vec<ModelProgress> {
     let mut progress: HashMap<&str, (usize, usize, FetchTotals)> = HashMap::new();
     for t in schedule.tasks() {
         let model = schedule.checkpoints()[t.checkpoint].model.as_str();
@@ -315,7 +321,6 @@ fn models(spec: &SweepSpec, schedule: &Schedule, ledger: &Ledger) -> Vec<ModelPr
             *counts.entry(format.to_string()).or_default() += 1;
         }
     }
-    let aggregates = live_aggregates(schedule, ledger, spec.duplicates);
     spec.models
         .iter()
         .map(|m| {

@@ -1,9 +1,10 @@
 //! The coordinator's dashboard: one self-contained page (HTML, script and style compiled
 //! into the binary; no build step, nothing fetched from elsewhere) that polls a JSON
 //! snapshot of the sweep, the report's figures drawn from the live results, and
-//! `/metrics` for Prometheus. Read-only: every route reads a snapshot the state thread
-//! builds (`SweepState::live_view`, from the same state `status` reads), and one snapshot
-//! serves every viewer, so twenty browsers cost what one does.
+//! `/metrics` for Prometheus. Read-only: every route reads a snapshot derived from a copy
+//! of the state `status` reads (`SweepState::live_source`, the only part that runs on the
+//! state thread), and one snapshot serves every viewer, so twenty browsers cost what one
+//! does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use neuromfa_coordinator::export::spectrum_rows;
-use neuromfa_coordinator::live::LiveView;
+use neuromfa_coordinator::live::{LiveSource, LiveView, SpectraCache};
 use neuromfa_coordinator::metrics::{self, StateMetrics};
 use tokio::sync::Mutex;
 
@@ -30,6 +31,10 @@ const STYLE: &str = include_str!("page.css");
 
 /// How old a snapshot the page may be shown (its poll interval): polls within it share one.
 const SNAPSHOT_MAX_AGE: Duration = Duration::from_millis(2000);
+/// A snapshot serves the page for at least this many times what taking it took: on a
+/// large sweep (or a busy machine) the page's snapshots then cost at most about 1 % of a
+/// core, renewed every few seconds instead of every poll.
+const SNAPSHOT_AGE_PER_COST: u32 = 100;
 /// How often a figure is redrawn at most while results keep arriving.
 const FIGURE_MIN_INTERVAL: Duration = Duration::from_secs(5);
 /// Spectra drawn per model at most: past that, steps evenly spread by rank (first and last
@@ -42,6 +47,16 @@ struct Snapshot {
     json: Bytes,
     etag: String,
     taken: Instant,
+    /// How long deriving and serialising it took.
+    cost: Duration,
+}
+
+impl Snapshot {
+    /// Whether it may serve a request that accepts snapshots `max_age` old (none: zero).
+    fn fresh(&self, max_age: Duration) -> bool {
+        let age = self.taken.elapsed();
+        age <= max_age || (!max_age.is_zero() && age <= self.cost * SNAPSHOT_AGE_PER_COST)
+    }
 }
 
 /// A figure as last drawn.
@@ -49,6 +64,13 @@ struct Drawn {
     version: String,
     drawn: Instant,
     svg: Option<Bytes>,
+}
+
+/// The latest snapshot, and the spectra the next one is derived from.
+#[derive(Default)]
+struct Snapshots {
+    latest: Option<Arc<Snapshot>>,
+    spectra: SpectraCache,
 }
 
 /// The snapshots and figures every request shares.
@@ -59,32 +81,56 @@ struct Feed {
     q: Vec<f64>,
     /// (stem, title) of the figures, fixed for the sweep.
     figures: Bytes,
-    latest: Mutex<Option<Arc<Snapshot>>>,
+    snapshots: Mutex<Snapshots>,
     drawn: Mutex<HashMap<String, Arc<Drawn>>>,
 }
 
 impl Feed {
-    /// The latest snapshot if it is at most `max_age` old, else a new one. Concurrent
-    /// callers wait for the one being taken instead of each asking the state thread.
+    /// The latest snapshot if it is fresh enough (see [`Snapshot::fresh`]), else a new
+    /// one. Concurrent callers wait for the one being taken instead of each asking the
+    /// state thread.
     async fn snapshot(&self, max_age: Duration) -> Result<Arc<Snapshot>, Response> {
-        let mut latest = self.latest.lock().await;
-        if let Some(snapshot) = latest.as_ref().filter(|s| s.taken.elapsed() <= max_age) {
+        let mut snapshots = self.snapshots.lock().await;
+        if let Some(snapshot) = snapshots.latest.as_ref().filter(|s| s.fresh(max_age)) {
             return Ok(snapshot.clone());
         }
-        let view = self
-            .state
-            .call(|s, c| s.live_view(c.now_ms, c.draining))
-            .await
-            .map_err(|status| unavailable(status.message()))?;
-        let json = serde_json::to_vec(&view).map_err(|e| unavailable(&e.to_string()))?;
-        let snapshot = Arc::new(Snapshot {
-            etag: format!("\"{}\"", view.generated_ms),
-            json: json.into(),
-            view,
-            taken: Instant::now(),
-        });
-        *latest = Some(snapshot.clone());
+        let mut spectra = std::mem::take(&mut snapshots.spectra);
+        let mut source = self.source(!spectra.complete()).await?;
+        spectra.take(std::mem::take(&mut source.points));
+        if !spectra.complete() {
+            // A late result for a step already reduced: start again from every result.
+            source = self.source(true).await?;
+            spectra.take(std::mem::take(&mut source.points));
+        }
+        // Deriving and serialising take tens of milliseconds on a large sweep: not on the
+        // state thread, nor on a thread serving requests.
+        let (snapshot, spectra) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let view = source.view(&mut spectra);
+            drop(source);
+            let snapshot = serde_json::to_vec(&view).map(|json| Snapshot {
+                etag: format!("\"{}\"", view.generated_ms),
+                json: json.into(),
+                view,
+                taken: Instant::now(),
+                cost: started.elapsed(),
+            });
+            (snapshot, spectra)
+        })
+        .await
+        .map_err(|e| unavailable(&e.to_string()))?;
+        snapshots.spectra = spectra;
+        let snapshot = Arc::new(snapshot.map_err(|e| unavailable(&e.to_string()))?);
+        snapshots.latest = Some(snapshot.clone());
         Ok(snapshot)
+    }
+
+    /// A copy of what a snapshot is derived from, with every stored result if `all`.
+    async fn source(&self, all: bool) -> Result<LiveSource, Response> {
+        self.state
+            .call(move |s, c| s.live_source(c.now_ms, c.draining, all))
+            .await
+            .map_err(|status| unavailable(status.message()))
     }
 
     /// The figure `stem` for the current results, redrawn at most every
@@ -244,7 +290,7 @@ async fn prometheus(State(feed): Shared) -> Response {
 async fn router(state: StateHandle) -> anyhow::Result<Router> {
     let (metrics, q, repos) = state
         .call(|s, _| {
-            s.enable_live_view()?;
+            s.enable_live_view();
             let repos: Vec<String> = s.spec().models.iter().map(|m| m.repo.clone()).collect();
             Ok((s.metrics().clone(), s.params().q.clone(), repos))
         })
@@ -260,7 +306,7 @@ async fn router(state: StateHandle) -> anyhow::Result<Router> {
         metrics,
         q,
         figures: serde_json::to_vec(&stems)?.into(),
-        latest: Mutex::new(None),
+        snapshots: Mutex::default(),
         drawn: Mutex::new(HashMap::new()),
     });
     Ok(Router::new()
