@@ -21,6 +21,8 @@
 #   NEUROMFA_SIM_SEED   the kill loop's seed (default: random, printed)
 #   NEUROMFA_SIM_FACTS  the virtual Hub's content hashes (default: its own default file; the
 #                       models' hashes are precomputed there first, once)
+#   NEUROMFA_SIM_VIRTUAL  a virtual Hub description (docs/stand-in-hub.md) instead of the
+#                       built-in `pythia` (its repos named as in examples/pythia-suite.toml)
 #   NEUROMFA_BIN        a neuromfa binary to use instead of building the release one
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +32,7 @@ workers="${1:-2}"
 shift || true
 models=("$@")
 kills="${NEUROMFA_SIM_KILLS:-0}"
+virtual="${NEUROMFA_SIM_VIRTUAL:-pythia}"
 
 if [ -z "${NEUROMFA_BIN:-}" ]; then
     cargo build --release --quiet --bin neuromfa
@@ -108,19 +111,19 @@ fi
 # The checkpoints' bytes (duplicates counted) per model, as the virtual Hub counts them.
 : > "$work/checkpoint-bytes"
 for r in $repos; do
-    line=$("$bin" hub precompute --virtual pythia --models "${r#*/}" "${step_args[@]}" \
+    line=$("$bin" hub precompute --virtual "$virtual" --models "${r#*/}" "${step_args[@]}" \
         "${facts_args[@]}" --dry-run 2>/dev/null | tail -1)
     echo "$r ${line#revisions serve }" >> "$work/checkpoint-bytes"
 done
 # Content hashes once, ahead (a revision's first request would otherwise wait for them).
-"$bin" hub precompute --virtual pythia --models "$names" "${step_args[@]}" "${facts_args[@]}" \
+"$bin" hub precompute --virtual "$virtual" --models "$names" "${step_args[@]}" "${facts_args[@]}" \
     2> "$work/precompute.log"
 
 export NEUROMFA_TOKEN="simulate-suite"
 started=$(date +%s.%N)
 
 # --- the Hub -----------------------------------------------------------------------------
-"$bin" hub serve --virtual pythia --like-hf --models "$names" "${step_args[@]}" \
+"$bin" hub serve --virtual "$virtual" --like-hf --models "$names" "${step_args[@]}" \
     "${facts_args[@]}" --listen 127.0.0.1:0 > "$work/hub.out" 2> "$work/hub.log" &
 hub_pid=$!
 pids=("$hub_pid")
