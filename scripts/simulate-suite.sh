@@ -21,6 +21,9 @@
 #   NEUROMFA_SIM_SEED   the kill loop's seed (default: random, printed)
 #   NEUROMFA_SIM_FACTS  the virtual Hub's content hashes (default: its own default file; the
 #                       models' hashes are precomputed there first, once)
+#   NEUROMFA_SIM_LINK_MBPS  the machine's link to the Hub in MB/s (default 125: 1 Gbit/s,
+#                       a cluster machine's), the virtual Hub's --throttle; workers choose
+#                       ranged reads or whole files by what this link makes cheaper
 #   NEUROMFA_SIM_VIRTUAL  a virtual Hub description (docs/stand-in-hub.md) instead of the
 #                       built-in `pythia` (its repos named as in examples/pythia-suite.toml)
 #   NEUROMFA_BIN        a neuromfa binary to use instead of building the release one
@@ -124,7 +127,8 @@ started=$(date +%s.%N)
 
 # --- the Hub -----------------------------------------------------------------------------
 "$bin" hub serve --virtual "$virtual" --like-hf --models "$names" "${step_args[@]}" \
-    "${facts_args[@]}" --listen 127.0.0.1:0 > "$work/hub.out" 2> "$work/hub.log" &
+    "${facts_args[@]}" --throttle "${NEUROMFA_SIM_LINK_MBPS:-125}" \
+    --listen 127.0.0.1:0 > "$work/hub.out" 2> "$work/hub.log" &
 hub_pid=$!
 pids=("$hub_pid")
 cleanup() {
