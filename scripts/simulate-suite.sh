@@ -24,6 +24,8 @@
 #   NEUROMFA_SIM_LINK_MBPS  the machine's link to the Hub in MB/s (default 125: 1 Gbit/s,
 #                       a cluster machine's), the virtual Hub's --throttle; workers choose
 #                       ranged reads or whole files by what this link makes cheaper
+#   NEUROMFA_SIM_CACHE_GB  each worker's bound on its downloaded checkpoints (default 6:
+#                       one pythia-2.8b checkpoint); the caches are removed at the end
 #   NEUROMFA_SIM_VIRTUAL  a virtual Hub description (docs/stand-in-hub.md) instead of the
 #                       built-in `pythia` (its repos named as in examples/pythia-suite.toml)
 #   NEUROMFA_BIN        a neuromfa binary to use instead of building the release one
@@ -134,6 +136,7 @@ pids=("$hub_pid")
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    rm -rf "$work"/cache-*
 }
 trap 'cleanup; [ -z "${NEUROMFA_SIM_DIR:-}" ] && rm -rf "$work"' EXIT
 
@@ -175,7 +178,8 @@ start_worker() {
     local i=$1
     runs=$((runs + 1))
     timed "$work/time-worker-$i.$runs" "$bin" worker --coordinator "$coordinator_url" \
-        --cache-dir "$work/cache-$i" --cache-max-gb 20 --give-up-after 120 \
+        --cache-dir "$work/cache-$i" --cache-max-gb "${NEUROMFA_SIM_CACHE_GB:-6}" \
+        --give-up-after 120 \
         > /dev/null 2>> "$work/worker-$i.log" &
     worker_pid[$i]=$!
 }
@@ -224,6 +228,7 @@ for i in "${!worker_pid[@]}"; do
     wait "${worker_pid[$i]}" 2>/dev/null || true
 done
 sweep_end=$(date +%s.%N)
+rm -rf "$work"/cache-*
 if [ "$coordinator_status" -ne 0 ]; then
     echo "simulate-suite: the coordinator exited with $coordinator_status (log: $work/coordinator.log)" >&2
     trap - EXIT
