@@ -5,7 +5,8 @@
 //!
 //!   cargo bench --bench suite_scale [-- DIR]     # DIR: keep the state and report there
 //!
-//! Target: each under a few seconds (a quadratic step shows as minutes at this size).
+//! Target: each under a few seconds (a quadratic step shows as minutes at this size), and
+//! the peak RSS well under the coordinator's 300 MiB.
 
 use std::path::Path;
 use std::time::Instant;
@@ -132,5 +133,13 @@ fn main() -> anyhow::Result<()> {
         })
     })?;
     println!("report files                 {:>8}", files.len());
+    // The coordinator holds this state (and does these steps): its peak is this one's.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(peak) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+        println!(
+            "peak RSS                     {:>8}",
+            peak.trim_start_matches("VmHWM:").trim()
+        );
+    }
     Ok(())
 }
