@@ -157,7 +157,7 @@ sed "s|@HUB@|$hub|" "$spec.in" > "$spec"
 timed() {
     local out=$1
     shift
-    /usr/bin/time -f '%M %U %S' -o "$out" "$@"
+    exec /usr/bin/time -f '%M %U %S' -o "$out" "$@"
 }
 coordinator_port=0
 runs=0
