@@ -18,6 +18,9 @@
 #   NEUROMFA_SIM_KILLS  N > 0: run once cleanly, then again while a seeded loop SIGKILLs the
 #                       coordinator or a worker N times (restarting it), and fail unless the
 #                       exports are byte-identical (as scripts/chaos.sh checks its demo sweep)
+#   NEUROMFA_SIM_LEASE_SECONDS  the spec's coordinator.lease_seconds instead of its 1800
+#                       (30 under kills, so that a killed worker's tasks soon go to another)
+#   NEUROMFA_SIM_FETCH_MODE  the spec's hub.fetch_mode (default: the spec's, `auto`)
 #   NEUROMFA_SIM_SEED   the kill loop's seed (default: random, printed)
 #   NEUROMFA_SIM_FACTS  the virtual Hub's content hashes (default: its own default file; the
 #                       models' hashes are precomputed there first, once)
@@ -56,6 +59,8 @@ fi
 
 if [ "$kills" -gt 0 ]; then
     # The clean run, then the same sweep under kills; their exports must be the same bytes.
+    # A killed worker's leases run out before its tasks go to another: short ones here.
+    export NEUROMFA_SIM_LEASE_SECONDS="${NEUROMFA_SIM_LEASE_SECONDS:-30}"
     NEUROMFA_SIM_KILLS=0 NEUROMFA_SIM_DIR="$work/clean" "$0" "$workers" "${models[@]}"
     NEUROMFA_SIM_KILLS=0 NEUROMFA_SIM_UNDER_KILLS="$kills" NEUROMFA_SIM_DIR="$work/killed" \
         "$0" "$workers" "${models[@]}"
@@ -79,7 +84,8 @@ if [ "${#models[@]}" -gt 0 ]; then
 fi
 spec="$work/pythia-suite.toml"
 awk -v keep="$model_list" -v state="$work/state" \
-    -v seeds="${NEUROMFA_SIM_SEEDS:-}" -v steps="${NEUROMFA_SIM_STEPS:-}" '
+    -v seeds="${NEUROMFA_SIM_SEEDS:-}" -v steps="${NEUROMFA_SIM_STEPS:-}" \
+    -v lease="${NEUROMFA_SIM_LEASE_SECONDS:-}" -v fetch="${NEUROMFA_SIM_FETCH_MODE:-}" '
     BEGIN {
         n = split(keep, names, ",")
         for (i = 1; i <= n; i++) wanted[names[i]] = 1
@@ -96,7 +102,12 @@ awk -v keep="$model_list" -v state="$work/state" \
     /^state_dir = / { print "state_dir = \"" state "\""; next }
     /^seeds = / && seeds != "" { print "seeds = " seeds; next }
     /^steps = / && steps != "" { print "steps = " steps; next }
-    /^\[hub\]/ { print; print "endpoint = \"@HUB@\""; next }
+    /^\[hub\]/ {
+        print; print "endpoint = \"@HUB@\""
+        if (fetch != "") print "fetch_mode = \"" fetch "\""
+        next
+    }
+    /^lease_seconds = / && lease != "" { print "lease_seconds = " lease; next }
     { print }
 ' examples/pythia-suite.toml > "$spec.in"
 repos=$(awk '/^repo = / { r = $3; gsub(/"/, "", r); print r }' "$spec.in")
