@@ -15,6 +15,7 @@ use neuromfa_hub::budget::LocalBudget;
 use neuromfa_hub::resolve::{ResolvedRevision, Resolver};
 use neuromfa_hub::HubSettings;
 use serde::Serialize;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::server::{ClusterBudget, StateHandle};
@@ -22,64 +23,80 @@ use crate::server::{ClusterBudget, StateHandle};
 /// Revisions resolved at once: enough to hide latency, few enough to be polite.
 const CONCURRENCY: usize = 16;
 
-/// Resolves many revisions of possibly many repos; failures are returned per revision.
+/// One revision's resolution, or why it failed: `(repo, step, outcome)`.
+type Resolution = (String, u64, Result<ResolvedRevision, String>);
+
+/// Resolves many revisions of possibly many repos, `CONCURRENCY` at a time in the order
+/// given, and sends each outcome as it comes; the channel closes after the last.
+fn resolve_each(
+    resolver: Arc<Resolver>,
+    revisions: Vec<(String, u64, String)>,
+) -> mpsc::UnboundedReceiver<Resolution> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut pending = revisions.into_iter();
+        let mut running = JoinSet::new();
+        loop {
+            while running.len() < CONCURRENCY {
+                let Some((repo, step, revision)) = pending.next() else {
+                    break;
+                };
+                let resolver = resolver.clone();
+                running.spawn(async move {
+                    let result = resolver
+                        .resolve(&repo, &revision)
+                        .await
+                        .map_err(|e| e.to_string());
+                    (repo, step, result)
+                });
+            }
+            match running.join_next().await {
+                Some(Ok(item)) => {
+                    if sender.send(item).is_err() {
+                        return; // nobody listens any more
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "a resolution task stopped"),
+                None => return,
+            }
+        }
+    });
+    receiver
+}
+
+/// Resolves many revisions; failures are returned per revision, sorted by repo and step.
 async fn resolve_all(
     resolver: Arc<Resolver>,
     revisions: Vec<(String, u64, String)>,
-) -> Vec<(String, u64, Result<ResolvedRevision, String>)> {
-    let mut pending = revisions.into_iter();
-    let mut running = JoinSet::new();
+) -> Vec<Resolution> {
+    let mut outcomes = resolve_each(resolver, revisions);
     let mut out = Vec::new();
-    loop {
-        while running.len() < CONCURRENCY {
-            let Some((repo, step, revision)) = pending.next() else {
-                break;
-            };
-            let resolver = resolver.clone();
-            running.spawn(async move {
-                let result = resolver
-                    .resolve(&repo, &revision)
-                    .await
-                    .map_err(|e| e.to_string());
-                (repo, step, result)
-            });
-        }
-        match running.join_next().await {
-            Some(Ok(item)) => out.push(item),
-            Some(Err(e)) => tracing::warn!(error = %e, "a resolution task stopped"),
-            None => break,
-        }
+    while let Some(item) = outcomes.recv().await {
+        out.push(item);
     }
     out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     out
 }
 
-/// What resolving some checkpoints gave: per (model, step), the resolution or why not.
-type Resolutions = Vec<(String, u64, Result<ResolvedRevision, String>)>;
-
-/// Resolves `keys` on the Hub, spending from the cluster's `budget`.
-async fn resolve_keys(
-    settings: &HubSettings,
-    budget: &ClusterBudget,
-    keys: Vec<CheckpointKey>,
-) -> Result<Resolutions> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
+/// Resolver spending from the cluster's `budget`.
+fn budgeted_resolver(settings: &HubSettings, budget: &ClusterBudget) -> Result<Arc<Resolver>> {
     let budget = Arc::new(LocalBudget::shared(budget.clone()));
-    let resolver =
-        Arc::new(Resolver::with_budget(settings, budget).context("checking checkpoints")?);
-    let revisions = keys
-        .into_iter()
+    Ok(Arc::new(
+        Resolver::with_budget(settings, budget).context("checking checkpoints")?,
+    ))
+}
+
+fn revisions_of(keys: Vec<CheckpointKey>) -> Vec<(String, u64, String)> {
+    keys.into_iter()
         .map(|k| (k.model, k.step, k.revision))
-        .collect();
-    Ok(resolve_all(resolver, revisions).await)
+        .collect()
 }
 
 /// Records what resolved (warning about what did not) and applies the spec's duplicate
 /// policy, in the open transaction.
-fn record_resolutions(state: &mut SweepState, resolved: &Resolutions) -> Result<(), StateError> {
+fn record_resolutions(state: &mut SweepState, resolved: &[Resolution]) -> Result<(), StateError> {
     for (repo, step, result) in resolved {
+        state.resolution_ended(repo, *step);
         match result {
             Ok(r) => state.record_resolution(repo, *step, &r.weights_sha256, &r.weights)?,
             Err(e) => {
@@ -90,25 +107,67 @@ fn record_resolutions(state: &mut SweepState, resolved: &Resolutions) -> Result<
     state.apply_duplicate_policy().map(drop)
 }
 
-/// Resolves every checkpoint of the grid not resolved yet (or resolved before weight formats
-/// were recorded), groups identical weights and applies the spec's duplicate policy. A
+/// Resolves, while the coordinator serves, the checkpoints `state` awaits
+/// ([`SweepState::await_resolution`], which says in what order), recording each outcome as
+/// it comes: a checkpoint's tasks are leased once it is settled, so workers start on the
+/// first checkpoints resolved while the Hub's budget spaces out the rest. Identical
+/// weights are grouped and the spec's duplicate policy applied as they are found. A
 /// revision that cannot be resolved is left as unique (its tasks still run, and fail with
-/// the reason if it does not exist; [`resolve_again`] tries it again later). The requests
-/// spend from the cluster's `budget`.
-pub async fn resolve_grid(
-    state: &mut SweepState,
-    settings: &HubSettings,
-    budget: &ClusterBudget,
+/// the reason if it does not exist; [`resolve_again`] tries it again later). Whatever
+/// happens, nothing is held back once this returns. The requests spend from the
+/// cluster's budget (the one `state` reports).
+pub async fn resolve_awaited(
+    state: StateHandle,
+    keys: Vec<CheckpointKey>,
+    settings: HubSettings,
 ) -> Result<()> {
-    let resolved = resolve_keys(settings, budget, state.unresolved()).await?;
-    state.transaction(|s| record_resolutions(s, &resolved))?;
-    for d in state.duplicate_steps() {
+    let outcome = record_as_resolved(&state, keys, &settings).await;
+    let duplicates = state
+        .call(|s, _| {
+            s.stop_awaiting_resolution();
+            Ok((s.duplicate_steps(), s.spec().duplicates))
+        })
+        .await?;
+    let (duplicates, policy) = duplicates;
+    for d in duplicates {
         tracing::warn!(
-            model = %d.model, step = d.step, duplicate_of = d.duplicate_of,
-            policy = ?state.spec().duplicates,
+            model = %d.model, step = d.step, duplicate_of = d.duplicate_of, ?policy,
             "step serves the same weights as a later step"
         );
     }
+    outcome
+}
+
+async fn record_as_resolved(
+    state: &StateHandle,
+    keys: Vec<CheckpointKey>,
+    settings: &HubSettings,
+) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let total = keys.len();
+    tracing::info!(
+        checkpoints = total,
+        "resolving what each checkpoint serves; leasing starts with the first resolved"
+    );
+    let resolver = budgeted_resolver(settings, &state.budget)?;
+    let mut outcomes = resolve_each(resolver, revisions_of(keys));
+    let mut recorded = 0;
+    while let Some(first) = outcomes.recv().await {
+        // Whatever else has come in meanwhile goes in the same transaction.
+        let mut batch = vec![first];
+        while let Ok(more) = outcomes.try_recv() {
+            batch.push(more);
+        }
+        recorded += batch.len();
+        state
+            .call(move |s, _| record_resolutions(s, &batch))
+            .await
+            .map_err(|status| anyhow::anyhow!("recording resolutions: {}", status.message()))?;
+        tracing::debug!(recorded, total, "checkpoints resolved");
+    }
+    tracing::info!(checkpoints = total, "every checkpoint's resolution is over");
     Ok(())
 }
 
@@ -124,7 +183,11 @@ pub async fn resolve_again(
     if unresolved.is_empty() {
         return Ok(0);
     }
-    let resolved = resolve_keys(settings, budget, unresolved).await?;
+    let resolved = resolve_all(
+        budgeted_resolver(settings, budget)?,
+        revisions_of(unresolved),
+    )
+    .await;
     let left = state
         .call(move |s, _| {
             record_resolutions(s, &resolved)?;

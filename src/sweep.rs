@@ -20,7 +20,7 @@ use neuromfa_hub_server::{self as hub_server, HubServerConfig, RunningHub};
 
 use crate::auth::{generate_token, os_random};
 use crate::exit;
-use crate::integrity::{resolve_again, resolve_grid};
+use crate::integrity::{resolve_again, resolve_awaited};
 use crate::proto;
 use crate::server::{ClusterBudget, RunningCoordinator};
 use crate::web::WebServer;
@@ -209,7 +209,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         _ => None,
     };
     let budget = cluster_budget(&spec);
-    resolve_grid(&mut state, &hub, &budget).await?;
+    let awaited = state.await_resolution();
     let listener = tokio::net::TcpListener::bind(&spec.coordinator.listen)
         .await
         .with_context(|| format!("cannot listen on {}", spec.coordinator.listen))?;
@@ -221,6 +221,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         tls,
         budget.clone(),
     )?;
+    let _resolution = start_resolution(&running, awaited, &hub);
     // With port 0 the system chose one: workers must be told that one.
     spec.coordinator.listen = running.addr.to_string();
     record_listening(&state_dir, running.addr);
@@ -317,6 +318,23 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
             }
         }
     }
+}
+
+/// Resolves the checkpoints `awaited` in the background while `running` serves (see
+/// [`resolve_awaited`]), until done or until the set returned is dropped.
+fn start_resolution(
+    running: &RunningCoordinator,
+    awaited: Vec<neuromfa_coordinator::spec::CheckpointKey>,
+    hub: &HubSettings,
+) -> tokio::task::JoinSet<()> {
+    let (state, hub) = (running.state.clone(), hub.clone());
+    let mut resolution = tokio::task::JoinSet::new();
+    resolution.spawn(async move {
+        if let Err(e) = resolve_awaited(state, awaited, hub).await {
+            tracing::warn!(error = %format!("{e:#}"), "resolving checkpoints stopped; their tasks are leased unresolved");
+        }
+    });
+    resolution
 }
 
 /// Resolves again, for up to `grace`, the checkpoints still unresolved, so that the
@@ -646,12 +664,12 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         cache_dir: None,
     };
     let budget = cluster_budget(&spec);
-    resolve_grid(&mut state, &hub, &budget).await?;
+    let awaited = state.await_resolution();
     let listener = tokio::net::TcpListener::bind(LISTEN)
         .await
         .context("cannot listen on loopback")?;
     // Loopback only, inside this process: no TLS needed. The workers hear of the Hub the
-    // checkpoints were resolved on.
+    // checkpoints are resolved on.
     let announced = hub.endpoint.clone().unwrap_or_default();
     let running = RunningCoordinator::start(
         state,
@@ -661,6 +679,7 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
         None,
         budget.clone(),
     )?;
+    let _resolution = start_resolution(&running, awaited, &hub);
     record_listening(&state_dir, running.addr);
     // The dashboard is always on here, on loopback unless the spec says where.
     let listen = spec.dashboard.listen.as_deref().unwrap_or("127.0.0.1:0");

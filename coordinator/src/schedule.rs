@@ -158,6 +158,9 @@ pub struct Schedule {
     /// Transient failures in a row per task, for the wait after the next.
     transient_failures: HashMap<usize, u32>,
     leased: HashSet<usize>,
+    /// Checkpoints whose tasks are not leased yet: what they serve is still being resolved
+    /// (not stored: a restarted coordinator resolves again and says again what to hold).
+    held: HashSet<usize>,
     /// The worker that last leased each checkpoint: its seeds go there first.
     owner: HashMap<usize, String>,
     workers: BTreeMap<String, Worker>,
@@ -206,6 +209,7 @@ impl Schedule {
             wait_of: HashMap::new(),
             transient_failures: HashMap::new(),
             leased: HashSet::new(),
+            held: HashSet::new(),
             owner: HashMap::new(),
             workers: BTreeMap::new(),
             duplicates,
@@ -290,9 +294,10 @@ impl Schedule {
         self
     }
 
-    /// Keeps what `old` knew of its workers' liveness and caches, which is not stored
-    /// (after a rebuild from the store).
+    /// Keeps what `old` knew of its workers' liveness and caches and which checkpoints it
+    /// held back, none of which is stored (after a rebuild from the store).
     pub fn keep_liveness(&mut self, old: Schedule) {
+        self.held = old.held;
         for (id, old) in old.workers {
             if let Some(w) = self.workers.get_mut(&id) {
                 w.last_seen_ms = old.last_seen_ms;
@@ -436,6 +441,7 @@ impl Schedule {
     /// Picks the checkpoint whose pending seeds this worker should take next: its own,
     /// then one whose weights it holds, then one nobody active holds, then any.
     fn choose_checkpoint(&self, worker: &str, now_ms: u64) -> Option<usize> {
+        let mut leasable = self.leasable_ranks();
         let free = |rank: &usize| {
             let slot = self.checkpoint_at_rank[*rank];
             match self.owner.get(&slot) {
@@ -443,32 +449,38 @@ impl Schedule {
                 Some(owner) => owner == worker || !self.worker_active(owner, now_ms),
             }
         };
-        let mine = self.pending.keys().find(|rank| {
-            let slot = self.checkpoint_at_rank[**rank];
+        let mine = leasable.clone().find(|rank| {
+            let slot = self.checkpoint_at_rank[*rank];
             self.owner.get(&slot).is_some_and(|o| o == worker)
         });
         let cached = self.workers.get(worker).and_then(|w| {
-            self.pending
-                .keys()
-                .find(|rank| w.cached.contains(&self.checkpoint_at_rank[**rank]) && free(rank))
+            leasable
+                .clone()
+                .find(|rank| w.cached.contains(&self.checkpoint_at_rank[*rank]) && free(rank))
         });
         mine.or(cached)
-            .or_else(|| self.pending.keys().find(|rank| free(rank)))
+            .or_else(|| leasable.clone().find(|rank| free(rank)))
             // Nothing unclaimed: help with a checkpoint another worker holds rather than idle.
-            .or_else(|| self.pending.keys().next())
+            .or_else(|| leasable.next())
+    }
+
+    /// Ranks with pending tasks whose checkpoint is not held back, in scheduling order.
+    fn leasable_ranks(&self) -> impl Iterator<Item = usize> + Clone + '_ {
+        self.pending
+            .keys()
             .copied()
+            .filter(|&rank| !self.held.contains(&self.checkpoint_at_rank[rank]))
     }
 
     /// The checkpoint to probe a tripped breaker with: the first pending one the trip did
     /// not implicate, else the first.
     fn choose_probe(&self) -> Option<usize> {
-        let implicated = |rank: &&usize| self.breaker.implicates(self.checkpoint_at_rank[**rank]);
-        let mut ranks = self.pending.keys();
+        let implicated = |rank: &usize| self.breaker.implicates(self.checkpoint_at_rank[*rank]);
+        let mut ranks = self.leasable_ranks();
         ranks
             .clone()
             .find(|rank| !implicated(rank))
             .or_else(|| ranks.next())
-            .copied()
     }
 
     /// Queues again the tasks whose wait is over.
@@ -960,6 +972,18 @@ impl Schedule {
             value: changes.len(),
             changes,
         }
+    }
+
+    /// Holds back the tasks of the checkpoints `hold` names (they stay pending, and are
+    /// not leased) and lets the others go. Not stored: whoever holds checkpoints back says
+    /// so again after a restart.
+    pub fn hold_checkpoints(&mut self, hold: impl Fn(usize) -> bool) {
+        self.held = (0..self.checkpoints.len()).filter(|&c| hold(c)).collect();
+    }
+
+    /// Checkpoints held back.
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 }
 

@@ -4,7 +4,7 @@
 //! acknowledged lease or result survives a crash of the process or the machine
 //! ([`crate::commit`] does this for the gRPC server, batching many requests per commit).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
@@ -42,6 +42,8 @@ pub struct SweepState {
     /// The spectra of results stored since the last live source was taken (only once the
     /// live view is enabled); `all` once they must be read from the store again.
     live_points: Option<NewPoints>,
+    /// Checkpoints whose resolution is awaited (see [`SweepState::await_resolution`]).
+    awaiting: HashSet<usize>,
 }
 
 /// The schedule and the ledger as the store holds them.
@@ -74,6 +76,7 @@ impl SweepState {
             uncommitted_compute: Vec::new(),
             wrote: false,
             live_points: None,
+            awaiting: HashSet::new(),
         })
     }
 
@@ -312,7 +315,8 @@ impl SweepState {
 
     /// Regroups identical weights and applies the spec's policy: under `skip` and
     /// `reuse` the pending tasks of duplicated checkpoints are not computed; under
-    /// `warn` (or once a step is no longer a duplicate) they are queued again.
+    /// `warn` (or once a step is no longer a duplicate) they are queued again. Checkpoints
+    /// whose resolution is awaited stay held back.
     pub fn apply_duplicate_policy(&mut self) -> Result<usize> {
         self.ledger.regroup();
         let hold = self.spec.duplicates != DuplicatePolicy::Warn;
@@ -320,7 +324,78 @@ impl SweepState {
         let outcome = self
             .schedule
             .skip_checkpoints(|checkpoint| hold && ledger.original_of(checkpoint).is_some());
-        self.store(outcome)
+        let skipped = self.store(outcome)?;
+        self.hold_unsettled();
+        Ok(skipped)
+    }
+
+    /// Holds back the tasks of every checkpoint not resolved yet until its resolution
+    /// ends ([`SweepState::resolution_ended`]), so that leasing may start while the rest
+    /// of the grid is resolved; returns those checkpoints in the order to resolve them.
+    ///
+    /// Under `skip` and `reuse` a checkpoint is a duplicate (and not computed) when a
+    /// later step of its model serves the same weights, so it is held until every later
+    /// step of its model is resolved too. Hence the order: model by model as the spec
+    /// lists them, each model's last step first, so that each checkpoint is free to go as
+    /// soon as it is resolved.
+    pub fn await_resolution(&mut self) -> Vec<CheckpointKey> {
+        let mut keys = self.ledger.unresolved();
+        let model_rank: HashMap<&str, usize> = self
+            .spec
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.repo.as_str(), i))
+            .collect();
+        keys.sort_by_key(|k| {
+            (
+                model_rank.get(k.model.as_str()).copied(),
+                std::cmp::Reverse(k.step),
+            )
+        });
+        self.awaiting = keys
+            .iter()
+            .filter_map(|k| self.ledger.slot(&k.model, k.step))
+            .collect();
+        self.hold_unsettled();
+        keys
+    }
+
+    /// The resolution of `(model, step)` is over, resolved or not (one that failed counts
+    /// as unique, as before). Takes effect at the next [`SweepState::apply_duplicate_policy`].
+    pub fn resolution_ended(&mut self, model: &str, step: u64) {
+        if let Some(slot) = self.ledger.slot(model, step) {
+            self.awaiting.remove(&slot);
+        }
+    }
+
+    /// No resolution is awaited any more (resolving stopped): nothing is held back.
+    pub fn stop_awaiting_resolution(&mut self) {
+        self.awaiting.clear();
+        self.hold_unsettled();
+    }
+
+    /// Holds back the checkpoints whose resolution, or (under `skip` and `reuse`) that
+    /// of a later step of their model, is awaited.
+    fn hold_unsettled(&mut self) {
+        let later_too = self.spec.duplicates != DuplicatePolicy::Warn;
+        let checkpoints = self.ledger.checkpoints();
+        // Per model, the latest step still awaited: every step before it waits too.
+        let mut latest_awaited: HashMap<&str, u64> = HashMap::new();
+        for &slot in &self.awaiting {
+            let key = &checkpoints[slot];
+            let latest = latest_awaited.entry(key.model.as_str()).or_insert(key.step);
+            *latest = (*latest).max(key.step);
+        }
+        let awaiting = &self.awaiting;
+        self.schedule.hold_checkpoints(|slot| {
+            let key = &checkpoints[slot];
+            awaiting.contains(&slot)
+                || (later_too
+                    && latest_awaited
+                        .get(key.model.as_str())
+                        .is_some_and(|&latest| key.step < latest))
+        });
     }
 
     pub fn duplicate_steps(&self) -> Vec<DuplicateStatus> {

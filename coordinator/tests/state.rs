@@ -413,3 +413,134 @@ fn a_tripped_breaker_survives_a_reopen_and_probes_at_once() {
     );
     assert!(!summary(dir.path()).contains("Stopped by a systemic failure"));
 }
+
+/// A resolution serving the weights `hash` (one safetensors file at commit `c-{hash}`).
+fn record(state: &mut SweepState, model: &str, step: u64, hash: &str) {
+    state
+        .transaction(|s| {
+            s.resolution_ended(model, step);
+            s.record_resolution(
+                model,
+                step,
+                hash,
+                &resolved(&format!("c-{hash}"), WeightFormat::Safetensors),
+            )?;
+            s.apply_duplicate_policy().map(drop)
+        })
+        .unwrap();
+}
+
+/// The checkpoints of every task leases hand out now, each task completed once leased.
+fn leasable(state: &mut SweepState, worker: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    loop {
+        let leases = decide(state, |d| d.lease(worker, 100, 0));
+        if leases.is_empty() {
+            break;
+        }
+        out.extend(leases.iter().map(|l| (l.model.clone(), l.step)));
+        // Finished, so that the next lease moves on.
+        for l in &leases {
+            assert_eq!(done(state, worker, l, 0), Completion::Accepted);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn leasing_starts_while_revisions_resolve_and_reuse_never_computes_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(dir.path(), "[0, 10, 20]", 2, "");
+    s.duplicates = neuromfa_coordinator::integrity::DuplicatePolicy::Reuse;
+    let mut state = SweepState::open(s, OpenMode::Resume).unwrap();
+    let w = decide(&mut state, |d| Ok(d.register_worker("h", 2, "v", 0)));
+
+    // Model by model, each model's last step first: each is free once it is resolved.
+    let order: Vec<(String, u64)> = state
+        .await_resolution()
+        .into_iter()
+        .map(|k| (k.model, k.step))
+        .collect();
+    let key = |m: &str, s: u64| (m.to_string(), s);
+    assert_eq!(
+        order,
+        vec![
+            key("org/a", 20),
+            key("org/a", 10),
+            key("org/a", 0),
+            key("org/b", 20),
+            key("org/b", 10),
+            key("org/b", 0),
+        ]
+    );
+    assert!(leasable(&mut state, &w).is_empty(), "nothing resolved yet");
+    assert!(!state.schedule().finished(), "held tasks are still pending");
+
+    // org/a step 20 resolves: its tasks go, while five revisions are still unresolved.
+    record(&mut state, "org/a", 20, "a20");
+    assert_eq!(leasable(&mut state, &w), vec![key("org/a", 20)]);
+
+    // Step 10 serves step 20's weights: under reuse it is never leased.
+    record(&mut state, "org/a", 10, "a20");
+    assert!(leasable(&mut state, &w).is_empty());
+
+    // Under reuse an earlier step waits for every later step of its model: org/b step 10
+    // resolved before step 20 is not leased yet (it may turn out to be a duplicate).
+    record(&mut state, "org/b", 10, "b10");
+    assert!(leasable(&mut state, &w).is_empty());
+    record(&mut state, "org/b", 20, "b20");
+    assert_eq!(
+        leasable(&mut state, &w),
+        vec![key("org/b", 10), key("org/b", 20)]
+    );
+    record(&mut state, "org/a", 0, "a0");
+    assert_eq!(leasable(&mut state, &w), vec![key("org/a", 0)]);
+
+    // A resolution that fails ends too: org/b step 0 is leased as unique.
+    state
+        .transaction(|s| {
+            s.resolution_ended("org/b", 0);
+            s.apply_duplicate_policy().map(drop)
+        })
+        .unwrap();
+    assert_eq!(leasable(&mut state, &w), vec![key("org/b", 0)]);
+    assert!(state.schedule().finished());
+    let status = state.status(1, false);
+    assert_eq!(
+        status.done,
+        5 * 2,
+        "the duplicate's two seeds were not computed"
+    );
+    let data = export::load(dir.path()).unwrap();
+    let reused: Vec<_> = data
+        .tasks
+        .iter()
+        .filter(|t| t.model == "org/a" && t.step == 10)
+        .map(|t| (t.state.as_str(), t.duplicate_of))
+        .collect();
+    assert_eq!(
+        reused,
+        vec![("skipped", Some(20)); 2],
+        "the duplicate's tasks were not computed"
+    );
+}
+
+#[test]
+fn stopping_resolution_lets_every_held_checkpoint_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(dir.path(), "[0, 10]", 1, "");
+    s.duplicates = neuromfa_coordinator::integrity::DuplicatePolicy::Skip;
+    let mut state = SweepState::open(s, OpenMode::Resume).unwrap();
+    let w = decide(&mut state, |d| Ok(d.register_worker("h", 2, "v", 0)));
+    assert_eq!(state.await_resolution().len(), 4);
+    assert!(leasable(&mut state, &w).is_empty());
+    state
+        .transaction(|s| {
+            s.stop_awaiting_resolution();
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(leasable(&mut state, &w).len(), 4);
+}

@@ -14,12 +14,35 @@ fn sd(var: f64) -> f64 {
     var.max(0.0).sqrt()
 }
 
-/// f(α) against α, one curve per step, ±1 sd of f over seeds (Figs. 5 and 18).
+/// Points a line over training marks with dots: beyond, the dots merge into a thick line.
+const MAX_MARKED_POINTS: usize = 40;
+
+/// Curves a spectra plot draws at most: more overlap into one smear (a suite has 154 steps).
+const MAX_SPECTRA_CURVES: usize = 12;
+
+/// Which of `n` steps (by rank) a spectra plot draws: all when few, else
+/// [`MAX_SPECTRA_CURVES`] spread evenly by rank, the first and the last always among them.
+fn spectra_ranks(n: usize) -> Vec<usize> {
+    if n <= MAX_SPECTRA_CURVES {
+        return (0..n).collect();
+    }
+    let last = MAX_SPECTRA_CURVES - 1;
+    (0..MAX_SPECTRA_CURVES)
+        .map(|i| (i * (n - 1) + last / 2) / last)
+        .collect()
+}
+
+/// f(α) against α, one curve per step (at most [`MAX_SPECTRA_CURVES`] steps), ±1 sd of f
+/// over seeds (Figs. 5 and 18).
 pub(super) fn spectra_figure(m: &ModelRows) -> Figure {
     let n = m.spectra.len();
+    let drawn = spectra_ranks(n);
     let mut series = Vec::new();
     let mut entries = Vec::new();
     for (rank, (step, rows)) in m.spectra.iter().enumerate() {
+        if drawn.binary_search(&rank).is_err() {
+            continue;
+        }
         let color = step_color(rank, n);
         let mut s = Series::line(
             format!("step {step}"),
@@ -40,6 +63,14 @@ pub(super) fn spectra_figure(m: &ModelRows) -> Figure {
         entries.push((step.to_string(), color));
     }
     let seeds = m.aggregates.iter().map(|a| a.seeds).max().unwrap_or(0);
+    let subset = if drawn.len() < n {
+        format!(
+            " {} of its {n} steps are drawn, evenly spaced by rank (every step is in spectra.csv);",
+            drawn.len()
+        )
+    } else {
+        String::new()
+    };
     let panel = Panel {
         legend: false,
         ..Panel::only(
@@ -52,7 +83,7 @@ pub(super) fn spectra_figure(m: &ModelRows) -> Figure {
         stem: format!("spectra-{}", m.slug),
         title: format!("Multifractal spectrum, {}", m.repo),
         caption: format!(
-            "f(α) against α for {}: mean over seeds (up to {seeds}) at each q, one curve per step from blue (earliest) to red (latest); band: f(α) ± 1 sd over seeds (population variance).",
+            "f(α) against α for {}: mean over seeds (up to {seeds}) at each q, one curve per step from blue (earliest) to red (latest);{subset} band: f(α) ± 1 sd over seeds (population variance).",
             m.repo
         ),
         size: (960, 620),
@@ -85,6 +116,7 @@ pub(super) fn alpha0_width_figure(models: &[ModelRows]) -> Figure {
                             .map(|a| (a.step as f64, pick(a).0))
                             .collect(),
                     );
+                    s.markers = s.points.len() <= MAX_MARKED_POINTS;
                     s.band = m
                         .aggregates
                         .iter()
@@ -120,7 +152,11 @@ pub(super) fn emergence_figure(models: &[ModelRows]) -> Figure {
     let series = models
         .iter()
         .enumerate()
-        .map(|(i, m)| Series::line(m.repo, categorical(i), m.e_points()))
+        .map(|(i, m)| {
+            let mut s = Series::line(m.repo, categorical(i), m.e_points());
+            s.markers = s.points.len() <= MAX_MARKED_POINTS;
+            s
+        })
         .collect();
     let panel = Panel::only(Axis::steps(), Axis::linear("E (from means)"), series);
     Figure {
@@ -284,5 +320,23 @@ pub(super) fn evals_figure(
         size: (1040, 620),
         panels: vec![panel],
         color_key: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_suite_of_steps_draws_a_few_spectra_first_and_last_included() {
+        assert_eq!(spectra_ranks(3), vec![0, 1, 2]);
+        let ranks = spectra_ranks(154);
+        assert_eq!(ranks.len(), MAX_SPECTRA_CURVES);
+        assert_eq!((ranks[0], ranks[ranks.len() - 1]), (0, 153));
+        assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{ranks:?}");
+        // Evenly spread: no gap more than one rank wider than another.
+        let gaps: Vec<usize> = ranks.windows(2).map(|w| w[1] - w[0]).collect();
+        let (min, max) = (gaps.iter().min(), gaps.iter().max());
+        assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{gaps:?}");
     }
 }
