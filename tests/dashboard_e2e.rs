@@ -245,6 +245,30 @@ fn strangers_get_only_the_login_hint_and_scrapes_agree_with_status() {
         sum(&metrics, "neuromfa_leases_total", &[]) >= done + failed,
         "every task finished was leased"
     );
+    // The cluster's Hub budget, as status shows it: the free tier's quotas, and what
+    // resolving and fetching the checkpoints was granted.
+    for bucket in status["budget"].as_array().unwrap() {
+        let name = bucket["bucket"].as_str().unwrap();
+        let labels = [("bucket", name)];
+        assert_eq!(
+            sum(&metrics, "neuromfa_hub_budget_quota", &labels),
+            bucket["quota"].as_f64().unwrap(),
+            "{name}"
+        );
+        assert!(
+            sum(&metrics, "neuromfa_hub_budget_granted_total", &labels) > 0.0,
+            "{name}"
+        );
+        assert_eq!(sum(&metrics, "neuromfa_hub_throttled_total", &labels), 0.0);
+    }
+    assert_eq!(
+        sum(
+            &metrics,
+            "neuromfa_hub_budget_quota",
+            &[("bucket", "resolvers")]
+        ),
+        5000.0
+    );
 
     // The worker's own view: it sent every result and fetched every byte (the other
     // worker has fetched nothing).

@@ -11,6 +11,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
 
+use neuromfa_common::budget::BucketStatus;
+
 use crate::live::LiveView;
 
 /// `Content-Type` of [`encode`]'s text.
@@ -178,11 +180,61 @@ pub fn encode(view: &LiveView, metrics: &StateMetrics) -> Result<String, std::fm
         "HTTP requests workers made for the results accepted since the coordinator started, by fetch mode",
         requests,
     );
+    register_budget(&mut registry, &status.budget);
     metrics.register(&mut registry);
 
     let mut text = String::new();
     prometheus_text::encode(&mut text, &registry)?;
     Ok(text)
+}
+
+/// The cluster's Hub budget per bucket (`resolvers`, `api`): what it allows, what it
+/// granted, the waits it imposed and the `429`s workers met.
+fn register_budget(registry: &mut Registry, budget: &[BucketStatus]) {
+    let quota = Family::<Labels, Gauge>::default();
+    let in_window = Family::<Labels, Gauge>::default();
+    let granted = Family::<Labels, Counter>::default();
+    let waited = Family::<Labels, Counter<f64, AtomicU64>>::default();
+    let throttled = Family::<Labels, Counter>::default();
+    for b in budget {
+        let Some(bucket) = b.bucket else { continue };
+        let labels = vec![("bucket", bucket.as_str().to_string())];
+        quota.get_or_create(&labels).set(i64::from(b.quota));
+        in_window
+            .get_or_create(&labels)
+            .set(i64::try_from(b.granted_in_window).unwrap_or(i64::MAX));
+        granted.get_or_create(&labels).inc_by(b.granted);
+        waited.get_or_create(&labels).inc_by(b.waited_seconds);
+        throttled
+            .get_or_create(&labels)
+            .inc_by(u64::from(b.throttled));
+    }
+    registry.register(
+        "neuromfa_hub_budget_quota",
+        "Hub requests the cluster may send per window, by bucket",
+        quota,
+    );
+    registry.register(
+        "neuromfa_hub_budget_granted_in_window",
+        "Hub requests granted within the last window, by bucket",
+        in_window,
+    );
+    registry.register(
+        "neuromfa_hub_budget_granted",
+        "Hub requests granted since the coordinator started, by bucket",
+        granted,
+    );
+    registry.register_with_unit(
+        "neuromfa_hub_budget_waited",
+        "Time requests were told to wait for the budget, summed, by bucket",
+        Unit::Seconds,
+        waited,
+    );
+    registry.register(
+        "neuromfa_hub_throttled",
+        "429 answers from the Hub reported by workers or met by the coordinator, by bucket",
+        throttled,
+    );
 }
 
 /// The `mode` label of a fetch mode as results carry it (empty: not said).

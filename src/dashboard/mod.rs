@@ -102,11 +102,14 @@ impl Feed {
             source = self.source(true).await?;
             spectra.take(std::mem::take(&mut source.points));
         }
+        // The cluster's Hub budget is kept beside the state, not in it.
+        let budget = self.state.budget_status();
         // Deriving and serialising take tens of milliseconds on a large sweep: not on the
         // state thread, nor on a thread serving requests.
         let (snapshot, spectra) = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let view = source.view(&mut spectra);
+            let mut view = source.view(&mut spectra);
+            view.status.budget = budget;
             drop(source);
             let snapshot = serde_json::to_vec(&view).map(|json| Snapshot {
                 etag: format!("\"{}\"", view.generated_ms),

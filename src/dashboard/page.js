@@ -166,6 +166,15 @@ function showFetch(view) {
     ([mode, f]) => `${mode || "unknown"}: ${bytes(f.bytes)} in ${f.requests} requests`
   );
   text($("fetch-modes"), modes.length ? `By fetch mode, since the coordinator started: ${modes.join("; ")}` : "");
+  // The cluster's Hub budget: what each rate-limited bucket granted and the waits it imposed.
+  fill($("budget").tBodies[0], view.status.budget || [], (tr, b) => {
+    cell(tr, b.bucket || "–");
+    cell(tr, b.granted_in_window, "num");
+    cell(tr, `${b.quota} per ${duration(b.window_seconds)}`, "num");
+    cell(tr, b.granted, "num");
+    cell(tr, duration(b.waited_seconds), "num");
+    cell(tr, b.throttled, "num");
+  });
 }
 
 function showFailures(view) {
