@@ -105,6 +105,17 @@ fn a_sweep_through_spent_windows_expired_signatures_and_faults_ends_as_against_a
     // The coordinator's resolution meets server errors.
     hub.set_faults("hub", json!({ "error_next": 2, "error_status": 500 }));
     cluster.start_coordinator();
+    // The coordinator resolves once it listens: the next faults are for the workers only
+    // once both of these have been met.
+    let deadline = std::time::Instant::now() + FINISH;
+    while count(&hub.stats(), "injected_errors") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the coordinator's resolution never met its faults: {}",
+            hub.stats()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // So do the workers' first requests to the Hub and to the CDN. No request fails more
     // than twice, so none runs out of its attempts.
     hub.set_faults("hub", json!({ "error_next": 2, "error_status": 503 }));

@@ -285,14 +285,24 @@ fn a_repeated_result_is_counted_and_ignored() {
             .unwrap()
             .into_inner()
             .worker_id;
-        let lease = client
-            .lease(proto::LeaseRequest {
-                worker_id: worker_id.clone(),
-                max_tasks: 1,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        // Tasks are leased once their revision is resolved, which the coordinator does
+        // after it starts listening.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let lease = loop {
+            let lease = client
+                .lease(proto::LeaseRequest {
+                    worker_id: worker_id.clone(),
+                    max_tasks: 1,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if !lease.tasks.is_empty() {
+                break lease;
+            }
+            assert!(std::time::Instant::now() < deadline, "nothing was ever leased");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
         let task = &lease.tasks[0];
         let checkpoint = neuromfa_common::Checkpoint::open(
             &data_dir().join(format!("golden/tiny-neox/step{}", task.step)),
