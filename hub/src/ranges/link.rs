@@ -175,11 +175,9 @@ mod tests {
         // 100 ms away at 100 MB/s, the probe's 1 MiB took its 10.5 ms after the round
         // trip, but the client first looked at it 9 ms late and found most of it buffered:
         // timed from its own first byte, it moved 700 MB/s.
-        let link = Link::from_timings(&[
-            timing(100.0, 100.2, 8 << 10),
-            timing(109.0, 110.5, 1 << 20),
-        ])
-        .unwrap();
+        let link =
+            Link::from_timings(&[timing(100.0, 100.2, 8 << 10), timing(109.0, 110.5, 1 << 20)])
+                .unwrap();
         assert_eq!(link.round_trip, Duration::from_millis(100));
         let mb_per_s = link.bytes_per_sec / 1e6;
         assert!((99.0..101.0).contains(&mb_per_s), "{link:?}");
