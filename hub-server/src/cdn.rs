@@ -18,7 +18,7 @@ use axum::{Extension, Json, Router};
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 
-use crate::content::{content_body, Pacing};
+use crate::content::{bytes_body, content_body, Pacing};
 use crate::error::lock;
 use crate::hf::{cut_if_due, HfState, Stored};
 use crate::range::{parse_range, RangeSpec};
@@ -228,7 +228,15 @@ async fn signed_file(
     if *method == Method::HEAD {
         return (status, out).into_response();
     }
-    match content_body(&file.content, start, count, pacing).await {
+    let held = match (&stored.open, status) {
+        (Some(open), StatusCode::PARTIAL_CONTENT) => open.read_small(start, count),
+        _ => None,
+    };
+    let body = match held {
+        Some(bytes) => Ok(bytes_body(bytes, pacing)),
+        None => content_body(&file.content, start, count, pacing).await,
+    };
+    match body {
         Ok(body) => {
             st.stats.cdn_body_bytes.fetch_add(count, Ordering::Relaxed);
             (status, out, body).into_response()

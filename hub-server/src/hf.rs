@@ -18,7 +18,7 @@ use crate::budget::{Bucket, Budget};
 use crate::error::{internal, lock, HubError};
 use crate::faults::{cut, Faults};
 use crate::profile::{HfProfile, XetSelector};
-use crate::repo::FileEntry;
+use crate::repo::{FileEntry, PinnedFile};
 use crate::signing::Signer;
 use crate::throttle::ConnectionThrottles;
 use crate::{xet, Counters, Shared, X_REPO_COMMIT};
@@ -36,6 +36,11 @@ pub(crate) const CONTROL_PREFIX: &str = "/_stand-in/";
 pub(crate) struct Stored {
     pub(crate) repo: String,
     pub(crate) file: FileEntry,
+    /// The file held open, so that the CDN answers a small range with one `pread` on the
+    /// async thread: a trip to the blocking pool and an `open` per range cost the stand-in
+    /// thread switches a real CDN's requests do not wait for, and on a busy machine they,
+    /// not the link, bound a ranged fetch.
+    pub(crate) open: Option<Arc<PinnedFile>>,
 }
 
 pub(crate) struct HfState {
@@ -197,6 +202,7 @@ pub(crate) fn redirect(
     let stored = Stored {
         repo: repo.to_string(),
         file: file.clone(),
+        open: PinnedFile::open(file).map(Arc::new),
     };
     let mut headers = HeaderMap::new();
     let value = |s: &str| HeaderValue::from_str(s).map_err(|e| internal("bad header value", e));

@@ -28,6 +28,23 @@ pub(crate) struct PinnedFile {
 }
 
 impl PinnedFile {
+    /// `file` held open, if it is on disk and still what was described.
+    pub(crate) fn open(file: &FileEntry) -> Option<Self> {
+        let Content::Disk(abs) = &file.content else {
+            return None;
+        };
+        let handle = std::fs::File::open(abs).ok()?;
+        let meta = handle.metadata().ok()?;
+        if meta.len() != file.size {
+            return None;
+        }
+        Some(PinnedFile {
+            entry: file.clone(),
+            file: handle,
+            mtime: meta.modified().ok(),
+        })
+    }
+
     /// `count` bytes from `start`, if the open file is still what was described (same length
     /// and mtime) and the read is small; `None` sends the request the long way.
     pub(crate) fn read_small(&self, start: u64, count: u64) -> Option<axum::body::Bytes> {
@@ -198,24 +215,9 @@ impl Shared {
     /// Resolves `rev` (a revision directory name or a commit id) and describes it.
     /// Holds `file` of `commit` open for later ranged reads naming that commit.
     pub(crate) fn pin(&self, key: PinnedKey, file: &FileEntry) {
-        let Content::Disk(abs) = &file.content else {
-            return;
-        };
-        let Ok(handle) = std::fs::File::open(abs) else {
-            return;
-        };
-        let Ok(meta) = handle.metadata() else {
-            return;
-        };
-        if meta.len() != file.size {
-            return;
+        if let Some(pinned) = PinnedFile::open(file) {
+            lock(&self.pinned).insert(key, Arc::new(pinned));
         }
-        let pinned = PinnedFile {
-            entry: file.clone(),
-            file: handle,
-            mtime: meta.modified().ok(),
-        };
-        lock(&self.pinned).insert(key, Arc::new(pinned));
     }
 
     pub(crate) fn describe(

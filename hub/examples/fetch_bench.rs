@@ -209,6 +209,11 @@ async fn print_plans(
 }
 
 fn main() -> ExitCode {
+    // RUST_LOG=neuromfa_hub=info shows the measured link and the plan it priced, on stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {

@@ -64,14 +64,27 @@ impl Link {
     /// The link as reads showed it: the quickest first byte, and the fastest transfer of a
     /// read long enough to tell (else the fastest read over its whole time, a lower bound).
     /// `None` without any read.
+    ///
+    /// A read's transfer is timed from one round trip after it was sent, not from when its
+    /// own first byte was seen: a client that was not scheduled while the body arrived sees
+    /// the first byte late and the rest at once from its socket's buffer, and a megabyte
+    /// seemingly moved in a fraction of a millisecond would price gaps of megabytes.
     pub(crate) fn from_timings(timings: &[Timing]) -> Option<Link> {
         let round_trip = timings.iter().map(|t| t.first_byte).min()?;
+        for t in timings.iter().filter(|t| t.bytes >= MEASURABLE) {
+            tracing::debug!(
+                bytes = t.bytes,
+                first_byte_ms = t.first_byte.as_secs_f64() * 1e3,
+                total_ms = t.total.as_secs_f64() * 1e3,
+                "a read the link's bandwidth is measured by"
+            );
+        }
         let rate = |bytes: u64, time: Duration| bytes as f64 / time.as_secs_f64().max(1e-6);
         let transfer = timings
             .iter()
             .filter(|t| t.bytes >= MEASURABLE)
             .map(|t| {
-                let moving = t.total.saturating_sub(t.first_byte);
+                let moving = t.total.saturating_sub(round_trip);
                 if moving >= Duration::from_millis(1) {
                     rate(t.bytes, moving)
                 } else {
@@ -155,6 +168,19 @@ mod tests {
         assert!(Link::measured_bandwidth(&[timing(30.0, 40.0, 1 << 20)]));
         assert!(!Link::measured_bandwidth(&[timing(30.0, 40.0, 1 << 10)]));
         assert_eq!(Link::from_timings(&[]), None);
+    }
+
+    #[test]
+    fn a_body_seen_late_does_not_inflate_the_bandwidth() {
+        // 100 ms away at 100 MB/s, the probe's 1 MiB took its 10.5 ms after the round
+        // trip, but the client first looked at it 9 ms late and found most of it buffered:
+        // timed from its own first byte, it moved 700 MB/s.
+        let link =
+            Link::from_timings(&[timing(100.0, 100.2, 8 << 10), timing(109.0, 110.5, 1 << 20)])
+                .unwrap();
+        assert_eq!(link.round_trip, Duration::from_millis(100));
+        let mb_per_s = link.bytes_per_sec / 1e6;
+        assert!((99.0..101.0).contains(&mb_per_s), "{link:?}");
     }
 
     fn link(rtt_ms: u64, mb_per_s: f64) -> Link {

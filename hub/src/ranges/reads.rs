@@ -127,6 +127,34 @@ async fn fetch_plan(
             result?;
         }
     }
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let timings = scope.timings();
+        let planned = &timings[timings.len().saturating_sub(requests.len())..];
+        let quantiles = |pick: fn(&crate::transport::Timing) -> std::time::Duration| {
+            let mut v: Vec<f64> = planned
+                .iter()
+                .map(|t| pick(t).as_secs_f64() * 1e3)
+                .collect();
+            v.sort_by(f64::total_cmp);
+            let at = |q: f64| {
+                v.get(((v.len() as f64 - 1.0) * q) as usize)
+                    .copied()
+                    .unwrap_or(0.0)
+            };
+            format!(
+                "{:.1}/{:.1}/{:.1}/{:.1}",
+                at(0.1),
+                at(0.5),
+                at(0.9),
+                at(1.0)
+            )
+        };
+        tracing::debug!(
+            first_byte_ms = quantiles(|t| t.first_byte),
+            total_ms = quantiles(|t| t.total),
+            "planned reads done (p10/p50/p90/max)"
+        );
+    }
     Ok(runs
         .into_iter()
         .zip(arenas)
