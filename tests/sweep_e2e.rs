@@ -300,7 +300,10 @@ fn a_repeated_result_is_counted_and_ignored() {
             if !lease.tasks.is_empty() {
                 break lease;
             }
-            assert!(std::time::Instant::now() < deadline, "nothing was ever leased");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing was ever leased"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         };
         let task = &lease.tasks[0];
