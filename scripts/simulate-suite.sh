@@ -165,10 +165,14 @@ sed "s|@HUB@|$hub|" "$spec.in" > "$spec"
 
 # --- coordinator and workers, each under /usr/bin/time for its peak RSS and CPU ------------
 # `time` writes "maxrss_kib user_s system_s" for each process it ran.
+# Without GNU time (a minimal machine) the process runs alone and peak RSS is not measured.
 timed() {
     local out=$1
     shift
-    exec /usr/bin/time -f '%M %U %S' -o "$out" "$@"
+    if [ -x /usr/bin/time ]; then
+        exec /usr/bin/time -f '%M %U %S' -o "$out" "$@"
+    fi
+    exec "$@"
 }
 coordinator_port=0
 runs=0
@@ -198,7 +202,16 @@ start_coordinator
 for i in $(seq 1 "$workers"); do start_worker "$i"; done
 
 # The process `time` runs (what a kill must hit, so that `time` reports it).
-child_of() { pgrep -P "$1" | head -1; }
+# Without GNU time the process is the one started.
+child_of() {
+    if [ ! -x /usr/bin/time ]; then
+        echo "$1"
+    elif command -v pgrep > /dev/null; then
+        pgrep -P "$1" | head -1
+    else
+        cut -d' ' -f1 "/proc/$1/task/$1/children" 2>/dev/null
+    fi
+}
 
 if [ "$under_kills" -gt 0 ]; then
     seed="${NEUROMFA_SIM_SEED:-$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')}"
@@ -246,7 +259,8 @@ if [ "$coordinator_status" -ne 0 ]; then
     cleanup
     exit 1
 fi
-curl -sf "$hub/_stand-in/stats" > "$work/hub-stats.json"
+python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+    "$hub/_stand-in/stats" > "$work/hub-stats.json"
 report_started=$(date +%s.%N)
 "$bin" report "$work/state" > /dev/null 2> "$work/report.log"
 report_end=$(date +%s.%N)
@@ -300,9 +314,12 @@ print(f"hub: {hub['resolver_requests']} resolver and {hub['api_requests']} API r
       f"{hub['cdn_requests']} CDN requests")
 print(f"run: {wall:.0f} s wall for the sweep ({workers} workers), report {report_end - report_started:.1f} s; "
       f"fetched {total_bytes/1e9:.3f} GB of {total_served/1e9:.1f} GB served")
-print(f"peak RSS: coordinator {max((m for m, _ in coordinator), default=0)/1024:.0f} MiB, "
-      f"a worker {max((m for m, _ in worker), default=0)/1024:.0f} MiB; "
-      f"workers' CPU {worker_cpu:.0f} s ({worker_cpu/max(total_done,1):.2f} s a task)")
+if coordinator and worker:
+    print(f"peak RSS: coordinator {max(m for m, _ in coordinator)/1024:.0f} MiB, "
+          f"a worker {max(m for m, _ in worker)/1024:.0f} MiB; "
+          f"workers' CPU {worker_cpu:.0f} s ({worker_cpu/max(total_done,1):.2f} s a task)")
+else:
+    print("peak RSS and CPU: not measured (no /usr/bin/time)")
 
 # The cluster: 8 machines x 16 cores, 1 Gbit/s each, a free account (5,000 resolver and
 # 1,000 API requests per 300 s). Each bound is the time that resource alone needs.
