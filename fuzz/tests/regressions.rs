@@ -160,3 +160,12 @@ fn a_rate_limit_naming_a_wait_of_2_to_the_64_seconds_is_taken_as_an_hour() {
     assert_eq!(window.resets_in, neuromfa_hub::headers::MAX_NAMED_WAIT);
     assert_eq!(window.remaining, 0);
 }
+
+/// Found by libFuzzer: 341 `key=value` parameters in 1,534 bytes were collected into a
+/// vector of 32 bytes each before any was looked at, past the target's cap of 8 bytes a
+/// byte; the parameters are now read where they stand.
+#[test]
+fn a_rate_limit_of_hundreds_of_parameters_is_read_without_collecting_them() {
+    let input = kept("rate_limit", "341-parameters-in-1534-bytes");
+    assert_eq!(neuromfa_hub::headers::rate_limit(text(&input)), None);
+}
