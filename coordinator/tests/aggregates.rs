@@ -7,7 +7,7 @@ use std::path::Path;
 
 use neuromfa_common::WeightFormat;
 use neuromfa_coordinator::{export, OpenMode, SweepSpec, SweepState, TaskMetrics};
-use support::{decide, result};
+use support::{decide, resolved, result};
 
 /// `org/a` at steps 0, 10, 20 with 3 seeds; step 0 will serve step 20's weights.
 fn spec(dir: &Path, policy: &str) -> SweepSpec {
@@ -114,21 +114,5 @@ fn status_and_aggregates_csv_agree_under_every_policy() {
             assert_eq!(exported[0].2, exported[2].2);
             assert_eq!(exported[0].3, exported[2].3);
         }
-    }
-}
-
-/// A resolution at `commit` of one `format` file.
-fn resolved(commit: &str, format: WeightFormat) -> neuromfa_common::RevisionWeights {
-    neuromfa_common::RevisionWeights {
-        commit: commit.to_string(),
-        weights: neuromfa_common::WeightFiles {
-            format,
-            sharded: false,
-        },
-        files: vec![neuromfa_common::WeightFileInfo {
-            name: format.single_file().to_string(),
-            size: 1,
-            sha256: "0".repeat(64),
-        }],
     }
 }

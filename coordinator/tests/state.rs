@@ -10,7 +10,7 @@ use neuromfa_coordinator::state::StateError;
 use neuromfa_coordinator::{
     Completion, Failure, FailureClass, Lease, OpenMode, SweepEnd, SweepState, TaskMetrics,
 };
-use support::{decide, result, two_models as spec};
+use support::{decide, resolved, result, two_models as spec};
 
 fn done(state: &mut SweepState, worker: &str, lease: &Lease, now: u64) -> Completion {
     let r = result(lease.step, lease.seed);
@@ -342,22 +342,6 @@ fn resolutions_from_before_weight_formats_are_resolved_again() {
         .iter()
         .find(|t| t.model == "org/a" && t.step == 0);
     assert_eq!(row.map(|t| t.weights_format.as_str()), Some("pytorch-bin"));
-}
-
-/// A resolution at `commit` of one `format` file.
-fn resolved(commit: &str, format: WeightFormat) -> neuromfa_common::RevisionWeights {
-    neuromfa_common::RevisionWeights {
-        commit: commit.to_string(),
-        weights: neuromfa_common::WeightFiles {
-            format,
-            sharded: false,
-        },
-        files: vec![neuromfa_common::WeightFileInfo {
-            name: format.single_file().to_string(),
-            size: 1,
-            sha256: "0".repeat(64),
-        }],
-    }
 }
 
 #[test]

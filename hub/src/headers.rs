@@ -75,7 +75,7 @@ pub fn etag(value: &str) -> Option<String> {
 /// bucket and its window, the wait capped at [`MAX_NAMED_WAIT`]. `None` without a known
 /// bucket, `r` or `t`.
 pub fn rate_limit(value: &str) -> Option<(Bucket, HubWindow)> {
-    let fields = structured_fields(value);
+    let fields = Fields(value);
     let bucket = fields.bucket()?;
     let remaining = fields.param("r")?;
     let resets_in = named_wait(fields.param("t")?);
@@ -91,7 +91,7 @@ pub fn rate_limit(value: &str) -> Option<(Bucket, HubWindow)> {
 /// `RateLimit-Policy: "fixed window";"resolvers";q=QUOTA;w=SECONDS`: the bucket and its
 /// quota, the window capped at [`MAX_NAMED_WAIT`].
 pub fn rate_limit_policy(value: &str) -> Option<(Bucket, Quota)> {
-    let fields = structured_fields(value);
+    let fields = Fields(value);
     let bucket = fields.bucket()?;
     Some((
         bucket,
@@ -140,10 +140,6 @@ impl<'a> Fields<'a> {
 /// The text inside a quoted name, `"resolvers"`.
 fn quoted(part: &str) -> Option<&str> {
     part.strip_prefix('"').and_then(|p| p.strip_suffix('"'))
-}
-
-fn structured_fields(value: &str) -> Fields<'_> {
-    Fields(value)
 }
 
 #[cfg(test)]

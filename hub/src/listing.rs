@@ -65,10 +65,9 @@ pub(crate) async fn list_weight_files(
     scope: &Scope,
     revision: &str,
 ) -> Result<(WeightFiles, Vec<String>), FetchError> {
-    let listed = transport
+    let present = transport
         .paths_info(scope, revision, &WeightFiles::candidates())
         .await?;
-    let present = listed;
     let files = choose_weight_files(&present).ok_or_else(|| FetchError::FileNotFound {
         at: scope.names.at(&weight_file_names()),
     })?;

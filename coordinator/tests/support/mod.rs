@@ -83,3 +83,22 @@ pub fn decide<T>(
 ) -> T {
     state.transaction(|s| s.decide(decision)).unwrap()
 }
+
+/// A resolution at `commit` of one `format` file.
+pub fn resolved(
+    commit: &str,
+    format: neuromfa_common::WeightFormat,
+) -> neuromfa_common::RevisionWeights {
+    neuromfa_common::RevisionWeights {
+        commit: commit.to_string(),
+        weights: neuromfa_common::WeightFiles {
+            format,
+            sharded: false,
+        },
+        files: vec![neuromfa_common::WeightFileInfo {
+            name: format.single_file().to_string(),
+            size: 1,
+            sha256: "0".repeat(64),
+        }],
+    }
+}
