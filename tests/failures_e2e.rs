@@ -148,16 +148,26 @@ fn sweep_run_against_a_hub_refusing_every_listing_exits_with_the_breakers_code()
 #[test]
 fn a_hub_rate_limiting_in_windows_fails_no_task_and_spends_no_attempt() {
     let mut cluster = Cluster::with_faulty_hub(publish, two_model_specs(), SEEDS, "");
-    cluster.start_coordinator();
-    // The first window opens at the workers' first request, so they meet it.
-    cluster.hub_fault(Fault::RateLimitWindows {
+    let windows = Fault::RateLimitWindows {
         limited: Duration::from_secs(3),
         open: Duration::from_secs(2),
-    });
+    };
+    // Windows open at the first request after the fault is set: the coordinator meets
+    // the first one resolving the checkpoints...
+    cluster.hub_fault(windows);
+    cluster.start_coordinator();
+    cluster.wait_status(FINISH, |s| s["unresolved"] == 0);
+    let refused_resolving = cluster.hub_refused();
+    assert!(refused_resolving > 0, "no resolution met a window");
+    // ...and the workers the next.
+    cluster.hub_fault(windows);
     cluster.start_worker(TOKEN);
     cluster.start_worker(TOKEN);
     cluster.wait_finished(FINISH);
-    assert!(cluster.hub_refused() > 0, "no request met a window");
+    assert!(
+        cluster.hub_refused() > refused_resolving,
+        "no worker's request met a window"
+    );
     let tasks = csv_rows(&cluster.export_file("tasks.csv"));
     assert_eq!(tasks.len(), 12);
     assert!(tasks.iter().all(|t| t["state"] == "done"), "{tasks:?}");

@@ -60,6 +60,10 @@ struct Fake {
     cdn_gets: AtomicU64,
     /// Resolve answers to turn into `429`s.
     throttle: AtomicU32,
+    /// Until then, resolve answers are `429`s that name the API bucket's window.
+    throttle_as_api_until: Mutex<Option<std::time::Instant>>,
+    /// `429`s answered.
+    refused: AtomicU32,
     /// CDN answers to turn into `503`s.
     fail: AtomicU32,
     /// CDN bodies to cut half way.
@@ -144,7 +148,16 @@ async fn hub(State(fake): State<Arc<Fake>>, req: Request) -> Response {
         .throttle
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     if taken.is_ok() {
+        fake.refused.fetch_add(1, Ordering::SeqCst);
         return (StatusCode::TOO_MANY_REQUESTS, limit(0)).into_response();
+    }
+    let until = *fake.throttle_as_api_until.lock().unwrap();
+    if let Some(left) = until.and_then(|u| u.checked_duration_since(std::time::Instant::now())) {
+        fake.refused.fetch_add(1, Ordering::SeqCst);
+        let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        let named = format!("\"api\";r=0;t={seconds}");
+        let headers = [("ratelimit", HeaderValue::from_str(&named).unwrap())];
+        return (StatusCode::TOO_MANY_REQUESTS, headers).into_response();
     }
     let Some(bytes) = fake.files.get(file) else {
         return (StatusCode::NOT_FOUND, [("x-error-code", "EntryNotFound")]).into_response();
@@ -421,6 +434,25 @@ async fn a_429_waits_out_its_window_and_costs_no_attempt() {
     );
     assert_eq!(fake.throttle.load(Ordering::SeqCst), 0);
     assert_eq!(whole.requests, 4 + 5, "{whole:?}");
+}
+
+#[tokio::test]
+async fn a_429_naming_another_bucket_still_waits_out_the_window_it_names() {
+    let (fake, endpoint) = start_fake().await;
+    // Every resolve refused for a second, each answer naming the API bucket's window: the
+    // resolves themselves are paced in the Resolvers bucket, which no answer names.
+    *fake.throttle_as_api_until.lock().unwrap() =
+        Some(std::time::Instant::now() + std::time::Duration::from_secs(1));
+    let cache = tempfile::tempdir().unwrap();
+    let f = fetcher_with_token(&endpoint, cache.path());
+    let whole = f.fetch_checkpoint(REPO, "step1000").await.unwrap();
+    assert_eq!(
+        std::fs::read(whole.dir.join("model.safetensors")).unwrap(),
+        fake.files["model.safetensors"]
+    );
+    // Each request waited out the second once: one refusal each, not a loop of them.
+    let refused = fake.refused.load(Ordering::SeqCst);
+    assert!((1..=4).contains(&refused), "{refused} requests refused");
 }
 
 #[tokio::test]

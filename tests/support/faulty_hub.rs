@@ -53,7 +53,7 @@ impl Faults {
                 let from = *windows_from.get_or_insert_with(Instant::now);
                 let cycle = (limited + open).as_nanos();
                 let into = Duration::from_nanos((from.elapsed().as_nanos() % cycle) as u64);
-                (into < limited).then(|| rate_limited(limited - into))
+                (into < limited).then(|| rate_limited(request.uri().path(), limited - into))
             }
         };
         if answer.is_some() {
@@ -63,14 +63,18 @@ impl Faults {
     }
 }
 
-/// A 429 whose `Retry-After` and `RateLimit` name `left` (rounded up to a second), as the
-/// Hub's do.
-fn rate_limited(left: Duration) -> Response {
+/// A 429 whose `Retry-After` and `RateLimit` name `left` (rounded up to a second) of the
+/// bucket the Hub counts `path` in, as the Hub's do.
+fn rate_limited(path: &str, left: Duration) -> Response {
     let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    let bucket = match path.starts_with("/api/") {
+        true => "api",
+        false => "resolvers",
+    };
     let mut response = (StatusCode::TOO_MANY_REQUESTS, "rate limited").into_response();
     let headers = response.headers_mut();
     headers.insert("retry-after", HeaderValue::from(seconds));
-    if let Ok(value) = HeaderValue::from_str(&format!("\"api\";r=0;t={seconds}")) {
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{bucket}\";r=0;t={seconds}")) {
         headers.insert("ratelimit", value);
     }
     response

@@ -43,6 +43,9 @@ const RETRY_BASE_DELAY: Duration = Duration::from_millis(250);
 const MAX_THROTTLED: Duration = Duration::from_secs(3600);
 /// The wait after a `429` that names no reset (no `RateLimit`, no `Retry-After`).
 const UNNAMED_RESET: Duration = Duration::from_secs(10);
+/// The shortest wait after a `429`: the Hub names whole seconds, and `t=0` (a reset within
+/// the second) must not turn into a loop of refused requests.
+const MIN_THROTTLED_WAIT: Duration = Duration::from_millis(250);
 /// Relative redirects (a renamed repository) followed before giving up.
 const MAX_RELATIVE_REDIRECTS: usize = 5;
 
@@ -216,18 +219,20 @@ impl Retry {
                     wait_s = resets_in.as_secs_f64(),
                     "the Hub's rate limit is spent; waiting for its window to reset"
                 );
-                match bucket {
-                    // Everyone sharing the budget waits; this request's next grant does.
-                    Some(bucket) => transport
+                // Everyone sharing the budget waits for the reset too.
+                if let Some(bucket) = bucket {
+                    transport
                         .budget
                         .exhausted(bucket, resets_in)
                         .await
-                        .map_err(|why| error_with_detail(error, why)),
-                    None => {
-                        tokio::time::sleep(resets_in).await;
-                        Ok(())
-                    }
+                        .map_err(|why| error_with_detail(error, why))?;
                 }
+                // The refused request waits itself, whatever bucket the answer named: it
+                // may name another than the one the request is paced in (or the request
+                // is not paced at all), and the next grant would then come at once and
+                // spin through the whole quota in refused requests.
+                tokio::time::sleep(resets_in).await;
+                Ok(())
             }
         }
     }
@@ -384,7 +389,8 @@ impl Transport {
             let resets_in = seen
                 .map(|(_, w)| w.resets_in)
                 .or_else(|| retry_after(headers))
-                .unwrap_or(UNNAMED_RESET);
+                .unwrap_or(UNNAMED_RESET)
+                .max(MIN_THROTTLED_WAIT);
             let error = scope.names.for_status(
                 file,
                 429,
