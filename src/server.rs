@@ -13,6 +13,7 @@ use neuromfa_common::SeedResult;
 use neuromfa_coordinator::budget::{grant, lease_needs, Grant, Needs};
 use neuromfa_coordinator::commit::{CallError, Context, GroupCommit};
 use neuromfa_coordinator::state::StateError;
+use neuromfa_coordinator::status::Progress;
 use neuromfa_coordinator::{Failure, FailureClass, StatusReport, SweepState, TaskMetrics};
 use tokio::sync::oneshot;
 use tonic::transport::ServerTlsConfig;
@@ -105,6 +106,10 @@ impl StateHandle {
         let mut report = self.call(|s, c| Ok(s.status(c.now_ms, c.draining))).await?;
         report.budget = self.budget_status();
         Ok(report)
+    }
+
+    pub async fn progress(&self) -> Result<Progress, Status> {
+        self.call(|s, _| Ok(s.progress())).await
     }
 
     /// What the cluster's budget granted, per bucket, as of now.
@@ -495,6 +500,15 @@ impl RunningCoordinator {
         match self.state.halted() {
             Some(why) => Err(anyhow::anyhow!(why)),
             None => Ok(status?),
+        }
+    }
+
+    /// [`RunningCoordinator::status`]'s [`Progress`] alone: cheap enough to poll.
+    pub async fn progress(&self) -> anyhow::Result<Progress> {
+        let progress = self.state.progress().await;
+        match self.state.halted() {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => Ok(progress?),
         }
     }
 

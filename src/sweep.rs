@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use neuromfa_coordinator::state::{recorded_spec, StateError};
+use neuromfa_coordinator::status::Progress;
 use neuromfa_coordinator::{export, OpenMode, StatusReport, SweepEnd, SweepSpec, SweepState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -270,8 +271,8 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
                 return Ok(());
             }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                let status = match running.status().await {
-                    Ok(status) => status,
+                let progress = match running.progress().await {
+                    Ok(progress) => progress,
                     Err(e) => {
                         // Out of space: stop serving before saying why.
                         stop_dashboard(dashboard).await;
@@ -279,13 +280,13 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
                         return Err(e);
                     }
                 };
-                let stopped = status.stopped.is_some();
+                let stopped = progress.stopped.is_some();
                 if was_stopped && !stopped {
                     // Resumed: a Hub that refused when the coordinator started may answer now.
                     resolve_before_export(&running, &hub, grace).await;
                 }
                 was_stopped = stopped;
-                let Some(end) = status.end() else {
+                let Some(end) = progress.end() else {
                     exported = None;
                     continue;
                 };
@@ -303,7 +304,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
                     stop_dashboard(dashboard).await;
                     running.stop().await;
                     export::export(&state_dir, None)?;
-                    log_end(&status, &state_dir);
+                    log_end(&status.progress(), &state_dir);
                     let end = status.end().unwrap_or(end);
                     return exit::judge(&end, &status, &resume_hint, &retry_hint);
                 }
@@ -312,7 +313,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
                         resolve_before_export(&running, &hub, grace).await;
                     }
                     export::export(&state_dir, None)?;
-                    log_end(&status, &state_dir);
+                    log_end(&progress, &state_dir);
                     exported = Some(end);
                 }
             }
@@ -349,15 +350,15 @@ async fn resolve_before_export(running: &RunningCoordinator, hub: &HubSettings, 
 }
 
 /// Says in the log how the sweep ended (or stopped) and where its exports are.
-fn log_end(status: &StatusReport, state_dir: &Path) {
+fn log_end(progress: &Progress, state_dir: &Path) {
     let exports = state_dir.join("exports");
-    match &status.stopped {
-        Some(breaker) if status.pending + status.leased > 0 => tracing::error!(
-            reason = %breaker.reason, pending = status.pending, exports = %exports.display(),
+    match &progress.stopped {
+        Some(reason) if progress.pending + progress.leased > 0 => tracing::error!(
+            reason = %reason, pending = progress.pending, exports = %exports.display(),
             "sweep stopped by a systemic failure"
         ),
         _ => tracing::info!(
-            done = status.done, failed = status.failed, exports = %exports.display(),
+            done = progress.done, failed = progress.failed, exports = %exports.display(),
             "sweep finished"
         ),
     }
@@ -704,7 +705,7 @@ async fn sweep_run(args: SweepRunArgs) -> Result<()> {
     let interrupted = follow_progress(&running, &workers).await?;
     let _ = stop_tx.send(true);
     let worker_error = join_workers(workers).await;
-    let end = running.state.status().await?.end();
+    let end = running.state.progress().await?.end();
     if matches!(end, Some(SweepEnd::Done | SweepEnd::Failed(_))) {
         resolve_before_export(&running, &hub, Duration::from_secs(30)).await;
     }
@@ -782,12 +783,12 @@ async fn follow_progress(
     tokio::pin!(stop);
     let mut interrupted = false;
     loop {
-        let status = running.status().await?;
-        bar.set_length(status.total as u64);
-        bar.set_position((status.done + status.failed) as u64);
-        bar.set_message(format!("({} failed)", status.failed));
+        let progress = running.progress().await?;
+        bar.set_length(progress.total as u64);
+        bar.set_position((progress.done + progress.failed) as u64);
+        bar.set_message(format!("({} failed)", progress.failed));
         // Finished, or stopped by the breaker: a one-shot run does not wait for probes.
-        if status.end().is_some() {
+        if progress.end().is_some() {
             break;
         }
         if workers.iter().all(|w| w.is_finished()) {

@@ -220,6 +220,11 @@ impl SweepState {
         status::live_aggregates(&self.schedule, &self.ledger, self.spec.duplicates)
     }
 
+    /// What says whether the sweep has ended, cheaply (see [`status::Progress`]).
+    pub fn progress(&self) -> status::Progress {
+        status::progress(&self.schedule)
+    }
+
     pub fn status(&mut self, now_ms: u64, draining: bool) -> StatusReport {
         let throughput = self.throughput.per_second(now_ms);
         status::report(

@@ -383,6 +383,8 @@ fn a_tripped_breaker_survives_a_reopen_and_probes_at_once() {
         (&before.reason, &before.implicated)
     );
     assert_eq!(status.end(), Some(SweepEnd::Stopped(before.reason.clone())));
+    // What loops poll instead of the whole status says the same.
+    assert_eq!(state.progress(), status.progress());
     assert_eq!((status.pending, status.failed), (4, 0));
     // Whoever started it again may have fixed the cause: one probe at once.
     assert_eq!(decide(&mut state, |d| d.lease(&w, 4, 5)).len(), 1);
@@ -391,10 +393,10 @@ fn a_tripped_breaker_survives_a_reopen_and_probes_at_once() {
     drop(state);
 
     let mut state = SweepState::open(s, OpenMode::Resume).unwrap();
-    assert!(
-        state.status(6, false).stopped.is_none(),
-        "the resume is stored"
-    );
+    let status = state.status(6, false);
+    assert!(status.stopped.is_none(), "the resume is stored");
+    assert_eq!(state.progress(), status.progress());
+    assert_eq!(state.progress().end(), None);
     assert!(!summary(dir.path()).contains("Stopped by a systemic failure"));
 }
 
