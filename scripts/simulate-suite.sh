@@ -139,6 +139,9 @@ export NEUROMFA_TOKEN="simulate-suite"
 started=$(date +%s.%N)
 
 # --- the Hub -----------------------------------------------------------------------------
+# Emptied here, not by the redirection: that happens in the background process, after
+# first_line may have read a URL left by an earlier run in the same NEUROMFA_SIM_DIR.
+: > "$work/hub.out"
 "$bin" hub serve --virtual "$virtual" --like-hf --models "$names" "${step_args[@]}" \
     "${facts_args[@]}" --throttle "${NEUROMFA_SIM_LINK_MBPS:-125}" \
     --listen 127.0.0.1:0 > "$work/hub.out" 2> "$work/hub.log" &
