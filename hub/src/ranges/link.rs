@@ -63,7 +63,10 @@ impl FetchEstimate {
 impl Link {
     /// The link as reads showed it: the quickest first byte, and the fastest transfer of a
     /// read long enough to tell (else the fastest read over its whole time, a lower bound).
-    /// `None` without any read.
+    /// When a read of half a [probe](PROBE_BYTES) or more exists, only such reads tell:
+    /// a shorter one can leave in a single chunk of the server's and arrive at once, and
+    /// taken as the fastest it overstated a throttled link fourfold, which priced whole
+    /// files as cheap and gaps as worth reading through. `None` without any read.
     ///
     /// A read's transfer is timed from one round trip after it was sent, not from when its
     /// own first byte was seen: a client that was not scheduled while the body arrived sees
@@ -80,9 +83,13 @@ impl Link {
             );
         }
         let rate = |bytes: u64, time: Duration| bytes as f64 / time.as_secs_f64().max(1e-6);
+        let telling = match Self::measured_bandwidth(timings) {
+            true => PROBE_BYTES / 2,
+            false => MEASURABLE,
+        };
         let transfer = timings
             .iter()
-            .filter(|t| t.bytes >= MEASURABLE)
+            .filter(|t| t.bytes >= telling)
             .map(|t| {
                 let moving = t.total.saturating_sub(round_trip);
                 if moving >= Duration::from_millis(1) {
@@ -168,6 +175,16 @@ mod tests {
         assert!(Link::measured_bandwidth(&[timing(30.0, 40.0, 1 << 20)]));
         assert!(!Link::measured_bandwidth(&[timing(30.0, 40.0, 1 << 10)]));
         assert_eq!(Link::from_timings(&[]), None);
+    }
+
+    #[test]
+    fn a_short_read_that_arrived_at_once_does_not_outrank_the_probe() {
+        // 64 KiB sent in one chunk, seen 0.1 ms after the round trip (655 MB/s), beside
+        // the probe's 1 MiB at 100 MB/s.
+        let link =
+            Link::from_timings(&[timing(0.5, 0.6, 64 << 10), timing(0.6, 11.0, 1 << 20)]).unwrap();
+        let mb_per_s = link.bytes_per_sec / 1e6;
+        assert!((95.0..105.0).contains(&mb_per_s), "{link:?}");
     }
 
     #[test]
