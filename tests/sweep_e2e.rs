@@ -87,6 +87,9 @@ fn assert_matches_analyze(cluster: &Cluster) {
 fn two_workers_reproduce_analyze_and_a_repeated_result_is_ignored() {
     let mut cluster = two_model_cluster(3);
     cluster.start_coordinator();
+    // Workers asking while nothing is resolved yet are told to come back in 750 ms, by
+    // when the other may have taken every checkpoint: start them once all can be leased.
+    cluster.wait_status(FINISH, |s| s["unresolved"] == 0);
     cluster.start_worker(TOKEN);
     cluster.start_worker(TOKEN);
     cluster.wait_finished(FINISH);
