@@ -63,10 +63,10 @@ impl FetchEstimate {
 impl Link {
     /// The link as reads showed it: the quickest first byte, and the fastest transfer of a
     /// read long enough to tell (else the fastest read over its whole time, a lower bound).
-    /// When a read of half a [probe](PROBE_BYTES) or more exists, only such reads tell:
-    /// a shorter one can leave in a single chunk of the server's and arrive at once, and
-    /// taken as the fastest it overstated a throttled link fourfold, which priced whole
-    /// files as cheap and gaps as worth reading through. `None` without any read.
+    /// When a read of half a [probe](PROBE_BYTES) or more exists, only such reads tell: a
+    /// shorter one can arrive in one burst (a server's chunk, a link idle a moment before)
+    /// and, taken as the fastest, overstate the link, which prices whole files as cheap
+    /// and gaps as worth reading through. `None` without any read.
     ///
     /// A read's transfer is timed from one round trip after it was sent, not from when its
     /// own first byte was seen: a client that was not scheduled while the body arrived sees

@@ -61,10 +61,10 @@ const WEIGHTS: &str = "the weights";
 
 /// [`FetchMode::Auto`] fetches ranges when they are estimated to take less than this share
 /// of a full download's time: twice as fast leaves room for the estimate's error (3–35 %
-/// of the measured fetch on the virtual Pythia suite), and ranges read a fraction of the bytes, which
-/// on a link a cluster's workers share counts for more than one worker's estimate shows.
-/// (At a quarter, pythia-160m and -410m took whole files, five times the bytes, for fetches
-/// 3.5 times slower.)
+/// of the measured fetch on the virtual Pythia suite), and ranges read a fraction of the
+/// bytes, which on a link a cluster's workers share counts for more than one worker's
+/// estimate shows. (At a quarter, pythia-160m and -410m took whole files, five times the
+/// bytes, for fetches 3.5 times slower.)
 pub const DEFAULT_AUTO_MAX_SHARE: f64 = 0.5;
 
 /// Settings of a ranged fetch ([`fetch_for_seeds_with`]).
