@@ -176,38 +176,43 @@ pub fn load(state_dir: &Path) -> Result<ExportData, ExportError> {
     let mut fetches = Vec::new();
     let mut results = Vec::new();
     let mut parameters: BTreeMap<String, u64> = BTreeMap::new();
-    for stored in store.tasks(true)? {
-        let Some(slot) = ledger.slot(&stored.model, stored.step) else {
-            continue; // outside the current grid
-        };
-        if !seeds.contains(&stored.seed) {
-            continue;
+    // Read one at a time: every stored result's JSON at once is about 2 KB a task, 200 MB
+    // at 100,000 tasks, and the coordinator exports when it stops.
+    store.read_tasks(true, |stored_tasks| -> Result<(), ExportError> {
+        for stored in stored_tasks {
+            let Some(slot) = ledger.slot(&stored.model, stored.step) else {
+                continue; // outside the current grid
+            };
+            if !seeds.contains(&stored.seed) {
+                continue;
+            }
+            let result = parse_result(&stored)?;
+            if let Some(r) = &result {
+                results.push((slot, r.point()));
+                parameters.insert(stored.model.clone(), r.parameters);
+            }
+            fetches.extend(fetch_row(&stored));
+            tasks.push(TaskRow {
+                alpha0: result.as_ref().map(|r| r.alpha0),
+                width: result.as_ref().map(|r| r.width),
+                edges: result.as_ref().map(|r| r.edges),
+                kept_nodes: result.as_ref().map(|r| r.kept_nodes),
+                weights_sha256: ledger.weights_of(slot).unwrap_or_default().to_string(),
+                weights_format: ledger.format_name(slot).to_string(),
+                duplicate_of: ledger
+                    .original_of(slot)
+                    .map(|o| ledger.checkpoints()[o].step),
+                state: stored.progress.state.as_str().to_string(),
+                last_error: stored.progress.last_error.unwrap_or_default(),
+                model: stored.model,
+                revision: stored.revision,
+                step: stored.step,
+                seed: stored.seed,
+                attempts: stored.progress.attempts,
+            });
         }
-        let result = parse_result(&stored)?;
-        if let Some(r) = &result {
-            results.push((slot, r.point()));
-            parameters.insert(stored.model.clone(), r.parameters);
-        }
-        fetches.extend(fetch_row(&stored));
-        tasks.push(TaskRow {
-            alpha0: result.as_ref().map(|r| r.alpha0),
-            width: result.as_ref().map(|r| r.width),
-            edges: result.as_ref().map(|r| r.edges),
-            kept_nodes: result.as_ref().map(|r| r.kept_nodes),
-            weights_sha256: ledger.weights_of(slot).unwrap_or_default().to_string(),
-            weights_format: ledger.format_name(slot).to_string(),
-            duplicate_of: ledger
-                .original_of(slot)
-                .map(|o| ledger.checkpoints()[o].step),
-            state: stored.progress.state.as_str().to_string(),
-            last_error: stored.progress.last_error.unwrap_or_default(),
-            model: stored.model,
-            revision: stored.revision,
-            step: stored.step,
-            seed: stored.seed,
-            attempts: stored.progress.attempts,
-        });
-    }
+        Ok(())
+    })??;
     let model_order: BTreeMap<&str, usize> = spec
         .models
         .iter()
