@@ -182,13 +182,9 @@ fn draw(view: &LiveView, q: &[f64], stem: &str) -> anyhow::Result<Option<String>
 
 /// At most `n` of `items`, evenly spread by rank, the first and the last among them.
 fn spread<T>(items: &[T], n: usize) -> impl Iterator<Item = &T> {
-    let len = items.len();
-    let picked: std::collections::BTreeSet<usize> = if len <= n || n < 2 {
-        (0..len.min(n)).collect()
-    } else {
-        (0..n).map(|i| i * (len - 1) / (n - 1)).collect()
-    };
-    picked.into_iter().map(move |i| &items[i])
+    crate::report::evenly_by_rank(items.len(), n)
+        .into_iter()
+        .map(move |i| &items[i])
 }
 
 fn unavailable(why: &str) -> Response {

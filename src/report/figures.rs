@@ -20,16 +20,19 @@ const MAX_MARKED_POINTS: usize = 40;
 /// Curves a spectra plot draws at most: more overlap into one smear (a suite has 154 steps).
 const MAX_SPECTRA_CURVES: usize = 12;
 
-/// Which of `n` steps (by rank) a spectra plot draws: all when few, else
-/// [`MAX_SPECTRA_CURVES`] spread evenly by rank, the first and the last always among them.
-fn spectra_ranks(n: usize) -> Vec<usize> {
-    if n <= MAX_SPECTRA_CURVES {
-        return (0..n).collect();
+/// Which of `len` items (by rank) to keep when at most `n` fit: all when few, else `n`
+/// spread evenly by rank, the first and the last always among them.
+pub(crate) fn evenly_by_rank(len: usize, n: usize) -> Vec<usize> {
+    if len <= n || n < 2 {
+        return (0..len.min(n)).collect();
     }
-    let last = MAX_SPECTRA_CURVES - 1;
-    (0..MAX_SPECTRA_CURVES)
-        .map(|i| (i * (n - 1) + last / 2) / last)
-        .collect()
+    let last = n - 1;
+    (0..n).map(|i| (i * (len - 1) + last / 2) / last).collect()
+}
+
+/// Which of `n` steps (by rank) a spectra plot draws (see [`evenly_by_rank`]).
+fn spectra_ranks(n: usize) -> Vec<usize> {
+    evenly_by_rank(n, MAX_SPECTRA_CURVES)
 }
 
 /// f(α) against α, one curve per step (at most [`MAX_SPECTRA_CURVES`] steps), ±1 sd of f

@@ -3,6 +3,7 @@
 
 pub mod evals;
 mod figures;
+pub(crate) use figures::evenly_by_rank;
 mod html;
 pub mod plots;
 mod png;
