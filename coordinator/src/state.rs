@@ -274,23 +274,27 @@ impl SweepState {
     }
 
     /// The spectrum of every stored result of a task in the grid, by checkpoint.
+    /// Read one task at a time, as the exports are: all the results' JSON at once is about
+    /// 2 KB a task.
     fn stored_points(&self) -> Result<Vec<(usize, neuromfa_common::stats::SeedPoint)>> {
-        let mut points = Vec::new();
-        for stored in self.store.tasks(true)? {
-            let Some(task) = self.schedule.task(stored.id) else {
-                continue; // outside the grid
-            };
-            let json = stored.result.as_ref().and_then(|r| r.json.as_deref());
-            if let (TaskState::Done, Some(json)) = (task.progress.state, json) {
-                match serde_json::from_str::<neuromfa_common::SeedResult>(json) {
-                    Ok(result) => points.push((task.checkpoint, result.point())),
-                    Err(e) => {
-                        tracing::warn!(task = stored.id, error = %e, "stored result is unreadable; left out of the live spectra")
+        self.store.read_tasks(true, |stored_tasks| {
+            let mut points = Vec::new();
+            for stored in stored_tasks {
+                let Some(task) = self.schedule.task(stored.id) else {
+                    continue; // outside the grid
+                };
+                let json = stored.result.as_ref().and_then(|r| r.json.as_deref());
+                if let (TaskState::Done, Some(json)) = (task.progress.state, json) {
+                    match serde_json::from_str::<neuromfa_common::SeedResult>(json) {
+                        Ok(result) => points.push((task.checkpoint, result.point())),
+                        Err(e) => {
+                            tracing::warn!(task = stored.id, error = %e, "stored result is unreadable; left out of the live spectra")
+                        }
                     }
                 }
             }
-        }
-        Ok(points)
+            points
+        })
     }
 
     /// Checkpoints whose weights have not been resolved yet.
