@@ -496,19 +496,20 @@ impl RunningCoordinator {
 
     /// The sweep's status; once the state thread has stopped by itself, the reason why.
     pub async fn status(&self) -> anyhow::Result<StatusReport> {
-        let status = self.state.status().await;
-        match self.state.halted() {
-            Some(why) => Err(anyhow::anyhow!(why)),
-            None => Ok(status?),
-        }
+        self.unless_halted(self.state.status().await)
     }
 
     /// [`RunningCoordinator::status`]'s [`Progress`] alone: cheap enough to poll.
     pub async fn progress(&self) -> anyhow::Result<Progress> {
-        let progress = self.state.progress().await;
+        self.unless_halted(self.state.progress().await)
+    }
+
+    /// What a call to the state thread answered; once that thread has stopped by itself,
+    /// the reason why instead.
+    fn unless_halted<T>(&self, answer: Result<T, Status>) -> anyhow::Result<T> {
         match self.state.halted() {
             Some(why) => Err(anyhow::anyhow!(why)),
-            None => Ok(progress?),
+            None => Ok(answer?),
         }
     }
 
